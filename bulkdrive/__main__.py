@@ -1,0 +1,3 @@
+from bulkdrive.cli import main
+
+main()

@@ -1,0 +1,164 @@
+"""Every error bulkdrive raises, in one tree.
+
+Each class says who is at fault and what happens next: whether the failed request may be
+retried (after the recovery of spec §8), whether only this file fails or the whole run stops,
+and the exit code the CLI ends with.
+
+    BulkdriveError                  base: .scope, .retryable, .exit_code, .hint
+    ├── ConfigError                 bad flag, config key or input            run,  exit 2
+    ├── OutcomeUnknown              the request may or may not have applied  retry (§8)
+    │   ├── NetworkError            connection refused, reset or closed
+    │   ├── RequestTimeout          no answer in time
+    │   ├── ServerBusy              408, 429, 500, 502, 503, 504 (+ Retry-After)
+    │   ├── TokenExpired            401: renew the token, then recover
+    │   └── SessionBusy             409 on a chunk: another writer on the session
+    ├── FileFailed                  this file fails, the others go on        file, exit 1
+    │   ├── Rejected                400 and other refusals of this request
+    │   ├── IntegrityMismatch       the server's bytes are not this file's
+    │   ├── SessionGone             404 for a requestId (completed, expired, restarted)
+    │   ├── FolderNotFound          404 for a parent folder (strict servers)
+    │   ├── SourceChanged           the local file changed while it was sent
+    │   ├── SourceUnreadable        the local file cannot be read
+    │   └── RetriesExhausted        transient failures outlasted the retry policy
+    └── RunFailed                   nothing more can succeed: stop the run
+        ├── LoginFailed             wrong user or password, or a refused token  exit 3
+        ├── PermissionDenied        403                                       exit 3
+        ├── ShareNotFound           404 for the share                         exit 3
+        ├── QuotaExceeded           413                                       exit 4
+        └── ServerUnreachable       the server cannot be reached at all       exit 3
+
+Foreign exceptions (aiohttp, OSError) are translated into this tree at exactly one boundary:
+`bulkdrive.client` for the network and `bulkdrive.upload` for local files.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+Scope = Literal["request", "file", "run"]
+
+
+class BulkdriveError(Exception):
+    """Base of every bulkdrive error. `str(err)` is a one-line message for people."""
+
+    scope: ClassVar[Scope] = "file"
+    retryable: ClassVar[bool] = False
+    exit_code: ClassVar[int] = 1
+    hint: ClassVar[str] = ""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(BulkdriveError):
+    scope = "run"
+    exit_code = 2
+    hint = "fix the option or config key named in the message"
+
+
+# --- the outcome of a request is unknown: recover as spec §8 says, then go on -----------------
+
+
+class OutcomeUnknown(BulkdriveError):
+    scope = "request"
+    retryable = True
+    hint = "transient; bulkdrive retries and resumes from the server's offset"
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class NetworkError(OutcomeUnknown):
+    pass
+
+
+class RequestTimeout(OutcomeUnknown):
+    pass
+
+
+class ServerBusy(OutcomeUnknown):
+    pass
+
+
+class TokenExpired(OutcomeUnknown):
+    pass
+
+
+class SessionBusy(OutcomeUnknown):
+    def __init__(self, message: str, *, status: int | None = 409, chunk_offset: int = 0) -> None:
+        super().__init__(message, status=status)
+        self.chunk_offset = chunk_offset
+
+
+# --- this file fails; the run goes on -----------------------------------------------------
+
+
+class FileFailed(BulkdriveError):
+    scope = "file"
+    exit_code = 1
+    hint = "re-run the same command to retry the failed files"
+
+
+class Rejected(FileFailed):
+    hint = "the server refused this file; check its name, size and the server's message"
+
+
+class IntegrityMismatch(FileFailed):
+    hint = "re-run; bulkdrive restarts the file from offset 0"
+
+
+class SessionGone(FileFailed):
+    hint = "re-run; the upload starts a new session"
+
+
+class FolderNotFound(FileFailed):
+    hint = "create the remote folder, or check --to"
+
+
+class SourceChanged(FileFailed):
+    hint = "the file was being written while uploaded; re-run once it is stable"
+
+
+class SourceUnreadable(FileFailed):
+    hint = "check that the file exists and is readable"
+
+
+class RetriesExhausted(FileFailed):
+    hint = "the server or network kept failing; re-run later or raise --retries"
+
+
+# --- stop the run ------------------------------------------------------------------------
+
+
+class RunFailed(BulkdriveError):
+    scope = "run"
+    exit_code = 3
+
+
+class LoginFailed(RunFailed):
+    hint = "check the user name and password (BULKDRIVE_PASSWORD, --password-file) or token"
+
+
+class PermissionDenied(RunFailed):
+    hint = "ask for upload permission on this share, or pick another share"
+
+
+class ShareNotFound(RunFailed):
+    hint = "check --share; `GET drive/share` lists the shares you can use"
+
+
+class QuotaExceeded(RunFailed):
+    exit_code = 4
+    hint = "free space on the share or ask for a larger quota (or a smaller --chunk-size)"
+
+
+class ServerUnreachable(RunFailed):
+    hint = "check --url and that the server is up and reachable"

@@ -1,0 +1,387 @@
+"""The Edge Drive wire contract (spec §1–§7), without any I/O.
+
+Shared by the uploader and the emulator: header names, how names and paths are encoded,
+how responses are rendered (XML, flat JSON, wrapped JSON) and read back into small
+dataclasses, and which error class a status code stands for.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import enum
+import json
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from bulkdrive import errors
+
+# --- headers and fixed values -------------------------------------------------------------
+
+AUTHTOKEN = "Authtoken"
+FILE_NAME = "FileName"
+FILE_SIZE = "FileSize"
+FILE_MTIME = "FileModifiedtime"
+PARENT_FOLDER = "ParentFolderPath"
+FILE_EOF = "FileEOF"
+EXTERNAL_GUID = "ExternalFileGUID"
+FULL_FILE_HASH = "FullFileHash"
+BLOCK_LEVEL_HASH = "BlockLevelHash"
+BLOCK_LEVEL_HASH_ALIAS = "BlockLevelFileHash"
+
+#: Block size of the block-level integrity hash, and so the chunk size when it is used.
+BLOCK_SIZE = 4 * 1024 * 1024
+
+#: FileModifiedtime values after this (year 3000) are milliseconds, not seconds.
+MAX_MTIME_SECONDS = 32_503_680_000
+
+UPLOAD_RESP = "DM2ContentIndexing_UploadFileResp"
+LOGIN_RESP = "DM2ContentIndexing_CheckCredentialResp"
+LOGIN_REQ = "DM2ContentIndexing_CheckCredentialReq"
+FILE_RESOURCE_RESP = "App_FileResourceResponse"
+FILE_RESOURCE_INFO = "App_FileResourceInfo"
+SHARES_RESP = "App_GetSharedFoldersResp"
+GENERIC_RESP = "App_GenericResp"
+
+#: Status codes after which the request may be retried (with §8 recovery for uploads).
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def last_value(raw: str | None) -> str | None:
+    """The effective value of a header that may hold a comma-joined list: the last wins."""
+    if raw is None:
+        return None
+    return raw.rsplit(",", 1)[-1].strip()
+
+
+def is_true(raw: str | None) -> bool:
+    """Query flags such as forceRestart: `true` or `1`, ignoring case; anything else is false."""
+    return raw is not None and raw.strip().lower() in ("true", "1")
+
+
+# --- names and paths ----------------------------------------------------------------------
+
+
+def encode_name(text: str) -> str:
+    """UTF-8, then standard base64 with padding: `Tulip.jpg` → `VHVsaXAuanBn`."""
+    return base64.b64encode(text.encode("utf-8", "surrogateescape")).decode("ascii")
+
+
+def decode_name(value: str) -> str:
+    """The inverse of `encode_name`; ValueError when not base64 or not UTF-8."""
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+        return raw.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError(f"not base64 of UTF-8 text: {value!r}") from exc
+
+
+def split_remote_path(path: str) -> tuple[str, ...]:
+    """The components of an Edge Drive path, `\\` or `/` separated, relative to the root.
+
+    Repeated and trailing separators are dropped; `.` components too. Raises ValueError for
+    `..`, NUL characters and drive letters, which the server answers with 400.
+    """
+    if "\x00" in path:
+        raise ValueError("path contains a NUL character")
+    parts = [p for p in path.replace("/", "\\").split("\\") if p not in ("", ".")]
+    for part in parts:
+        if part == "..":
+            raise ValueError("path contains a '..' component")
+        if len(part) >= 2 and part[1] == ":" and part[0].isalpha():
+            raise ValueError("path contains a drive letter")
+    return tuple(parts)
+
+
+def join_remote_path(parts: Iterable[str]) -> str:
+    """`("a", "b")` → `\\a\\b`; `()` → `\\` (the root)."""
+    return "\\" + "\\".join(parts)
+
+
+def remote_child(folder: str, *names: str) -> str:
+    return join_remote_path((*split_remote_path(folder), *names))
+
+
+def mtime_seconds(st_mtime_ns: int) -> int:
+    """FileModifiedtime: whole UNIX seconds, never milliseconds."""
+    return st_mtime_ns // 1_000_000_000
+
+
+# --- response formats ---------------------------------------------------------------------
+
+
+class Format(enum.Enum):
+    XML = "xml"
+    JSON = "json"  # flat: current servers
+    WRAPPED = "wrapped"  # older servers: root name wraps "@"-named string fields
+
+
+def negotiate(accept: str | None, json_dialect: Format = Format.JSON) -> Format:
+    """XML unless Accept asks for JSON; a missing or `*/*` Accept gets XML (chosen)."""
+    if accept and "json" in accept.lower():
+        return json_dialect
+    return Format.XML
+
+
+CONTENT_TYPES = {
+    Format.XML: "application/xml; charset=utf-8",
+    Format.JSON: "application/json; charset=utf-8",
+    Format.WRAPPED: "application/json; charset=utf-8",
+}
+
+Scalar = str | int | bool
+Fields = Mapping[str, Scalar]
+
+
+def _text(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def render(
+    fmt: Format,
+    root: str,
+    fields: Fields,
+    children: Mapping[str, Sequence[Fields]] | None = None,
+) -> bytes:
+    """One response document: a root element with attribute fields and child elements."""
+    children = children or {}
+    if fmt is Format.XML:
+        elem = ET.Element(root, {k: _text(v) for k, v in fields.items()})
+        for tag, items in children.items():
+            for item in items:
+                ET.SubElement(elem, tag, {k: _text(v) for k, v in item.items()})
+        xml: bytes = ET.tostring(elem, encoding="utf-8", xml_declaration=False)
+        return xml
+    if fmt is Format.JSON:
+        flat: dict[str, object] = dict(fields)
+        for tag, items in children.items():
+            flat[tag] = [dict(item) for item in items]
+        return json.dumps(flat, ensure_ascii=False).encode("utf-8")
+    inner: dict[str, object] = {f"@{k}": _text(v) for k, v in fields.items()}
+    for tag, items in children.items():
+        inner[tag] = [{f"@{k}": _text(v) for k, v in item.items()} for item in items]
+    return json.dumps({root: inner}, ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Node:
+    """A parsed response element, whatever the format: string fields and child elements."""
+
+    name: str = ""
+    fields: Mapping[str, str] = field(default_factory=dict)
+    children: Mapping[str, tuple[Node, ...]] = field(default_factory=dict)
+    text: str = ""
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return self.fields.get(key, default)
+
+    def int(self, key: str, default: int = 0) -> int:
+        value = self.fields.get(key)
+        if value is None or value == "":
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            return default
+
+    def all(self, tag: str) -> tuple[Node, ...]:
+        return self.children.get(tag, ())
+
+    def first(self, tag: str) -> Node | None:
+        items = self.children.get(tag, ())
+        return items[0] if items else None
+
+
+def _node_from_json(name: str, value: object) -> Node:
+    fields: dict[str, str] = {}
+    children: dict[str, list[Node]] = {}
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            key = str(key)
+            if isinstance(item, Mapping):
+                children.setdefault(key, []).append(_node_from_json(key, item))
+            elif isinstance(item, list):
+                for sub in item:
+                    if isinstance(sub, Mapping):
+                        children.setdefault(key, []).append(_node_from_json(key, sub))
+            elif item is not None:
+                text = ("1" if item else "0") if isinstance(item, bool) else str(item)
+                fields[key.removeprefix("@")] = text
+    return Node(name, fields, {k: tuple(v) for k, v in children.items()})
+
+
+def _node_from_xml(elem: ET.Element) -> Node:
+    children: dict[str, list[Node]] = {}
+    for sub in elem:
+        children.setdefault(sub.tag, []).append(_node_from_xml(sub))
+    return Node(
+        elem.tag, dict(elem.attrib), {k: tuple(v) for k, v in children.items()}, elem.text or ""
+    )
+
+
+def parse_body(body: bytes) -> Node:
+    """Read any response body: XML, flat JSON or wrapped JSON; anything else as text."""
+    stripped = body.strip()
+    if stripped.startswith(b"<"):
+        try:
+            return _node_from_xml(ET.fromstring(stripped))
+        except ET.ParseError:
+            return Node(text=body.decode("utf-8", "replace"))
+    if stripped.startswith(b"{"):
+        try:
+            data = json.loads(stripped)
+        except ValueError:
+            return Node(text=body.decode("utf-8", "replace"))
+        if isinstance(data, dict) and len(data) == 1:
+            (key, value), = data.items()
+            # Wrapped dialect: {"Root": {"@field": "…", …}}.
+            if isinstance(value, dict) and any(str(k).startswith("@") for k in value):
+                return _node_from_json(str(key), value)
+        return _node_from_json("", data)
+    return Node(text=body.decode("utf-8", "replace"))
+
+
+# --- typed replies ------------------------------------------------------------------------
+
+
+def _error_code(node: Node) -> int:
+    # Some older servers send 200 for success; both mean success.
+    code = node.int("errorCode", 0)
+    return 0 if code == 200 else code
+
+
+@dataclass(frozen=True)
+class UploadReply:
+    request_id: str
+    chunk_offset: int
+    error_code: int = 0
+    error_string: str = ""
+    file_guid: str | None = None
+    integrity_verified: bool = False
+
+    @classmethod
+    def from_node(cls, node: Node) -> UploadReply:
+        return cls(
+            request_id=node.get("requestId", "") or "",
+            chunk_offset=node.int("chunkOffset", 0),
+            error_code=_error_code(node),
+            error_string=node.get("errorString", "") or "",
+            file_guid=node.get("fileGUID") or None,
+            integrity_verified=node.get("fileIntegrityVerified") in ("1", "true", "True"),
+        )
+
+
+@dataclass(frozen=True)
+class LoginReply:
+    token: str | None
+    user_name: str = ""
+    user_guid: str = ""
+    error_code: int = 0
+    error_message: str = ""
+
+    @classmethod
+    def from_node(cls, node: Node) -> LoginReply:
+        err = node.first("errList")
+        return cls(
+            token=node.get("token") or None,
+            user_name=node.get("userName", "") or "",
+            user_guid=node.get("userGUID", "") or "",
+            error_code=err.int("errorCode", 0) if err else _error_code(node),
+            error_message=(
+                (err.get("errLogMessage", "") or "") if err else (node.get("errorString", "") or "")
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class FileResource:
+    name: str
+    path: str
+    is_directory: bool
+    size: int = 0
+    modified_time: int = 0
+    guid: str = ""
+    parent_path: str = ""
+
+    @classmethod
+    def from_node(cls, node: Node) -> FileResource:
+        return cls(
+            name=node.get("name", "") or "",
+            path=node.get("path", "") or "",
+            is_directory=node.get("directory") in ("1", "true", "True"),
+            size=node.int("sizeinBytes", 0),
+            modified_time=node.int("modifiedTime", 0),
+            guid=node.get("GUID", "") or "",
+            parent_path=node.get("parentPath", "") or "",
+        )
+
+
+@dataclass(frozen=True)
+class ShareInfo:
+    share_id: str
+    name: str
+    permission: str = ""
+
+    @classmethod
+    def from_node(cls, node: Node) -> ShareInfo:
+        return cls(
+            share_id=node.get("syncWebFolderId", "") or "",
+            name=node.get("syncWebFolderName", "") or "",
+            permission=node.get("permission", "") or "",
+        )
+
+
+# --- status codes → errors ----------------------------------------------------------------
+
+
+def retry_after_seconds(raw: str | None, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds: either delta-seconds or an HTTP date."""
+    if not raw:
+        return None
+    raw = raw.strip()
+    if raw.isdigit():
+        return float(raw)
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def error_for(
+    status: int,
+    node: Node,
+    *,
+    what: str,
+    in_session: bool = False,
+    retry_after: float | None = None,
+) -> errors.BulkdriveError:
+    """The error that a non-success status stands for. `what` names the request for people."""
+    server_says = (
+        node.get("errorString") or node.get("errorMessage") or node.text.strip() or "no message"
+    )
+    message = f"{what}: HTTP {status}: {server_says}"
+    if status == 401:
+        return errors.TokenExpired(message, status=status)
+    if status == 403:
+        return errors.PermissionDenied(message, status=status)
+    if status == 404:
+        if in_session:
+            return errors.SessionGone(message, status=status)
+        if "share" in server_says.lower():
+            return errors.ShareNotFound(message, status=status)
+        return errors.FolderNotFound(message, status=status)
+    if status == 409:
+        return errors.SessionBusy(message, chunk_offset=node.int("chunkOffset", 0))
+    if status == 413:
+        return errors.QuotaExceeded(message, status=status)
+    if status in TRANSIENT_STATUSES:
+        return errors.ServerBusy(message, status=status, retry_after=retry_after)
+    if status == 400 and "integrity" in server_says.lower():
+        return errors.IntegrityMismatch(message, status=status)
+    return errors.Rejected(message, status=status)
