@@ -21,9 +21,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q
 
+# `make demo SRC=path/to/tree` uploads your own tree instead of the generated sample.
+SRC ?= demo-data/sample
 demo: $(STAMP)
-	$(BIN)/python benchmarks/make_sample_tree.py demo-data/sample
-	$(BIN)/bulkdrive upload demo-data/sample --data-dir demo-data/emulator
+	@test "$(SRC)" != demo-data/sample || $(BIN)/python benchmarks/workloads.py sample demo-data/sample >/dev/null
+	$(BIN)/bulkdrive upload "$(SRC)" --data-dir demo-data/emulator --journal demo-data/journal.sqlite
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/emulator_ingest.py

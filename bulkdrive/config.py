@@ -1,12 +1,20 @@
 """What a run may do, as frozen dataclasses: each knob says what it bounds.
 
-Loading (flags > environment > TOML file > defaults) lives in `load_settings` below.
+Settings come from flags > environment (BULKDRIVE_*) > TOML file > defaults: `load_settings`.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from bulkdrive.errors import ConfigError
 from bulkdrive.protocol import BLOCK_SIZE
 
 
@@ -75,3 +83,221 @@ class TransferConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     verify_tls: bool = True
     ca_bundle: str | None = None
+
+
+# --- settings: flags > environment > TOML file > defaults ---------------------------------
+
+ENV_PREFIX = "BULKDRIVE_"
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "t": 1000**4, "tb": 1000**4,
+    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
+    "ti": 1024**4, "tib": 1024**4,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*(?:/s)?\s*$")
+
+
+def parse_size(value: object) -> int:
+    """`4MiB`, `10M`, `512k`, `1.5GiB`, `4194304` → bytes (K/M/G are 1000-based, Ki/Mi/Gi 1024)."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative: {value}")
+        return value
+    match = _SIZE.match(str(value))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {value!r} (examples: 4MiB, 10M, 65536)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def _positive_int(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"not a whole number: {value!r}")
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise ValueError(f"must be at least 1, not {number}")
+    return number
+
+
+def _seconds(value: object) -> float:
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"must be more than 0 seconds, not {number}")
+    return number
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not true or false: {value!r}")
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ValueError(f"not a string: {value!r}")
+    return str(value)
+
+
+def _globs(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        # From the environment: a comma-separated list.
+        return tuple(p.strip() for p in value.split(",") if p.strip())
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(f"not a list of patterns: {value!r}")
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    parse: Callable[[object], Any]
+    default: Any
+    help: str
+
+
+#: Every option of `bulkdrive upload`, in the order config.example.toml documents them.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("url", _text, None, "server root, https://HOST/webconsole/api; none: local emulator"),
+    Setting("share", _text, None, "share id (syncWebFolderId); none: the user's own drive"),
+    Setting("to", _text, "\\", "remote folder to upload into, backslash path"),
+    Setting("user", _text, None, "user name for Login"),
+    Setting("password_file", _text, None, "file whose first line is the password"),
+    Setting("transfers", _positive_int, 8, "files in flight; memory <= transfers x 2 x chunk_size"),
+    Setting("chunk_size", parse_size, BLOCK_SIZE, "bytes per request; 4MiB unless verify is off"),
+    Setting("verify", _bool, True, "block-level SHA-256 integrity check (off for V11 SP8 servers)"),
+    Setting("retries", _positive_int, 10, "recoveries per file before it fails"),
+    Setting("bwlimit", parse_size, 0, "bytes per second for the whole run, 0 = unlimited"),
+    Setting("include", _globs, (), "only upload paths matching these globs (** spans folders)"),
+    Setting("exclude", _globs, (), "skip paths matching these globs"),
+    Setting("exclude_from", _text, None, "file with one exclude glob per line"),
+    Setting("min_size", parse_size, 0, "skip files smaller than this"),
+    Setting("max_size", parse_size, 0, "skip files larger than this, 0 = no limit"),
+    Setting("follow_symlinks", _bool, False, "follow symbolic links (loops are detected)"),
+    Setting("insecure", _bool, False, "turn TLS certificate verification off"),
+    Setting("ca_bundle", _text, None, "PEM file of CA certificates to trust"),
+    Setting("journal", _text, None, "resume journal; default: derived from url, share, to, SRC"),
+    Setting("check_remote", _bool, False, "skip files the remote folder already has (size+mtime)"),
+    Setting("connect_timeout", _seconds, 30.0, "seconds to connect"),
+    Setting("read_timeout", _seconds, 120.0, "seconds to wait for a response"),
+    Setting("stats_interval", _seconds, 10.0, "seconds between plain stat lines off a terminal"),
+    Setting("data_dir", _text, "bulkdrive-data", "embedded emulator's storage folder"),
+)
+_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    values: Mapping[str, Any]
+    origin: Mapping[str, str]  # key → "flag" | "environment" | "<file>" | "default"
+    config_file: Path | None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+
+def user_config_dir() -> Path:
+    if sys.platform == "win32":
+        return Path(os.environ.get("APPDATA", Path.home())) / "bulkdrive"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "bulkdrive"
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "bulkdrive"
+
+
+def find_config_file(explicit: str | None) -> Path | None:
+    """`--config FILE`, else `./bulkdrive.toml`, else the user's config folder."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    for candidate in (Path("bulkdrive.toml"), user_config_dir() / "config.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    # Accept keys at the top level or under [upload]; dashes or underscores.
+    table = data.get("upload", data) if isinstance(data.get("upload"), dict) else data
+    return {str(k).replace("-", "_"): v for k, v in table.items() if not isinstance(v, dict)}
+
+
+def load_settings(
+    flags: Mapping[str, Any],
+    *,
+    config_option: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge the sources; `flags` holds only the flags given (None means not given)."""
+    environ = os.environ if environ is None else environ
+    config_file = find_config_file(config_option or environ.get(ENV_PREFIX + "CONFIG"))
+    from_file = read_config_file(config_file) if config_file else {}
+    unknown = sorted(set(from_file) - set(_BY_KEY))
+    if unknown:
+        raise ConfigError(f"{config_file}: unknown key {unknown[0]!r} (see config.example.toml)")
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for setting in SETTINGS:
+        env_name = ENV_PREFIX + setting.key.upper()
+        sources = (
+            ("flag", f"--{setting.key.replace('_', '-')}", flags.get(setting.key)),
+            ("environment", env_name, environ.get(env_name)),
+            (str(config_file), f"key {setting.key!r} in {config_file}", from_file.get(setting.key)),
+        )
+        for where, name, raw in sources:
+            if raw is None or (where == "flag" and raw == ()):
+                continue
+            try:
+                values[setting.key] = setting.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+            origin[setting.key] = where
+            break
+        else:
+            values[setting.key] = setting.default
+            origin[setting.key] = "default"
+    settings = Settings(values, origin, config_file)
+    transfer_config(settings)  # validates the combination
+    return settings
+
+
+def transfer_config(settings: Settings) -> TransferConfig:
+    chunk = settings["chunk_size"]
+    if settings["verify"] and chunk != BLOCK_SIZE:
+        raise ConfigError(
+            "--chunk-size: the integrity check needs chunks of exactly 4MiB; "
+            "use --no-verify to choose another size"
+        )
+    if chunk < 1:
+        raise ConfigError("--chunk-size: must be at least 1 byte")
+    return TransferConfig(
+        transfers=settings["transfers"],
+        chunk_size=chunk,
+        verify=settings["verify"],
+        bwlimit=settings["bwlimit"] or None,
+        retry=RetryPolicy(attempts=settings["retries"]),
+        timeouts=Timeouts(connect=settings["connect_timeout"], read=settings["read_timeout"]),
+        verify_tls=not settings["insecure"],
+        ca_bundle=settings["ca_bundle"],
+    )

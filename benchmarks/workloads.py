@@ -1,0 +1,89 @@
+"""Generated source trees for the demo, the tests and the benchmarks.
+
+    python benchmarks/workloads.py sample DIR     # the `make demo` tree (a few MiB)
+    python benchmarks/workloads.py small DIR      # 10 000 × 4 KiB
+    python benchmarks/workloads.py large DIR      # 8 × 256 MiB
+    python benchmarks/workloads.py mixed DIR      # a realistic spread of sizes
+
+A tree that exists already is left as it is, so repeated runs reuse it.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def _write(path: Path, size: int, rng: random.Random) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = rng.randbytes(min(size, MiB)) if size else b""
+    with path.open("wb") as fh:
+        left = size
+        while left > 0:
+            piece = block[: min(left, len(block))]
+            fh.write(piece)
+            left -= len(piece)
+
+
+def sample_files() -> Iterator[tuple[str, int]]:
+    yield "README.txt", 600
+    yield "empty.txt", 0
+    yield ".hidden", 12
+    yield "photos/2024/Tulip.jpg", 900 * KiB
+    yield "photos/2024/sunset #1.png", 2 * MiB + 17
+    yield "docs/été/rapport 100%.pdf", 5 * MiB + 3
+    yield "docs/notes.md", 3 * KiB
+    for i in range(40):
+        yield f"logs/day-{i:02d}.log", 1 * KiB + i * 97
+
+
+def small_files(count: int = 10_000, size: int = 4 * KiB) -> Iterator[tuple[str, int]]:
+    for i in range(count):
+        yield f"d{i // 500:03d}/f{i:05d}.bin", size
+
+
+def large_files(count: int = 8, size: int = 256 * MiB) -> Iterator[tuple[str, int]]:
+    for i in range(count):
+        yield f"large-{i}.bin", size
+
+
+def mixed_files(seed: int = 7) -> Iterator[tuple[str, int]]:
+    """Many small files, some medium, a few large: roughly what a project folder holds."""
+    rng = random.Random(seed)
+    for i in range(2000):
+        yield f"src/m{i // 200:02d}/s{i:04d}.txt", rng.randint(0, 64 * KiB)
+    for i in range(60):
+        yield f"assets/a{i:02d}.dat", rng.randint(256 * KiB, 8 * MiB)
+    for i in range(4):
+        yield f"media/v{i}.bin", rng.randint(48 * MiB, 96 * MiB)
+
+
+WORKLOADS = {
+    "sample": sample_files,
+    "small": small_files,
+    "large": large_files,
+    "mixed": mixed_files,
+}
+
+
+def build(name: str, root: Path, seed: int = 1) -> Path:
+    """Create workload `name` under `root` unless it is there already; returns `root`."""
+    marker = root.with_name(root.name + ".complete")  # beside the tree, not uploaded with it
+    if marker.exists():
+        return root
+    rng = random.Random(seed)
+    for relative, size in WORKLOADS[name]():
+        _write(root / relative, size, rng)
+    marker.touch()
+    return root
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] not in WORKLOADS:
+        sys.exit(f"usage: {sys.argv[0]} {{{','.join(WORKLOADS)}}} DIR")
+    print(build(sys.argv[1], Path(sys.argv[2])))

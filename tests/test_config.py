@@ -1,0 +1,139 @@
+"""Settings: flag > environment > file > default, with errors that name the key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bulkdrive.config import SETTINGS, Secret, load_settings, parse_size, transfer_config
+from bulkdrive.errors import ConfigError
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_defaults_without_any_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "nothing"))
+    settings = load_settings({}, environ={})
+    assert settings["transfers"] == 8
+    assert settings["chunk_size"] == 4 * 1024 * 1024
+    assert settings["verify"] is True
+    assert settings["url"] is None
+    assert settings.config_file is None
+    assert set(settings.origin.values()) == {"default"}
+
+
+def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
+    config = _write(tmp_path / "c.toml", 'transfers = 3\nretries = 4\nshare = "7"\n')
+    environ = {"BULKDRIVE_TRANSFERS": "5", "BULKDRIVE_RETRIES": "6"}
+    settings = load_settings({"transfers": "9"}, config_option=config, environ=environ)
+    assert settings["transfers"] == 9  # flag
+    assert settings["retries"] == 6  # environment beats file
+    assert settings["share"] == "7"  # file beats default
+    assert settings.origin["transfers"] == "flag"
+    assert settings.origin["retries"] == "environment"
+    assert settings.origin["share"] == config
+
+
+def test_file_found_in_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "bulkdrive.toml", "[upload]\ntransfers = 2\n")
+    settings = load_settings({}, environ={})
+    assert settings["transfers"] == 2
+    assert settings.config_file == Path("bulkdrive.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("transfers = 0\n", "transfers"),
+        ('transfers = "many"\n', "transfers"),
+        ('chunk_size = "4 parsecs"\n', "chunk_size"),
+        ("verify = 3\n", "verify"),
+        ("colour = 1\n", "colour"),
+        ('include = "a,b"\nexclude = 5\n', "exclude"),
+    ],
+)
+def test_bad_value_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    config = _write(tmp_path / "bad.toml", text)
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, config_option=config, environ={})
+    message = str(info.value)
+    assert key in message
+    assert "\n" not in message
+    assert info.value.exit_code == 2
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="BULKDRIVE_BWLIMIT"):
+        load_settings({}, environ={"BULKDRIVE_BWLIMIT": "fast"})
+
+
+def test_invalid_toml_is_one_line(tmp_path: Path) -> None:
+    config = _write(tmp_path / "broken.toml", "transfers = = 3\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings({}, config_option=config, environ={})
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings({}, config_option=str(tmp_path / "nope.toml"), environ={})
+
+
+def test_chunk_size_needs_no_verify() -> None:
+    with pytest.raises(ConfigError, match="--no-verify"):
+        load_settings({"chunk_size": "1MiB"}, environ={})
+    settings = load_settings({"chunk_size": "1MiB", "verify": False}, environ={})
+    assert transfer_config(settings).chunk_size == 1024 * 1024
+
+
+def test_globs_from_environment_are_comma_separated() -> None:
+    settings = load_settings({}, environ={"BULKDRIVE_EXCLUDE": "*.tmp, build/**"})
+    assert settings["exclude"] == ("*.tmp", "build/**")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("4MiB", 4194304), ("10M", 10_000_000), ("512k", 512_000), ("1.5GiB", 1610612736),
+     ("65536", 65536), ("50MiB/s", 52428800), (0, 0)],
+)
+def test_parse_size(text: str | int, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@given(st.integers(min_value=0, max_value=2**50), st.sampled_from(["", "B", "KiB", "MiB", "GiB"]))
+def test_parse_size_round_trips_binary_units(number: int, unit: str) -> None:
+    factor = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}[unit]
+    assert parse_size(f"{number}{unit}") == number * factor
+
+
+def test_example_config_documents_every_key() -> None:
+    path = Path(__file__).parent.parent / "config.example.toml"
+    text = path.read_text(encoding="utf-8")
+    tomllib.loads(text)  # valid TOML
+    for setting in SETTINGS:
+        assert f"{setting.key} = " in text, setting.key
+    assert "password" not in {line.split(" = ")[0] for line in text.splitlines()}
+
+
+def test_example_config_loads_as_defaults(tmp_path: Path) -> None:
+    path = Path(__file__).parent.parent / "config.example.toml"
+    settings = load_settings({}, config_option=str(path), environ={})
+    for setting in SETTINGS:
+        if setting.key in settings.origin and settings.origin[setting.key] != "default":
+            assert settings[setting.key] == setting.default or setting.key == "include"
+
+
+def test_secret_never_shows_its_value() -> None:
+    secret = Secret("hunter2")
+    assert "hunter2" not in repr(secret)
+    assert "hunter2" not in str(secret)
+    assert "hunter2" not in f"{secret}"
+    assert secret.reveal() == "hunter2"
