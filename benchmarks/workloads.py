@@ -4,6 +4,7 @@
     python benchmarks/workloads.py small DIR      # 10 000 × 4 KiB
     python benchmarks/workloads.py large DIR      # 8 × 256 MiB
     python benchmarks/workloads.py mixed DIR      # a realistic spread of sizes
+    python benchmarks/workloads.py quick DIR      # 4 × 8 MiB + 200 × 4 KiB, the smoke run
 
 A tree that exists already is left as it is, so repeated runs reuse it.
 """
@@ -63,11 +64,18 @@ def mixed_files(seed: int = 7) -> Iterator[tuple[str, int]]:
         yield f"media/v{i}.bin", rng.randint(48 * MiB, 96 * MiB)
 
 
+def quick_files() -> Iterator[tuple[str, int]]:
+    """A few seconds' worth of both shapes (multi-chunk and one-request files): the smoke run."""
+    yield from large_files(count=4, size=8 * MiB)
+    yield from small_files(count=200)
+
+
 WORKLOADS = {
     "sample": sample_files,
     "small": small_files,
     "large": large_files,
     "mixed": mixed_files,
+    "quick": quick_files,
 }
 
 

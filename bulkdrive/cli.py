@@ -1,10 +1,36 @@
-"""The `bulkdrive` command: upload, serve, status, bench."""
+"""The `bulkdrive` command: upload, serve, status.
+
+Every error a user can cause ends here as one line on stderr and a documented exit code:
+0 all uploaded or skipped · 1 some files failed · 2 usage or configuration · 3 authentication,
+permission or unknown share · 4 quota · 130 interrupted. A traceback only with -vv.
+"""
 
 from __future__ import annotations
 
-import click
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
 
+import anyio
+import click
+from rich.console import Console
+
+from bulkdrive import errors
+from bulkdrive.config import (
+    SETTINGS,
+    Credentials,
+    Secret,
+    Settings,
+    load_settings,
+)
 from bulkdrive.emulator.command import serve
+
+EXIT_INTERRUPTED = 130
+log = logging.getLogger("bulkdrive")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,3 +40,192 @@ def main() -> None:
 
 
 main.add_command(serve)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"bulkdrive: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _setting_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """One flag per setting, all defaulting to None so that precedence can see what was given."""
+    flags: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+        "url": click.option("--url", help="Server root, e.g. https://HOST/webconsole/api."),
+        "share": click.option("--share", help="Share id (syncWebFolderId)."),
+        "to": click.option("--to", help="Remote folder, backslash path (default \\)."),
+        "user": click.option("--user", help="User name; password from BULKDRIVE_PASSWORD, "
+                             "--password-file or a prompt."),
+        "password_file": click.option("--password-file", help="File holding the password."),
+        "transfers": click.option("--transfers", help="Files in flight (default 8)."),
+        "chunk_size": click.option("--chunk-size", help="Chunk size, e.g. 4MiB (needs "
+                                   "--no-verify unless 4MiB)."),
+        "verify": click.option("--verify/--no-verify", default=None,
+                               help="Block-level SHA-256 integrity check (default on)."),
+        "retries": click.option("--retries", help="Recoveries per file (default 10)."),
+        "bwlimit": click.option("--bwlimit", help="Bytes per second for the run, e.g. 50MiB."),
+        "include": click.option("--include", multiple=True, help="Only paths matching GLOB."),
+        "exclude": click.option("--exclude", multiple=True, help="Skip paths matching GLOB."),
+        "exclude_from": click.option("--exclude-from", help="File of exclude globs."),
+        "min_size": click.option("--min-size", help="Skip smaller files."),
+        "max_size": click.option("--max-size", help="Skip larger files."),
+        "follow_symlinks": click.option("--follow-symlinks", is_flag=True, default=None,
+                                        help="Follow symbolic links."),
+        "insecure": click.option("--insecure", is_flag=True, default=None,
+                                 help="Do not verify TLS certificates (unsafe)."),
+        "ca_bundle": click.option("--ca-bundle", help="PEM file of CA certificates."),
+        "journal": click.option("--journal", help="Resume journal path."),
+        "check_remote": click.option("--check-remote", is_flag=True, default=None,
+                                     help="Skip files the server already has."),
+        "connect_timeout": click.option("--connect-timeout", help="Seconds to connect."),
+        "read_timeout": click.option("--read-timeout", help="Seconds to wait for a response."),
+        "stats_interval": click.option("--stats-interval",
+                                       help="Seconds between stat lines off a terminal."),
+        "data_dir": click.option("--data-dir", help="Storage of the embedded emulator."),
+    }
+    for setting in reversed(SETTINGS):
+        func = flags[setting.key](func)
+    return func
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@_setting_options
+@click.option("--config", "config_file", help="TOML config file.")
+@click.option("--dry-run", is_flag=True, help="Show what would be uploaded; send nothing.")
+@click.option("--no-progress", is_flag=True, help="No live progress display.")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
+@click.option("-v", "--verbose", count=True, help="-v: a line per file; -vv: protocol detail.")
+@click.option("--log-file", type=click.Path(path_type=Path), help="Write a log to FILE.")
+@click.option("--report", type=click.Path(path_type=Path), help="Write a JSON summary.")
+@click.option("--report-files", type=click.Path(path_type=Path),
+              help="Write one NDJSON line per file.")
+def upload(
+    source: Path,
+    config_file: str | None,
+    dry_run: bool,
+    no_progress: bool,
+    quiet: bool,
+    verbose: int,
+    log_file: Path | None,
+    report: Path | None,
+    report_files: Path | None,
+    **flags: Any,
+) -> None:
+    """Upload the directory tree SOURCE (or one file) to an Edge Drive share."""
+    from bulkdrive.job import JobRequest, run_job
+
+    try:
+        settings = load_settings(flags, config_option=config_file)
+    except errors.ConfigError as exc:
+        _fail(str(exc), exc.exit_code)
+    if not source.exists():
+        _fail(f"source not found: {source}", 2)
+    _setup_logging(verbose, log_file)
+    request = JobRequest(
+        source=source,
+        settings=settings,
+        credentials_from=lambda: _credentials(settings),
+        dry_run=dry_run,
+        no_progress=no_progress,
+        quiet=quiet,
+        verbosity=verbose,
+        report=report,
+        report_files=report_files,
+    )
+    try:
+        code = anyio.run(_with_signals, request, run_job)
+    except errors.BulkdriveError as exc:
+        if verbose >= 2:
+            log.exception("run failed")
+        hint = f" ({exc.hint})" if exc.hint else ""
+        _fail(f"{exc}{hint}", exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
+    sys.exit(code)
+
+
+async def _with_signals(request: Any, run: Callable[..., Any]) -> int:
+    """Run the upload; SIGINT/SIGTERM stop it cleanly (exit 130)."""
+    interrupt = anyio.Event()
+
+    async def watch() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                interrupt.set()
+                return
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            code: int = await run(request, interrupt)
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    return code
+
+
+def _credentials(settings: Settings) -> Credentials:
+    token = os.environ.get("BULKDRIVE_TOKEN")
+    if token:
+        return Credentials(user=settings["user"] or "", token=Secret(token.strip()))
+    user = settings["user"]
+    if not user:
+        raise errors.ConfigError(
+            "no user: give --user NAME (or BULKDRIVE_USER), or a token in BULKDRIVE_TOKEN"
+        )
+    password = os.environ.get("BULKDRIVE_PASSWORD")
+    if password is None and settings["password_file"]:
+        path = Path(settings["password_file"]).expanduser()
+        try:
+            password = path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
+        except OSError as exc:
+            raise errors.ConfigError(
+                f"--password-file: cannot read {path}: {exc.strerror}"
+            ) from None
+    if password is None:
+        if not sys.stdin.isatty():
+            raise errors.ConfigError(
+                "no password: set BULKDRIVE_PASSWORD or --password-file (no terminal to ask on)"
+            )
+        password = click.prompt(f"Password for {user}", hide_input=True, err=True)
+    return Credentials(user=user, password=Secret(password))
+
+
+def _setup_logging(verbosity: int, log_file: Path | None) -> None:
+    root = logging.getLogger("bulkdrive")
+    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    if log_file is not None:
+        try:
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            _fail(f"--log-file: cannot write {log_file}: {exc.strerror}", 2)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    if verbosity >= 2:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(stream)
+
+
+@main.command()
+@click.argument("source", required=False, type=click.Path(path_type=Path))
+@click.option("--journal", "journal_path", help="Journal to read.")
+@click.option("--url", help="Server root the job uploaded to.")
+@click.option("--share", help="Share id of the job.")
+@click.option("--to", "remote_folder", default="\\", help="Remote folder of the job.")
+def status(
+    source: Path | None,
+    journal_path: str | None,
+    url: str | None,
+    share: str | None,
+    remote_folder: str,
+) -> None:
+    """Show a job's progress from its resume journal."""
+    from bulkdrive.job import print_status
+
+    try:
+        print_status(Console(), source, journal_path, url, share, remote_folder)
+    except errors.BulkdriveError as exc:
+        _fail(str(exc), exc.exit_code)

@@ -1,0 +1,160 @@
+"""`bulkdrive serve`: run the Edge Drive emulator until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from bulkdrive import protocol
+from bulkdrive.emulator.app import EmulatorConfig, Share, User, running_emulator
+from bulkdrive.emulator.faults import parse_kinds
+
+DEMO_USER = User("demo", "demo")
+_SHARE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+DEMO_SHARE = Share("1", "demo")
+
+
+def _parse_user(text: str) -> User:
+    name, sep, password = text.partition(":")
+    if not sep or not name or not password:
+        # Never echo the value: it may hold a password.
+        raise click.BadParameter("expected NAME:PASSWORD", param_hint="--user")
+    return User(name, password)
+
+
+def _parse_share(text: str) -> Share:
+    parts = text.split(":")
+    flags = {"public": False, "readonly": False}
+    while len(parts) > 2 and parts[-1].lower() in flags:
+        flags[parts.pop().lower()] = True
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise click.BadParameter(
+            f"expected ID:NAME[:public|:readonly], got {text!r}", param_hint="--share"
+        )
+    if not _SHARE_ID.match(parts[0]) or parts[0].lower() == "drive":
+        raise click.BadParameter(
+            f"share id {parts[0]!r}: use letters, digits, '_' or '-' (not 'drive')",
+            param_hint="--share",
+        )
+    return Share(parts[0], parts[1], public=flags["public"], readonly=flags["readonly"])
+
+
+def _print_line(text: str) -> None:
+    click.echo(text)
+    sys.stdout.flush()
+
+
+async def _serve(config: EmulatorConfig, announce: list[str]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_emulator(config) as emulator:
+        for line in announce:
+            _print_line(line)
+        _print_line(f"bulkdrive emulator listening on {emulator.base_url} (root {emulator.root})")
+        await stop.wait()
+    _print_line("bulkdrive emulator stopped")
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8400, show_default=True,
+    help="Port to listen on; 0 picks a free one.",
+)
+@click.option(
+    "--root", "root", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for shares (ROOT/<shareId>/...) and the emulator's state (ROOT/.bulkdrive).",
+)
+@click.option(
+    "--user", "users", multiple=True, metavar="NAME:PASSWORD", help="A user (repeatable)."
+)
+@click.option(
+    "--share", "shares", multiple=True, metavar="ID:NAME[:public|:readonly]",
+    help="A share (repeatable).",
+)
+@click.option("--quota", type=click.IntRange(min=0), default=None, help="Bytes over all shares.")
+@click.option(
+    "--max-chunk-bytes", type=click.IntRange(min=1), default=32 * 1024 * 1024, show_default=True,
+    help="Largest accepted request body; larger gets 413.",
+)
+@click.option("--token-idle-seconds", type=click.FloatRange(min=0, min_open=True), default=1800.0,
+              show_default=True)
+@click.option("--session-ttl-seconds", type=click.FloatRange(min=0, min_open=True),
+              default=86400.0, show_default=True)
+@click.option("--strict-parents", is_flag=True, help="Answer 404 when a parent folder is missing.")
+@click.option("--json-dialect", type=click.Choice(["flat", "wrapped"]), default="flat",
+              show_default=True)
+@click.option("--fault-rate", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Fraction of upload requests that get a fault.")
+@click.option("--fault-seed", type=int, default=0, show_default=True)
+@click.option("--faults", "fault_names", default="", metavar="KINDS",
+              help="Comma list of 500,503,reset,lost-response,delay (default: all).")
+@click.option("--fault-delay-seconds", type=click.FloatRange(min=0), default=0.5,
+              show_default=True)
+def serve(
+    host: str,
+    port: int,
+    root: Path,
+    users: tuple[str, ...],
+    shares: tuple[str, ...],
+    quota: int | None,
+    max_chunk_bytes: int,
+    token_idle_seconds: float,
+    session_ttl_seconds: float,
+    strict_parents: bool,
+    json_dialect: str,
+    fault_rate: float,
+    fault_seed: int,
+    fault_names: str,
+    fault_delay_seconds: float,
+) -> None:
+    """Run the Edge Drive emulator (a local upload server for tests and benchmarks)."""
+    parsed_users = tuple(_parse_user(u) for u in users)
+    parsed_shares = tuple(_parse_share(s) for s in shares)
+    try:
+        kinds = parse_kinds([fault_names])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--faults") from None
+    announce: list[str] = []
+    if not parsed_users:
+        parsed_users = (DEMO_USER,)
+        # The demo credential belongs to the emulator itself, so showing it is fine.
+        announce.append(f"demo user: {DEMO_USER.name} (password: {DEMO_USER.password})")
+    if not parsed_shares:
+        parsed_shares = (DEMO_SHARE,)
+        announce.append(f"demo share: id {DEMO_SHARE.share_id} ({DEMO_SHARE.name})")
+    try:
+        config = EmulatorConfig(
+            root=root,
+            host=host,
+            port=port,
+            users=parsed_users,
+            shares=parsed_shares,
+            quota=quota,
+            max_chunk_bytes=max_chunk_bytes,
+            token_idle_seconds=token_idle_seconds,
+            session_ttl_seconds=session_ttl_seconds,
+            strict_parents=strict_parents,
+            json_dialect=protocol.Format.WRAPPED if json_dialect == "wrapped"
+            else protocol.Format.JSON,
+            fault_rate=fault_rate,
+            fault_seed=fault_seed,
+            faults=kinds,
+            fault_delay_seconds=fault_delay_seconds,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    try:
+        asyncio.run(_serve(config, announce))
+    except OSError as exc:
+        message = f"cannot serve on {host}:{port} with root {root}: {exc}"
+        raise click.ClickException(message) from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None

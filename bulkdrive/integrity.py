@@ -1,0 +1,96 @@
+"""SHA-256 integrity values of spec §6: block-level (running, resumable) and full-file.
+
+`BlockHasher` holds the running BlockLevelHash of a file's prefix `[0, position)` in constant
+memory: the digest of the block being filled and the outer hash over the digests of the
+blocks before it. A copy is a few hundred bytes, so the upload keeps one per confirmed offset
+and rolls back to it when a chunk's outcome is unknown.
+
+Hashing a chunk costs milliseconds of CPU; `hash_off_loop` moves it to a worker thread
+(hashlib releases the GIL for large buffers) and keeps tiny buffers on the loop, where a
+thread hop would cost more than the hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import anyio.to_thread
+
+from bulkdrive.protocol import BLOCK_SIZE
+
+#: What a chunk's bytes may be held in.
+Buffer = bytes | bytearray | memoryview
+
+#: Below this many bytes a hash is cheaper than the thread hop that would carry it.
+INLINE_HASH_BYTES = 64 * 1024
+
+
+class BlockHasher:
+    """The running block-level hash of a file prefix, fed in order, any piece sizes."""
+
+    __slots__ = ("_block", "_in_block", "_outer", "block_size", "position")
+
+    def __init__(self, block_size: int = BLOCK_SIZE) -> None:
+        self.block_size = block_size
+        self.position = 0
+        self._outer = hashlib.sha256()
+        self._block = hashlib.sha256()
+        self._in_block = 0
+
+    def update(self, data: Buffer) -> None:
+        """Append `data` to the prefix. Blocking for large buffers: see `hash_off_loop`."""
+        view = memoryview(data).cast("B")
+        start = 0
+        while start < len(view):
+            take = min(len(view) - start, self.block_size - self._in_block)
+            self._block.update(view[start : start + take])
+            self._in_block += take
+            start += take
+            if self._in_block == self.block_size:
+                self._outer.update(self._block.digest())
+                self._block = hashlib.sha256()
+                self._in_block = 0
+        self.position += len(view)
+
+    def copy(self) -> BlockHasher:
+        twin = BlockHasher.__new__(BlockHasher)
+        twin.block_size = self.block_size
+        twin.position = self.position
+        twin._outer = self._outer.copy()
+        twin._block = self._block.copy()
+        twin._in_block = self._in_block
+        return twin
+
+    def hexdigest(self) -> str:
+        """BlockLevelHash of the prefix as a whole file: its last block may be short, and an
+        empty file is one empty block."""
+        outer = self._outer.copy()
+        if self._in_block or self.position == 0:
+            outer.update(self._block.digest())
+        return outer.hexdigest()
+
+
+def block_level_hash(data: Buffer, block_size: int = BLOCK_SIZE) -> str:
+    """BlockLevelHash of a whole file held in memory."""
+    hasher = BlockHasher(block_size)
+    hasher.update(data)
+    return hasher.hexdigest()
+
+
+def full_file_hash(data: Buffer) -> str:
+    """FullFileHash of a whole file held in memory."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def extended(hasher: BlockHasher, data: Buffer) -> BlockHasher:
+    """A new hasher for the prefix followed by `data`; `hasher` itself is left as it was."""
+    twin = hasher.copy()
+    twin.update(data)
+    return twin
+
+
+async def hash_off_loop(hasher: BlockHasher, data: Buffer) -> BlockHasher:
+    """`extended(hasher, data)` without blocking the event loop."""
+    if memoryview(data).nbytes <= INLINE_HASH_BYTES:
+        return extended(hasher, data)
+    return await anyio.to_thread.run_sync(extended, hasher, data)

@@ -1,0 +1,700 @@
+"""The resume journal: one SQLite row per source file, so a re-run skips what is done.
+
+Durability: WAL mode with one transaction per batch, so a process killed at any moment (even
+SIGKILL) leaves a journal that opens cleanly holding every committed batch whole, and none of the
+batch that was being written. `synchronous=NORMAL` is enough for that; a power cut may lose the
+last batches, which only costs re-sending them (the server's offset is the authority anyway).
+
+Writes are queued in memory and committed by a background task off the event loop. The queue is
+a dict keyed by relative path, so the many offset updates of one file between two commits
+coalesce into one row write, and its size is bounded: `record()` is async and waits for a
+commit when the queue is full. Reads (`lookup`, `summary`, `failures`) look at the queue first,
+so they always see the latest record, committed or not.
+
+Memory does not grow with the journal: lookups are primary-key reads through a page cache of
+bounded size, and `summary()` is computed by SQL aggregates.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.to_thread
+
+from bulkdrive.errors import ConfigError, RunFailed
+
+__all__ = [
+    "DIGEST_SIZE",
+    "SCHEMA_VERSION",
+    "FileRecord",
+    "FileState",
+    "JobKey",
+    "Journal",
+    "JournalStatistics",
+    "JournalSummary",
+    "default_journal_path",
+    "read_summary",
+]
+
+DIGEST_SIZE = 32
+SCHEMA_VERSION = 1
+# Per connection, in KiB (negative = KiB for SQLite): what bounds the journal's memory.
+CACHE_KIB = 2048
+BUSY_TIMEOUT_MS = 5000
+
+T = TypeVar("T")
+
+
+class FileState(enum.StrEnum):
+    PENDING = "pending"
+    PARTIAL = "partial"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What the journal knows of one source file.
+
+    `offset` is the last offset the server confirmed; `digests` the concatenated 32-byte block
+    digests already computed for the start of the file. Both only save work: on resume the
+    server's reported offset wins. The journal stamps `created_at` (first record of the file)
+    and `updated_at` (every record) itself with time.time().
+    """
+
+    relative: str
+    size: int
+    mtime_ns: int
+    state: FileState
+    request_id: str | None = None
+    offset: int = 0
+    digests: bytes = b""
+    file_guid: str | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.digests) % DIGEST_SIZE:
+            raise ValueError(f"digests of {self.relative!r} are not whole 32-byte digests")
+        if not 0 <= self.offset <= self.size:
+            raise ValueError(f"offset {self.offset} of {self.relative!r} is outside its size")
+
+    def is_done_for(self, size: int, mtime_ns: int) -> bool:
+        """Done with this very size and mtime: skip the file without any request."""
+        return self.state is FileState.DONE and self.size == size and self.mtime_ns == mtime_ns
+
+
+@dataclass(frozen=True)
+class JobKey:
+    """What identifies a job: the same four values on a re-run find the same journal."""
+
+    url: str
+    share: str
+    remote_folder: str
+    source: str
+
+    @classmethod
+    def of(cls, url: str, share: str, remote_folder: str, source: str | Path) -> JobKey:
+        """Normalize spellings of one job (`./photos/`, `https://h/`) to one key."""
+        return cls(
+            url=url.rstrip("/"),
+            share=share,
+            remote_folder=remote_folder.replace("\\", "/").strip("/"),
+            source=os.path.abspath(source),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            [self.url, self.share, self.remote_folder, self.source], ensure_ascii=False
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> JobKey:
+        url, share, remote_folder, source = json.loads(text)
+        return cls(str(url), str(share), str(remote_folder), str(source))
+
+
+@dataclass(frozen=True)
+class JournalSummary:
+    files: Mapping[FileState, int]
+    bytes: Mapping[FileState, int]
+    total_files: int
+    total_bytes: int
+    key: JobKey | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class JournalStatistics:
+    records_queued: int  # record() calls
+    records_pending: int  # distinct files queued or being committed now
+    records_committing: int  # of which a worker thread is committing now
+    batches_committed: int
+    rows_written: int  # fewer than records_queued: updates of one file coalesce
+    backpressure_waits: int  # record() calls that waited for a commit: the queue was full
+
+
+# --- where journals live -----------------------------------------------------------------------
+
+
+def state_dir(env: Mapping[str, str] | None = None, platform: str | None = None) -> Path:
+    """bulkdrive's folder under the user's state folder ($BULKDRIVE_STATE_DIR wins)."""
+    env = os.environ if env is None else env
+    platform = sys.platform if platform is None else platform
+    if env.get("BULKDRIVE_STATE_DIR"):
+        return Path(env["BULKDRIVE_STATE_DIR"])
+    home = Path(env.get("HOME") or Path.home())
+    if platform == "win32":
+        base = env.get("LOCALAPPDATA") or str(home / "AppData" / "Local")
+        return Path(base) / "bulkdrive"
+    if platform == "darwin":
+        return home / "Library" / "Application Support" / "bulkdrive"
+    xdg = env.get("XDG_STATE_HOME", "")
+    # The XDG spec says to ignore relative paths.
+    base_path = Path(xdg) if os.path.isabs(xdg) else home / ".local" / "state"
+    return base_path / "bulkdrive"
+
+
+def default_journal_path(
+    key: JobKey, *, env: Mapping[str, str] | None = None, platform: str | None = None
+) -> Path:
+    """`<state>/journals/<host-share-source>-<16 hex of sha256(key)>.sqlite`."""
+    digest = hashlib.sha256(key.to_json().encode()).hexdigest()[:16]
+    host = urlsplit(key.url).hostname or "server"
+    source_name = re.split(r"[\\/]", key.source.rstrip("/\\"))[-1] or "root"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{host}-{key.share}-{source_name}").strip("._-")
+    return state_dir(env, platform) / "journals" / f"{slug[:60]}-{digest}.sqlite"
+
+
+# --- the SQLite side (runs in worker threads, except the short reads) ----------------------------
+
+_COLUMNS = (
+    "relative, size, mtime_ns, state, request_id, confirmed_offset, digests, file_guid,"
+    " attempts, last_error, created_at, updated_at"
+)
+_SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value);
+CREATE TABLE files (
+    relative TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    state TEXT NOT NULL
+        CHECK (state IN ('pending', 'partial', 'done', 'failed', 'skipped')),
+    request_id TEXT,
+    confirmed_offset INTEGER NOT NULL DEFAULT 0,
+    digests BLOB NOT NULL DEFAULT x'',
+    file_guid TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+-- covers summary()'s GROUP BY and failures()'s filter
+CREATE INDEX files_by_state ON files (state, size);
+"""
+# user_version the file has → script that brings it one version further, in one transaction.
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+
+_UPSERT = f"""
+INSERT INTO files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (relative) DO UPDATE SET
+    size = excluded.size, mtime_ns = excluded.mtime_ns, state = excluded.state,
+    request_id = excluded.request_id, confirmed_offset = excluded.confirmed_offset,
+    digests = excluded.digests, file_guid = excluded.file_guid, attempts = excluded.attempts,
+    last_error = excluded.last_error, updated_at = excluded.updated_at
+"""
+_LOOKUP = f"SELECT {_COLUMNS} FROM files WHERE relative = ?"
+_LOOKUP_MANY = f"SELECT {_COLUMNS} FROM files WHERE relative IN"
+_IN_LIMIT = 500  # parameters per query, well under SQLITE_MAX_VARIABLE_NUMBER
+_FAILURES = f"SELECT {_COLUMNS} FROM files WHERE state = 'failed' ORDER BY relative"
+_AGGREGATE = "SELECT state, count(*), total(size) FROM files GROUP BY state"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _row_to_record(row: tuple[Any, ...]) -> FileRecord:
+    return FileRecord(
+        relative=row[0],
+        size=row[1],
+        mtime_ns=row[2],
+        state=FileState(row[3]),
+        request_id=row[4],
+        offset=row[5],
+        digests=bytes(row[6]),
+        file_guid=row[7],
+        attempts=row[8],
+        last_error=row[9],
+        created_at=row[10],
+        updated_at=row[11],
+    )
+
+
+def _record_to_row(r: FileRecord) -> tuple[Any, ...]:
+    return (
+        r.relative,
+        r.size,
+        r.mtime_ns,
+        r.state.value,
+        r.request_id,
+        r.offset,
+        r.digests,
+        r.file_guid,
+        r.attempts,
+        r.last_error,
+        r.created_at,
+        r.updated_at,
+    )
+
+
+def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
+    # mode=rw never creates a file, so a mistyped --journal for `status` is an error, not a
+    # fresh empty journal.
+    mode = "rwc" if create else "rw"
+    conn = sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode={mode}",
+        uri=True,
+        isolation_level=None,  # explicit BEGIN/COMMIT: one transaction per batch
+        check_same_thread=False,  # used from worker threads, one at a time
+        timeout=BUSY_TIMEOUT_MS / 1000,
+    )
+    try:
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    conn.execute("BEGIN IMMEDIATE")  # no other process migrates between our read and write
+    try:
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"journal {path} has schema version {version}, newer than this bulkdrive "
+                f"understands ({SCHEMA_VERSION}); upgrade bulkdrive or pass another --journal"
+            )
+        if version == 0 and conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+            raise ConfigError(f"{path} is an SQLite file but not a bulkdrive journal")
+        while version < SCHEMA_VERSION:
+            for statement in _MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            version += 1
+            conn.execute(f"PRAGMA user_version = {version}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _check_version(conn: sqlite3.Connection, path: Path) -> None:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:
+        raise ConfigError(f"{path} is not a bulkdrive journal")
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"journal {path} has schema version {version}, newer than this bulkdrive "
+            f"understands ({SCHEMA_VERSION}); upgrade bulkdrive"
+        )
+
+
+def _stored_key(conn: sqlite3.Connection) -> JobKey | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'job'").fetchone()
+    return None if row is None else JobKey.from_json(row[0])
+
+
+def _claim(conn: sqlite3.Connection, path: Path, key: JobKey | None) -> JobKey | None:
+    stored = _stored_key(conn)
+    if key is None or stored == key:
+        return stored
+    if stored is not None:
+        raise ConfigError(
+            f"journal {path} belongs to another job (source {stored.source}, share "
+            f"{stored.share}, folder {stored.remote_folder!r} on {stored.url}); "
+            "pass another --journal"
+        )
+    conn.execute("INSERT INTO meta (key, value) VALUES ('job', ?)", (key.to_json(),))
+    return key
+
+
+def _open_files(path: Path, key: JobKey | None) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+    """The writer and the reader connection of a journal, created and migrated if need be."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        message = f"cannot create the journal folder {path.parent}: {exc.strerror}"
+        raise ConfigError(message) from exc
+    writer = reader = None
+    try:
+        writer = _connect(path, create=True)
+        _migrate(writer, path)
+        _claim(writer, path, key)
+        reader = _connect(path, create=False)
+        return writer, reader
+    except BaseException as exc:
+        for conn in (reader, writer):
+            if conn is not None:
+                conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise ConfigError(f"cannot open journal {path}: {_one_line(exc)}") from exc
+        raise
+
+
+def _summarize(
+    conn: sqlite3.Connection, overlay: Mapping[str, FileRecord] | None = None
+) -> tuple[dict[FileState, int], dict[FileState, int], float]:
+    """Counts and bytes per state from SQL aggregates, corrected by the records not yet written.
+
+    One read transaction, so the aggregate and the rows it is corrected by are one snapshot.
+    """
+    files = dict.fromkeys(FileState, 0)
+    sizes = dict.fromkeys(FileState, 0)
+    conn.execute("BEGIN")
+    try:
+        for state, count, total in conn.execute(_AGGREGATE):
+            files[FileState(state)] += count
+            sizes[FileState(state)] += int(total)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'updated_at'").fetchone()
+        updated_at = float(row[0]) if row else 0.0
+        for record in (overlay or {}).values():
+            old = conn.execute(_LOOKUP, (record.relative,)).fetchone()
+            if old is not None:
+                files[FileState(old[3])] -= 1
+                sizes[FileState(old[3])] -= old[1]
+            files[record.state] += 1
+            sizes[record.state] += record.size
+            updated_at = max(updated_at, record.updated_at)
+    finally:
+        conn.execute("COMMIT")
+    return files, sizes, updated_at
+
+
+def read_summary(path: Path) -> JournalSummary:
+    """The summary of a journal on disk, for `bulkdrive status` (no event loop needed)."""
+    if not path.is_file():
+        raise ConfigError(f"no journal at {path}")
+    conn = None
+    try:
+        conn = _connect(path, create=False)
+        _check_version(conn, path)
+        files, sizes, updated_at = _summarize(conn)
+        key = _stored_key(conn)
+    except (sqlite3.Error, ValueError) as exc:
+        raise ConfigError(f"cannot read journal {path}: {_one_line(exc)}") from exc
+    finally:
+        if conn is not None:
+            conn.close()
+    return JournalSummary(files, sizes, sum(files.values()), sum(sizes.values()), key, updated_at)
+
+
+# --- the journal -------------------------------------------------------------------------------
+
+
+class Journal:
+    """Open with `async with Journal.open(path, key) as journal:`.
+
+    - `lookup(relative)`: sync, a primary-key read (queued records first).
+    - `await lookup_many(relatives)`: the same for a batch, in one worker-thread hop.
+    - `await record(record)`: queue an upsert; returns at once unless the queue is full, then
+      waits for a commit. Raises RunFailed once the journal cannot be written.
+    - `await flush()`: commit everything queued now.
+    - `summary()`, `failures()`, `statistics()`: sync and bounded.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        writer: sqlite3.Connection,
+        reader: sqlite3.Connection,
+        *,
+        batch_size: int,
+        flush_interval: float,
+        max_pending: int,
+    ) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._max_pending = max_pending
+        self._pending: dict[str, FileRecord] = {}
+        self._inflight: dict[str, FileRecord] = {}  # being committed by a worker thread
+        self._commit_lock = anyio.Lock()  # one batch at a time, in order
+        self._has_pending = anyio.Event()
+        self._batch_full = anyio.Event()
+        self._failure: RunFailed | None = None
+        self._closed = False
+        self._records_queued = 0
+        self._batches_committed = 0
+        self._rows_written = 0
+        self._backpressure_waits = 0
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        path: Path,
+        key: JobKey | None = None,
+        *,
+        batch_size: int = 512,
+        flush_interval: float = 0.5,
+        max_pending: int = 4096,
+    ) -> AsyncIterator[Journal]:
+        """Open (creating, migrating) the journal at `path`; a commit every `batch_size`
+        records or `flush_interval` seconds; at most `max_pending` files queued in memory.
+        At exit, even on error or cancellation, what is queued is committed and the file closed.
+        `key` is stored on first open; a journal of another job is refused with ConfigError.
+        """
+        if not 1 <= batch_size <= max_pending:
+            raise ValueError("need 1 <= batch_size <= max_pending")
+        writer, reader = await anyio.to_thread.run_sync(_open_files, path, key)
+        journal = cls(
+            path,
+            writer,
+            reader,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            max_pending=max_pending,
+        )
+        try:
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(journal._write_in_background)
+                    try:
+                        yield journal
+                    finally:
+                        tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                # The writer task never raises, so the group only wraps the caller's own
+                # exception: hand it back as it was raised.
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from None
+                raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    journal._failure = None  # one last try for what is queued
+                    await journal._commit()
+                finally:
+                    journal._closed = True
+                    await anyio.to_thread.run_sync(journal._close_connections)
+
+    # --- writes ---
+
+    async def record(self, record: FileRecord) -> None:
+        """Queue an upsert of `record` (timestamps are stamped here)."""
+        if self._closed:
+            raise RuntimeError("the journal is closed")
+        if self._failure is not None:
+            raise self._failure
+        while record.relative not in self._pending and len(self._pending) >= self._max_pending:
+            # Full: commit rather than grow. The lock orders us behind a commit in progress.
+            self._backpressure_waits += 1
+            await self._commit(only_if_full=True)
+        self._queue(record)
+
+    def note(self, record: FileRecord) -> None:
+        """Queue the progress of a file in flight without waiting (best effort).
+
+        Each file has at most one queued record, so notes can pass `max_pending` by no more
+        than the number of files in flight.
+        """
+        if not self._closed and self._failure is None:
+            self._queue(record)
+
+    def _queue(self, record: FileRecord) -> None:
+        relative = record.relative
+        previous = self._pending.get(relative) or self._inflight.get(relative)
+        now = time.time()
+        created_at = previous.created_at if previous is not None else record.created_at or now
+        self._pending[relative] = replace(record, created_at=created_at, updated_at=now)
+        self._records_queued += 1
+        if not self._has_pending.is_set():
+            self._has_pending.set()
+        if len(self._pending) >= self._batch_size and not self._batch_full.is_set():
+            self._batch_full.set()
+
+    async def flush(self) -> None:
+        """Commit everything queued so far; raises RunFailed if the journal cannot be written."""
+        if self._failure is not None:
+            raise self._failure
+        await self._commit()
+
+    async def _write_in_background(self) -> None:
+        while self._failure is None:
+            if not self._pending:
+                self._has_pending = anyio.Event()
+                await self._has_pending.wait()
+            with anyio.move_on_after(self._flush_interval):
+                while len(self._pending) < self._batch_size:
+                    self._batch_full = anyio.Event()
+                    await self._batch_full.wait()
+            try:
+                await self._commit()
+            except RunFailed:
+                return  # record() and flush() raise it now; the exit retries once
+
+    async def _commit(self, *, only_if_full: bool = False) -> None:
+        async with self._commit_lock:
+            if only_if_full and len(self._pending) < self._max_pending:
+                return
+            if not self._pending:
+                return
+            self._inflight, self._pending = self._pending, {}
+            batch = list(self._inflight.values())
+            try:
+                # Shielded: a batch is either committed and accounted, or rolled back and
+                # requeued; never abandoned halfway by a cancellation.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._write_batch, batch)
+            except sqlite3.Error as exc:
+                # Keep the batch; records queued meanwhile are newer and win.
+                self._pending = {**self._inflight, **self._pending}
+                self._inflight = {}
+                self._failure = RunFailed(f"cannot write journal {self.path}: {_one_line(exc)}")
+                raise self._failure from exc
+            self._inflight = {}
+            self._batches_committed += 1
+            self._rows_written += len(batch)
+
+    def _write_batch(self, batch: list[FileRecord]) -> None:
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_UPSERT, map(_record_to_row, batch))
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('updated_at', ?)",
+                (max(r.updated_at for r in batch),),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _close_connections(self) -> None:
+        self._reader.close()
+        # The last connection to close checkpoints the WAL into the main file.
+        self._writer.close()
+
+    # --- reads ---
+
+    def lookup(self, relative: str) -> FileRecord | None:
+        """The latest record of `relative`, queued or committed; None if never recorded."""
+        record = self._pending.get(relative) or self._inflight.get(relative)
+        if record is not None:
+            return record
+        return self._lookup_committed(relative)
+
+    async def lookup_many(self, relatives: Iterable[str]) -> dict[str, FileRecord]:
+        """The latest records of many files (those never recorded are absent), read in one
+        worker-thread hop: for a batch of walked files, cheaper than one lookup() each."""
+        wanted = list(relatives)
+        if self._closed:
+            raise RuntimeError("the journal is closed")
+        # Under the commit lock no batch moves from memory to disk while we read, so the rows
+        # read plus the records queued now are exactly the latest state.
+        async with self._commit_lock:
+            try:
+                found = await anyio.to_thread.run_sync(self._read_many, wanted)
+            except sqlite3.Error as exc:
+                message = f"cannot read journal {self.path}: {_one_line(exc)}"
+                raise RunFailed(message) from exc
+            for relative in wanted:
+                queued = self._pending.get(relative)
+                if queued is not None:
+                    found[relative] = queued
+        return found
+
+    def _read_many(self, relatives: list[str]) -> dict[str, FileRecord]:
+        # The writer connection: only ever used under the commit lock, so never concurrently.
+        found: dict[str, FileRecord] = {}
+        for start in range(0, len(relatives), _IN_LIMIT):
+            part = relatives[start : start + _IN_LIMIT]
+            query = f"{_LOOKUP_MANY} ({', '.join('?' * len(part))})"
+            for row in self._writer.execute(query, part):
+                found[row[0]] = _row_to_record(row)
+        return found
+
+    def _lookup_committed(self, relative: str) -> FileRecord | None:
+        row = self._read(lambda: self._reader.execute(_LOOKUP, (relative,)).fetchone())
+        return None if row is None else _row_to_record(row)
+
+    def _read(self, read: Callable[[], T]) -> T:
+        if self._closed:
+            raise RuntimeError("the journal is closed")
+        try:
+            return read()
+        except sqlite3.Error as exc:
+            raise RunFailed(f"cannot read journal {self.path}: {_one_line(exc)}") from exc
+
+    def _overlay(self) -> dict[str, FileRecord]:
+        return {**self._inflight, **self._pending}
+
+    def summary(self) -> JournalSummary:
+        """Counts and bytes per state, queued records included; SQL aggregates, no row loading.
+
+        A full index scan: ~0.1 s per million rows, so call it at the end of a run or via
+        anyio.to_thread.run_sync on a large journal.
+        """
+        overlay = self._overlay()
+        files, sizes, updated_at = self._read(lambda: _summarize(self._reader, overlay))
+        key = self._read(lambda: _stored_key(self._reader))
+        total_files, total_bytes = sum(files.values()), sum(sizes.values())
+        return JournalSummary(files, sizes, total_files, total_bytes, key, updated_at)
+
+    def failures(self, limit: int = 1000) -> Iterator[FileRecord]:
+        """Failed files, at most `limit`, streamed: queued ones first, then committed ones
+        ordered by path."""
+        overlay = self._overlay()  # a snapshot: bounded by max_pending
+        emitted = 0
+        for record in overlay.values():
+            if emitted >= limit:
+                return
+            if record.state is FileState.FAILED:
+                emitted += 1
+                yield record
+        cursor = self._read(lambda: self._reader.execute(_FAILURES))
+        try:
+            while emitted < limit:
+                row = self._read(cursor.fetchone)
+                if row is None:
+                    return
+                if row[0] in overlay:
+                    continue  # its newer record was handled above
+                emitted += 1
+                yield _row_to_record(row)
+        finally:
+            cursor.close()
+
+    def statistics(self) -> JournalStatistics:
+        return JournalStatistics(
+            records_queued=self._records_queued,
+            records_pending=len(self._pending) + len(self._inflight),
+            records_committing=len(self._inflight),
+            batches_committed=self._batches_committed,
+            rows_written=self._rows_written,
+            backpressure_waits=self._backpressure_waits,
+        )

@@ -1,0 +1,486 @@
+"""The end of a run: per-file outcomes, the run's tally and summary, and what is written about it.
+
+`RunTally` is fed by the scheduler and keeps O(1) memory: counters, plus the first
+`max_failures` failed files in full (the rest are only counted). `RunSummary` is its frozen
+result. The only I/O here is in the writers: `write_json_report` (the run, atomically),
+`FileReportWriter` (one NDJSON line per file, streamed) and `render_summary` (the table people
+read at the end).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from bulkdrive.errors import BulkdriveError
+
+EXIT_OK = 0
+EXIT_FILES_FAILED = 1
+EXIT_INTERRUPTED = 130
+DEFAULT_MAX_FAILURES = 1000
+
+
+class Outcome(enum.StrEnum):
+    UPLOADED = "uploaded"
+    RESUMED = "resumed"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """How one file ended. `relative` is its path under SRC, with forward slashes."""
+
+    relative: str
+    remote_path: str
+    size: int
+    outcome: Outcome
+    file_guid: str | None = None
+    attempts: int = 0
+    seconds: float = 0.0
+    bytes_sent: int = 0  # bytes actually sent in this run (a resumed file sends only its tail)
+    reason: str | None = None  # one line, for failed/skipped
+    exit_class: str | None = None  # error class name for failures, e.g. "SourceChanged"
+    hint: str | None = None  # what to do
+
+
+def failed_outcome(
+    relative: str,
+    remote_path: str,
+    size: int,
+    error: BulkdriveError,
+    *,
+    attempts: int = 0,
+    seconds: float = 0.0,
+    bytes_sent: int = 0,
+) -> FileOutcome:
+    """The FAILED outcome for `error`: its one-line message, class name and hint."""
+    return FileOutcome(
+        relative=relative,
+        remote_path=remote_path,
+        size=size,
+        outcome=Outcome.FAILED,
+        attempts=attempts,
+        seconds=seconds,
+        bytes_sent=bytes_sent,
+        reason=one_line(str(error)) or type(error).__name__,
+        exit_class=type(error).__name__,
+        hint=error.hint or None,
+    )
+
+
+# --- text safe for a terminal or a CI log ---------------------------------------------------
+
+# C0/C1 controls, DEL, lone surrogates (undecodable file names) and the bidi overrides that can
+# make a name display as another; a hostile file name must not move the cursor or lie.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """`text` with every control, bidi and surrogate character escaped (`\\n`, `\\x1b`, ...)."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def one_line(text: str) -> str:
+    """A message folded to one printable line."""
+    return printable(" ".join(text.split()))
+
+
+# --- human units ------------------------------------------------------------------------------
+
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def format_bytes(n: float) -> str:
+    """1024-based: "512 B", "1.5 KiB", "1.5 GiB"."""
+    if n < 1024:
+        return f"{max(n, 0):.0f} B"
+    value = float(n)
+    for unit in _UNITS:
+        value /= 1024
+        if value < 1024 or unit == _UNITS[-1]:
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def format_rate(bytes_per_second: float) -> str:
+    return f"{format_bytes(bytes_per_second)}/s"
+
+
+def format_duration(seconds: float) -> str:
+    """ "0.4s", "45s", "2m03s", "1h02m03s"."""
+    if seconds < 10:
+        return f"{max(seconds, 0.0):.1f}s"
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+# --- the tally and the summary ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileCounts:
+    uploaded: int
+    resumed: int
+    skipped: int
+    failed: int
+    total: int  # files found by the walk (so far, if the walk did not complete)
+
+
+@dataclass(frozen=True)
+class ByteCounts:
+    uploaded: int  # sizes of the files uploaded whole in this run
+    resumed: int  # sizes of the files completed by resuming an earlier upload
+    skipped: int
+    failed: int
+    total: int  # sizes of all files found
+    sent: int  # bytes actually sent in this run (what the throughput is made of)
+
+
+@dataclass(frozen=True)
+class RunError:
+    """The run-level error that stopped the run (wrong password, no permission, quota...)."""
+
+    reason: str
+    exit_class: str
+    hint: str | None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    files: FileCounts
+    bytes: ByteCounts
+    elapsed_seconds: float
+    throughput: float  # bytes sent / elapsed seconds
+    retries: int
+    resumes: int
+    failures: tuple[FileOutcome, ...]
+    failures_omitted: int
+    exit_code: int
+    interrupted: bool
+    walk_complete: bool = True
+    run_error: RunError | None = None
+
+
+class RunTally:
+    """Counts a run as the scheduler reports it. Memory is O(1) plus at most `max_failures`."""
+
+    def __init__(self, *, max_failures: int = DEFAULT_MAX_FAILURES) -> None:
+        self._max_failures = max_failures
+        self._files_found = 0
+        self._bytes_found = 0
+        self._walk_complete = False
+        self._files = dict.fromkeys(Outcome, 0)
+        self._bytes = dict.fromkeys(Outcome, 0)
+        self._bytes_sent = 0
+        self._retries = 0
+        self._resumes = 0
+        self._failures: list[FileOutcome] = []
+        self._failures_omitted = 0
+
+    def found(self, size: int) -> None:
+        self._files_found += 1
+        self._bytes_found += size
+
+    def walk_finished(self) -> None:
+        self._walk_complete = True
+
+    def finished(self, outcome: FileOutcome) -> None:
+        self._files[outcome.outcome] += 1
+        self._bytes[outcome.outcome] += outcome.size
+        self._bytes_sent += outcome.bytes_sent
+        if outcome.outcome is Outcome.FAILED:
+            if len(self._failures) < self._max_failures:
+                self._failures.append(outcome)
+            else:
+                self._failures_omitted += 1
+
+    def retried(self) -> None:
+        self._retries += 1
+
+    def resumed(self) -> None:
+        self._resumes += 1
+
+    @property
+    def failed(self) -> int:
+        return self._files[Outcome.FAILED]
+
+    def summary(
+        self,
+        elapsed: float,
+        *,
+        interrupted: bool = False,
+        run_error: BulkdriveError | None = None,
+    ) -> RunSummary:
+        """The frozen figures. Exit code: the run error's, else 130 if interrupted, else 1 if
+        any file failed, else 0."""
+        finished = sum(self._files.values())
+        failed = self._files[Outcome.FAILED]
+        if run_error is not None:
+            exit_code = run_error.exit_code
+        elif interrupted:
+            exit_code = EXIT_INTERRUPTED
+        elif failed:
+            exit_code = EXIT_FILES_FAILED
+        else:
+            exit_code = EXIT_OK
+        return RunSummary(
+            files=FileCounts(
+                uploaded=self._files[Outcome.UPLOADED],
+                resumed=self._files[Outcome.RESUMED],
+                skipped=self._files[Outcome.SKIPPED],
+                failed=failed,
+                # a caller that finishes files it never reported as found still gets a sane total
+                total=max(self._files_found, finished),
+            ),
+            bytes=ByteCounts(
+                uploaded=self._bytes[Outcome.UPLOADED],
+                resumed=self._bytes[Outcome.RESUMED],
+                skipped=self._bytes[Outcome.SKIPPED],
+                failed=self._bytes[Outcome.FAILED],
+                total=max(self._bytes_found, sum(self._bytes.values())),
+                sent=self._bytes_sent,
+            ),
+            elapsed_seconds=elapsed,
+            throughput=self._bytes_sent / elapsed if elapsed > 0 else 0.0,
+            retries=self._retries,
+            resumes=self._resumes,
+            failures=tuple(self._failures),
+            failures_omitted=self._failures_omitted,
+            exit_code=exit_code,
+            interrupted=interrupted,
+            walk_complete=self._walk_complete,
+            run_error=None
+            if run_error is None
+            else RunError(
+                reason=one_line(str(run_error)) or type(run_error).__name__,
+                exit_class=type(run_error).__name__,
+                hint=run_error.hint or None,
+            ),
+        )
+
+
+# --- --report FILE.json -----------------------------------------------------------------------
+
+
+def summary_to_json(summary: RunSummary) -> dict[str, Any]:
+    """The `--report` document (schema in the README)."""
+    error = summary.run_error
+    return {
+        "files": {
+            "uploaded": summary.files.uploaded,
+            "resumed": summary.files.resumed,
+            "skipped": summary.files.skipped,
+            "failed": summary.files.failed,
+            "total": summary.files.total,
+        },
+        "bytes": {
+            "uploaded": summary.bytes.uploaded,
+            "resumed": summary.bytes.resumed,
+            "skipped": summary.bytes.skipped,
+            "failed": summary.bytes.failed,
+            "total": summary.bytes.total,
+            "sent": summary.bytes.sent,
+        },
+        "elapsed_seconds": round(summary.elapsed_seconds, 3),
+        "throughput_bytes_per_second": round(summary.throughput, 1),
+        "retries": summary.retries,
+        "resumes": summary.resumes,
+        "exit_code": summary.exit_code,
+        "interrupted": summary.interrupted,
+        "walk_complete": summary.walk_complete,
+        "run_error": None
+        if error is None
+        else {"reason": error.reason, "exit_class": error.exit_class, "hint": error.hint},
+        "failures": [
+            {
+                "path": failure.relative,
+                "remote_path": failure.remote_path,
+                "size": failure.size,
+                "reason": failure.reason,
+                "exit_class": failure.exit_class,
+                "hint": failure.hint,
+            }
+            for failure in summary.failures
+        ],
+        "failures_omitted": summary.failures_omitted,
+    }
+
+
+def write_json_report(path: Path, summary: RunSummary) -> None:
+    """Write the report atomically: readers see the old file or the whole new one, never half.
+
+    Raises OSError if the folder cannot be written."""
+    data = json.dumps(summary_to_json(summary), indent=2) + "\n"
+    folder = path.parent
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+
+
+# --- --report-files FILE.ndjson ---------------------------------------------------------------
+
+
+def outcome_to_json(outcome: FileOutcome) -> dict[str, Any]:
+    """One `--report-files` line (schema in the README)."""
+    return {
+        "path": outcome.relative,
+        "remote_path": outcome.remote_path,
+        "size": outcome.size,
+        "outcome": outcome.outcome.value,
+        "file_guid": outcome.file_guid,
+        "attempts": outcome.attempts,
+        "seconds": round(outcome.seconds, 3),
+        "bytes_sent": outcome.bytes_sent,
+        "reason": outcome.reason,
+        "exit_class": outcome.exit_class,
+    }
+
+
+class FileReportWriter:
+    """Streams one JSON line per finished file. Open it before the run so a bad path fails
+    early; memory is one write buffer, whatever the number of files.
+
+    Lines go straight to the final path (not via a temporary file), so a run killed midway
+    still leaves every line that reached the disk."""
+
+    BUFFER_SIZE = 1 << 16
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines = 0
+        # ensure_ascii keeps undecodable names (lone surrogates) writable and the file pure ASCII
+        self._file: IO[str] | None = open(  # noqa: SIM115 - closed in close()
+            path, "w", encoding="utf-8", buffering=self.BUFFER_SIZE, newline="\n"
+        )
+
+    def write(self, outcome: FileOutcome) -> None:
+        if self._file is None:
+            raise ValueError("FileReportWriter is closed")
+        self._file.write(json.dumps(outcome_to_json(outcome), separators=(",", ":")) + "\n")
+        self.lines += 1
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        file, self._file = self._file, None
+        try:
+            file.flush()
+            os.fsync(file.fileno())
+        finally:
+            file.close()
+
+    def __enter__(self) -> FileReportWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# --- the table at the end ---------------------------------------------------------------------
+
+
+def render_summary(summary: RunSummary, console: Console) -> None:
+    """The end-of-run table, then each failed file with its reason and what to do."""
+    if summary.run_error is not None:
+        title = f"upload stopped: {summary.run_error.exit_class}"
+    elif summary.interrupted:
+        title = "upload interrupted"
+    else:
+        title = "upload finished"
+    console.print(Text(title, style="bold"), soft_wrap=True)
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("", no_wrap=True)
+    table.add_column("files", justify="right", no_wrap=True)
+    table.add_column("bytes", justify="right", no_wrap=True)
+    files, sizes = summary.files, summary.bytes
+    rows: tuple[tuple[str, int, int, str], ...] = (
+        ("uploaded", files.uploaded, sizes.uploaded, "green"),
+        ("resumed", files.resumed, sizes.resumed, "green"),
+        ("skipped", files.skipped, sizes.skipped, ""),
+        ("failed", files.failed, sizes.failed, "bold red" if files.failed else ""),
+    )
+    for label, count, size, style in rows:
+        table.add_row(label, f"{count:,}", format_bytes(size), style=style or None)
+    total_label = "total" if summary.walk_complete else "total (walk incomplete)"
+    table.add_row(total_label, f"{files.total:,}", format_bytes(sizes.total), end_section=True)
+    console.print(table)
+    console.print(
+        Text(
+            f"elapsed {format_duration(summary.elapsed_seconds)}, "
+            f"mean throughput {format_rate(summary.throughput)} "
+            f"({format_bytes(sizes.sent)} sent), "
+            f"retries {summary.retries:,}, resumes {summary.resumes:,}"
+        ),
+        soft_wrap=True,
+    )
+    if summary.run_error is not None:
+        error = summary.run_error
+        line = Text()
+        line.append("error: ", style="bold red")
+        line.append(f"{error.reason} ({error.exit_class})")
+        if error.hint:
+            line.append(f"; {error.hint}")
+        console.print(line, soft_wrap=True)
+    if summary.failures:
+        console.print(Text(f"failed files ({files.failed:,}):", style="bold red"), soft_wrap=True)
+        for failure in summary.failures:
+            console.print(failure_line(failure), soft_wrap=True)
+    if summary.failures_omitted:
+        console.print(
+            Text(
+                f"... and {summary.failures_omitted:,} more failed files, not listed "
+                "(--report-files lists every file)"
+            ),
+            soft_wrap=True,
+        )
+
+
+def failure_line(outcome: FileOutcome) -> Text:
+    """ "FAILED path: reason (Class); what to do" — one line, safe to print."""
+    line = Text()
+    line.append("FAILED ", style="bold red")
+    line.append(printable(outcome.relative))
+    line.append(f": {one_line(outcome.reason or 'failed')}")
+    if outcome.exit_class:
+        line.append(f" ({outcome.exit_class})")
+    if outcome.hint:
+        line.append(f"; {one_line(outcome.hint)}")
+    return line

@@ -1,0 +1,448 @@
+"""The run: one task group, the walker the only producer into a bounded backlog, at most
+`transfers` file uploads in flight.
+
+    walk ──(bounded stream: backlog)──▶ dispatcher ──(semaphore: transfers)──▶ upload_file × N
+
+The dispatcher creates each remote folder before it hands out a file inside it, decides what to
+skip (journal, remote listing), and stops handing out files as soon as a run-level error
+(wrong credentials, no permission, unknown share, quota) is seen; files in flight then end on
+their own. When the backlog is full the walker blocks, so memory stays flat however large the
+tree: file data ≤ transfers × 2 × chunk_size, plus the backlog, plus a constant.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import anyio
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_random_exponential
+
+from bulkdrive import errors
+from bulkdrive.client import EdgeDriveClient
+from bulkdrive.config import TransferConfig
+from bulkdrive.journal import FileRecord, FileState, Journal
+from bulkdrive.progress import NullReporter, Reporter
+from bulkdrive.protocol import mtime_seconds, remote_child, split_remote_path
+from bulkdrive.report import FileOutcome, FileReportWriter, Outcome, RunSummary, RunTally
+from bulkdrive.upload import UploadResult, upload_file
+from bulkdrive.walk import FileEntry, FolderEntry, SkippedEntry, WalkFilters, WalkItem, walk
+
+#: Remote folder listings kept for --check-remote; files arrive grouped by folder.
+_LISTINGS_KEPT = 4
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What to upload where, and how."""
+
+    source: Path
+    remote_folder: str = "\\"
+    filters: WalkFilters = field(default_factory=WalkFilters)
+    config: TransferConfig = field(default_factory=TransferConfig)
+    #: Walk items waiting for an upload slot; bounds the walker's lead.
+    backlog: int = 1000
+    check_remote: bool = False
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class SchedulerStatistics:
+    files_started: int
+    in_flight: int
+    max_in_flight: int
+    backlog_used: int
+    max_backlog_used: int
+    backlog_size: int
+    folders_created: int
+    would_upload_files: int
+    would_upload_bytes: int
+
+
+class TreeUpload:
+    """One run of `bulkdrive upload`: construct, `await run()`, read `statistics()`."""
+
+    def __init__(
+        self,
+        client: EdgeDriveClient | None,
+        plan: RunPlan,
+        *,
+        reporter: Reporter | None = None,
+        journal: Journal | None = None,
+        file_report: FileReportWriter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if client is None and not plan.dry_run:
+            raise ValueError("a client is needed unless this is a dry run")
+        self._client = client
+        self._plan = plan
+        self._reporter = reporter or NullReporter()
+        self._journal = journal
+        self._file_report = file_report
+        self._clock = clock
+        self._tally = RunTally()
+        self._slots = anyio.Semaphore(plan.config.transfers)
+        self._run_error: errors.RunFailed | None = None
+        self._interrupted = False
+        self._walk_scope = anyio.CancelScope()
+        self._run_scope = anyio.CancelScope()
+        self._listings: OrderedDict[str, dict[str, tuple[int, int]]] = OrderedDict()
+        self._started = 0
+        self._in_flight = 0
+        self._max_in_flight = 0
+        self._max_backlog = 0
+        self._folders_created = 0
+        self._would_upload_files = 0
+        self._would_upload_bytes = 0
+        self._backlog_used: Callable[[], int] = lambda: 0
+
+    # --- public --------------------------------------------------------------------------
+
+    @property
+    def run_error(self) -> errors.RunFailed | None:
+        return self._run_error
+
+    def statistics(self) -> SchedulerStatistics:
+        return SchedulerStatistics(
+            files_started=self._started,
+            in_flight=self._in_flight,
+            max_in_flight=self._max_in_flight,
+            backlog_used=self._backlog_used(),
+            max_backlog_used=self._max_backlog,
+            backlog_size=self._plan.backlog,
+            folders_created=self._folders_created,
+            would_upload_files=self._would_upload_files,
+            would_upload_bytes=self._would_upload_bytes,
+        )
+
+    def interrupt(self) -> None:
+        """Stop now (SIGINT/SIGTERM): cancel the walk and the uploads in flight."""
+        self._interrupted = True
+        self._run_scope.cancel()
+
+    async def run(self) -> RunSummary:
+        started = self._clock()
+        plan = self._plan
+        self._reporter.start(str(plan.source), plan.remote_folder)
+        send, receive = anyio.create_memory_object_stream[WalkItem](plan.backlog)
+        self._backlog_used = lambda: receive.statistics().current_buffer_used
+        try:
+            with self._run_scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._walk, send)
+                    async with receive:
+                        if not plan.dry_run:
+                            await self._ensure_remote_root()
+                        async for item in receive:
+                            self._max_backlog = max(self._max_backlog, self._backlog_used())
+                            if self._run_error is not None:
+                                break
+                            try:
+                                await self._dispatch(item, tg)
+                            except errors.RunFailed as exc:
+                                self._stop(exc)
+                        self._walk_scope.cancel()
+        except BaseExceptionGroup as group:
+            # Our tasks catch what they expect; hand back a lone error as it was raised.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        if self._journal is not None:
+            with anyio.CancelScope(shield=True):
+                await self._journal.flush()
+        summary = self._tally.summary(
+            self._clock() - started,
+            run_error=self._run_error,
+            interrupted=self._interrupted,
+        )
+        self._reporter.close(summary)
+        return summary
+
+    # --- the producer --------------------------------------------------------------------
+
+    async def _walk(self, send: anyio.abc.ObjectSendStream[WalkItem]) -> None:
+        with self._walk_scope:
+            await walk(self._plan.source, self._plan.filters, send)
+        self._tally.walk_finished()
+        self._reporter.walk_finished()
+
+    # --- the dispatcher ------------------------------------------------------------------
+
+    async def _dispatch(self, item: WalkItem, tg: anyio.abc.TaskGroup) -> None:
+        if isinstance(item, FolderEntry):
+            if not self._plan.dry_run:
+                await self._create_folder(item.relative)
+            return
+        if isinstance(item, SkippedEntry):
+            self._finish(
+                FileOutcome(
+                    relative=item.relative.as_posix(),
+                    remote_path=self._remote_path(item.relative),
+                    size=0,
+                    outcome=Outcome.SKIPPED,
+                    reason=item.reason,
+                )
+            )
+            return
+        self._tally.found(item.size)
+        self._reporter.file_found(item.size)
+        reason = await self._skip_reason(item)
+        if reason is not None:
+            self._finish(self._outcome(item, Outcome.SKIPPED, reason=reason))
+            return
+        if self._plan.dry_run:
+            self._would_upload_files += 1
+            self._would_upload_bytes += item.size
+            self._reporter.message(f"would upload {item.relative.as_posix()} ({item.size} bytes)")
+            return
+        await self._slots.acquire()
+        if self._run_error is not None:
+            self._slots.release()
+            return
+        self._started += 1
+        self._in_flight += 1
+        self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        tg.start_soon(self._upload, item)
+
+    async def _skip_reason(self, entry: FileEntry) -> str | None:
+        if self._journal is not None:
+            record = self._journal.lookup(entry.relative.as_posix())
+            if record is not None and record.is_done_for(entry.size, entry.mtime_ns):
+                return "unchanged since the last run (journal)"
+        if self._plan.check_remote:
+            listing = await self._remote_listing(self._remote_folder(entry.relative))
+            remote = listing.get(entry.relative.name)
+            if remote == (entry.size, mtime_seconds(entry.mtime_ns)):
+                return "the server has it already (same size and modified time)"
+        return None
+
+    async def _remote_listing(self, folder: str) -> dict[str, tuple[int, int]]:
+        listing = self._listings.get(folder)
+        if listing is not None:
+            self._listings.move_to_end(folder)
+            return listing
+        assert self._client is not None
+        listing = {}
+        try:
+            async for resource in self._client.list_folder(folder):
+                if not resource.is_directory:
+                    listing[resource.name] = (resource.size, resource.modified_time)
+        except (errors.FolderNotFound, errors.SessionGone):
+            pass  # nothing there yet: every file is new
+        self._listings[folder] = listing
+        if len(self._listings) > _LISTINGS_KEPT:
+            self._listings.popitem(last=False)
+        return listing
+
+    async def _ensure_remote_root(self) -> None:
+        parts = split_remote_path(self._plan.remote_folder)
+        for depth in range(1, len(parts) + 1):
+            await self._create_remote(parts[: depth - 1], parts[depth - 1])
+
+    async def _create_folder(self, relative: PurePosixPath) -> None:
+        parent = (*split_remote_path(self._plan.remote_folder), *relative.parent.parts)
+        await self._create_remote(parent, relative.name)
+
+    async def _create_remote(self, parent: tuple[str, ...], name: str) -> None:
+        assert self._client is not None
+        client = self._client
+        policy = self._plan.config.retry
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(errors.OutcomeUnknown),
+            wait=wait_random_exponential(multiplier=policy.initial_wait, max=policy.max_wait),
+            stop=stop_after_attempt(policy.attempts),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    # createfolder is idempotent (201, or 409 when it exists): safe to repeat.
+                    if await client.create_folder(remote_child("\\", *parent), name):
+                        self._folders_created += 1
+        except errors.RunFailed as exc:
+            self._stop(exc)
+        except errors.BulkdriveError as exc:
+            folder = remote_child("\\", *parent, name)
+            self._reporter.message(f"cannot create folder {folder}: {exc}")
+
+    # --- one file ------------------------------------------------------------------------
+
+    async def _upload(self, entry: FileEntry) -> None:
+        assert self._client is not None
+        relative = entry.relative.as_posix()
+        began = self._clock()
+        events = _FileEvents(self, entry)
+        self._reporter.file_started(relative, entry.size)
+        outcome: FileOutcome
+        try:
+            result = await upload_file(
+                self._client,
+                entry.path,
+                self._remote_folder(entry.relative),
+                remote_name=entry.relative.name,
+                config=self._plan.config,
+                events=events,
+            )
+        except errors.BulkdriveError as exc:
+            if isinstance(exc, errors.RunFailed):
+                self._stop(exc)
+            outcome = await self._failed(entry, exc, events, self._clock() - began)
+        except Exception as exc:  # a bug must cost one file, not the run
+            outcome = await self._failed(entry, exc, events, self._clock() - began)
+        else:
+            outcome = await self._succeeded(entry, result, self._clock() - began)
+        finally:
+            self._in_flight -= 1
+            self._slots.release()
+        self._finish(outcome)
+
+    async def _succeeded(
+        self, entry: FileEntry, result: UploadResult, seconds: float
+    ) -> FileOutcome:
+        if self._journal is not None:
+            await self._journal.record(
+                FileRecord(
+                    relative=entry.relative.as_posix(),
+                    size=entry.size,
+                    mtime_ns=entry.mtime_ns,
+                    state=FileState.DONE,
+                    offset=entry.size,
+                    file_guid=result.file_guid,
+                    attempts=result.attempts,
+                )
+            )
+        return self._outcome(
+            entry,
+            Outcome.RESUMED if result.resumes else Outcome.UPLOADED,
+            file_guid=result.file_guid,
+            attempts=result.attempts,
+            seconds=seconds,
+            bytes_sent=result.bytes_sent,
+        )
+
+    async def _failed(
+        self, entry: FileEntry, exc: Exception, events: _FileEvents, seconds: float
+    ) -> FileOutcome:
+        if isinstance(exc, errors.BulkdriveError):
+            reason, exit_class, hint = str(exc), type(exc).__name__, exc.hint
+        else:
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            exit_class, hint = "InternalError", "please report this as a bug"
+        if self._journal is not None:
+            await self._journal.record(
+                FileRecord(
+                    relative=entry.relative.as_posix(),
+                    size=entry.size,
+                    mtime_ns=entry.mtime_ns,
+                    state=FileState.FAILED,
+                    request_id=events.request_id,
+                    offset=events.offset,
+                    attempts=events.attempts,
+                    last_error=reason,
+                )
+            )
+        return self._outcome(
+            entry,
+            Outcome.FAILED,
+            reason=reason,
+            exit_class=exit_class,
+            hint=hint,
+            attempts=events.attempts,
+            seconds=seconds,
+        )
+
+    # --- bookkeeping ---------------------------------------------------------------------
+
+    def _stop(self, exc: errors.RunFailed) -> None:
+        if self._run_error is None:
+            self._run_error = exc
+            self._reporter.message(f"stopping: {exc}")
+        self._walk_scope.cancel()
+
+    def _finish(self, outcome: FileOutcome) -> None:
+        self._tally.finished(outcome)
+        self._reporter.file_finished(outcome)
+        if self._file_report is not None:
+            self._file_report.write(outcome)
+
+    def _remote_folder(self, relative: PurePosixPath) -> str:
+        return remote_child(self._plan.remote_folder, *relative.parent.parts)
+
+    def _remote_path(self, relative: PurePosixPath) -> str:
+        return remote_child(self._plan.remote_folder, *relative.parts)
+
+    def _outcome(
+        self, entry: FileEntry, outcome: Outcome, **details: object
+    ) -> FileOutcome:
+        return FileOutcome(
+            relative=entry.relative.as_posix(),
+            remote_path=self._remote_path(entry.relative),
+            size=entry.size,
+            outcome=outcome,
+            **details,  # type: ignore[arg-type]
+        )
+
+
+class _FileEvents:
+    """Carries one upload's progress to the reporter, the tally and the journal."""
+
+    def __init__(self, run: TreeUpload, entry: FileEntry) -> None:
+        self._run = run
+        self._entry = entry
+        self._relative = entry.relative.as_posix()
+        self.request_id: str | None = None
+        self.offset = 0
+        self.attempts = 1
+
+    def bytes_confirmed(self, n: int) -> None:
+        pass  # the reporter follows offsets, which also go back when a file restarts
+
+    def offset_confirmed(self, request_id: str, offset: int) -> None:
+        self.request_id, self.offset = request_id, offset
+        self._run._reporter.bytes_done(self._relative, offset)
+        journal = self._run._journal
+        if journal is not None and offset < self._entry.size:
+            journal.note(
+                FileRecord(
+                    relative=self._relative,
+                    size=self._entry.size,
+                    mtime_ns=self._entry.mtime_ns,
+                    state=FileState.PARTIAL,
+                    request_id=request_id,
+                    offset=offset,
+                    attempts=self.attempts,
+                )
+            )
+
+    def retrying(self, error: errors.BulkdriveError, attempt: int, wait: float) -> None:
+        self.attempts = attempt + 1
+        self._run._tally.retried()
+        self._run._reporter.file_retrying(self._relative, str(error), attempt, wait)
+
+    def resumed(self, offset: int) -> None:
+        self._run._tally.resumed()
+        self._run._reporter.file_resumed(self._relative, offset)
+
+
+async def upload_tree(
+    client: EdgeDriveClient,
+    source: Path,
+    remote_folder: str = "\\",
+    *,
+    filters: WalkFilters | None = None,
+    config: TransferConfig | None = None,
+    reporter: Reporter | None = None,
+    journal: Journal | None = None,
+) -> RunSummary:
+    """Upload every file under `source` into `remote_folder` of the client's share."""
+    plan = RunPlan(
+        source=source,
+        remote_folder=remote_folder,
+        filters=filters or WalkFilters(),
+        config=config or TransferConfig(),
+    )
+    return await TreeUpload(client, plan, reporter=reporter, journal=journal).run()

@@ -1,0 +1,528 @@
+"""The streaming tree walk: SRC's folders and files, filtered, in bounded memory.
+
+`walk` goes depth-first with `os.scandir`, reading each directory a batch at a time in a worker
+thread (listing and `stat` together, one thread hop per batch), and sends every item into a
+bounded object stream. The stream is the backlog: when it is full the walker waits, so the
+uploads drain it while the walk goes on, and memory holds at most one batch per level of the
+current path plus the stream's buffer, however many files the tree has.
+
+A folder is sent lazily, just before the first file inside it, so empty folders and folders
+whose files are all filtered out are never created remotely. Only the current path is kept
+(its open listings, the folders on it that were already sent, and with `--follow-symlinks`
+the (st_dev, st_ino) of its folders for loop detection); nothing grows with the tree's size.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+import anyio
+import anyio.to_thread
+from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
+
+from bulkdrive.errors import ConfigError
+
+#: Directory entries read (and stat'ed) per thread hop. Bounds memory per level of the path.
+BATCH_SIZE = 512
+
+SYMLINK_NOT_FOLLOWED = "symbolic link (use --follow-symlinks)"
+SYMLINK_LOOP = "symbolic link loop (points to a folder above it)"
+VANISHED = "vanished while the tree was read"
+
+
+# --- what the walk sends ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FolderEntry:
+    """A folder to create remotely; sent before the first file inside it, once."""
+
+    relative: PurePosixPath
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """A regular file to upload. `size` and `mtime_ns` are from the walk's `stat`."""
+
+    path: Path
+    relative: PurePosixPath
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedEntry:
+    """Something the walk saw and will not upload, with the reason for people."""
+
+    relative: PurePosixPath
+    reason: str
+
+
+WalkItem = FolderEntry | FileEntry | SkippedEntry
+
+
+@dataclass(frozen=True, slots=True)
+class WalkStatistics:
+    """Counts of what was sent; `filtered` counts what the filters left out, unsent.
+
+    A folder pruned by an exclude pattern counts once in `filtered`, whatever it holds.
+    `stopped` is true when the receiver closed the stream before the walk was done.
+    """
+
+    folders: int
+    files: int
+    bytes: int
+    skipped: int
+    filtered: int = 0
+    stopped: bool = False
+
+
+# --- globs --------------------------------------------------------------------------------
+
+
+def glob_to_regex(pattern: str) -> str:
+    """One glob as a regular expression over a "/"-separated relative path.
+
+    `*` and `?` stay within one folder name, `[...]` is a character class (`[!...]` negates),
+    `**/` spans zero or more folders, `**` elsewhere spans anything, `\\x` is a literal x.
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            j = i
+            while j < n and pattern[j] == "*":
+                j += 1
+            if j - i == 1:
+                out.append("[^/]*")
+            elif (i == 0 or pattern[i - 1] == "/") and j < n and pattern[j] == "/":
+                out.append("(?:[^/]*/)*")
+                j += 1
+            else:
+                out.append(".*")
+            i = j
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            j = i + 1
+            if j < n and pattern[j] in "!^":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:  # no closing bracket: a literal "["
+                out.append(re.escape(c))
+                i += 1
+                continue
+            body = pattern[i + 1 : j]
+            negate = body[:1] in ("!", "^")
+            if negate:
+                body = body[1:]
+            body = "".join("\\" + ch if ch in "\\[]^" else ch for ch in body)
+            out.append(f"[^/{body}]" if negate else f"(?!/)[{body}]")
+            i = j + 1
+        elif c == "\\" and i + 1 < n:
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class GlobSet:
+    """Compiled globs. A pattern without "/" matches the base name at any depth; one with "/"
+    is anchored at SRC (a leading "/" is allowed); a trailing "/" matches folders only."""
+
+    patterns: tuple[str, ...]
+    any_kind: re.Pattern[str] | None
+    folders_only: re.Pattern[str] | None
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def matches(self, relative: str, *, is_folder: bool) -> bool:
+        if self.any_kind is not None and self.any_kind.fullmatch(relative):
+            return True
+        return (
+            is_folder
+            and self.folders_only is not None
+            and self.folders_only.fullmatch(relative) is not None
+        )
+
+
+def compile_globs(patterns: Iterable[str]) -> GlobSet:
+    """Compile include or exclude globs; a pattern that is not valid raises ConfigError."""
+    kept: list[str] = []
+    any_kind: list[str] = []
+    folders_only: list[str] = []
+    for raw in patterns:
+        anchored = raw.startswith("./")
+        pattern = raw.removeprefix("./")
+        folder_only = pattern.endswith("/") and not pattern.endswith("\\/")
+        pattern = pattern.rstrip("/") if folder_only else pattern
+        anchored = anchored or "/" in pattern
+        pattern = pattern.lstrip("/")
+        if not pattern:
+            continue
+        regex = glob_to_regex(pattern)
+        if not anchored:
+            regex = "(?:.*/)?" + regex
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise ConfigError(f"bad glob pattern {raw!r}: {exc}") from None
+        kept.append(raw)
+        (folders_only if folder_only else any_kind).append(regex)
+
+    def joined(regexes: list[str]) -> re.Pattern[str] | None:
+        if not regexes:
+            return None
+        return re.compile("|".join(f"(?:{r})" for r in regexes), re.DOTALL)
+
+    return GlobSet(tuple(kept), joined(any_kind), joined(folders_only))
+
+
+def read_exclude_from(path: Path) -> tuple[str, ...]:
+    """The globs of an `--exclude-from` file: one a line, blank lines and `#` lines ignored.
+
+    Surrounding whitespace is trimmed; write `\\#` for a pattern that starts with "#".
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read exclude file {path}: {exc.strerror or exc.__class__.__name__}"
+        ) from None
+    patterns = (line.strip() for line in text.splitlines())
+    return tuple(p for p in patterns if p and not p.startswith("#"))
+
+
+@dataclass(frozen=True)
+class WalkFilters:
+    """What the walk keeps. include/exclude: globs on the path relative to SRC ("/"-separated,
+    see `GlobSet`); empty include = everything. A glob matching a folder applies to everything
+    under it (exclude prunes it; include keeps all of it). Exclude wins over include.
+    min_size/max_size bound file sizes in bytes, both inclusive."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    min_size: int | None = None
+    max_size: int | None = None
+    follow_symlinks: bool = False
+    _include: GlobSet = field(init=False, repr=False, compare=False)
+    _exclude: GlobSet = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("min_size", "max_size"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name.replace('_', '-')} must not be negative: {value}")
+        low, high = self.min_size, self.max_size
+        if low is not None and high is not None and low > high:
+            raise ConfigError(f"min-size ({low}) is larger than max-size ({high})")
+        object.__setattr__(self, "_include", compile_globs(self.include))
+        object.__setattr__(self, "_exclude", compile_globs(self.exclude))
+
+    def excludes(self, relative: str, *, is_folder: bool) -> bool:
+        return self._exclude.matches(relative, is_folder=is_folder)
+
+    def includes(self, relative: str, *, is_folder: bool) -> bool:
+        """True when no include globs are given, or one of them matches."""
+        return not self._include or self._include.matches(relative, is_folder=is_folder)
+
+    def size_ok(self, size: int) -> bool:
+        if self.min_size is not None and size < self.min_size:
+            return False
+        return self.max_size is None or size <= self.max_size
+
+
+# --- reading directories off the event loop -----------------------------------------------
+
+
+class _Listing(Iterator["os.DirEntry[str]"], Protocol):
+    def close(self) -> None: ...
+
+
+_FILE, _FOLDER, _SKIP = 0, 1, 2
+
+
+@dataclass(slots=True)
+class _Seen:
+    """One directory entry, classified in the worker thread so the loop never blocks."""
+
+    name: str
+    kind: int
+    size: int = 0
+    mtime_ns: int = 0
+    key: tuple[int, int] | None = None  # (st_dev, st_ino) of a folder
+    reason: str = ""
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "not a regular file or folder"
+
+
+def _classify(entry: os.DirEntry[str], follow_symlinks: bool) -> _Seen:
+    name = entry.name
+    try:
+        if entry.is_symlink():
+            if not follow_symlinks:
+                return _Seen(name, _SKIP, reason=SYMLINK_NOT_FOLLOWED)
+            try:
+                st = os.stat(entry.path)
+            except OSError as exc:
+                return _Seen(name, _SKIP, reason=f"broken symbolic link ({exc.strerror})")
+        else:
+            st = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return _Seen(name, _SKIP, reason=VANISHED)
+    except OSError as exc:
+        return _Seen(name, _SKIP, reason=f"cannot read: {exc.strerror}")
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return _Seen(name, _FILE, size=st.st_size, mtime_ns=st.st_mtime_ns)
+    if stat.S_ISDIR(mode):
+        return _Seen(name, _FOLDER, key=(st.st_dev, st.st_ino))
+    return _Seen(name, _SKIP, reason=_special_kind(mode))
+
+
+def _sort_key(seen: _Seen) -> tuple[bool, str]:
+    # Files of a batch before its folders, by name: deterministic, and a small directory's
+    # files are all sent before the walk descends.
+    return (seen.kind == _FOLDER, seen.name)
+
+
+@dataclass(slots=True)
+class _Batch:
+    entries: list[_Seen]
+    listing: _Listing | None  # None once the directory has been read to its end
+    error: str = ""  # the listing broke off part-way
+
+
+def _read_batch(listing: _Listing, follow_symlinks: bool) -> _Batch:
+    entries: list[_Seen] = []
+    error = ""
+    try:
+        while len(entries) < BATCH_SIZE:
+            entries.append(_classify(next(listing), follow_symlinks))
+        entries.sort(key=_sort_key)
+        return _Batch(entries, listing)
+    except StopIteration:
+        pass
+    except OSError as exc:
+        error = f"folder listing broke off: {exc.strerror}"
+    listing.close()  # no file descriptor held for a directory that is done
+    entries.sort(key=_sort_key)
+    return _Batch(entries, None, error)
+
+
+def _open_folder(path: str, follow_symlinks: bool) -> _Batch:
+    """The first batch of a directory; OSError when it cannot be opened."""
+    listing: _Listing = os.scandir(path)
+    return _read_batch(listing, follow_symlinks)
+
+
+# --- the walk -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Frame:
+    """One folder on the current path."""
+
+    path: str
+    relative: str  # "" for SRC itself
+    batch: _Batch
+    index: int = 0
+    key: tuple[int, int] | None = None
+    included: bool = False  # this folder or one above it matched an include glob
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+class _ReceiverGone(Exception):
+    pass
+
+
+@dataclass
+class _Walker:
+    filters: WalkFilters
+    send_stream: ObjectSendStream[WalkItem]
+    folders: int = 0
+    files: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    filtered: int = 0
+
+    async def send(self, item: WalkItem) -> None:
+        try:
+            if isinstance(self.send_stream, MemoryObjectSendStream):
+                # Room in the buffer: no need to go through the event loop for every item.
+                try:
+                    self.send_stream.send_nowait(item)
+                except anyio.WouldBlock:
+                    await self.send_stream.send(item)
+            else:
+                await self.send_stream.send(item)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise _ReceiverGone from None
+
+    async def skip(self, relative: str, reason: str) -> None:
+        await self.send(SkippedEntry(PurePosixPath(relative or "."), reason))
+        self.skipped += 1
+
+    def statistics(self, *, stopped: bool = False) -> WalkStatistics:
+        return WalkStatistics(
+            self.folders, self.files, self.bytes, self.skipped, self.filtered, stopped
+        )
+
+    def wanted(self, relative: str, *, is_folder: bool, included: bool) -> bool:
+        f = self.filters
+        if f.excludes(relative, is_folder=is_folder):
+            return False
+        return included or f.includes(relative, is_folder=is_folder)
+
+    async def root_file(self, root: Path, st: os.stat_result) -> None:
+        name = root.name
+        if not self.wanted(name, is_folder=False, included=False) or not self.filters.size_ok(
+            st.st_size
+        ):
+            self.filtered += 1
+            return
+        await self.send(FileEntry(root, PurePosixPath(name), st.st_size, st.st_mtime_ns))
+        self.files += 1
+        self.bytes += st.st_size
+
+    async def tree(self, root: Path, st: os.stat_result) -> None:
+        follow = self.filters.follow_symlinks
+        root_path = os.fspath(root)
+        try:
+            first = await anyio.to_thread.run_sync(_open_folder, root_path, follow)
+        except OSError as exc:
+            raise ConfigError(f"cannot read source folder {root}: {exc.strerror}") from None
+        stack = [
+            _Frame(
+                root_path, "", first, key=(st.st_dev, st.st_ino), included=not self.filters.include
+            )
+        ]
+        sent = 0  # stack[1 : sent + 1] are folders already sent; SRC itself is never sent
+        try:
+            while stack:
+                frame = stack[-1]
+                batch = frame.batch
+                if frame.index >= len(batch.entries):
+                    if batch.error:
+                        await self.skip(frame.relative, batch.error)
+                    if batch.listing is None:
+                        stack.pop()
+                        sent = min(sent, len(stack) - 1)
+                        continue
+                    frame.batch = await anyio.to_thread.run_sync(
+                        _read_batch, batch.listing, follow
+                    )
+                    frame.index = 0
+                    continue
+                seen = batch.entries[frame.index]
+                frame.index += 1
+                relative = _join(frame.relative, seen.name)
+                if seen.kind == _FILE:
+                    if not self.wanted(
+                        relative, is_folder=False, included=frame.included
+                    ) or not self.filters.size_ok(seen.size):
+                        self.filtered += 1
+                        continue
+                    # The folders on the path that were not yet sent, from the top.
+                    while sent < len(stack) - 1:
+                        await self.send(FolderEntry(PurePosixPath(stack[sent + 1].relative)))
+                        sent += 1
+                        self.folders += 1
+                    await self.send(
+                        FileEntry(
+                            Path(os.path.join(frame.path, seen.name)),
+                            PurePosixPath(relative),
+                            seen.size,
+                            seen.mtime_ns,
+                        )
+                    )
+                    self.files += 1
+                    self.bytes += seen.size
+                elif seen.kind == _FOLDER:
+                    if self.filters.excludes(relative, is_folder=True):
+                        self.filtered += 1
+                        continue
+                    if follow and any(f.key == seen.key for f in stack):
+                        await self.skip(relative, SYMLINK_LOOP)
+                        continue
+                    path = os.path.join(frame.path, seen.name)
+                    try:
+                        child = await anyio.to_thread.run_sync(_open_folder, path, follow)
+                    except FileNotFoundError:
+                        await self.skip(relative, VANISHED)
+                        continue
+                    except OSError as exc:
+                        await self.skip(relative, f"unreadable folder: {exc.strerror}")
+                        continue
+                    included = frame.included or self.filters.includes(relative, is_folder=True)
+                    stack.append(_Frame(path, relative, child, key=seen.key, included=included))
+                elif self.wanted(relative, is_folder=False, included=frame.included):
+                    await self.skip(relative, seen.reason)
+                else:
+                    self.filtered += 1
+        finally:
+            for frame in stack:
+                if frame.batch.listing is not None:
+                    frame.batch.listing.close()
+
+
+async def walk(
+    root: Path, filters: WalkFilters, send: ObjectSendStream[WalkItem]
+) -> WalkStatistics:
+    """Walk SRC and send its folders, files and skipped entries into `send`, then close it.
+
+    `send` should be a bounded stream: the walk waits while it is full. SRC may be a file (one
+    FileEntry named after it) or a folder (SRC itself is not sent; its contents are relative
+    to it); a symbolic link given as SRC is followed. If the receiver closes its end, the walk
+    stops and returns what it counted (`stopped=True`). A missing or unreadable SRC raises
+    ConfigError; anything unreadable inside it is sent as a SkippedEntry and the walk goes on.
+    """
+    walker = _Walker(filters, send)
+    async with send:
+        try:
+            st = await anyio.to_thread.run_sync(os.stat, root)
+        except FileNotFoundError:
+            raise ConfigError(f"source not found: {root}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read source {root}: {exc.strerror}") from None
+        try:
+            if stat.S_ISREG(st.st_mode):
+                await walker.root_file(Path(root), st)
+            elif stat.S_ISDIR(st.st_mode):
+                await walker.tree(Path(root), st)
+            else:
+                raise ConfigError(
+                    f"source is a {_special_kind(st.st_mode)}, not a file or folder: {root}"
+                )
+        except _ReceiverGone:
+            return walker.statistics(stopped=True)
+    return walker.statistics()

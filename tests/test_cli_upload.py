@@ -1,0 +1,203 @@
+"""`bulkdrive upload` end to end: a real subprocess against the emulator over loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import anyio
+import pytest
+from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
+from trees import assert_stored, make_tree
+
+from bulkdrive.emulator import Emulator
+
+pytestmark = pytest.mark.anyio
+
+
+def cli_env(extra: Mapping[str, str] | None = None, *, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKDRIVE_")}
+    env.update(
+        BULKDRIVE_PASSWORD=PASSWORD,
+        BULKDRIVE_STATE_DIR=str(home / "state"),
+        XDG_CONFIG_HOME=str(home / "config"),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra or {})
+    return env
+
+
+async def run_cli(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
+    with anyio.fail_after(timeout):
+        return await anyio.run_process(
+            [sys.executable, "-m", "bulkdrive", *args],
+            cwd=cwd,
+            env=dict(env or cli_env(home=cwd)),
+            check=False,
+        )
+
+
+def upload_args(emulator: Emulator, source: Path, *extra: str, share: str = SHARE_ID) -> list[str]:
+    return ["upload", str(source), "--url", emulator.base_url, "--user", USER,
+            "--share", share, "--no-progress", *extra]
+
+
+def stored(emulator: Emulator, *parts: str, share: str = SHARE_ID) -> Path:
+    return emulator.config.root.joinpath(share, *parts)
+
+
+async def test_tree_is_stored_byte_identical(emulator: Emulator, tmp_path: Path) -> None:
+    source = make_tree(tmp_path / "src", small_files=1000)
+    done = await run_cli(*upload_args(emulator, source, "--to", "\\backup\\2024"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    count = assert_stored(source, stored(emulator, "backup", "2024"))
+    assert count >= 1000 + 10
+    assert b"Traceback" not in done.stderr
+
+
+async def test_filters_and_symlink_policy(emulator: Emulator, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "keep" / "deep").mkdir(parents=True)
+    (source / "build").mkdir()
+    (source / "keep" / "a.txt").write_bytes(b"a" * 10)
+    (source / "keep" / "deep" / "b.txt").write_bytes(b"b" * 2000)
+    (source / "keep" / "c.log").write_bytes(b"c")
+    (source / "build" / "out.txt").write_bytes(b"o")
+    (source / "loop").symlink_to(source, target_is_directory=True)
+    (source / "link.txt").symlink_to(source / "keep" / "a.txt")
+    excludes = tmp_path / "excludes"
+    excludes.write_text("# comment\nbuild/**\n", encoding="utf-8")
+    done = await run_cli(
+        *upload_args(emulator, source, "--exclude", "*.log", "--exclude-from", str(excludes),
+                     "--max-size", "1000", "-v"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    share = stored(emulator)
+    assert (share / "keep" / "a.txt").read_bytes() == b"a" * 10
+    assert not (share / "keep" / "deep" / "b.txt").exists()  # --max-size
+    assert not (share / "keep" / "c.log").exists()  # --exclude
+    assert not (share / "build").exists()  # --exclude-from
+    assert not (share / "loop").exists() and not (share / "link.txt").exists()
+    output = done.stdout.decode() + done.stderr.decode()
+    assert "link.txt" in output  # skipped symlinks are reported
+
+    followed = await run_cli(
+        *upload_args(emulator, source, "--follow-symlinks", "--to", "\\followed"), cwd=tmp_path
+    )
+    assert followed.returncode == 0, followed.stderr.decode()
+    assert (share / "followed" / "link.txt").read_bytes() == b"a" * 10
+    assert (share / "followed" / "keep" / "deep" / "b.txt").read_bytes() == b"b" * 2000
+
+
+async def test_one_failing_file_does_not_stop_the_others(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    source = make_tree(tmp_path / "src", small_files=50)
+    # A backslash is a path separator for Edge Drive: no server can store this name as given.
+    (source / "bad\\name.txt").write_bytes(b"x")
+    done = await run_cli(*upload_args(emulator, source), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr.decode()
+    assert_stored(source, stored(emulator), ignore={"bad\\name.txt"})
+    assert "bad\\name.txt" in done.stdout.decode() + done.stderr.decode()
+
+
+async def test_exit_codes(make_emulator: EmulatorFactory, tmp_path: Path) -> None:
+    emulator = await make_emulator(quota=64 * 1024)
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f.txt").write_bytes(b"hello")
+    env = cli_env(home=tmp_path)
+
+    bad_flag = await run_cli("upload", str(source), "--transfers", "zero", cwd=tmp_path, env=env)
+    assert bad_flag.returncode == 2
+    assert b"--transfers" in bad_flag.stderr and b"Traceback" not in bad_flag.stderr
+
+    missing = await run_cli(*upload_args(emulator, tmp_path / "nope"), cwd=tmp_path, env=env)
+    assert missing.returncode == 2 and b"not found" in missing.stderr
+
+    wrong = await run_cli(*upload_args(emulator, source), cwd=tmp_path,
+                          env=cli_env({"BULKDRIVE_PASSWORD": "wrong"}, home=tmp_path))
+    assert wrong.returncode == 3, wrong.stderr.decode()
+    assert b"Traceback" not in wrong.stderr and wrong.stderr.strip().count(b"\n") == 0
+
+    readonly = await run_cli(*upload_args(emulator, source, share="2"), cwd=tmp_path, env=env)
+    assert readonly.returncode == 3, readonly.stderr.decode()
+
+    unknown = await run_cli(*upload_args(emulator, source, share="99"), cwd=tmp_path, env=env)
+    assert unknown.returncode == 3, unknown.stderr.decode()
+
+    (source / "big.bin").write_bytes(os.urandom(200 * 1024))
+    quota = await run_cli(*upload_args(emulator, source), cwd=tmp_path, env=env)
+    assert quota.returncode == 4, quota.stderr.decode()
+    assert b"quota" in quota.stderr.lower() or b"413" in quota.stderr
+
+    (source / "big.bin").unlink()
+    ok = await run_cli(*upload_args(emulator, source), cwd=tmp_path, env=env)
+    assert ok.returncode == 0, ok.stderr.decode()
+    assert stored(emulator, "f.txt").read_bytes() == b"hello"
+
+
+async def test_config_file_and_environment(emulator: Emulator, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_bytes(b"A")
+    config = tmp_path / "bulkdrive.toml"
+    config.write_text(
+        f'url = "{emulator.base_url}"\nuser = "{USER}"\nshare = "{SHARE_ID}"\n'
+        'to = "\\\\from-file"\n',
+        encoding="utf-8",
+    )
+    env = cli_env({"BULKDRIVE_TO": "\\from-env"}, home=tmp_path)
+    done = await run_cli("upload", str(source), "--no-progress", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    assert stored(emulator, "from-env", "a.txt").read_bytes() == b"A"
+
+    flagged = await run_cli("upload", str(source), "--no-progress", "--to", "\\from-flag",
+                            cwd=tmp_path, env=env)
+    assert flagged.returncode == 0, flagged.stderr.decode()
+    assert stored(emulator, "from-flag", "a.txt").read_bytes() == b"A"
+
+    config.write_text('transfers = "lots"\n', encoding="utf-8")
+    bad = await run_cli("upload", str(source), cwd=tmp_path, env=env)
+    assert bad.returncode == 2 and b"transfers" in bad.stderr
+
+
+async def test_embedded_emulator_is_the_default_target(tmp_path: Path) -> None:
+    source = make_tree(tmp_path / "src", small_files=20)
+    env = cli_env(home=tmp_path)
+    del env["BULKDRIVE_PASSWORD"]
+    done = await run_cli("upload", str(source), "--no-progress", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    assert "local emulator" in done.stdout.decode()
+    assert_stored(source, tmp_path / "bulkdrive-data" / "1")
+
+
+async def test_sigint_stops_cleanly_with_130(
+    make_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    emulator = await make_emulator(
+        fault_rate=1.0, faults=("delay",), fault_delay_seconds=0.2
+    )
+    source = make_tree(tmp_path / "src", small_files=200)
+    with anyio.fail_after(60):
+        process = await anyio.open_process(
+            [sys.executable, "-m", "bulkdrive", *upload_args(emulator, source, "--transfers", "2")],
+            cwd=tmp_path,
+            env=cli_env(home=tmp_path),
+        )
+        async with process:
+            await anyio.sleep(2.0)
+            process.send_signal(signal.SIGINT)
+            code = await process.wait()
+            assert process.stderr is not None
+            err = (await process.stderr.receive()).decode()
+    assert code == 130
+    assert "resume" in err
+    assert "Traceback" not in err
