@@ -120,7 +120,6 @@ def upload(
         _fail(str(exc), exc.exit_code)
     if not source.exists():
         _fail(f"source not found: {source}", 2)
-    _setup_logging(verbose, log_file)
     request = JobRequest(
         source=source,
         settings=settings,
@@ -131,6 +130,7 @@ def upload(
         verbosity=verbose,
         report=report,
         report_files=report_files,
+        log_file=log_file,
     )
     try:
         code = anyio.run(_with_signals, request, run_job)
@@ -179,7 +179,8 @@ def _credentials(settings: Settings) -> Credentials:
     if password is None and settings["password_file"]:
         path = Path(settings["password_file"]).expanduser()
         try:
-            password = path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
+            lines = path.read_text(encoding="utf-8").splitlines()
+            password = lines[0] if lines else ""
         except OSError as exc:
             raise errors.ConfigError(
                 f"--password-file: cannot read {path}: {exc.strerror}"
@@ -191,22 +192,6 @@ def _credentials(settings: Settings) -> Credentials:
             )
         password = click.prompt(f"Password for {user}", hide_input=True, err=True)
     return Credentials(user=user, password=Secret(password))
-
-
-def _setup_logging(verbosity: int, log_file: Path | None) -> None:
-    root = logging.getLogger("bulkdrive")
-    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
-    if log_file is not None:
-        try:
-            handler = logging.FileHandler(log_file, encoding="utf-8")
-        except OSError as exc:
-            _fail(f"--log-file: cannot write {log_file}: {exc.strerror}", 2)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    if verbosity >= 2:
-        stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        root.addHandler(stream)
 
 
 @main.command()

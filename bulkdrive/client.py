@@ -17,6 +17,7 @@ import base64
 import contextlib
 import copy
 import dataclasses
+import logging
 import ssl
 import uuid
 import warnings
@@ -39,6 +40,7 @@ from tenacity import (
 )
 
 from bulkdrive import errors, protocol
+from bulkdrive.bandwidth import BandwidthBudget
 from bulkdrive.config import Credentials, RetryPolicy, Secret, TransferConfig
 from bulkdrive.protocol import FileResource, LoginReply, Node, ShareInfo, UploadReply
 
@@ -51,6 +53,10 @@ RETRY_AFTER_CAP = 300.0
 
 #: Requests besides the uploads that may be in flight at once (metadata, folders, renewals).
 SPARE_CONNECTIONS = 2
+#: Quick tries of the first login before the server is called unreachable.
+FIRST_LOGIN_ATTEMPTS = 3
+
+log = logging.getLogger("bulkdrive.client")
 
 Body = bytes | bytearray | memoryview
 
@@ -186,6 +192,7 @@ class EdgeDriveClient:
         self._generation = 0
         self._auth_lock = anyio.Lock()
         self._stats = ClientStatistics()
+        self.bandwidth = BandwidthBudget(config.bwlimit) if config.bwlimit else None
         timeouts = config.timeouts
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
@@ -234,8 +241,15 @@ class EdgeDriveClient:
     # --- authentication -----------------------------------------------------------------
 
     async def _first_login(self) -> None:
+        # A server that cannot be reached at the start is a wrong URL more often than a
+        # passing fault: say so after a few quick tries rather than minutes of backoff.
+        policy = dataclasses.replace(
+            self.config.retry,
+            attempts=min(FIRST_LOGIN_ATTEMPTS, self.config.retry.attempts),
+            max_wait=min(2.0, self.config.retry.max_wait),
+        )
         try:
-            async for attempt in retrying(self.config.retry):
+            async for attempt in retrying(policy):
                 with attempt:
                     await self._login()
         except RetryError as failure:
@@ -492,6 +506,8 @@ class EdgeDriveClient:
         if auth and self._token is not None:
             request_headers[protocol.AUTHTOKEN] = self._token.reveal()
         sent = len(data) if data is not None else 0
+        if self.bandwidth is not None and sent:
+            await self.bandwidth.spend(sent)
         self._stats = dataclasses.replace(
             self._stats,
             requests=self._stats.requests + 1,
@@ -523,6 +539,8 @@ class EdgeDriveClient:
         except (aiohttp.ClientError, OSError) as exc:
             self._count_failure()
             raise errors.NetworkError(f"{what}: {_describe(exc)}") from None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s %s → %d (%d bytes sent)", method, path, params or {}, status, sent)
         response = _Response(status, protocol.parse_body(raw), retry_after, generation)
         if status == 401 and auth:
             self._count_failure()

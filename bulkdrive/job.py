@@ -7,6 +7,7 @@ reports, and turns the outcome into the documented exit code.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import anyio
 from rich.console import Console
+from rich.logging import RichHandler
 
 from bulkdrive import errors
 from bulkdrive.client import EdgeDriveClient
@@ -43,6 +45,7 @@ class JobRequest:
     verbosity: int = 0
     report: Path | None = None
     report_files: Path | None = None
+    log_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
     filters = filters_from(settings)
     remote_folder = join_remote_path(_remote_parts(settings["to"]))
     console = Console(highlight=False)
+    setup_logging(console, request.verbosity, request.log_file)
     if settings["insecure"]:
         print("bulkdrive: warning: TLS certificate verification is off (--insecure)",
               file=sys.stderr)
@@ -142,7 +146,11 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
             remote_folder=remote_folder,
             source=str(request.source.resolve()),
         )
-        journal_path = Path(settings["journal"]) if settings["journal"] else default_journal_path(key)
+        journal_path = (
+            Path(settings["journal"]).expanduser()
+            if settings["journal"]
+            else default_journal_path(key)
+        )
         journal = await stack.enter_async_context(Journal.open(journal_path, key))
         client: EdgeDriveClient | None = None
         if not request.dry_run or plan.check_remote:
@@ -182,6 +190,35 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
         error = run.run_error
         print(f"bulkdrive: error: {error} ({error.hint})", file=sys.stderr)
     return exit_code(summary, run.run_error)
+
+
+def setup_logging(console: Console, verbosity: int, log_file: Path | None) -> None:
+    """-vv: protocol detail on the console; --log-file: per-file lines (and -vv detail)."""
+    logger = logging.getLogger("bulkdrive")
+    logger.handlers.clear()
+    logger.propagate = False
+    detail = logging.DEBUG if verbosity >= 2 else logging.INFO
+    logger.setLevel(detail if log_file is not None else logging.DEBUG if verbosity >= 2 else
+                    logging.WARNING)
+    if log_file is not None:
+        try:
+            handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise errors.ConfigError(
+                f"--log-file: cannot write {log_file}: {exc.strerror}"
+            ) from None
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+        handler.setLevel(detail)
+        logger.addHandler(handler)
+    if verbosity >= 2:
+        # Protocol detail, through the reporter's console so that log lines never tear the
+        # live display; per-file lines come from the reporter itself.
+        rich_handler = RichHandler(console=console, show_path=False, markup=False)
+        rich_handler.setLevel(logging.DEBUG)
+        rich_handler.addFilter(logging.Filter("bulkdrive.client"))
+        logger.addHandler(rich_handler)
 
 
 def _remote_parts(folder: str) -> tuple[str, ...]:

@@ -224,6 +224,15 @@ def _node_from_xml(elem: ET.Element) -> Node:
     )
 
 
+def _has_at_names(value: object) -> bool:
+    """Whether a JSON value holds an "@"-named field anywhere: the wrapped dialect's mark."""
+    if isinstance(value, Mapping):
+        return any(str(k).startswith("@") or _has_at_names(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_at_names(item) for item in value)
+    return False
+
+
 def parse_body(body: bytes) -> Node:
     """Read any response body: XML, flat JSON or wrapped JSON; anything else as text."""
     stripped = body.strip()
@@ -239,8 +248,9 @@ def parse_body(body: bytes) -> Node:
             return Node(text=body.decode("utf-8", "replace"))
         if isinstance(data, dict) and len(data) == 1:
             (key, value), = data.items()
-            # Wrapped dialect: {"Root": {"@field": "…", …}}.
-            if isinstance(value, dict) and any(str(k).startswith("@") for k in value):
+            # Wrapped dialect: {"Root": {"@field": "…", …}}, or a root with only child
+            # elements, whose fields carry the "@" ({"Root": {"errList": [{"@errorCode": …}]}}).
+            if isinstance(value, dict) and _has_at_names(value):
                 return _node_from_json(str(key), value)
         return _node_from_json("", data)
     return Node(text=body.decode("utf-8", "replace"))

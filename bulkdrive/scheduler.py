@@ -12,6 +12,7 @@ tree: file data ≤ transfers × 2 × chunk_size, plus the backlog, plus a const
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from bulkdrive.protocol import mtime_seconds, remote_child, split_remote_path
 from bulkdrive.report import FileOutcome, FileReportWriter, Outcome, RunSummary, RunTally
 from bulkdrive.upload import UploadResult, upload_file
 from bulkdrive.walk import FileEntry, FolderEntry, SkippedEntry, WalkFilters, WalkItem, walk
+
+log = logging.getLogger("bulkdrive.run")
 
 #: Remote folder listings kept for --check-remote; files arrive grouped by folder.
 _LISTINGS_KEPT = 4
@@ -364,6 +367,11 @@ class TreeUpload:
         self._walk_scope.cancel()
 
     def _finish(self, outcome: FileOutcome) -> None:
+        if outcome.outcome is Outcome.FAILED:
+            log.error("failed %s: %s (%s)", outcome.relative, outcome.reason, outcome.hint)
+        elif log.isEnabledFor(logging.INFO):
+            log.info("%s %s (%d bytes)%s", outcome.outcome, outcome.relative, outcome.size,
+                     f": {outcome.reason}" if outcome.reason else "")
         self._tally.finished(outcome)
         self._reporter.file_finished(outcome)
         if self._file_report is not None:
@@ -420,6 +428,7 @@ class _FileEvents:
 
     def retrying(self, error: errors.BulkdriveError, attempt: int, wait: float) -> None:
         self.attempts = attempt + 1
+        log.warning("retrying %s in %.1fs (attempt %d): %s", self._relative, wait, attempt, error)
         self._run._tally.retried()
         self._run._reporter.file_retrying(self._relative, str(error), attempt, wait)
 
