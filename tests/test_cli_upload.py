@@ -11,10 +11,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
-from trees import assert_stored, make_tree
 
 from bulkdrive.emulator import Emulator
+
+from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
+from trees import assert_stored, make_tree
 
 pytestmark = pytest.mark.anyio
 

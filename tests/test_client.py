@@ -9,7 +9,6 @@ from pathlib import Path
 import aiohttp
 import anyio
 import pytest
-from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
 from tenacity import RetryError
 
 from bulkdrive import errors
@@ -17,6 +16,8 @@ from bulkdrive.client import EdgeDriveClient, retrying
 from bulkdrive.config import Credentials, RetryPolicy, Secret, TransferConfig
 from bulkdrive.emulator import Emulator
 from bulkdrive.protocol import Format
+
+from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
 
 FAST = TransferConfig(retry=RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.05))
 GOOD = Credentials(USER, Secret(PASSWORD))

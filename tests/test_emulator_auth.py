@@ -9,11 +9,12 @@ from pathlib import Path
 
 import aiohttp
 import anyio
-import edge_raw as er
 import pytest
-from conftest import EmulatorFactory
 
 from bulkdrive.emulator import Emulator
+
+import edge_raw as er
+from conftest import EmulatorFactory
 
 pytestmark = pytest.mark.anyio
 

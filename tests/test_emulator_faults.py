@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import edge_raw as er
 import pytest
-from conftest import EmulatorFactory, emulator_config
 
 from bulkdrive.emulator import Emulator, running_emulator
+
+import edge_raw as er
+from conftest import EmulatorFactory, emulator_config
 
 pytestmark = pytest.mark.anyio
 

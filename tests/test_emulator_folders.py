@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import edge_raw as er
 import pytest
 
 from bulkdrive import protocol
 from bulkdrive.emulator import Emulator
+
+import edge_raw as er
 
 pytestmark = pytest.mark.anyio
 

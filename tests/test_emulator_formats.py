@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import edge_raw as er
 import pytest
-from conftest import EmulatorFactory
 
 from bulkdrive import protocol
 from bulkdrive.emulator import Emulator
+
+import edge_raw as er
+from conftest import EmulatorFactory
 
 pytestmark = pytest.mark.anyio
 

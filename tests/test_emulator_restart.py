@@ -17,11 +17,12 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import edge_raw as er
 import pytest
-from conftest import emulator_config
 
 from bulkdrive.emulator import Emulator, running_emulator
+
+import edge_raw as er
+from conftest import emulator_config
 
 pytestmark = pytest.mark.anyio
 

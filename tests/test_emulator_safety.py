@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import edge_raw as er
 import pytest
-from conftest import EmulatorFactory
 from yarl import URL
 
 from bulkdrive import protocol
 from bulkdrive.emulator import Emulator
+
+import edge_raw as er
+from conftest import EmulatorFactory
 
 pytestmark = pytest.mark.anyio
 

@@ -10,15 +10,16 @@ from pathlib import Path
 
 import aiohttp
 import anyio
-import edge_raw as er
 import pytest
-from conftest import EmulatorFactory, emulator_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
 from bulkdrive import protocol
 from bulkdrive.emulator import Emulator, running_emulator
+
+import edge_raw as er
+from conftest import EmulatorFactory, emulator_config
 
 pytestmark = pytest.mark.anyio
 

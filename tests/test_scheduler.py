@@ -7,16 +7,17 @@ import os
 from pathlib import Path
 
 import pytest
-from bulkdrive.client import EdgeDriveClient
-from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
-from trees import assert_stored, make_tree
 
 from bulkdrive import errors
+from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, Secret, TransferConfig
 from bulkdrive.emulator import Emulator
 from bulkdrive.report import Outcome
 from bulkdrive.scheduler import RunPlan, TreeUpload, upload_tree
 from bulkdrive.walk import WalkFilters
+
+from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
+from trees import assert_stored, make_tree
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import aiohttp
 import anyio
 import pytest
-from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
 
 from bulkdrive import errors, protocol
 from bulkdrive.client import EdgeDriveClient
@@ -28,6 +27,8 @@ from bulkdrive.emulator.faults import FaultInjector
 from bulkdrive.integrity import block_level_hash
 from bulkdrive.protocol import BLOCK_SIZE, Format
 from bulkdrive.upload import NullEvents, UploadResult, upload_file
+
+from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
 
 MiB = 1024 * 1024
 FAST_RETRY = RetryPolicy(attempts=12, initial_wait=0.002, max_wait=0.02)
