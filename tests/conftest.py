@@ -8,9 +8,12 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bulkdrive.emulator import Emulator, EmulatorConfig, Share, User, running_emulator
+
+import edge_raw as er
 
 USER = "alice"
 PASSWORD = "s3cret-Pa55"
@@ -59,3 +62,21 @@ async def make_emulator(tmp_path: Path) -> AsyncIterator[EmulatorFactory]:
 @pytest.fixture
 async def emulator(make_emulator: EmulatorFactory) -> Emulator:
     return await make_emulator()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """Where `make_emulator` keeps the server's files unless a test says otherwise."""
+    return tmp_path / "server"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A raw client session, for tests that speak the protocol by hand."""
+    async with er.client() as session:
+        yield session
+
+
+@pytest.fixture
+async def token(emulator: Emulator, http: aiohttp.ClientSession) -> str:
+    return await er.login(http, emulator.base_url)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -20,11 +19,6 @@ pytestmark = pytest.mark.anyio
 
 TOKEN_RE = re.compile(r"^QSDK [0-9a-fA-F]{16,}$")
 
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with er.client() as session:
-        yield session
 
 
 @pytest.mark.parametrize("path", ["Login", "login", "LOGIN"])

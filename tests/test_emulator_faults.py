@@ -25,11 +25,6 @@ pytestmark = pytest.mark.anyio
 DISCONNECTED = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with er.client() as session:
-        yield session
-
 
 @asynccontextmanager
 async def phase(root: Path, **overrides: Any) -> AsyncIterator[tuple[Emulator, str]]:

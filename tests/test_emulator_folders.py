@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -16,20 +15,7 @@ import edge_raw as er
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with er.client() as session:
-        yield session
 
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "server"
-
-
-@pytest.fixture
-async def token(emulator: Emulator, http: aiohttp.ClientSession) -> str:
-    return await er.login(http, emulator.base_url)
 
 
 def only_resource(reply: er.Reply) -> protocol.FileResource:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -20,20 +19,7 @@ pytestmark = pytest.mark.anyio
 PREFIXES = ["/webconsole/api", "/commandcenter/api", "/SearchSvc/CVWebService.svc"]
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with er.client() as session:
-        yield session
 
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "server"
-
-
-@pytest.fixture
-async def token(emulator: Emulator, http: aiohttp.ClientSession) -> str:
-    return await er.login(http, emulator.base_url)
 
 
 # --- Accept and the three formats -----------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -27,20 +26,7 @@ EMPTY_FULL = hashlib.sha256(b"").hexdigest()
 EMPTY_BLOCK = hashlib.sha256(hashlib.sha256(b"").digest()).hexdigest()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with er.client() as session:
-        yield session
 
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "server"
-
-
-@pytest.fixture
-async def token(emulator: Emulator, http: aiohttp.ClientSession) -> str:
-    return await er.login(http, emulator.base_url)
 
 
 def test_spec_vectors_are_what_the_tests_compute() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -19,15 +18,6 @@ from conftest import EmulatorFactory
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with er.client() as session:
-        yield session
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "server"
 
 
 @pytest.fixture
@@ -38,10 +28,6 @@ def outside(tmp_path: Path) -> Path:
     (path / "secret.txt").write_bytes(b"top secret")
     return path
 
-
-@pytest.fixture
-async def token(emulator: Emulator, http: aiohttp.ClientSession) -> str:
-    return await er.login(http, emulator.base_url)
 
 
 def tree(path: Path) -> dict[str, bytes | None]:

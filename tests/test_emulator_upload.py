@@ -26,20 +26,7 @@ pytestmark = pytest.mark.anyio
 GUID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with er.client() as session:
-        yield session
 
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "server"
-
-
-@pytest.fixture
-async def token(emulator: Emulator, http: aiohttp.ClientSession) -> str:
-    return await er.login(http, emulator.base_url)
 
 
 async def offset_of(
