@@ -24,11 +24,12 @@ test: lint
 # `make demo SRC=path/to/tree` uploads your own tree instead of the generated sample.
 SRC ?= demo-data/sample
 demo: $(STAMP)
-	@test "$(SRC)" != demo-data/sample || $(BIN)/python benchmarks/workloads.py sample demo-data/sample >/dev/null
+	@test "$(SRC)" != demo-data/sample || $(BIN)/python -m bulkdrive.bench.workloads sample demo-data/sample >/dev/null
 	$(BIN)/bulkdrive upload "$(SRC)" --data-dir demo-data/emulator --journal demo-data/journal.sqlite
 
+# `make bench ARGS="--workload small --repeat 5"`; see benchmarks/README.md.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/emulator_ingest.py
+	$(BIN)/bulkdrive bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache

@@ -7,10 +7,10 @@ permission or unknown share · 4 quota · 130 interrupted. A traceback only with
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,7 +30,6 @@ from bulkdrive.config import (
 from bulkdrive.emulator.command import serve
 
 EXIT_INTERRUPTED = 130
-log = logging.getLogger("bulkdrive")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -136,7 +135,7 @@ def upload(
         code = anyio.run(_with_signals, request, run_job)
     except errors.BulkdriveError as exc:
         if verbose >= 2:
-            log.exception("run failed")
+            traceback.print_exc()
         hint = f" ({exc.hint})" if exc.hint else ""
         _fail(f"{exc}{hint}", exc.exit_code)
     except KeyboardInterrupt:
@@ -175,7 +174,7 @@ def _credentials(settings: Settings) -> Credentials:
         raise errors.ConfigError(
             "no user: give --user NAME (or BULKDRIVE_USER), or a token in BULKDRIVE_TOKEN"
         )
-    password = os.environ.get("BULKDRIVE_PASSWORD")
+    password = os.environ.get("BULKDRIVE_PASSWORD") or None  # set but empty: not given
     if password is None and settings["password_file"]:
         path = Path(settings["password_file"]).expanduser()
         try:
@@ -192,6 +191,18 @@ def _credentials(settings: Settings) -> Credentials:
             )
         password = click.prompt(f"Password for {user}", hide_input=True, err=True)
     return Credentials(user=user, password=Secret(password))
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """Measure throughput against baselines (`bulkdrive bench --help`)."""
+    from bulkdrive.bench.run import main as bench_main
+
+    sys.exit(bench_main(list(ctx.args)))
 
 
 @main.command()

@@ -530,6 +530,9 @@ class EdgeDriveClient:
         except TimeoutError:
             self._count_failure()
             raise errors.RequestTimeout(f"{what}: no answer in time") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            self._count_failure()
+            raise errors.CertificateRejected(f"{what}: {_describe(exc)}") from None
         except (aiohttp.ClientSSLError, aiohttp.InvalidURL) as exc:
             self._count_failure()
             raise errors.ServerUnreachable(f"{what}: {_describe(exc)}") from None

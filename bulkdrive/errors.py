@@ -25,7 +25,8 @@ and the exit code the CLI ends with.
         ├── PermissionDenied        403                                       exit 3
         ├── ShareNotFound           404 for the share                         exit 3
         ├── QuotaExceeded           413                                       exit 4
-        └── ServerUnreachable       the server cannot be reached at all       exit 3
+        ├── ServerUnreachable       the server cannot be reached at all       exit 3
+        └── CertificateRejected     TLS verification failed                   exit 3
 
 Foreign exceptions (aiohttp, OSError) are translated into this tree at exactly one boundary:
 `bulkdrive.client` for the network and `bulkdrive.upload` for local files.
@@ -162,3 +163,7 @@ class QuotaExceeded(RunFailed):
 
 class ServerUnreachable(RunFailed):
     hint = "check --url and that the server is up and reachable"
+
+
+class CertificateRejected(RunFailed):
+    hint = "trust the server's CA with --ca-bundle FILE, or turn checking off with --insecure"

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import json
 import os
 import re
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -331,13 +332,36 @@ def summary_to_json(summary: RunSummary) -> dict[str, Any]:
     }
 
 
+def check_writable(path: Path) -> None:
+    """Raise OSError now if a report cannot be written at `path` (a folder, a missing or
+    read-only parent), so that a bad path fails before the run rather than after hours of it."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    fd, tmp_name = _temporary_beside(path)
+    os.close(fd)
+    os.unlink(tmp_name)
+
+
+def _temporary_beside(path: Path) -> tuple[int, str]:
+    # not mkstemp: its 0600 would become the report's mode; a report is as readable as any
+    # file the user creates (the umask decides), like the --report-files one
+    for _ in range(100):
+        name = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
+
+
 def write_json_report(path: Path, summary: RunSummary) -> None:
     """Write the report atomically: readers see the old file or the whole new one, never half.
 
     Raises OSError if the folder cannot be written."""
     data = json.dumps(summary_to_json(summary), indent=2) + "\n"
-    folder = path.parent
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = _temporary_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as tmp:
             tmp.write(data)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -369,6 +369,7 @@ class _ReceiverGone(Exception):
 class _Walker:
     filters: WalkFilters
     send_stream: ObjectSendStream[WalkItem]
+    on_file: Callable[[FileEntry], None] | None = None
     folders: int = 0
     files: int = 0
     bytes: int = 0
@@ -387,6 +388,8 @@ class _Walker:
                 await self.send_stream.send(item)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             raise _ReceiverGone from None
+        if self.on_file is not None and isinstance(item, FileEntry):
+            self.on_file(item)
 
     async def skip(self, relative: str, reason: str) -> None:
         await self.send(SkippedEntry(PurePosixPath(relative or "."), reason))
@@ -496,7 +499,11 @@ class _Walker:
 
 
 async def walk(
-    root: Path, filters: WalkFilters, send: ObjectSendStream[WalkItem]
+    root: Path,
+    filters: WalkFilters,
+    send: ObjectSendStream[WalkItem],
+    *,
+    on_file: Callable[[FileEntry], None] | None = None,
 ) -> WalkStatistics:
     """Walk SRC and send its folders, files and skipped entries into `send`, then close it.
 
@@ -505,8 +512,10 @@ async def walk(
     to it); a symbolic link given as SRC is followed. If the receiver closes its end, the walk
     stops and returns what it counted (`stopped=True`). A missing or unreadable SRC raises
     ConfigError; anything unreadable inside it is sent as a SkippedEntry and the walk goes on.
+    `on_file` hears of each file as it enters the stream, so that totals are whole as soon as
+    the walk ends, however many files still wait in the stream.
     """
-    walker = _Walker(filters, send)
+    walker = _Walker(filters, send, on_file)
     async with send:
         try:
             st = await anyio.to_thread.run_sync(os.stat, root)

@@ -1,10 +1,10 @@
 """Generated source trees for the demo, the tests and the benchmarks.
 
-    python benchmarks/workloads.py sample DIR     # the `make demo` tree (a few MiB)
-    python benchmarks/workloads.py small DIR      # 10 000 × 4 KiB
-    python benchmarks/workloads.py large DIR      # 8 × 256 MiB
-    python benchmarks/workloads.py mixed DIR      # a realistic spread of sizes
-    python benchmarks/workloads.py quick DIR      # 4 × 8 MiB + 200 × 4 KiB, the smoke run
+    python -m bulkdrive.bench.workloads sample DIR     # the `make demo` tree (a few MiB)
+    python -m bulkdrive.bench.workloads small DIR      # 10 000 × 4 KiB
+    python -m bulkdrive.bench.workloads large DIR      # 8 × 256 MiB
+    python -m bulkdrive.bench.workloads mixed DIR      # a realistic spread of sizes
+    python -m bulkdrive.bench.workloads quick DIR      # 4 × 8 MiB + 200 × 4 KiB, the smoke run
 
 A tree that exists already is left as it is, so repeated runs reuse it.
 """

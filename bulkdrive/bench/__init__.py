@@ -1,0 +1,1 @@
+"""`bulkdrive bench`: bulkdrive's throughput against baselines measured in the same run."""

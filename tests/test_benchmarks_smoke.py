@@ -1,0 +1,77 @@
+"""The benchmark harness cannot rot: a tiny run of every contender, and its byte checker.
+
+Never asserts times: only that each contender uploaded the workload correctly and that the
+measurements the harness reports are there and sane.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bulkdrive.bench import harness
+
+CONTENDERS = ("bulkdrive", "bulkdrive-noverify", "raw", "curl", "sdk")
+
+
+@pytest.mark.slow
+def test_quick_run_measures_every_contender(tmp_path: Path) -> None:
+    result_file = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bulkdrive", "bench", "--quick", "--data-dir",
+         str(tmp_path / "data"), "--json", str(result_file)],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(result_file.read_text())
+    runs = {r["contender"]: r for r in doc["runs"]}
+    assert set(runs) == set(CONTENDERS)
+    for name, run in runs.items():
+        assert run["ok"] and run["verified"], (name, run["error"])
+        assert run["files"] == 204 and run["bytes"] == 4 * 8 * 2**20 + 200 * 4096
+        assert run["mb_per_s"] > 0 and run["files_per_s"] > 0, name
+        assert run["peak_rss_bytes"] > 0 and run["cpu_seconds"] > 0, name
+    # Ratios bulkdrive / each baseline, for both bulkdrive variants.
+    pairs = {(r["bulkdrive"], r["baseline"]) for r in doc["ratios"]}
+    assert pairs == {(b, base) for b in CONTENDERS[:2] for base in ("raw", "curl", "sdk")}
+    for label in ("bulkdrive --no-verify", "raw aiohttp sender", "parallel curl"):
+        assert label in proc.stdout
+    # Fresh folders per run, removed at the end: nothing left but the cached workload.
+    assert not any((tmp_path / "data" / "runs").iterdir())
+
+
+def test_checker_catches_corrupt_missing_and_extra_files(tmp_path: Path) -> None:
+    source, stored = tmp_path / "src", tmp_path / "stored"
+    for root in (source, stored):
+        (root / "d").mkdir(parents=True)
+        (root / "d" / "small.bin").write_bytes(b"abc" * 1000)
+        (root / "big.bin").write_bytes(bytes(range(256)) * 40_000)  # more than one block
+    assert harness.verify_local(source, stored) == ""
+
+    big = bytearray((stored / "big.bin").read_bytes())
+    big[9_000_001] ^= 0xFF
+    (stored / "big.bin").write_bytes(bytes(big))
+    assert "differ" in harness.verify_local(source, stored)
+    (stored / "big.bin").write_bytes((source / "big.bin").read_bytes())
+
+    (stored / "d" / "extra.bin").write_bytes(b"x")
+    assert "expected 2" in harness.verify_local(source, stored)
+    (stored / "d" / "extra.bin").unlink()
+    (stored / "d" / "small.bin").unlink()
+    assert "not stored" in harness.verify_local(source, stored)
+
+
+def test_launcher_reports_the_childs_own_memory(tmp_path: Path) -> None:
+    # A child allocating 64 MiB shows it; the harness's own memory is not counted in.
+    hog = "b = bytearray(64 * 2**20); b[::4096] = b'x' * (len(b) // 4096)"
+    big = harness.run_measured([sys.executable, "-c", hog], {}, tmp_path, tmp_path / "o",
+                               tmp_path / "e", 60)
+    small = harness.run_measured([sys.executable, "-c", "pass"], {}, tmp_path,
+                                 tmp_path / "o", tmp_path / "e", 60)
+    assert big.exit_code == 0 and small.exit_code == 0
+    assert big.peak_rss_bytes - small.peak_rss_bytes >= 60 * 2**20
+    assert small.peak_rss_bytes < 40 * 2**20
