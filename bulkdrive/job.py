@@ -22,16 +22,25 @@ from rich.logging import RichHandler
 from bulkdrive import errors
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, Secret, Settings, transfer_config
-from bulkdrive.journal import JobKey, Journal, default_journal_path, read_summary
+from bulkdrive.journal import (
+    FileRecord,
+    FileState,
+    JobKey,
+    Journal,
+    default_journal_path,
+    read_summary,
+)
 from bulkdrive.progress import make_reporter
 from bulkdrive.protocol import join_remote_path, split_remote_path
-from bulkdrive.report import FileReportWriter, RunSummary, write_json_report
+from bulkdrive.report import FileReportWriter, RunSummary, check_writable, write_json_report
 from bulkdrive.scheduler import RunPlan, TreeUpload
 from bulkdrive.walk import WalkFilters, read_exclude_from
 
 EXIT_INTERRUPTED = 130
 EMBEDDED_USER = "bulkdrive"
 EMBEDDED_SHARE = "1"
+#: Failed files `bulkdrive status` lists; the rest are counted.
+STATUS_FAILURES_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,15 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
     remote_folder = join_remote_path(_remote_parts(settings["to"]))
     console = Console(highlight=False)
     setup_logging(console, request.verbosity, request.log_file)
+    for flag, report_path in (("--report", request.report),
+                              ("--report-files", request.report_files)):
+        if report_path is not None:
+            try:
+                check_writable(report_path)
+            except OSError as exc:
+                raise errors.ConfigError(
+                    f"{flag}: cannot write {report_path}: {exc.strerror or exc}"
+                ) from None
     if settings["insecure"]:
         print("bulkdrive: warning: TLS certificate verification is off (--insecure)",
               file=sys.stderr)
@@ -175,7 +193,12 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
             summary = await run.run()
             tg.cancel_scope.cancel()
     if request.report is not None:
-        write_json_report(request.report, summary)
+        try:
+            write_json_report(request.report, summary)
+        except OSError as exc:
+            print(f"bulkdrive: error: cannot write --report {request.report}: {exc.strerror}",
+                  file=sys.stderr)
+            return max(exit_code(summary, run.run_error), 1)
     if request.dry_run:
         stats = run.statistics()
         console.print(
@@ -197,6 +220,9 @@ def setup_logging(console: Console, verbosity: int, log_file: Path | None) -> No
     logger = logging.getLogger("bulkdrive")
     logger.handlers.clear()
     logger.propagate = False
+    # The reporter shows failures and warnings; without a handler of ours, logging's
+    # last-resort handler would print them a second time, raw, on stderr.
+    logger.addHandler(logging.NullHandler())
     detail = logging.DEBUG if verbosity >= 2 else logging.INFO
     logger.setLevel(detail if log_file is not None else logging.DEBUG if verbosity >= 2 else
                     logging.WARNING)
@@ -258,3 +284,23 @@ def print_status(
     for state, count in summary.files.items():
         console.print(f"  {state:<8} {count:>10} files {summary.bytes.get(state, 0):>16} bytes")
     console.print(f"  {'total':<8} {summary.total_files:>10} files {summary.total_bytes:>16} bytes")
+    failed = summary.files.get(FileState.FAILED, 0)
+    if failed:
+        console.print(f"failures ({failed}):")
+        shown = 0
+        for record in _failures(path, STATUS_FAILURES_SHOWN):
+            shown += 1
+            console.print(f"  {record.relative}: {record.last_error or 'unknown error'}",
+                          markup=False, soft_wrap=True)
+        if failed > shown:
+            console.print(f"  … and {failed - shown} more")
+
+
+def _failures(path: Path, limit: int) -> list[FileRecord]:
+    """The first `limit` failed files of a journal: a bounded read, however many failed."""
+
+    async def read() -> list[FileRecord]:
+        async with Journal.open(path) as journal:
+            return list(journal.failures(limit=limit))
+
+    return anyio.run(read)

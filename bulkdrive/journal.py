@@ -447,6 +447,7 @@ class Journal:
         self._failure: RunFailed | None = None
         self._closed = False
         self._records_queued = 0
+        self._committed_through = 0  # every record queued up to this count is committed
         self._batches_committed = 0
         self._rows_written = 0
         self._backpressure_waits = 0
@@ -536,11 +537,21 @@ class Journal:
         if len(self._pending) >= self._batch_size and not self._batch_full.is_set():
             self._batch_full.set()
 
-    async def flush(self) -> None:
-        """Commit everything queued so far; raises RunFailed if the journal cannot be written."""
+    @property
+    def sequence(self) -> int:
+        """How many records were queued so far: a ticket for `flush(through=…)`."""
+        return self._records_queued
+
+    async def flush(self, through: int | None = None) -> None:
+        """Return once every record queued so far (or the first `through` of them) is
+        committed; raises RunFailed if the journal cannot be written. Concurrent callers share
+        commits (group commit): one whose records went out in another's batch does not commit.
+        """
         if self._failure is not None:
             raise self._failure
-        await self._commit()
+        target = self._records_queued if through is None else through
+        if self._committed_through < target:
+            await self._commit(through=target)
 
     async def _write_in_background(self) -> None:
         while self._failure is None:
@@ -556,12 +567,15 @@ class Journal:
             except RunFailed:
                 return  # record() and flush() raise it now; the exit retries once
 
-    async def _commit(self, *, only_if_full: bool = False) -> None:
+    async def _commit(self, *, only_if_full: bool = False, through: int | None = None) -> None:
         async with self._commit_lock:
             if only_if_full and len(self._pending) < self._max_pending:
                 return
+            if through is not None and self._committed_through >= through:
+                return  # a batch committed while we waited for the lock held our records
             if not self._pending:
                 return
+            sequence = self._records_queued
             self._inflight, self._pending = self._pending, {}
             batch = list(self._inflight.values())
             try:
@@ -576,6 +590,7 @@ class Journal:
                 self._failure = RunFailed(f"cannot write journal {self.path}: {_one_line(exc)}")
                 raise self._failure from exc
             self._inflight = {}
+            self._committed_through = sequence
             self._batches_committed += 1
             self._rows_written += len(batch)
 

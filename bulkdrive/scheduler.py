@@ -169,7 +169,7 @@ class TreeUpload:
 
     async def _walk(self, send: anyio.abc.ObjectSendStream[WalkItem]) -> None:
         with self._walk_scope:
-            await walk(self._plan.source, self._plan.filters, send)
+            await walk(self._plan.source, self._plan.filters, send, on_file=self._found)
         self._tally.walk_finished()
         self._reporter.walk_finished()
 
@@ -191,9 +191,8 @@ class TreeUpload:
                 )
             )
             return
-        self._tally.found(item.size)
-        self._reporter.file_found(item.size)
-        reason = await self._skip_reason(item)
+        record = self._journal.lookup(item.relative.as_posix()) if self._journal else None
+        reason = await self._skip_reason(item, record)
         if reason is not None:
             self._finish(self._outcome(item, Outcome.SKIPPED, reason=reason))
             return
@@ -202,6 +201,10 @@ class TreeUpload:
             self._would_upload_bytes += item.size
             self._reporter.message(f"would upload {item.relative.as_posix()} ({item.size} bytes)")
             return
+        stale = _is_stale(record, item)
+        # Marked while waiting for a slot, so the commit that makes the mark durable is
+        # usually over (another file's) by the time the upload starts.
+        ticket = None if stale else await self._mark_started(item, record)
         await self._slots.acquire()
         if self._run_error is not None:
             self._slots.release()
@@ -209,19 +212,51 @@ class TreeUpload:
         self._started += 1
         self._in_flight += 1
         self._max_in_flight = max(self._max_in_flight, self._in_flight)
-        tg.start_soon(self._upload, item)
+        tg.start_soon(self._upload, item, stale, ticket)
 
-    async def _skip_reason(self, entry: FileEntry) -> str | None:
-        if self._journal is not None:
-            record = self._journal.lookup(entry.relative.as_posix())
-            if record is not None and record.is_done_for(entry.size, entry.mtime_ns):
+    async def _skip_reason(self, entry: FileEntry, record: FileRecord | None) -> str | None:
+        if record is not None:
+            if record.is_done_for(entry.size, entry.mtime_ns):
                 return "unchanged since the last run (journal)"
+            if _was_in_flight(record, entry) and await self._completed_remotely(entry):
+                return "completed on the server before the last run stopped"
         if self._plan.check_remote:
             listing = await self._remote_listing(self._remote_folder(entry.relative))
             remote = listing.get(entry.relative.name)
             if remote == (entry.size, mtime_seconds(entry.mtime_ns)):
                 return "the server has it already (same size and modified time)"
         return None
+
+    async def _completed_remotely(self, entry: FileEntry) -> bool:
+        """A file in flight when the last run stopped may have completed after its last
+        journal commit: the server says whether it holds it whole (then it is recorded done)."""
+        if self._client is None:
+            return False
+        try:
+            resource = await self._client.metadata(self._remote_path(entry.relative))
+        except errors.RunFailed:
+            raise
+        except errors.BulkdriveError:
+            return False  # unknown: the upload itself will find out
+        if (
+            resource is None
+            or resource.is_directory
+            or (resource.size, resource.modified_time)
+            != (entry.size, mtime_seconds(entry.mtime_ns))
+        ):
+            return False
+        if self._journal is not None and not self._plan.dry_run:
+            await self._journal.record(
+                FileRecord(
+                    relative=entry.relative.as_posix(),
+                    size=entry.size,
+                    mtime_ns=entry.mtime_ns,
+                    state=FileState.DONE,
+                    offset=entry.size,
+                    file_guid=resource.guid or None,
+                )
+            )
+        return True
 
     async def _remote_listing(self, folder: str) -> dict[str, tuple[int, int]]:
         listing = self._listings.get(folder)
@@ -274,7 +309,7 @@ class TreeUpload:
 
     # --- one file ------------------------------------------------------------------------
 
-    async def _upload(self, entry: FileEntry) -> None:
+    async def _upload(self, entry: FileEntry, stale: bool, ticket: int | None) -> None:
         assert self._client is not None
         relative = entry.relative.as_posix()
         began = self._clock()
@@ -282,6 +317,11 @@ class TreeUpload:
         self._reporter.file_started(relative, entry.size)
         outcome: FileOutcome
         try:
+            if stale:
+                await self._discard_stale_session(entry)
+                ticket = await self._mark_started(entry, None)
+            if ticket is not None and self._journal is not None:
+                await self._journal.flush(through=ticket)
             result = await upload_file(
                 self._client,
                 entry.path,
@@ -303,6 +343,52 @@ class TreeUpload:
             self._slots.release()
         self._finish(outcome)
 
+    async def _mark_started(self, entry: FileEntry, record: FileRecord | None) -> int | None:
+        """Queue a record that the file is in flight; the upload waits for its commit (the
+        ticket) before the first request. If the run is killed after the server completed
+        the file but before its DONE record, the re-run then asks the server
+        (`_completed_remotely`) instead of sending the file again."""
+        if self._journal is None:
+            return None
+        if not _was_in_flight(record, entry):
+            await self._journal.record(
+                FileRecord(
+                    relative=entry.relative.as_posix(),
+                    size=entry.size,
+                    mtime_ns=entry.mtime_ns,
+                    state=FileState.PENDING,
+                )
+            )
+        return self._journal.sequence
+
+    async def _discard_stale_session(self, entry: FileEntry) -> None:
+        """The last run left this file unfinished, and it changed since: an unfinished session
+        on the server holds the old version's first bytes. Continuing it (a 409 gives no way
+        to tell) would store a mix of both versions when nothing checks integrity, so discard
+        it: a forceRestart initiate replaces it with an empty session at offset 0."""
+        assert self._client is not None
+        client = self._client
+        policy = self._plan.config.retry
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(errors.OutcomeUnknown),
+            wait=wait_random_exponential(multiplier=policy.initial_wait, max=policy.max_wait),
+            stop=stop_after_attempt(policy.attempts),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                # Safe to repeat: each one discards whatever the server holds for this file.
+                await client.initiate(
+                    name=entry.relative.name,
+                    folder=self._remote_folder(entry.relative),
+                    size=entry.size,
+                    mtime=mtime_seconds(entry.mtime_ns),
+                    body=b"",
+                    eof=False,
+                    verify=self._plan.config.verify,
+                    force_restart=True,
+                )
+
     async def _succeeded(
         self, entry: FileEntry, result: UploadResult, seconds: float
     ) -> FileOutcome:
@@ -318,6 +404,10 @@ class TreeUpload:
                     attempts=result.attempts,
                 )
             )
+            # Committed before the transfer slot is released: after a SIGKILL, the files the
+            # server completed but the journal does not know are among those in flight, so a
+            # re-run sends again at most their last chunks.
+            await self._journal.flush()
         return self._outcome(
             entry,
             Outcome.RESUMED if result.resumes else Outcome.UPLOADED,
@@ -366,6 +456,11 @@ class TreeUpload:
             self._reporter.message(f"stopping: {exc}")
         self._walk_scope.cancel()
 
+    def _found(self, entry: FileEntry) -> None:
+        # Counted as the file enters the backlog, so the total is whole when the walk ends.
+        self._tally.found(entry.size)
+        self._reporter.file_found(entry.size)
+
     def _finish(self, outcome: FileOutcome) -> None:
         if outcome.outcome is Outcome.FAILED:
             log.error("failed %s: %s (%s)", outcome.relative, outcome.reason, outcome.hint)
@@ -393,6 +488,25 @@ class TreeUpload:
             outcome=outcome,
             **details,  # type: ignore[arg-type]
         )
+
+
+def _was_in_flight(record: FileRecord | None, entry: FileEntry) -> bool:
+    """The journal saw this very version of the file start, and not end."""
+    return (
+        record is not None
+        and record.state in (FileState.PENDING, FileState.PARTIAL)
+        and (record.size, record.mtime_ns) == (entry.size, entry.mtime_ns)
+    )
+
+
+def _is_stale(record: FileRecord | None, entry: FileEntry) -> bool:
+    """Another version of the file was left unfinished: the server may hold a session of it."""
+    return (
+        entry.size > 0
+        and record is not None
+        and record.state in (FileState.PENDING, FileState.PARTIAL, FileState.FAILED)
+        and (record.size, record.mtime_ns) != (entry.size, entry.mtime_ns)
+    )
 
 
 class _FileEvents:

@@ -463,7 +463,7 @@ async def test_untrusted_certificate_is_one_line(tmp_path: Path) -> None:
         tg.cancel_scope.cancel()
     assert done.returncode == 3, done.stderr.decode()
     line = one_error_line(done)
-    assert "certificate" in line and "check --url" in line
+    assert "certificate" in line and "--ca-bundle" in line and "--insecure" in line
 
 
 # --- how much is shown ------------------------------------------------------------------------

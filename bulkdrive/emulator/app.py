@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import json
 import re
 import secrets
 import socket
@@ -46,6 +48,8 @@ SMALL_BODY_LIMIT = 64 * 1024
 BUSY_WAIT_SECONDS = 30.0
 #: Whole files up to this size that arrive in one request are stored in one step.
 SMALL_FILE_BYTES = 1024 * 1024
+#: Distinct request paths whose route is remembered (a bound: clients choose the paths).
+ROUTE_CACHE_SIZE = 4096
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 _DIGITS = re.compile(r"^[0-9]+$")
 
@@ -210,21 +214,43 @@ class _Ctx:
 Handler = Callable[[web.Request, _Ctx], Awaitable[web.StreamResponse]]
 
 
+#: The same JSON text as protocol.render's json.dumps(..., ensure_ascii=False), without
+#: building a new encoder for every response.
+_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 def _header(request: web.Request, name: str) -> str | None:
-    values = request.headers.getall(name, [])
+    values = request.headers.getall(name, None)
     if not values:
         return None
+    if len(values) == 1:
+        return protocol.last_value(values[0])
     return protocol.last_value(",".join(values))
+
+
+def _queries(request: web.Request) -> dict[str, str]:
+    """Query parameters by lower-cased name; the last value wins."""
+    return {key.lower(): value for key, value in request.query.items()}
 
 
 def _query(request: web.Request, name: str) -> str | None:
     """Query parameters: names ignoring case, the last value wins."""
-    found: str | None = None
-    lowered = name.lower()
-    for key, value in request.query.items():
-        if key.lower() == lowered:
-            found = value
-    return found
+    return _queries(request).get(name.lower())
+
+
+@functools.lru_cache(maxsize=1024)
+def _parent_folder(raw: str) -> tuple[tuple[str, ...] | None, str | None]:
+    """A ParentFolderPath header decoded and split (many files share one): the components,
+    else (None, None) when it is not base64 of UTF-8, or (None, why) when the path is invalid.
+    """
+    try:
+        text = protocol.decode_name(raw)
+    except ValueError:
+        return None, None
+    try:
+        return protocol.split_remote_path(text), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 def _is_eof(raw: str | None) -> bool:
@@ -281,6 +307,7 @@ class Emulator:
         self._tokens: dict[str, _Token] = {}
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._route_cache: dict[str, tuple[frozenset[str], Handler, str | None] | None] = {}
         self._routes: list[tuple[tuple[str, ...], frozenset[str], Handler]] = [
             (("login",), frozenset({"POST"}), self._login),
             (("renewlogintoken",), frozenset({"POST"}), self._renew),
@@ -384,7 +411,10 @@ class Emulator:
         children: Mapping[str, list[protocol.Fields]] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> web.Response:
-        body = protocol.render(fmt, root, fields, children)
+        if fmt is protocol.Format.JSON and not children:
+            body = _JSON.encode(dict(fields)).encode("utf-8")
+        else:
+            body = protocol.render(fmt, root, fields, children)
         all_headers = {"Content-Type": protocol.CONTENT_TYPES[fmt], **(headers or {})}
         return web.Response(body=body, status=status, headers=all_headers)
 
@@ -406,7 +436,24 @@ class Emulator:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         self._counters.requests += 1
         fmt = protocol.negotiate(_header(request, "Accept"), self.config.json_dialect)
-        segments = [unquote(s) for s in request.rel_url.raw_path.split("/") if s]
+        raw_path = request.rel_url.raw_path
+        try:
+            route = self._route_cache[raw_path]
+        except KeyError:
+            route = self._route(raw_path)
+            if len(self._route_cache) >= ROUTE_CACHE_SIZE:
+                self._route_cache.clear()
+            self._route_cache[raw_path] = route
+        if route is None:
+            return self._error(fmt, protocol.GENERIC_RESP, 404, "no such API endpoint")
+        methods, handler, share_id = route
+        if request.method not in methods:
+            return self._error(fmt, protocol.GENERIC_RESP, 405, "method not allowed")
+        return await handler(request, _Ctx(fmt, share_id))
+
+    def _route(self, raw_path: str) -> tuple[frozenset[str], Handler, str | None] | None:
+        """The methods, handler and shareId of a request path; None when nothing matches."""
+        segments = [unquote(s) for s in raw_path.split("/") if s]
         lowered = [s.lower() for s in segments]
         rest: list[str] | None = None
         for prefix in PREFIXES:
@@ -414,7 +461,7 @@ class Emulator:
                 rest = segments[len(prefix) :]
                 break
         if rest is None:
-            return self._error(fmt, protocol.GENERIC_RESP, 404, "no such API endpoint")
+            return None
         for pattern, methods, handler in self._routes:
             if len(pattern) != len(rest):
                 continue
@@ -425,10 +472,8 @@ class Emulator:
                 elif word != given.lower():
                     break
             else:
-                if request.method not in methods:
-                    return self._error(fmt, protocol.GENERIC_RESP, 405, "method not allowed")
-                return await handler(request, _Ctx(fmt, share_id))
-        return self._error(fmt, protocol.GENERIC_RESP, 404, "no such API endpoint")
+                return methods, handler, share_id
+        return None
 
     # -- authentication
 
@@ -686,8 +731,9 @@ class Emulator:
     ) -> web.StreamResponse:
         fmt = ctx.fmt
         root = protocol.UPLOAD_RESP
-        upload_type = (_query(request, "uploadType") or "").lower()
-        request_id = _query(request, "requestId") if upload_type == "chunkedfile" else None
+        queries = _queries(request)
+        upload_type = (queries.get("uploadtype") or "").lower()
+        request_id = queries.get("requestid") if upload_type == "chunkedfile" else None
         kind = "fullFile" if upload_type == "fullfile" else "chunk" if request_id else "initiate"
         share = ctx.share_id or ""
         eof = _is_eof(_header(request, protocol.FILE_EOF))
@@ -731,7 +777,8 @@ class Emulator:
                 response = await self._chunk(request, fmt, target, request_id, fault)
             else:
                 response = await self._initiate(
-                    request, fmt, target, full_file=upload_type == "fullfile", fault=fault
+                    request, fmt, target, queries, full_file=upload_type == "fullfile",
+                    fault=fault,
                 )
         except _Refusal as exc:
             self._record(kind, share, "", request_id or "", 0, 0, exc.status, eof, fault)
@@ -762,6 +809,7 @@ class Emulator:
         request: web.Request,
         fmt: protocol.Format,
         target: Target,
+        queries: Mapping[str, str],
         *,
         full_file: bool,
         fault: str | None,
@@ -776,8 +824,8 @@ class Emulator:
         path = protocol.join_remote_path((*parent, name))
         eof = True if full_file else _is_eof(_header(request, protocol.FILE_EOF))
         length = request.content_length
-        force = protocol.is_true(_query(request, "forceRestart"))
-        verify = protocol.is_true(_query(request, "verifyBlockLevelFileIntegrity"))
+        force = protocol.is_true(queries.get("forcerestart"))
+        verify = protocol.is_true(queries.get("verifyblocklevelfileintegrity"))
 
         def done(status: int, applied: int = 0, request_id: str = "") -> None:
             self._record(kind, target.key, path, request_id, 0, applied, status, eof, fault)
@@ -938,15 +986,15 @@ class Emulator:
             name = protocol.decode_name(raw_name)
         except ValueError:
             raise _Refusal(400, "FileName is not base64 of UTF-8 text") from None
-        try:
-            parent_text = protocol.decode_name(raw_parent)
-        except ValueError:
-            raise _Refusal(400, "ParentFolderPath is not base64 of UTF-8 text") from None
+        parent, parent_error = _parent_folder(raw_parent)
+        if parent is None and parent_error is None:
+            raise _Refusal(400, "ParentFolderPath is not base64 of UTF-8 text")
         try:
             name_parts = protocol.split_remote_path(name)
-            parent = protocol.split_remote_path(parent_text)
         except ValueError as exc:
             raise _Refusal(400, f"invalid path: {exc}") from None
+        if parent is None:
+            raise _Refusal(400, f"invalid path: {parent_error}")
         if len(name_parts) != 1 or name_parts[0] != name:
             raise _Refusal(400, "FileName must be one file name, without separators")
         if not _DIGITS.match(raw_size):
