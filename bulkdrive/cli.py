@@ -7,6 +7,8 @@ permission or unknown share · 4 quota · 130 interrupted. A traceback only with
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -132,7 +134,8 @@ def upload(
         log_file=log_file,
     )
     try:
-        code = anyio.run(_with_signals, request, run_job)
+        _one_malloc_arena()
+        code = anyio.run(_with_signals, request, run_job, backend_options=_loop_options())
     except errors.BulkdriveError as exc:
         if verbose >= 2:
             traceback.print_exc()
@@ -163,6 +166,28 @@ async def _with_signals(request: Any, run: Callable[..., Any]) -> int:
             raise group.exceptions[0] from None
         raise
     return code
+
+
+def _one_malloc_arena() -> None:
+    """glibc gives threads that allocate their own malloc arenas; chunks read in aiofiles'
+    threads then leave freed 4 MiB blocks in several arenas, and RSS grows ~30% above the
+    chunks alive. One arena keeps it near transfers × 2 × chunk size (measured, with no loss
+    of speed). M_ARENA_MAX is -8 in glibc's malloc.h; elsewhere this does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-8, 1)
+
+
+def _loop_options() -> dict[str, bool]:
+    """uvloop when it is installed (`pip install 'bulkdrive[fast]'`): cheaper per request."""
+    if os.environ.get("BULKDRIVE_LOOP", "").lower() == "asyncio":
+        return {}
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
 
 
 def _credentials(settings: Settings) -> Credentials:

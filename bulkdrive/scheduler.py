@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
@@ -30,10 +31,17 @@ from bulkdrive.journal import FileRecord, FileState, Journal
 from bulkdrive.progress import NullReporter, Reporter
 from bulkdrive.protocol import mtime_seconds, remote_child, split_remote_path
 from bulkdrive.report import FileOutcome, FileReportWriter, Outcome, RunSummary, RunTally
-from bulkdrive.upload import UploadResult, upload_file
+from bulkdrive.upload import LocalContent, UploadResult, read_small_files, upload_file
 from bulkdrive.walk import FileEntry, FolderEntry, SkippedEntry, WalkFilters, WalkItem, walk
 
 log = logging.getLogger("bulkdrive.run")
+
+#: Walk items handed out together: one journal read, one read of the small files and one
+#: journal commit serve them all.
+DISPATCH_BATCH = 64
+#: Files up to this size are read in batches ahead of their upload (≤ DISPATCH_BATCH × this
+#: in memory), saving a thread hop per file.
+SMALL_FILE_BYTES = 128 * 1024
 
 #: Remote folder listings kept for --check-remote; files arrive grouped by folder.
 _LISTINGS_KEPT = 4
@@ -140,12 +148,13 @@ class TreeUpload:
                     async with receive:
                         if not plan.dry_run:
                             await self._ensure_remote_root()
-                        async for item in receive:
+                        while self._run_error is None:
                             self._max_backlog = max(self._max_backlog, self._backlog_used())
-                            if self._run_error is not None:
+                            batch = await _next_batch(receive)
+                            if not batch:
                                 break
                             try:
-                                await self._dispatch(item, tg)
+                                await self._dispatch(batch, tg)
                             except errors.RunFailed as exc:
                                 self._stop(exc)
                         self._walk_scope.cancel()
@@ -175,44 +184,68 @@ class TreeUpload:
 
     # --- the dispatcher ------------------------------------------------------------------
 
-    async def _dispatch(self, item: WalkItem, tg: anyio.abc.TaskGroup) -> None:
-        if isinstance(item, FolderEntry):
-            if not self._plan.dry_run:
-                await self._create_folder(item.relative)
-            return
-        if isinstance(item, SkippedEntry):
-            self._finish(
-                FileOutcome(
-                    relative=item.relative.as_posix(),
-                    remote_path=self._remote_path(item.relative),
-                    size=0,
-                    outcome=Outcome.SKIPPED,
-                    reason=item.reason,
+    async def _dispatch(self, batch: list[WalkItem], tg: anyio.abc.TaskGroup) -> None:
+        """Hand out a batch of walk items: folders first (they precede their files in the
+        stream), then the files, with one journal read, one read of all small files and one
+        journal commit for the whole batch rather than a thread hop each per file."""
+        files: list[FileEntry] = []
+        for item in batch:
+            if isinstance(item, FolderEntry):
+                if not self._plan.dry_run:
+                    await self._create_folder(item.relative)
+            elif isinstance(item, SkippedEntry):
+                self._finish(
+                    FileOutcome(
+                        relative=item.relative.as_posix(),
+                        remote_path=self._remote_path(item.relative),
+                        size=0,
+                        outcome=Outcome.SKIPPED,
+                        reason=item.reason,
+                    )
                 )
+            else:
+                files.append(item)
+        if not files:
+            return
+        records: dict[str, FileRecord] = {}
+        if self._journal is not None:
+            records = await self._journal.lookup_many(f.relative.as_posix() for f in files)
+        chosen: list[tuple[FileEntry, bool]] = []
+        for entry in files:
+            record = records.get(entry.relative.as_posix())
+            reason = await self._skip_reason(entry, record)
+            if reason is not None:
+                self._finish(self._outcome(entry, Outcome.SKIPPED, reason=reason))
+            elif self._plan.dry_run:
+                self._would_upload_files += 1
+                self._would_upload_bytes += entry.size
+                self._reporter.message(
+                    f"would upload {entry.relative.as_posix()} ({entry.size} bytes)"
+                )
+            else:
+                stale = _is_stale(record, entry)
+                if not stale:
+                    await self._mark_started(entry, record)
+                chosen.append((entry, stale))
+        small = [e for e, stale in chosen if not stale and e.size <= SMALL_FILE_BYTES]
+        contents: dict[PurePosixPath, LocalContent | None] = {}
+        if small:
+            read = await anyio.to_thread.run_sync(
+                read_small_files, [e.path for e in small], SMALL_FILE_BYTES
             )
-            return
-        record = self._journal.lookup(item.relative.as_posix()) if self._journal else None
-        reason = await self._skip_reason(item, record)
-        if reason is not None:
-            self._finish(self._outcome(item, Outcome.SKIPPED, reason=reason))
-            return
-        if self._plan.dry_run:
-            self._would_upload_files += 1
-            self._would_upload_bytes += item.size
-            self._reporter.message(f"would upload {item.relative.as_posix()} ({item.size} bytes)")
-            return
-        stale = _is_stale(record, item)
-        # Marked while waiting for a slot, so the commit that makes the mark durable is
-        # usually over (another file's) by the time the upload starts.
-        ticket = None if stale else await self._mark_started(item, record)
-        await self._slots.acquire()
-        if self._run_error is not None:
-            self._slots.release()
-            return
-        self._started += 1
-        self._in_flight += 1
-        self._max_in_flight = max(self._max_in_flight, self._in_flight)
-        tg.start_soon(self._upload, item, stale, ticket)
+            contents = {e.relative: c for e, c in zip(small, read, strict=True)}
+        if self._journal is not None and chosen:
+            # The in-flight marks are on disk before the first request of any of these files.
+            await self._journal.flush()
+        for entry, stale in chosen:
+            await self._slots.acquire()
+            if self._run_error is not None:
+                self._slots.release()
+                return
+            self._started += 1
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            tg.start_soon(self._upload, entry, stale, contents.get(entry.relative))
 
     async def _skip_reason(self, entry: FileEntry, record: FileRecord | None) -> str | None:
         if record is not None:
@@ -309,7 +342,7 @@ class TreeUpload:
 
     # --- one file ------------------------------------------------------------------------
 
-    async def _upload(self, entry: FileEntry, stale: bool, ticket: int | None) -> None:
+    async def _upload(self, entry: FileEntry, stale: bool, content: LocalContent | None) -> None:
         assert self._client is not None
         relative = entry.relative.as_posix()
         began = self._clock()
@@ -319,9 +352,9 @@ class TreeUpload:
         try:
             if stale:
                 await self._discard_stale_session(entry)
-                ticket = await self._mark_started(entry, None)
-            if ticket is not None and self._journal is not None:
-                await self._journal.flush(through=ticket)
+                await self._mark_started(entry, None)
+                if self._journal is not None:
+                    await self._journal.flush()
             result = await upload_file(
                 self._client,
                 entry.path,
@@ -329,6 +362,7 @@ class TreeUpload:
                 remote_name=entry.relative.name,
                 config=self._plan.config,
                 events=events,
+                content=content,
             )
         except errors.BulkdriveError as exc:
             if isinstance(exc, errors.RunFailed):
@@ -343,23 +377,22 @@ class TreeUpload:
             self._slots.release()
         self._finish(outcome)
 
-    async def _mark_started(self, entry: FileEntry, record: FileRecord | None) -> int | None:
-        """Queue a record that the file is in flight; the upload waits for its commit (the
-        ticket) before the first request. If the run is killed after the server completed
-        the file but before its DONE record, the re-run then asks the server
-        (`_completed_remotely`) instead of sending the file again."""
-        if self._journal is None:
-            return None
-        if not _was_in_flight(record, entry):
-            await self._journal.record(
-                FileRecord(
-                    relative=entry.relative.as_posix(),
-                    size=entry.size,
-                    mtime_ns=entry.mtime_ns,
-                    state=FileState.PENDING,
-                )
+    async def _mark_started(self, entry: FileEntry, record: FileRecord | None) -> None:
+        """Queue a record that the file is in flight, committed before its first request.
+
+        If the run is killed after the server completed the file but before its DONE record
+        was committed, the re-run finds the mark and asks the server (`_completed_remotely`)
+        instead of sending the file again."""
+        if self._journal is None or _was_in_flight(record, entry):
+            return
+        await self._journal.record(
+            FileRecord(
+                relative=entry.relative.as_posix(),
+                size=entry.size,
+                mtime_ns=entry.mtime_ns,
+                state=FileState.PENDING,
             )
-        return self._journal.sequence
+        )
 
     async def _discard_stale_session(self, entry: FileEntry) -> None:
         """The last run left this file unfinished, and it changed since: an unfinished session
@@ -404,10 +437,8 @@ class TreeUpload:
                     attempts=result.attempts,
                 )
             )
-            # Committed before the transfer slot is released: after a SIGKILL, the files the
-            # server completed but the journal does not know are among those in flight, so a
-            # re-run sends again at most their last chunks.
-            await self._journal.flush()
+            # Not waited for: a file the server completed whose DONE record a SIGKILL lost
+            # is still marked in flight, and the re-run asks the server about it first.
         return self._outcome(
             entry,
             Outcome.RESUMED if result.resumes else Outcome.UPLOADED,
@@ -507,6 +538,20 @@ def _is_stale(record: FileRecord | None, entry: FileEntry) -> bool:
         and record.state in (FileState.PENDING, FileState.PARTIAL, FileState.FAILED)
         and (record.size, record.mtime_ns) != (entry.size, entry.mtime_ns)
     )
+
+
+async def _next_batch(receive: MemoryObjectReceiveStream[WalkItem]) -> list[WalkItem]:
+    """Wait for one walk item, then take what else the backlog holds, up to DISPATCH_BATCH."""
+    try:
+        batch = [await receive.receive()]
+    except anyio.EndOfStream:
+        return []
+    while len(batch) < DISPATCH_BATCH:
+        try:
+            batch.append(receive.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            break
+    return batch
 
 
 class _FileEvents:

@@ -19,7 +19,7 @@ import enum
 import functools
 import os
 import stat
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -36,7 +36,16 @@ from bulkdrive.config import TransferConfig
 from bulkdrive.integrity import BlockHasher, hash_off_loop
 from bulkdrive.protocol import BLOCK_SIZE, FileResource, UploadReply
 
-__all__ = ["NullEvents", "Phase", "SessionState", "UploadEvents", "UploadResult", "upload_file"]
+__all__ = [
+    "LocalContent",
+    "NullEvents",
+    "Phase",
+    "SessionState",
+    "UploadEvents",
+    "UploadResult",
+    "read_small_files",
+    "upload_file",
+]
 
 T = TypeVar("T")
 
@@ -282,6 +291,36 @@ def _open_regular(path: Path, preload_limit: int) -> tuple[int, _Identity, bytes
     if len(data) != st.st_size or _Identity.of(after) != _Identity.of(st):
         raise _Changed(_Identity.of(st), _Identity.of(after))
     return -1, _Identity.of(st), data
+
+
+@dataclass(frozen=True)
+class LocalContent:
+    """A small file read whole ahead of its upload, with the size and mtime it had then."""
+
+    data: bytes
+    size: int
+    mtime_ns: int
+
+
+def read_small_files(paths: Sequence[Path], limit: int) -> list[LocalContent | None]:
+    """Read small files whole, in the calling thread: one thread hop for a batch of them.
+
+    None for a file that cannot be read whole now (larger than `limit`, changing, gone,
+    unreadable): its upload opens it again and reports what is wrong.
+    """
+    contents: list[LocalContent | None] = []
+    for path in paths:
+        try:
+            fd, identity, data = _open_regular(path, limit)
+        except (OSError, _Changed):
+            contents.append(None)
+            continue
+        if data is None:
+            os.close(fd)
+            contents.append(None)
+        else:
+            contents.append(LocalContent(data, identity.size, identity.mtime_ns))
+    return contents
 
 
 class _Changed(Exception):
@@ -618,12 +657,14 @@ async def upload_file(
     config: TransferConfig | None = None,
     events: UploadEvents | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
+    content: LocalContent | None = None,
 ) -> UploadResult:
     """Upload one local file into `remote_folder` (backslash or slash separated) of the
     client's share, complete and byte-identical, or raise a `bulkdrive.errors` error.
 
     FileFailed subclasses fail this file only; RunFailed subclasses mean nothing more can
     succeed. The remote folder must exist on servers that do not create parents (§7).
+    `content`, from `read_small_files`, saves reading a small file again.
     """
     config = config or client.config
     events = events or NullEvents()
@@ -631,7 +672,11 @@ async def upload_file(
     name = local_path.name if remote_name is None else remote_name
     _check_chunking(config)
     folder, remote_path = _remote_target(remote_folder, name)
-    source = await _Source.open(local_path, preload_limit=config.chunk_size)
+    if content is not None and content.size <= config.chunk_size:
+        identity = _Identity(content.size, content.mtime_ns)
+        source = _Source(local_path, identity, None, content.data)
+    else:
+        source = await _Source.open(local_path, preload_limit=config.chunk_size)
     upload = _Upload(client, source, folder=folder, name=name, config=config, events=events)
     attempts = 0
 
@@ -643,12 +688,24 @@ async def upload_file(
             events.retrying(error, retry_state.attempt_number, wait)
 
     try:
-        async for attempt in retrying(
-            config.retry, sleep=sleep, before_sleep=before_sleep, progress=upload.progress
-        ):
-            attempts = attempt.retry_state.attempt_number
-            with attempt:
-                await upload.run()
+        # Most files need no second attempt: the retry machinery is set up only for those
+        # that do, with the first failure handed to it as its first attempt.
+        first_failure: errors.OutcomeUnknown | None = None
+        try:
+            attempts = 1
+            await upload.run()
+        except errors.OutcomeUnknown as exc:
+            first_failure = exc
+        if first_failure is not None:
+            replay = [first_failure]
+            async for attempt in retrying(
+                config.retry, sleep=sleep, before_sleep=before_sleep, progress=upload.progress
+            ):
+                attempts = attempt.retry_state.attempt_number
+                with attempt:
+                    if replay:
+                        raise replay.pop()
+                    await upload.run()
     except RetryError as failure:
         raise exhausted(failure, f"upload {remote_path}") from None
     finally:

@@ -214,9 +214,28 @@ class _Ctx:
 Handler = Callable[[web.Request, _Ctx], Awaitable[web.StreamResponse]]
 
 
-#: The same JSON text as protocol.render's json.dumps(..., ensure_ascii=False), without
-#: building a new encoder for every response.
+#: protocol.render's JSON is json.dumps(..., ensure_ascii=False); these make the same text.
 _JSON = json.JSONEncoder(ensure_ascii=False)
+_json_string = json.encoder.encode_basestring
+
+
+def _flat_json(fields: protocol.Fields) -> bytes:
+    """The text json.dumps(fields, ensure_ascii=False) gives, for a flat object of strings,
+    integers and booleans, written directly: json.dumps builds an encoder per call, which
+    cost more than the rest of a small upload's reply."""
+    parts: list[str] = []
+    for key, scalar in fields.items():
+        value: object = scalar  # Fields promise str, int or bool; anything else falls back
+        if isinstance(value, str):
+            text = _json_string(value)
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int):
+            text = int.__repr__(value)
+        else:
+            return _JSON.encode(dict(fields)).encode("utf-8")
+        parts.append(f"{_json_string(key)}: {text}")
+    return ("{" + ", ".join(parts) + "}").encode("utf-8")
 
 
 def _header(request: web.Request, name: str) -> str | None:
@@ -412,7 +431,7 @@ class Emulator:
         headers: Mapping[str, str] | None = None,
     ) -> web.Response:
         if fmt is protocol.Format.JSON and not children:
-            body = _JSON.encode(dict(fields)).encode("utf-8")
+            body = _flat_json(fields)
         else:
             body = protocol.render(fmt, root, fields, children)
         all_headers = {"Content-Type": protocol.CONTENT_TYPES[fmt], **(headers or {})}

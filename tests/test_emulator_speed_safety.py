@@ -1,0 +1,187 @@
+"""The shortcuts of the small-file path keep the rules: whole files written on the event loop
+or on the I/O pool, path checks without a realpath per request, GUID rows written in batches."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import aiohttp
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bulkdrive import protocol
+from bulkdrive.emulator import Emulator
+from bulkdrive.emulator.app import _flat_json
+from bulkdrive.emulator.store import INLINE_WRITE_BYTES, _Database
+
+import edge_raw as er
+from conftest import EmulatorFactory
+
+pytestmark = pytest.mark.anyio
+
+#: One size written on the event loop, one that takes the I/O pool (both one request).
+SIZES = [4096, INLINE_WRITE_BYTES + 1]
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    path = tmp_path / "outside"
+    path.mkdir()
+    (path / "secret.txt").write_bytes(b"top secret")
+    return path
+
+
+def listing(path: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(path)): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(path.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_whole_file_bytes_mtime_and_new_version(
+    emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path, size: int
+) -> None:
+    base = emulator.base_url
+    data = er.payload(size, seed=1)
+    first = await er.upload_whole(http, base, token, "a.bin", data, parent="\\x\\y")
+    assert first.status == 200, first.text
+    assert first.upload.chunk_offset == size and first.upload.file_guid
+    path = er.stored(root, "\\x\\y\\a.bin")
+    assert path.read_bytes() == data
+    assert int(path.stat().st_mtime) == er.SAMPLE_MTIME
+    newer = er.payload(size, seed=2)
+    second = await er.upload_whole(http, base, token, "a.bin", newer, parent="\\x\\y")
+    assert second.status == 200, second.text
+    assert path.read_bytes() == newer
+    assert not list((root / ".bulkdrive" / "partial").iterdir())
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_folder_replaced_by_symlink_after_uploads_is_refused(
+    emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path,
+    outside: Path, size: int,
+) -> None:
+    base = emulator.base_url
+    ok = await er.upload_whole(http, base, token, "one.bin", b"1" * size, parent="\\dir")
+    assert ok.status == 200, ok.text
+    before = listing(outside)
+    shutil.rmtree(root / "1" / "dir")
+    os.symlink(outside, root / "1" / "dir", target_is_directory=True)
+    again = await er.upload_whole(http, base, token, "two.bin", b"2" * size, parent="\\dir")
+    assert again.status == 400, again.text
+    assert listing(outside) == before
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_share_folder_replaced_by_symlink_after_uploads_is_refused(
+    emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path,
+    outside: Path, size: int,
+) -> None:
+    """The share's own folder was verified once; swapping it must be noticed."""
+    base = emulator.base_url
+    ok = await er.upload_whole(http, base, token, "one.bin", b"1" * size)
+    assert ok.status == 200, ok.text
+    (outside / "sub").mkdir()
+    before = listing(outside)
+    shutil.rmtree(root / "1")
+    os.symlink(outside, root / "1", target_is_directory=True)
+    for parent in ("\\", "\\sub", "\\new"):
+        again = await er.upload_whole(http, base, token, "two.bin", b"2" * size, parent=parent)
+        assert again.status == 400, again.text
+    assert listing(outside) == before
+
+
+async def test_file_in_the_middle_of_the_path_and_folder_at_the_name(
+    emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path
+) -> None:
+    base = emulator.base_url
+    assert (await er.upload_whole(http, base, token, "f", b"file")).status == 200
+    through = await er.upload_whole(http, base, token, "x.bin", b"x", parent="\\f")
+    assert through.status == 400, through.text
+    (root / "1" / "folder").mkdir()
+    over = await er.upload_whole(http, base, token, "folder", b"x")
+    assert over.status == 400, over.text
+    assert (root / "1" / "folder").is_dir()
+
+
+async def test_strict_parents_and_quota_on_small_files(
+    make_emulator: EmulatorFactory, http: aiohttp.ClientSession, root: Path
+) -> None:
+    emulator = await make_emulator(strict_parents=True, quota=10)
+    base = emulator.base_url
+    token = await er.login(http, base)
+    missing = await er.upload_whole(http, base, token, "a.bin", b"abc", parent="\\nowhere")
+    assert missing.status == 404, missing.text
+    assert not (root / "1" / "nowhere").exists()
+    assert (await er.upload_whole(http, base, token, "a.bin", b"12345678")).status == 200
+    over = await er.upload_whole(http, base, token, "b.bin", b"123")
+    assert over.status == 413, over.text
+    assert not (root / "1" / "b.bin").exists()
+    assert (await er.upload_whole(http, base, token, "c.bin", b"12")).status == 200
+    assert (root / "1" / "c.bin").read_bytes() == b"12"
+
+
+async def test_integrity_failure_leaves_no_folder_and_no_file(
+    emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path
+) -> None:
+    base = emulator.base_url
+    bad = await er.upload_whole(
+        http, base, token, "a.bin", b"abc", parent="\\new", verify_block=True,
+        extra=[(protocol.BLOCK_LEVEL_HASH, "00" * 32)],
+    )
+    assert bad.status == 400 and "integrity" in bad.text
+    assert not (root / "1" / "new").exists()
+    good = await er.upload_whole(
+        http, base, token, "a.bin", b"abc", parent="\\new", verify_block=True,
+        extra=[(protocol.BLOCK_LEVEL_HASH, er.block_level_hash([b"abc"]))],
+    )
+    assert good.status == 200 and good.upload.integrity_verified
+    assert (root / "1" / "new" / "a.bin").read_bytes() == b"abc"
+
+
+async def test_guids_of_small_files_survive_a_restart(
+    make_emulator: EmulatorFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    first_root = tmp_path / "server"
+    first = await make_emulator(root=first_root)
+    token = await er.login(http, first.base_url)
+    guids = {}
+    for i in range(5):
+        reply = await er.upload_whole(http, first.base_url, token, f"f{i}", b"x" * i)
+        assert reply.status == 200, reply.text
+        guids[f"\\f{i}"] = reply.upload.file_guid
+    await first.stop()
+    second = await make_emulator(root=first_root)
+    token = await er.login(http, second.base_url)
+    for path, guid in guids.items():
+        meta = await er.metadata(http, second.base_url, token, path)
+        assert er.file_resources(meta.node)[0].guid == guid
+
+
+def test_many_guid_rows_in_one_batch(tmp_path: Path) -> None:
+    """More rows than one multi-row INSERT holds, with a path written twice (last wins)."""
+    db = _Database(tmp_path / "state.sqlite3")
+    try:
+        rows = [("1", f"d/f{i}", f"{i:032x}") for i in range(1001)]
+        db.save_guids(rows)
+        db.save_guids([("1", "d/f7", "f" * 32)])
+        found = db.file_guids("1", [p for _, p, _ in rows])
+        assert len(found) == 1001
+        assert found["d/f1000"] == f"{1000:032x}"
+        assert found["d/f7"] == "f" * 32
+    finally:
+        db.conn.close()
+
+
+@given(st.dictionaries(
+    st.text(), st.one_of(st.text(), st.integers(), st.booleans()), max_size=6
+))
+def test_flat_json_replies_are_the_bytes_protocol_render_makes(
+    fields: dict[str, str | int | bool],
+) -> None:
+    expected = protocol.render(protocol.Format.JSON, protocol.UPLOAD_RESP, fields)
+    assert _flat_json(fields) == expected
