@@ -140,3 +140,23 @@ def test_plan_is_a_frozen_value(tmp_path: Path) -> None:
     plan = RunPlan(source=tmp_path)
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.backlog = 3  # type: ignore[misc]
+
+
+async def test_bandwidth_limit_paces_the_whole_run(emulator: Emulator, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(6):
+        (source / f"f{i}.bin").write_bytes(os.urandom(300 * 1024))
+    config = TransferConfig(transfers=3, bwlimit=4 * MiB)
+    async with EdgeDriveClient.connect(
+        emulator.base_url, CREDENTIALS, share_id=SHARE_ID, config=config
+    ) as client:
+        summary = await upload_tree(client, source, config=config)
+        budget = client.bandwidth
+    assert summary.files.uploaded == 6
+    assert budget is not None
+    stats = budget.statistics()
+    # Every body went through the one budget of the run, and the budget made uploads wait.
+    assert stats.bytes_granted == 6 * 300 * 1024
+    assert stats.seconds_waited > 0
+    assert_stored(source, emulator.config.root / SHARE_ID)
