@@ -414,7 +414,7 @@ class EdgeDriveClient:
             resource = response.node.first("fileResource")
             return FileResource.from_node(resource if resource is not None else response.node)
 
-        return await self._retried(call, what)
+        return await self.repeat(call, what)
 
     async def list_folder(self, path: str, *, page_size: int = 500) -> AsyncIterator[FileResource]:
         """The direct children of a remote folder, paged with the `limit`/`offset` headers."""
@@ -434,7 +434,7 @@ class EdgeDriveClient:
                     raise self._error(response, what=what)
                 return response.node
 
-            node = await self._retried(call, what)
+            node = await self.repeat(call, what)
             page = node.all("fileResource")
             for item in page:
                 yield FileResource.from_node(item)
@@ -463,7 +463,7 @@ class EdgeDriveClient:
                 return False
             raise self._error(response, what=what)
 
-        return await self._retried(call, what)
+        return await self.repeat(call, what)
 
     async def shares(self) -> list[ShareInfo]:
         """The shares this user can see (spec §7, `GET drive/share`)."""
@@ -474,9 +474,11 @@ class EdgeDriveClient:
                 raise self._error(response, what="list shares")
             return [ShareInfo.from_node(n) for n in _nodes_with(response.node, "syncWebFolderId")]
 
-        return await self._retried(call, "list shares")
+        return await self.repeat(call, "list shares")
 
-    async def _retried(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+    async def repeat(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run an idempotent request, repeated through the retry policy on transient errors;
+        RetriesExhausted when they outlast it."""
         try:
             async for attempt in retrying(self.config.retry):
                 with attempt:

@@ -15,21 +15,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_random_exponential
 
 from bulkdrive import errors
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import TransferConfig
 from bulkdrive.journal import FileRecord, FileState, Journal
 from bulkdrive.progress import NullReporter, Reporter
-from bulkdrive.protocol import mtime_seconds, remote_child, split_remote_path
+from bulkdrive.protocol import UploadReply, mtime_seconds, remote_child, split_remote_path
 from bulkdrive.report import FileOutcome, FileReportWriter, Outcome, RunSummary, RunTally
 from bulkdrive.upload import LocalContent, UploadResult, read_small_files, upload_file
 from bulkdrive.walk import FileEntry, FolderEntry, SkippedEntry, WalkFilters, WalkItem, walk
@@ -280,11 +279,9 @@ class TreeUpload:
             return False
         if self._journal is not None and not self._plan.dry_run:
             await self._journal.record(
-                FileRecord(
-                    relative=entry.relative.as_posix(),
-                    size=entry.size,
-                    mtime_ns=entry.mtime_ns,
-                    state=FileState.DONE,
+                _record(
+                    entry,
+                    FileState.DONE,
                     offset=entry.size,
                     file_guid=resource.guid or None,
                 )
@@ -320,20 +317,10 @@ class TreeUpload:
 
     async def _create_remote(self, parent: tuple[str, ...], name: str) -> None:
         assert self._client is not None
-        client = self._client
-        policy = self._plan.config.retry
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(errors.OutcomeUnknown),
-            wait=wait_random_exponential(multiplier=policy.initial_wait, max=policy.max_wait),
-            stop=stop_after_attempt(policy.attempts),
-            reraise=True,
-        )
         try:
-            async for attempt in retrying:
-                with attempt:
-                    # createfolder is idempotent (201, or 409 when it exists): safe to repeat.
-                    if await client.create_folder(remote_child("\\", *parent), name):
-                        self._folders_created += 1
+            # The client repeats createfolder on transient errors: 201, or 409 when it exists.
+            if await self._client.create_folder(remote_child("\\", *parent), name):
+                self._folders_created += 1
         except errors.RunFailed as exc:
             self._stop(exc)
         except errors.BulkdriveError as exc:
@@ -386,12 +373,7 @@ class TreeUpload:
         if self._journal is None or _was_in_flight(record, entry):
             return
         await self._journal.record(
-            FileRecord(
-                relative=entry.relative.as_posix(),
-                size=entry.size,
-                mtime_ns=entry.mtime_ns,
-                state=FileState.PENDING,
-            )
+            _record(entry, FileState.PENDING)
         )
 
     async def _discard_stale_session(self, entry: FileEntry) -> None:
@@ -401,37 +383,32 @@ class TreeUpload:
         it: a forceRestart initiate replaces it with an empty session at offset 0."""
         assert self._client is not None
         client = self._client
-        policy = self._plan.config.retry
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(errors.OutcomeUnknown),
-            wait=wait_random_exponential(multiplier=policy.initial_wait, max=policy.max_wait),
-            stop=stop_after_attempt(policy.attempts),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                # Safe to repeat: each one discards whatever the server holds for this file.
-                await client.initiate(
-                    name=entry.relative.name,
-                    folder=self._remote_folder(entry.relative),
-                    size=entry.size,
-                    mtime=mtime_seconds(entry.mtime_ns),
-                    body=b"",
-                    eof=False,
-                    verify=self._plan.config.verify,
-                    force_restart=True,
-                )
+        folder = self._remote_folder(entry.relative)
+
+        def discard() -> Awaitable[UploadReply]:
+            # Safe to repeat: each one discards whatever the server holds for this file.
+            return client.initiate(
+                name=entry.relative.name,
+                folder=folder,
+                size=entry.size,
+                mtime=mtime_seconds(entry.mtime_ns),
+                body=b"",
+                eof=False,
+                verify=self._plan.config.verify,
+                force_restart=True,
+            )
+
+        what = f"discard the old session of {self._remote_path(entry.relative)}"
+        await client.repeat(discard, what)
 
     async def _succeeded(
         self, entry: FileEntry, result: UploadResult, seconds: float
     ) -> FileOutcome:
         if self._journal is not None:
             await self._journal.record(
-                FileRecord(
-                    relative=entry.relative.as_posix(),
-                    size=entry.size,
-                    mtime_ns=entry.mtime_ns,
-                    state=FileState.DONE,
+                _record(
+                    entry,
+                    FileState.DONE,
                     offset=entry.size,
                     file_guid=result.file_guid,
                     attempts=result.attempts,
@@ -458,11 +435,9 @@ class TreeUpload:
             exit_class, hint = "InternalError", "please report this as a bug"
         if self._journal is not None:
             await self._journal.record(
-                FileRecord(
-                    relative=entry.relative.as_posix(),
-                    size=entry.size,
-                    mtime_ns=entry.mtime_ns,
-                    state=FileState.FAILED,
+                _record(
+                    entry,
+                    FileState.FAILED,
                     request_id=events.request_id,
                     offset=events.offset,
                     attempts=events.attempts,
@@ -521,6 +496,17 @@ class TreeUpload:
         )
 
 
+def _record(entry: FileEntry, state: FileState, **fields: Any) -> FileRecord:
+    """The journal's record of this version of the file."""
+    return FileRecord(
+        relative=entry.relative.as_posix(),
+        size=entry.size,
+        mtime_ns=entry.mtime_ns,
+        state=state,
+        **fields,
+    )
+
+
 def _was_in_flight(record: FileRecord | None, entry: FileEntry) -> bool:
     """The journal saw this very version of the file start, and not end."""
     return (
@@ -574,11 +560,9 @@ class _FileEvents:
         journal = self._run._journal
         if journal is not None and offset < self._entry.size:
             journal.note(
-                FileRecord(
-                    relative=self._relative,
-                    size=self._entry.size,
-                    mtime_ns=self._entry.mtime_ns,
-                    state=FileState.PARTIAL,
+                _record(
+                    self._entry,
+                    FileState.PARTIAL,
                     request_id=request_id,
                     offset=offset,
                     attempts=self.attempts,
