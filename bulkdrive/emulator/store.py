@@ -11,8 +11,10 @@ Order of writes, so that a crash never leaves an offset that the partial file do
 a chunk body is written to the partial file first, then the session row is updated; on start,
 partial files are cut back to their recorded offset and orphans are removed.
 
-Every SQLite call runs on one dedicated thread (calls stay in order); every file operation runs
-on a small thread pool. The event loop only streams request bodies and makes decisions.
+Every SQLite call runs on one dedicated thread (calls stay in order); file operations run on a
+small thread pool, except whole files of at most INLINE_WRITE_BYTES in one request, which are
+written on the event loop (see there). The event loop otherwise only streams request bodies and
+makes decisions.
 """
 
 from __future__ import annotations
