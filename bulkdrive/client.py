@@ -39,6 +39,7 @@ from tenacity import (
     stop_after_attempt,
     wait_random_exponential,
 )
+from yarl import URL
 
 from bulkdrive import errors, protocol
 from bulkdrive.bandwidth import BandwidthBudget
@@ -192,7 +193,8 @@ class EdgeDriveClient:
         self._owns_token = False  # a token we got from Login/Renew, so ours to log out
         self._generation = 0
         self._auth_lock = anyio.Lock()
-        self._stats = ClientStatistics()
+        # Plain counters: bumped on every request, frozen into ClientStatistics on demand.
+        self._requests = self._bytes_sent = self._logins = self._renewals = self._failed = 0
         self.bandwidth = BandwidthBudget(config.bwlimit) if config.bwlimit else None
         timeouts = config.timeouts
         self._timeout = aiohttp.ClientTimeout(
@@ -205,6 +207,8 @@ class EdgeDriveClient:
             self._root = "drive"
         else:
             self._root = f"drive/share/{quote(share_id, safe='')}"
+        self._upload_url = URL(f"{self._base}/{self._root}/file/action/upload")
+        self._initiate_urls: dict[tuple[bool, bool], URL] = {}
 
     # --- lifetime -----------------------------------------------------------------------
 
@@ -237,7 +241,13 @@ class EdgeDriveClient:
                     await client._logout()
 
     def statistics(self) -> ClientStatistics:
-        return self._stats
+        return ClientStatistics(
+            requests=self._requests,
+            bytes_sent=self._bytes_sent,
+            logins=self._logins,
+            renewals=self._renewals,
+            failed_requests=self._failed,
+        )
 
     # --- authentication -----------------------------------------------------------------
 
@@ -267,7 +277,7 @@ class EdgeDriveClient:
             "deviceId": self._device_id,
         }
         response = await self._send("POST", "Login", what="login", json_body=body, auth=False)
-        self._stats = dataclasses.replace(self._stats, logins=self._stats.logins + 1)
+        self._logins += 1
         reply = LoginReply.from_node(response.node)
         if response.status != 200 or reply.token is None:
             self._count_failure()
@@ -293,7 +303,7 @@ class EdgeDriveClient:
             return False
         self._token = Secret(token)
         self._owns_token = True
-        self._stats = dataclasses.replace(self._stats, renewals=self._stats.renewals + 1)
+        self._renewals += 1
         return True
 
     async def _reauthenticate(self, seen_generation: int) -> None:
@@ -347,17 +357,11 @@ class EdgeDriveClient:
         }
         if block_hash is not None:
             headers[protocol.BLOCK_LEVEL_HASH] = block_hash
-        params = {"uploadType": "chunkedFile"}
-        if verify:
-            params["verifyBlockLevelFileIntegrity"] = "true"
-        if force_restart:
-            params["forceRestart"] = "true"
         what = f"upload {protocol.remote_child(parent, name)}"
         response = await self._send(
             "POST",
-            f"{self._root}/file/action/upload",
+            self._initiate_url(verify=verify, force_restart=force_restart),
             what=what,
-            params=params,
             headers=headers,
             data=body,
             final=eof,
@@ -377,14 +381,29 @@ class EdgeDriveClient:
         what = f"chunk of session {request_id}"
         response = await self._send(
             "POST",
-            f"{self._root}/file/action/upload",
+            URL(
+                f"{self._upload_url}?uploadType=chunkedFile&requestId={quote(request_id)}",
+                encoded=True,
+            ),
             what=what,
-            params={"uploadType": "chunkedFile", "requestId": request_id},
             headers=headers,
             data=body,
             final=eof,
         )
         return self._upload_reply(response, what=what, in_session=True)
+
+    def _initiate_url(self, *, verify: bool, force_restart: bool) -> URL:
+        # Built once per variant: URL building is a visible part of a small file's cost.
+        key = (verify, force_restart)
+        url = self._initiate_urls.get(key)
+        if url is None:
+            query = {"uploadType": "chunkedFile"}
+            if verify:
+                query["verifyBlockLevelFileIntegrity"] = "true"
+            if force_restart:
+                query["forceRestart"] = "true"
+            url = self._initiate_urls[key] = self._upload_url.with_query(query)
+        return url
 
     def _upload_reply(self, response: _Response, *, what: str, in_session: bool) -> UploadReply:
         if response.status != 200:
@@ -492,7 +511,7 @@ class EdgeDriveClient:
     async def _send(
         self,
         method: str,
-        path: str,
+        path: str | URL,
         *,
         what: str,
         params: Mapping[str, str] | None = None,
@@ -511,15 +530,12 @@ class EdgeDriveClient:
         sent = len(data) if data is not None else 0
         if self.bandwidth is not None and sent:
             await self.bandwidth.spend(sent)
-        self._stats = dataclasses.replace(
-            self._stats,
-            requests=self._stats.requests + 1,
-            bytes_sent=self._stats.bytes_sent + sent,
-        )
+        self._requests += 1
+        self._bytes_sent += sent
         try:
             async with self._session.request(
                 method,
-                f"{self._base}/{path}",
+                path if isinstance(path, URL) else f"{self._base}/{path}",
                 params=params,
                 headers=request_headers,
                 data=_payload(data),
@@ -567,9 +583,7 @@ class EdgeDriveClient:
         )
 
     def _count_failure(self) -> None:
-        self._stats = dataclasses.replace(
-            self._stats, failed_requests=self._stats.failed_requests + 1
-        )
+        self._failed += 1
 
 
 # --- small readers of replies -----------------------------------------------------------

@@ -11,6 +11,7 @@ import base64
 import binascii
 import email.utils
 import enum
+import functools
 import json
 import time
 import xml.etree.ElementTree as ET
@@ -79,6 +80,7 @@ def decode_name(value: str) -> str:
         raise ValueError(f"not base64 of UTF-8 text: {value!r}") from exc
 
 
+@functools.lru_cache(maxsize=4096)  # files arrive folder by folder: the same few paths recur
 def split_remote_path(path: str) -> tuple[str, ...]:
     """The components of an Edge Drive path, `\\` or `/` separated, relative to the root.
 

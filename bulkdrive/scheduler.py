@@ -95,7 +95,6 @@ class TreeUpload:
         self._file_report = file_report
         self._clock = clock
         self._tally = RunTally()
-        self._slots = anyio.Semaphore(plan.config.transfers)
         self._run_error: errors.RunFailed | None = None
         self._interrupted = False
         self._walk_scope = anyio.CancelScope()
@@ -140,11 +139,16 @@ class TreeUpload:
         self._reporter.start(str(plan.source), plan.remote_folder)
         send, receive = anyio.create_memory_object_stream[WalkItem](plan.backlog)
         self._backlog_used = lambda: receive.statistics().current_buffer_used
+        # Zero buffer: a file is handed over only when a worker is free to upload it.
+        self._ready, ready = anyio.create_memory_object_stream[_Ready](0)
         try:
             with self._run_scope:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._walk, send)
-                    async with receive:
+                    with ready:
+                        for _ in range(0 if plan.dry_run else plan.config.transfers):
+                            tg.start_soon(self._worker, ready.clone())
+                    async with receive, self._ready:
                         if not plan.dry_run:
                             await self._ensure_remote_root()
                         while self._run_error is None:
@@ -153,7 +157,7 @@ class TreeUpload:
                             if not batch:
                                 break
                             try:
-                                await self._dispatch(batch, tg)
+                                await self._dispatch(batch)
                             except errors.RunFailed as exc:
                                 self._stop(exc)
                         self._walk_scope.cancel()
@@ -183,7 +187,7 @@ class TreeUpload:
 
     # --- the dispatcher ------------------------------------------------------------------
 
-    async def _dispatch(self, batch: list[WalkItem], tg: anyio.abc.TaskGroup) -> None:
+    async def _dispatch(self, batch: list[WalkItem]) -> None:
         """Hand out a batch of walk items: folders first (they precede their files in the
         stream), then the files, with one journal read, one read of all small files and one
         journal commit for the whole batch rather than a thread hop each per file."""
@@ -237,14 +241,20 @@ class TreeUpload:
             # The in-flight marks are on disk before the first request of any of these files.
             await self._journal.flush()
         for entry, stale in chosen:
-            await self._slots.acquire()
             if self._run_error is not None:
-                self._slots.release()
                 return
-            self._started += 1
-            self._in_flight += 1
-            self._max_in_flight = max(self._max_in_flight, self._in_flight)
-            tg.start_soon(self._upload, entry, stale, contents.get(entry.relative))
+            await self._ready.send((entry, stale, contents.get(entry.relative)))
+
+    async def _worker(self, ready: MemoryObjectReceiveStream[_Ready]) -> None:
+        """One of `transfers` workers: uploads the files handed to it, one at a time."""
+        async with ready:
+            async for entry, stale, content in ready:
+                if self._run_error is not None:
+                    continue  # the run is stopping: start nothing new
+                self._started += 1
+                self._in_flight += 1
+                self._max_in_flight = max(self._max_in_flight, self._in_flight)
+                await self._upload(entry, stale, content)
 
     async def _skip_reason(self, entry: FileEntry, record: FileRecord | None) -> str | None:
         if record is not None:
@@ -361,7 +371,6 @@ class TreeUpload:
             outcome = await self._succeeded(entry, result, self._clock() - began)
         finally:
             self._in_flight -= 1
-            self._slots.release()
         self._finish(outcome)
 
     async def _mark_started(self, entry: FileEntry, record: FileRecord | None) -> None:
@@ -524,6 +533,11 @@ def _is_stale(record: FileRecord | None, entry: FileEntry) -> bool:
         and record.state in (FileState.PENDING, FileState.PARTIAL, FileState.FAILED)
         and (record.size, record.mtime_ns) != (entry.size, entry.mtime_ns)
     )
+
+
+#: A file handed to a worker: the entry, whether an old session must be discarded first, and
+#: its content when it was read ahead.
+_Ready = tuple[FileEntry, bool, LocalContent | None]
 
 
 async def _next_batch(receive: MemoryObjectReceiveStream[WalkItem]) -> list[WalkItem]:
