@@ -28,7 +28,7 @@ INLINE_HASH_BYTES = 64 * 1024
 class BlockHasher:
     """The running block-level hash of a file prefix, fed in order, any piece sizes."""
 
-    __slots__ = ("_block", "_in_block", "_outer", "block_size", "position")
+    __slots__ = ("_block", "_in_block", "_outer", "block_size", "last_block", "position")
 
     def __init__(self, block_size: int = BLOCK_SIZE) -> None:
         self.block_size = block_size
@@ -36,6 +36,18 @@ class BlockHasher:
         self._outer = hashlib.sha256()
         self._block = hashlib.sha256()
         self._in_block = 0
+        self.last_block = b""  # the digest of the last whole block fed in, for the journal
+
+    @classmethod
+    def from_digests(cls, digests: bytes, block_size: int = BLOCK_SIZE) -> BlockHasher:
+        """The hasher of a prefix of whole blocks whose digests are known (the journal's)."""
+        if len(digests) % 32:
+            raise ValueError("block digests come in 32-byte pieces")
+        hasher = cls(block_size)
+        hasher._outer.update(digests)
+        hasher.position = len(digests) // 32 * block_size
+        hasher.last_block = digests[-32:]
+        return hasher
 
     def update(self, data: Buffer) -> None:
         """Append `data` to the prefix. Blocking for large buffers: see `hash_off_loop`."""
@@ -47,7 +59,8 @@ class BlockHasher:
             self._in_block += take
             start += take
             if self._in_block == self.block_size:
-                self._outer.update(self._block.digest())
+                self.last_block = self._block.digest()
+                self._outer.update(self.last_block)
                 self._block = hashlib.sha256()
                 self._in_block = 0
         self.position += len(view)
@@ -59,6 +72,7 @@ class BlockHasher:
         twin._outer = self._outer.copy()
         twin._block = self._block.copy()
         twin._in_block = self._in_block
+        twin.last_block = self.last_block
         return twin
 
     def hexdigest(self) -> str:

@@ -42,6 +42,9 @@ DISPATCH_BATCH = 64
 #: in memory), saving a thread hop per file.
 SMALL_FILE_BYTES = 128 * 1024
 
+#: Block digests (bytes) below which the journal gets them after every block.
+DIGESTS_COPIED_EACH_BLOCK = 64 * 32
+
 #: Remote folder listings kept for --check-remote; files arrive grouped by folder.
 _LISTINGS_KEPT = 4
 
@@ -243,18 +246,20 @@ class TreeUpload:
         for entry, stale in chosen:
             if self._run_error is not None:
                 return
-            await self._ready.send((entry, stale, contents.get(entry.relative)))
+            record = records.get(entry.relative.as_posix())
+            known = record.digests if record is not None and _same_version(record, entry) else b""
+            await self._ready.send((entry, stale, contents.get(entry.relative), known))
 
     async def _worker(self, ready: MemoryObjectReceiveStream[_Ready]) -> None:
         """One of `transfers` workers: uploads the files handed to it, one at a time."""
         async with ready:
-            async for entry, stale, content in ready:
+            async for entry, stale, content, known in ready:
                 if self._run_error is not None:
                     continue  # the run is stopping: start nothing new
                 self._started += 1
                 self._in_flight += 1
                 self._max_in_flight = max(self._max_in_flight, self._in_flight)
-                await self._upload(entry, stale, content)
+                await self._upload(entry, stale, content, known)
 
     async def _skip_reason(self, entry: FileEntry, record: FileRecord | None) -> str | None:
         if record is not None:
@@ -339,7 +344,9 @@ class TreeUpload:
 
     # --- one file ------------------------------------------------------------------------
 
-    async def _upload(self, entry: FileEntry, stale: bool, content: LocalContent | None) -> None:
+    async def _upload(
+        self, entry: FileEntry, stale: bool, content: LocalContent | None, known: bytes
+    ) -> None:
         assert self._client is not None
         relative = entry.relative.as_posix()
         began = self._clock()
@@ -360,6 +367,7 @@ class TreeUpload:
                 config=self._plan.config,
                 events=events,
                 content=content,
+                known_digests=known,
             )
         except errors.BulkdriveError as exc:
             if isinstance(exc, errors.RunFailed):
@@ -449,6 +457,7 @@ class TreeUpload:
                     FileState.FAILED,
                     request_id=events.request_id,
                     offset=events.offset,
+                    digests=events.digests,
                     attempts=events.attempts,
                     last_error=reason,
                 )
@@ -516,6 +525,10 @@ def _record(entry: FileEntry, state: FileState, **fields: Any) -> FileRecord:
     )
 
 
+def _same_version(record: FileRecord | None, entry: FileEntry) -> bool:
+    return record is not None and (record.size, record.mtime_ns) == (entry.size, entry.mtime_ns)
+
+
 def _was_in_flight(record: FileRecord | None, entry: FileEntry) -> bool:
     """The journal saw this very version of the file start, and not end."""
     return (
@@ -535,9 +548,9 @@ def _is_stale(record: FileRecord | None, entry: FileEntry) -> bool:
     )
 
 
-#: A file handed to a worker: the entry, whether an old session must be discarded first, and
-#: its content when it was read ahead.
-_Ready = tuple[FileEntry, bool, LocalContent | None]
+#: A file handed to a worker: the entry, whether an old session must be discarded first, its
+#: content when it was read ahead, and the block digests the journal kept of it.
+_Ready = tuple[FileEntry, bool, LocalContent | None, bytes]
 
 
 async def _next_batch(receive: MemoryObjectReceiveStream[WalkItem]) -> list[WalkItem]:
@@ -564,6 +577,8 @@ class _FileEvents:
         self.request_id: str | None = None
         self.offset = 0
         self.attempts = 1
+        self._digests = bytearray()  # 32 bytes per 4 MiB block the server holds
+        self.digests = b""  # what the journal gets: all of it, at longer intervals past 2 KiB
 
     def bytes_confirmed(self, n: int) -> None:
         pass  # the reporter follows offsets, which also go back when a file restarts
@@ -579,6 +594,7 @@ class _FileEvents:
                     FileState.PARTIAL,
                     request_id=request_id,
                     offset=offset,
+                    digests=self.digests,
                     attempts=self.attempts,
                 )
             )
@@ -588,6 +604,15 @@ class _FileEvents:
         log.warning("retrying %s in %.1fs (attempt %d): %s", self._relative, wait, attempt, error)
         self._run._tally.retried()
         self._run._reporter.file_retrying(self._relative, str(error), attempt, wait)
+
+    def block_confirmed(self, index: int, digest: bytes) -> None:
+        del self._digests[index * 32 :]
+        self._digests += digest
+        size = len(self._digests)
+        # A copy per block while small; past 64 blocks one per 64, so that a huge file's
+        # digests are not copied once per chunk (quadratic) for the journal.
+        if size <= DIGESTS_COPIED_EACH_BLOCK or size % DIGESTS_COPIED_EACH_BLOCK == 0:
+            self.digests = bytes(self._digests)
 
     def resumed(self, offset: int) -> None:
         self._run._tally.resumed()

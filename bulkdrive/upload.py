@@ -71,6 +71,10 @@ class UploadEvents(Protocol):
     def resumed(self, offset: int) -> None:
         """The upload continues an existing session from server offset `offset` > 0."""
 
+    def block_confirmed(self, index: int, digest: bytes) -> None:
+        """The server holds whole 4 MiB block `index` of the file; `digest` is its SHA-256.
+        Blocks come in order; an index seen before replaces what followed it (a restart)."""
+
 
 class NullEvents:
     def bytes_confirmed(self, n: int) -> None:
@@ -83,6 +87,9 @@ class NullEvents:
         pass
 
     def resumed(self, offset: int) -> None:
+        pass
+
+    def block_confirmed(self, index: int, digest: bytes) -> None:
         pass
 
 
@@ -433,6 +440,7 @@ class _Upload:
         name: str,
         config: TransferConfig,
         events: UploadEvents,
+        known_digests: bytes = b"",
     ) -> None:
         self.client = client
         self.source = source
@@ -450,6 +458,8 @@ class _Upload:
         self._ahead: _Chunk | None = None  # read while the initiate was in flight
         # Block-level hashers by prefix length: the confirmed offset, the chunk in flight.
         self._hashers: dict[int, BlockHasher] = {0: BlockHasher()} if self.verify else {}
+        self._known_digests = known_digests  # the journal's, for [0, n × 4 MiB) of this file
+        self._blocks_reported = 0
 
     def progress(self) -> int:
         """The most bytes the server ever confirmed: what the retry budget counts from."""
@@ -472,6 +482,9 @@ class _Upload:
                 raise
             except errors.IntegrityMismatch as exc:
                 self.state = restarted(self.state, str(exc))
+                # The digests we started from may be what was wrong: trust only the file now.
+                self._known_digests = b""
+                self._blocks_reported = 0
             except errors.Rejected as exc:
                 if not self.state.adopted:
                     raise
@@ -562,18 +575,31 @@ class _Upload:
         return _Chunk(offset, data, await hash_off_loop(hasher, data))
 
     async def _hasher_at(self, offset: int) -> BlockHasher:
-        """The block-level hash of [0, offset): remembered, or recomputed from the file."""
+        """The block-level hash of [0, offset), a server-confirmed offset: remembered, or
+        rebuilt from the journal's block digests and the file for what they do not cover."""
         hasher = self._hashers.get(offset)
         if hasher is None:
-            # A session found at an offset we never sent from: hash the prefix it holds.
-            hasher = BlockHasher()
-            position = 0
+            # A session found at an offset we never sent from: the prefix it holds.
+            whole = min(offset // BLOCK_SIZE, len(self._known_digests) // 32)
+            known = self._known_digests[: whole * 32]
+            hasher = BlockHasher.from_digests(known) if whole else BlockHasher()
+            for index in range(self._blocks_reported, whole):
+                self.events.block_confirmed(index, known[index * 32 : index * 32 + 32])
+            self._blocks_reported = max(self._blocks_reported, whole)
+            position = hasher.position
             while position < offset:
                 length = min(self.chunk_size - position % self.chunk_size, offset - position)
                 hasher = await hash_off_loop(hasher, await self.source.read(position, length))
                 position += length
+                self._report_block(hasher)
         self._hashers = {offset: hasher}
         return hasher
+
+    def _report_block(self, hasher: BlockHasher) -> None:
+        """Hand the journal the digest of each whole block the server holds, once, in order."""
+        if hasher.position == (self._blocks_reported + 1) * BLOCK_SIZE and hasher.last_block:
+            self.events.block_confirmed(self._blocks_reported, hasher.last_block)
+            self._blocks_reported += 1
 
     async def _before_sending(self, chunk: _Chunk, final: bool) -> str | None:
         """Everything decided before a chunk goes out; returns its BlockLevelHash header."""
@@ -620,6 +646,8 @@ class _Upload:
                 self.events.resumed(offset)
         else:
             return
+        if self.verify and (hasher := self._hashers.get(offset)) is not None:
+            self._report_block(hasher)
         if reply.request_id:
             self.events.offset_confirmed(reply.request_id, offset)
         if offset > self._confirmed_high:
@@ -658,13 +686,16 @@ async def upload_file(
     events: UploadEvents | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
     content: LocalContent | None = None,
+    known_digests: bytes = b"",
 ) -> UploadResult:
     """Upload one local file into `remote_folder` (backslash or slash separated) of the
     client's share, complete and byte-identical, or raise a `bulkdrive.errors` error.
 
     FileFailed subclasses fail this file only; RunFailed subclasses mean nothing more can
     succeed. The remote folder must exist on servers that do not create parents (§7).
-    `content`, from `read_small_files`, saves reading a small file again.
+    `content`, from `read_small_files`, saves reading a small file again; `known_digests`,
+    the block digests a journal kept of this very file, save re-reading the prefix that an
+    unfinished session holds (a wrong one costs a restart, never a wrong file).
     """
     config = config or client.config
     events = events or NullEvents()
@@ -677,7 +708,15 @@ async def upload_file(
         source = _Source(local_path, identity, None, content.data)
     else:
         source = await _Source.open(local_path, preload_limit=config.chunk_size)
-    upload = _Upload(client, source, folder=folder, name=name, config=config, events=events)
+    upload = _Upload(
+        client,
+        source,
+        folder=folder,
+        name=name,
+        config=config,
+        events=events,
+        known_digests=known_digests if config.verify else b"",
+    )
     attempts = 0
 
     def before_sleep(retry_state: RetryCallState) -> None:

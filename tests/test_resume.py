@@ -7,8 +7,11 @@ upload log is the record of what was sent. Journals live in tmp (BULKDRIVE_STATE
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -107,6 +110,21 @@ async def serving(root: Path, **overrides: Any) -> AsyncIterator[Emulator]:
 # --- SIGKILL mid-run, then the same command again -------------------------------------------
 
 
+def partial_digests(home: Path) -> list[tuple[str, bytes]]:
+    """Partial files with block digests in the job's journal, once it exists."""
+    found = journals(home)
+    if not found:
+        return []
+    with contextlib.closing(sqlite3.connect(found[0])) as db:
+        try:
+            return db.execute(
+                "SELECT relative, digests FROM files"
+                " WHERE state = 'partial' AND length(digests) > 0"
+            ).fetchall()
+        except sqlite3.Error:
+            return []  # not created yet
+
+
 async def test_sigkill_mid_run_then_rerun_resumes(
     make_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
@@ -134,7 +152,7 @@ async def test_sigkill_mid_run_then_rerun_resumes(
                         remote(n) for n in big
                         if applied(records).get(remote(n), 0) >= CHUNK and remote(n) not in done
                     ]
-                    if partial and len(done) >= 20:
+                    if partial and len(done) >= 20 and partial_digests(tmp_path):
                         break
                     if process.returncode is not None:
                         pytest.fail("the run ended before the kill: " + log_path.read_text())
@@ -154,6 +172,13 @@ async def test_sigkill_mid_run_then_rerun_resumes(
     code, text = await status(journal, tmp_path)
     assert code == 0, text  # a SIGKILLed journal opens cleanly
     assert "done" in text and "total" in text
+    # The journal kept the block digests of what the server held: right ones, for the re-run.
+    rows = partial_digests(tmp_path)
+    assert rows, "no partial file's block digests were journaled"
+    for relative, digests in rows:
+        data = (source / relative).read_bytes()
+        blocks = [data[i : i + CHUNK] for i in range(0, len(digests) // 32 * CHUNK, CHUNK)]
+        assert digests == b"".join(hashlib.sha256(b).digest() for b in blocks), relative
 
     report = tmp_path / "run2.ndjson"
     again = await run_cli(*args[3:], "--report-files", str(report), cwd=tmp_path, env=env)

@@ -7,6 +7,7 @@ ROOT/<shareId>/<path>.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import random
 import time
@@ -738,3 +739,49 @@ async def test_the_users_own_drive(emulator: Emulator, tmp_path: Path) -> None:
         result = await upload_file(client, path, "\\docs")
         assert await client.metadata(result.remote_path) is not None
     assert emulator.root.joinpath("drive", USER, "docs", "mine.bin").read_bytes() == data
+
+
+class Digests(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: dict[int, bytes] = {}
+
+    def block_confirmed(self, index: int, digest: bytes) -> None:
+        self.blocks[index] = digest
+
+
+def block_digests(data: bytes, blocks: int) -> bytes:
+    return b"".join(hashlib.sha256(data[i * 4 * MiB : (i + 1) * 4 * MiB]).digest()
+                    for i in range(blocks))
+
+
+@pytest.mark.anyio
+async def test_block_digests_are_reported_for_the_journal(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    path, data = make_file(tmp_path, "digests.bin", 12 * MiB + 3, seed=21)
+    events = Digests()
+    async with connected(emulator) as client:
+        await upload_file(client, path, "\\", events=events)
+    # One digest per whole 4 MiB block the server holds, in order: what a journal keeps.
+    assert b"".join(events.blocks[i] for i in sorted(events.blocks)) == block_digests(data, 3)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("right", [True, False])
+async def test_known_digests_resume_without_rereading_or_cost_a_restart(
+    emulator: Emulator, tmp_path: Path, right: bool
+) -> None:
+    path, data = make_file(tmp_path, f"known-{right}.bin", 10 * MiB + 5, seed=22)
+    async with RawSession(emulator) as raw:
+        await raw.unfinished(path.name, len(data), [data[: 4 * MiB], data[4 * MiB : 8 * MiB]])
+    known = block_digests(data, 2) if right else b"\x01" * 64
+    events = Digests()
+    async with connected(emulator) as client:
+        result = await upload_file(client, path, "\\", events=events, known_digests=known)
+    assert stored(emulator, result.remote_path).read_bytes() == data
+    assert result.integrity_verified
+    # Digests from the journal are used as they are: right ones let the session go on,
+    # wrong ones make the final integrity check fail, and the file starts over cleanly.
+    assert (result.resumes, result.restarts) == ((1, 0) if right else (1, 1))
+    assert b"".join(events.blocks[i] for i in sorted(events.blocks)) == block_digests(data, 2)
