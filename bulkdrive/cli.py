@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import anyio
 import click
@@ -29,18 +30,31 @@ from bulkdrive.config import (
     Settings,
     load_settings,
 )
-from bulkdrive.emulator.command import serve
 
 EXIT_INTERRUPTED = 130
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """`serve` is imported only when it runs: the emulator's server code is not the
+    uploader's, and every `bulkdrive upload` would pay for importing it."""
+
+    lazy: ClassVar[dict[str, tuple[str, str]]] = {"serve": ("bulkdrive.emulator.command", "serve")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module, attribute = self.lazy[name]
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+            return command
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bulkdrive")
 def main() -> None:
     """Upload directory trees to Commvault Edge Drive shares, fast and safely."""
-
-
-main.add_command(serve)
 
 
 def _fail(message: str, code: int) -> NoReturn:
