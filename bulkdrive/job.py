@@ -32,7 +32,13 @@ from bulkdrive.journal import (
 )
 from bulkdrive.progress import make_reporter
 from bulkdrive.protocol import join_remote_path, split_remote_path
-from bulkdrive.report import FileReportWriter, RunSummary, check_writable, write_json_report
+from bulkdrive.report import (
+    FileReportWriter,
+    RunSummary,
+    check_writable,
+    format_bytes,
+    write_json_report,
+)
 from bulkdrive.scheduler import RunPlan, TreeUpload
 from bulkdrive.walk import WalkFilters, read_exclude_from
 
@@ -275,15 +281,21 @@ def print_status(
     else:
         raise errors.ConfigError("give --journal PATH, or SOURCE with the job's --url/--share/--to")
     summary = read_summary(path)
-    console.print(f"journal: {path}")
+    # Paths may hold [brackets]: never read them as markup.
+    console.print(f"journal: {path}", markup=False, soft_wrap=True)
     if summary.key is not None:
         console.print(
             f"job: {summary.key.source} → {summary.key.url} share {summary.key.share or '-'} "
-            f"folder {summary.key.remote_folder}"
+            f"folder {summary.key.remote_folder}",
+            markup=False,
+            soft_wrap=True,
         )
     for state, count in summary.files.items():
-        console.print(f"  {state:<8} {count:>10} files {summary.bytes.get(state, 0):>16} bytes")
-    console.print(f"  {'total':<8} {summary.total_files:>10} files {summary.total_bytes:>16} bytes")
+        size = summary.bytes.get(state, 0)
+        console.print(f"  {state:<8} {count:>10} files {format_bytes(size):>12}")
+    console.print(
+        f"  {'total':<8} {summary.total_files:>10} files {format_bytes(summary.total_bytes):>12}"
+    )
     failed = summary.files.get(FileState.FAILED, 0)
     if failed:
         console.print(f"failures ({failed}):")
