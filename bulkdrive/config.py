@@ -63,7 +63,9 @@ class Timeouts:
 class RetryPolicy:
     """Exponential backoff with full jitter between §8 recoveries of one file.
 
-    `attempts` bounds the recoveries per file; each wait is at most `max_wait` seconds.
+    `attempts` bounds the attempts in a row that bring no progress (no new bytes confirmed by
+    the server): a large file may meet many passing faults and still finish, a stuck one
+    fails. Each wait is at most `max_wait` seconds.
     """
 
     attempts: int = 10
@@ -179,7 +181,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("transfers", _positive_int, 8, "files in flight; memory <= transfers x 2 x chunk_size"),
     Setting("chunk_size", parse_size, BLOCK_SIZE, "bytes per request; 4MiB unless verify is off"),
     Setting("verify", _bool, True, "block-level SHA-256 integrity check (off for V11 SP8 servers)"),
-    Setting("retries", _positive_int, 10, "recoveries per file before it fails"),
+    Setting("retries", _positive_int, 10, "attempts in a row without progress, per file"),
     Setting("bwlimit", parse_size, 0, "bytes per second for the whole run, 0 = unlimited"),
     Setting("include", _globs, (), "only upload paths matching these globs (** spans folders)"),
     Setting("exclude", _globs, (), "skip paths matching these globs"),
