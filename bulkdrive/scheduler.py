@@ -248,12 +248,28 @@ class TreeUpload:
                 return
             record = records.get(entry.relative.as_posix())
             known = record.digests if record is not None and _same_version(record, entry) else b""
-            await self._ready.send((entry, stale, contents.get(entry.relative), known))
+            ready = (entry, stale, contents.get(entry.relative), known)
+            try:
+                # Cheaper than send() when a worker already waits: no checkpoint, no event.
+                self._ready.send_nowait(ready)
+            except anyio.WouldBlock:
+                await self._ready.send(ready)
 
     async def _worker(self, ready: MemoryObjectReceiveStream[_Ready]) -> None:
         """One of `transfers` workers: uploads the files handed to it, one at a time."""
         async with ready:
-            async for entry, stale, content, known in ready:
+            while True:
+                try:
+                    # Cheaper than receive() when the dispatcher already waits with a file:
+                    # the upload that follows is where this task yields to the others.
+                    entry, stale, content, known = ready.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        entry, stale, content, known = await ready.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
                 if self._run_error is not None:
                     continue  # the run is stopping: start nothing new
                 self._started += 1
