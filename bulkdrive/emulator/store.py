@@ -222,21 +222,29 @@ def _inside(real: str, directory: Path) -> bool:
     return real == base or real.startswith(base + os.sep)
 
 
+def _lstat_component(path: str | Path) -> os.stat_result | None:
+    """lstat one component of a stored path: None when it does not exist; 400 for a file in
+    the middle of the path or a symbolic link anywhere in it."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError as exc:
+        raise StoreError(400, "a component of the path is a file, not a folder") from exc
+    except OSError as exc:
+        raise StoreError(400, f"invalid path: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise StoreError(400, "the path goes through a symbolic link, which is refused")
+    return st
+
+
 def safe_path(directory: Path, parts: tuple[str, ...]) -> Path:
     """The on-disk path of `parts` under `directory`, refusing symlinks and escapes (400)."""
     current = directory
     for part in parts:
         current = current / part
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
+        if _lstat_component(current) is None:
             break
-        except NotADirectoryError as exc:
-            raise StoreError(400, "a component of the path is a file, not a folder") from exc
-        except OSError as exc:
-            raise StoreError(400, f"invalid path: {exc.strerror}") from exc
-        if stat.S_ISLNK(st.st_mode):
-            raise StoreError(400, "the path goes through a symbolic link, which is refused")
     path = directory.joinpath(*parts)
     if not _inside(os.path.realpath(path), directory):
         raise StoreError(400, "the path leaves the share")
@@ -262,17 +270,10 @@ def _walk(directory: str, parts: tuple[str, ...]) -> tuple[str, os.stat_result |
         path = path + os.sep + part
         if missing:
             continue
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            missing, st = True, None
+        st = _lstat_component(path)
+        if st is None:
+            missing = True
             continue
-        except NotADirectoryError as exc:
-            raise StoreError(400, "a component of the path is a file, not a folder") from exc
-        except OSError as exc:
-            raise StoreError(400, f"invalid path: {exc.strerror}") from exc
-        if stat.S_ISLNK(st.st_mode):
-            raise StoreError(400, "the path goes through a symbolic link, which is refused")
         existing += 1
     return path, st, existing
 
