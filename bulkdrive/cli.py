@@ -135,6 +135,8 @@ def upload(
         _fail(str(exc), exc.exit_code)
     if not source.exists():
         _fail(f"source not found: {source}", 2)
+    if not (source.is_dir() or source.is_file()):
+        _fail(f"source is neither a file nor a folder: {source}", 2)
     request = JobRequest(
         source=source,
         settings=settings,
@@ -157,6 +159,11 @@ def upload(
         _fail(f"{exc}{hint}", exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
+    except Exception as exc:  # a bug: still one line, the detail with -vv
+        if verbose >= 2:
+            traceback.print_exc()
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with -vv for the traceback "
+              "and please report it)", 1)
     sys.exit(code)
 
 
@@ -176,10 +183,15 @@ async def _with_signals(request: Any, run: Callable[..., Any]) -> int:
             code: int = await run(request, interrupt)
             tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        raise _alone(group) from None
     return code
+
+
+def _alone(error: BaseException) -> BaseException:
+    """The one error inside nested task-group wrappers, so that it gets its own message."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def _one_malloc_arena() -> None:
@@ -194,7 +206,7 @@ def _one_malloc_arena() -> None:
 
 
 def _loop_options() -> dict[str, bool]:
-    """uvloop when it is installed (`pip install 'bulkdrive[fast]'`): cheaper per request."""
+    """uvloop where it is installed (a dependency off Windows): cheaper per request."""
     if os.environ.get("BULKDRIVE_LOOP", "").lower() == "asyncio":
         return {}
     try:

@@ -26,7 +26,8 @@ and the exit code the CLI ends with.
         ├── ShareNotFound           404 for the share                         exit 3
         ├── QuotaExceeded           413                                       exit 4
         ├── ServerUnreachable       the server cannot be reached at all       exit 3
-        └── CertificateRejected     TLS verification failed                   exit 3
+        ├── CertificateRejected     TLS verification failed                   exit 3
+        └── JournalFailed           the resume journal cannot be written      exit 1
 
 Foreign exceptions (aiohttp, OSError) are translated into this tree at exactly one boundary:
 `bulkdrive.client` for the network and `bulkdrive.upload` for local files.
@@ -167,3 +168,8 @@ class ServerUnreachable(RunFailed):
 
 class CertificateRejected(RunFailed):
     hint = "trust the server's CA with --ca-bundle FILE, or turn checking off with --insecure"
+
+
+class JournalFailed(RunFailed):
+    exit_code = 1
+    hint = "check free space and permissions of the journal's folder, or pass --journal PATH"

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.to_thread
 
-from bulkdrive.errors import ConfigError, RunFailed
+from bulkdrive.errors import ConfigError, JournalFailed, RunFailed
 
 __all__ = [
     "DIGEST_SIZE",
@@ -601,7 +601,9 @@ class Journal:
                 # Keep the batch; records queued meanwhile are newer and win.
                 self._pending = {**self._inflight, **self._pending}
                 self._inflight = {}
-                self._failure = RunFailed(f"cannot write journal {self.path}: {_one_line(exc)}")
+                self._failure = JournalFailed(
+                    f"cannot write journal {self.path}: {_one_line(exc)}"
+                )
                 raise self._failure from exc
             self._inflight = {}
             self._committed_through = sequence
@@ -650,7 +652,7 @@ class Journal:
                 found = await anyio.to_thread.run_sync(self._read_many, wanted)
             except sqlite3.Error as exc:
                 message = f"cannot read journal {self.path}: {_one_line(exc)}"
-                raise RunFailed(message) from exc
+                raise JournalFailed(message) from exc
             for relative in wanted:
                 queued = self._pending.get(relative)
                 if queued is not None:
@@ -677,7 +679,7 @@ class Journal:
         try:
             return read()
         except sqlite3.Error as exc:
-            raise RunFailed(f"cannot read journal {self.path}: {_one_line(exc)}") from exc
+            raise JournalFailed(f"cannot read journal {self.path}: {_one_line(exc)}") from exc
 
     def _overlay(self) -> dict[str, FileRecord]:
         return {**self._inflight, **self._pending}

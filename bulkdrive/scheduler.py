@@ -169,15 +169,17 @@ class TreeUpload:
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
             raise
-        if self._journal is not None:
-            with anyio.CancelScope(shield=True):
-                await self._journal.flush()
-        summary = self._tally.summary(
-            self._clock() - started,
-            run_error=self._run_error,
-            interrupted=self._interrupted,
-        )
-        self._reporter.close(summary)
+        finally:
+            if self._journal is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._save(self._journal.flush())
+            summary = self._tally.summary(
+                self._clock() - started,
+                run_error=self._run_error,
+                interrupted=self._interrupted,
+            )
+            # Also when an error escapes: a live display must never be left running.
+            self._reporter.close(summary)
         return summary
 
     # --- the producer --------------------------------------------------------------------
@@ -185,8 +187,9 @@ class TreeUpload:
     async def _walk(self, send: anyio.abc.ObjectSendStream[WalkItem]) -> None:
         with self._walk_scope:
             await walk(self._plan.source, self._plan.filters, send, on_file=self._found)
-        self._tally.walk_finished()
-        self._reporter.walk_finished()
+        if not self._walk_scope.cancel_called:  # a stopped walk's total is not the tree's
+            self._tally.walk_finished()
+            self._reporter.walk_finished()
 
     # --- the dispatcher ------------------------------------------------------------------
 
@@ -332,6 +335,12 @@ class TreeUpload:
                     listing[resource.name] = (resource.size, resource.modified_time)
         except (errors.FolderNotFound, errors.SessionGone):
             pass  # nothing there yet: every file is new
+        except errors.RunFailed:
+            raise
+        except errors.BulkdriveError as exc:
+            # Not known: upload the folder's files, each reports what goes wrong for it.
+            self._reporter.message(f"cannot list {folder}: {exc}", level=logging.WARNING)
+            return {}
         self._listings[folder] = listing
         if len(self._listings) > _LISTINGS_KEPT:
             self._listings.popitem(last=False)
@@ -371,7 +380,17 @@ class TreeUpload:
         outcome: FileOutcome
         try:
             if stale:
-                await self._discard_stale_session(entry)
+                try:
+                    await self._discard_stale_session(entry)
+                except errors.BulkdriveError as exc:
+                    # The old version's session may still be there: keep the journal's old
+                    # record, so that the next run discards it before sending this version.
+                    if isinstance(exc, errors.RunFailed):
+                        self._stop(exc)
+                    self._finish(await self._failed(
+                        entry, exc, events, self._clock() - began, journaled=False
+                    ))
+                    return
                 await self._mark_started(entry, None)
                 if self._journal is not None:
                     await self._journal.flush()
@@ -438,13 +457,15 @@ class TreeUpload:
         self, entry: FileEntry, result: UploadResult, seconds: float
     ) -> FileOutcome:
         if self._journal is not None:
-            await self._journal.record(
-                _record(
-                    entry,
-                    FileState.DONE,
-                    offset=entry.size,
-                    file_guid=result.file_guid,
-                    attempts=result.attempts,
+            await self._save(
+                self._journal.record(
+                    _record(
+                        entry,
+                        FileState.DONE,
+                        offset=entry.size,
+                        file_guid=result.file_guid,
+                        attempts=result.attempts,
+                    )
                 )
             )
             # Not waited for: a file the server completed whose DONE record a SIGKILL lost
@@ -459,23 +480,31 @@ class TreeUpload:
         )
 
     async def _failed(
-        self, entry: FileEntry, exc: Exception, events: _FileEvents, seconds: float
+        self,
+        entry: FileEntry,
+        exc: Exception,
+        events: _FileEvents,
+        seconds: float,
+        *,
+        journaled: bool = True,
     ) -> FileOutcome:
         if isinstance(exc, errors.BulkdriveError):
             reason, exit_class, hint = str(exc), type(exc).__name__, exc.hint
         else:
             reason = f"internal error: {type(exc).__name__}: {exc}"
             exit_class, hint = "InternalError", "please report this as a bug"
-        if self._journal is not None:
-            await self._journal.record(
-                _record(
-                    entry,
-                    FileState.FAILED,
-                    request_id=events.request_id,
-                    offset=events.offset,
-                    digests=events.digests,
-                    attempts=events.attempts,
-                    last_error=reason,
+        if self._journal is not None and journaled:
+            await self._save(
+                self._journal.record(
+                    _record(
+                        entry,
+                        FileState.FAILED,
+                        request_id=events.request_id,
+                        offset=events.offset,
+                        digests=events.digests,
+                        attempts=events.attempts,
+                        last_error=reason,
+                    )
                 )
             )
         return self._outcome(
@@ -501,6 +530,14 @@ class TreeUpload:
         self._tally.found(entry.size)
         self._reporter.file_found(entry.size)
 
+    async def _save(self, write: Awaitable[None]) -> None:
+        """A journal write that must not cost the run more than its journal: the run stops
+        starting files (JournalFailed), and the files in flight end and are reported."""
+        try:
+            await write
+        except errors.RunFailed as exc:
+            self._stop(exc)
+
     def _finish(self, outcome: FileOutcome) -> None:
         if outcome.outcome is Outcome.FAILED:
             log.error("failed %s: %s (%s)", outcome.relative, outcome.reason, outcome.hint)
@@ -510,7 +547,14 @@ class TreeUpload:
         self._tally.finished(outcome)
         self._reporter.file_finished(outcome)
         if self._file_report is not None:
-            self._file_report.write(outcome)
+            try:
+                self._file_report.write(outcome)
+            except OSError as exc:
+                self._reporter.message(
+                    f"cannot write --report-files: {exc.strerror or exc}; no more lines go there",
+                    level=logging.ERROR,
+                )
+                self._file_report = None
 
     def _remote_folder(self, relative: PurePosixPath) -> str:
         return remote_child(self._plan.remote_folder, *relative.parent.parts)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -202,3 +204,43 @@ async def test_sigint_stops_cleanly_with_130(
     assert code == 130
     assert "resume" in err
     assert "Traceback" not in err
+
+
+async def test_a_journal_that_cannot_be_written_stops_the_run_in_one_line(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    source = make_tree(tmp_path / "src", small_files=10)
+    journal = tmp_path / "job.sqlite"
+    dry = await run_cli(*upload_args(emulator, source, "--journal", str(journal), "--dry-run"),
+                        cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr.decode()
+    with contextlib.closing(sqlite3.connect(journal)) as db:  # every write now fails
+        db.execute("CREATE TRIGGER full BEFORE INSERT ON files "
+                   "BEGIN SELECT RAISE(ABORT, 'simulated disk full'); END")
+        db.commit()
+    done = await run_cli(*upload_args(emulator, source, "--journal", str(journal)), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr.decode()
+    assert b"Traceback" not in done.stderr
+    assert b"simulated disk full" in done.stderr and b"--journal" in done.stderr
+    assert emulator.statistics().initiates == 0  # nothing was sent without its in-flight mark
+
+
+async def test_check_remote_survives_a_folder_it_cannot_list(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_bytes(b"a")
+    (source / "b.txt").write_bytes(b"b")
+    blocker = tmp_path / "x"
+    blocker.write_bytes(b"a file where the run wants a folder")
+    first = await run_cli(*upload_args(emulator, blocker), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr.decode()
+    done = await run_cli(*upload_args(emulator, source, "--to", "\\x", "--check-remote"),
+                         cwd=tmp_path)
+    # Listing \x fails (it is a file); the files are tried and fail one by one, no traceback.
+    assert done.returncode == 1, done.stderr.decode()
+    assert b"Traceback" not in done.stdout + done.stderr
+    output = (done.stdout + done.stderr).decode()
+    assert "a.txt" in output and "b.txt" in output
+    assert stored(emulator, "x").read_bytes() == b"a file where the run wants a folder"
