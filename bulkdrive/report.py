@@ -451,7 +451,7 @@ def render_summary(summary: RunSummary, console: Console) -> None:
         title = "upload finished"
     console.print(Text(title, style="bold"), soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False)
-    table.add_column("", no_wrap=True)
+    table.add_column("outcome", no_wrap=True)
     table.add_column("files", justify="right", no_wrap=True)
     table.add_column("bytes", justify="right", no_wrap=True)
     files, sizes = summary.files, summary.bytes
