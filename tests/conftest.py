@@ -80,3 +80,12 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 async def token(emulator: Emulator, http: aiohttp.ClientSession) -> str:
     return await er.login(http, emulator.base_url)
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory beside ROOT that no request may touch."""
+    path = tmp_path / "outside"
+    path.mkdir()
+    (path / "secret.txt").write_bytes(b"top secret")
+    return path

@@ -477,3 +477,11 @@ def status_of(raw: bytes) -> int:
 def client() -> aiohttp.ClientSession:
     """A client session for one test: loopback only, no retries, bounded by a timeout."""
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+
+
+def tree(path: Path) -> dict[str, bytes | None]:
+    """Every entry below `path`: file contents, None for directories (to compare before/after)."""
+    return {
+        str(p.relative_to(path)): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(path.rglob("*"))
+    }

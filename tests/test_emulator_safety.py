@@ -20,26 +20,13 @@ pytestmark = pytest.mark.anyio
 
 
 
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    """A directory beside ROOT that no request may touch."""
-    path = tmp_path / "outside"
-    path.mkdir()
-    (path / "secret.txt").write_bytes(b"top secret")
-    return path
 
 
 
-def tree(path: Path) -> dict[str, bytes | None]:
-    """Every entry below `path`: file contents, None for directories."""
-    return {
-        str(p.relative_to(path)): (None if p.is_dir() else p.read_bytes())
-        for p in sorted(path.rglob("*"))
-    }
 
 
 def everything_outside_root(tmp_path: Path) -> dict[str, bytes | None]:
-    return {k: v for k, v in tree(tmp_path).items() if not k.startswith("server")}
+    return {k: v for k, v in er.tree(tmp_path).items() if not k.startswith("server")}
 
 
 # --- traversal through names and paths ---------------------------------------------------------

@@ -26,19 +26,8 @@ pytestmark = pytest.mark.anyio
 SIZES = [4096, INLINE_WRITE_BYTES + 1]
 
 
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    path = tmp_path / "outside"
-    path.mkdir()
-    (path / "secret.txt").write_bytes(b"top secret")
-    return path
 
 
-def listing(path: Path) -> dict[str, bytes | None]:
-    return {
-        str(p.relative_to(path)): (None if p.is_dir() else p.read_bytes())
-        for p in sorted(path.rglob("*"))
-    }
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -68,12 +57,12 @@ async def test_folder_replaced_by_symlink_after_uploads_is_refused(
     base = emulator.base_url
     ok = await er.upload_whole(http, base, token, "one.bin", b"1" * size, parent="\\dir")
     assert ok.status == 200, ok.text
-    before = listing(outside)
+    before = er.tree(outside)
     shutil.rmtree(root / "1" / "dir")
     os.symlink(outside, root / "1" / "dir", target_is_directory=True)
     again = await er.upload_whole(http, base, token, "two.bin", b"2" * size, parent="\\dir")
     assert again.status == 400, again.text
-    assert listing(outside) == before
+    assert er.tree(outside) == before
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -86,13 +75,13 @@ async def test_share_folder_replaced_by_symlink_after_uploads_is_refused(
     ok = await er.upload_whole(http, base, token, "one.bin", b"1" * size)
     assert ok.status == 200, ok.text
     (outside / "sub").mkdir()
-    before = listing(outside)
+    before = er.tree(outside)
     shutil.rmtree(root / "1")
     os.symlink(outside, root / "1", target_is_directory=True)
     for parent in ("\\", "\\sub", "\\new"):
         again = await er.upload_whole(http, base, token, "two.bin", b"2" * size, parent=parent)
         assert again.status == 400, again.text
-    assert listing(outside) == before
+    assert er.tree(outside) == before
 
 
 async def test_file_in_the_middle_of_the_path_and_folder_at_the_name(
