@@ -95,9 +95,10 @@ def folders(job: Job) -> Iterator[str]:
             yield remote_folder_of(job.remote_folder, rel)
 
 
-def upload_path(job: Job, request_id: str | None = None) -> str:
-    """The upload request's path and query under the <webservice> root (spec §4, §5)."""
-    path = f"/drive/share/{job.share}/file/action/upload?uploadType=chunkedFile"
+def upload_path(job: Job, request_id: str | None = None, full_file: bool = False) -> str:
+    """The upload request's path and query under the <webservice> root (spec §4, §5, §7)."""
+    kind = "fullFile" if full_file else "chunkedFile"
+    path = f"/drive/share/{job.share}/file/action/upload?uploadType={kind}"
     if request_id is not None:
         path += "&requestId=" + urllib.parse.quote(request_id)
     return path
@@ -207,29 +208,42 @@ async def raw_upload(job: Job) -> tuple[int, int]:
 
 
 class SyncConnection:
-    """One kept-alive HTTP connection, one request at a time, as requests.Session does."""
+    """One synchronous request at a time, each on a fresh connection.
+
+    cvpysdk sends every call through `requests.request(...)` (cvpysdk.py, `_request`), which
+    builds a throwaway Session per call: a new TCP (and TLS) connection for every request,
+    closed when the reply has been read.
+    """
 
     def __init__(self, url: str) -> None:
         parts = urllib.parse.urlsplit(url)
         self.prefix = parts.path.rstrip("/")
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        self.conn = cls(parts.hostname or "127.0.0.1", parts.port, timeout=600)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port
+        self.cls = (http.client.HTTPSConnection if parts.scheme == "https"
+                    else http.client.HTTPConnection)
+
+    def _call(self, method: str, path_and_query: str, headers: dict[str, str],
+              body: bytes | None) -> tuple[int, bytes]:
+        conn = self.cls(self.host, self.port, timeout=600)
+        try:
+            conn.request(method, self.prefix + path_and_query, body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
 
     def post(self, path_and_query: str, headers: dict[str, str], body: bytes) -> bytes:
-        self.conn.request("POST", self.prefix + path_and_query, body=body, headers=headers)
-        resp = self.conn.getresponse()
-        reply = resp.read()
-        if resp.status not in (200, 201):
-            raise RuntimeError(f"HTTP {resp.status} from {path_and_query}: {reply[:200]!r}")
+        status, reply = self._call("POST", path_and_query, headers, body)
+        if status not in (200, 201):
+            raise RuntimeError(f"HTTP {status} from {path_and_query}: {reply[:200]!r}")
         return reply
 
     def get(self, path_and_query: str, headers: dict[str, str]) -> tuple[int, bytes]:
-        self.conn.request("GET", self.prefix + path_and_query, headers=headers)
-        resp = self.conn.getresponse()
-        return resp.status, resp.read()
+        return self._call("GET", path_and_query, headers, None)
 
     def close(self) -> None:
-        self.conn.close()
+        """Nothing stays open between requests."""
 
 
 def sync_login(conn: SyncConnection, user: str, password: str) -> str:
@@ -240,25 +254,34 @@ def sync_login(conn: SyncConnection, user: str, password: str) -> str:
 
 
 def sdk_upload(job: Job) -> tuple[int, int]:
+    """cvpysdk's `Client.upload_file` for every file of the tree, one after another.
+
+    A file of at most 2 MiB goes whole in one fullFile request; a larger one in 2 MiB chunks
+    of one chunked session (spec §4, §5, §7).
+    """
     conn = SyncConnection(job.url)
     files = bytes_sent = 0
     try:
         token = sync_login(conn, job.user, job.password)
         for f in walk(job):
             with open(f.path, "rb") as fh:
-                first = fh.read(min(SDK_CHUNK, f.size))
-                offset = len(first)
-                reply = conn.post(upload_path(job), initiate_headers(token, f, offset >= f.size),
-                                  first)
-                request_id = _reply_field(reply, "requestId")
-                while offset < f.size:
-                    chunk = fh.read(min(SDK_CHUNK, f.size - offset))
-                    if not chunk:
-                        raise RuntimeError(f"{f.path} shrank while being read")
-                    offset += len(chunk)
-                    headers = {"Authtoken": token, "Accept": "application/json",
-                               "FileEOF": "1" if offset >= f.size else "0"}
-                    conn.post(upload_path(job, request_id), headers, chunk)
+                if f.size <= SDK_CHUNK:
+                    headers = initiate_headers(token, f, eof=True)
+                    del headers["FileEOF"]
+                    conn.post(upload_path(job, full_file=True), headers, fh.read())
+                else:
+                    first = fh.read(SDK_CHUNK)
+                    offset = len(first)
+                    reply = conn.post(upload_path(job), initiate_headers(token, f, False), first)
+                    request_id = _reply_field(reply, "requestId")
+                    while offset < f.size:
+                        chunk = fh.read(min(SDK_CHUNK, f.size - offset))
+                        if not chunk:
+                            raise RuntimeError(f"{f.path} shrank while being read")
+                        offset += len(chunk)
+                        headers = {"Authtoken": token, "Accept": "application/json",
+                                   "FileEOF": "1" if offset >= f.size else "0"}
+                        conn.post(upload_path(job, request_id), headers, chunk)
             files += 1
             bytes_sent += f.size
     finally:
