@@ -625,11 +625,12 @@ class _ChunkPayload(aiohttp.BytesPayload):
             await writer.write(view[start : start + _SLICE])
 
 
-def _payload(data: Body | None) -> aiohttp.BytesPayload | None:
+def _payload(data: Body | None) -> Body | aiohttp.BytesPayload | None:
     """A chunk as a request body (aiohttp's warning about large byte bodies is about the
-    copies that `_ChunkPayload` avoids)."""
-    if data is None:
-        return None
+    copies that `_ChunkPayload` avoids). A body of one slice goes as it is: aiohttp writes
+    it with the headers, and the warning filter costs more than the whole small request."""
+    if data is None or (isinstance(data, bytes) and len(data) <= _SLICE):
+        return data
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         return _ChunkPayload(data)

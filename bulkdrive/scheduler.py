@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -203,7 +203,7 @@ class TreeUpload:
             elif isinstance(item, SkippedEntry):
                 self._finish(
                     FileOutcome(
-                        relative=item.relative.as_posix(),
+                        relative=item.relative,
                         remote_path=self._remote_path(item.relative),
                         size=0,
                         outcome=Outcome.SKIPPED,
@@ -216,10 +216,10 @@ class TreeUpload:
             return
         records: dict[str, FileRecord] = {}
         if self._journal is not None:
-            records = await self._journal.lookup_many(f.relative.as_posix() for f in files)
+            records = await self._journal.lookup_many(f.relative for f in files)
         chosen: list[tuple[FileEntry, bool]] = []
         for entry in files:
-            record = records.get(entry.relative.as_posix())
+            record = records.get(entry.relative)
             reason = await self._skip_reason(entry, record)
             if reason is not None:
                 self._finish(self._outcome(entry, Outcome.SKIPPED, reason=reason))
@@ -227,7 +227,7 @@ class TreeUpload:
                 self._would_upload_files += 1
                 self._would_upload_bytes += entry.size
                 self._reporter.message(
-                    f"would upload {entry.relative.as_posix()} ({entry.size} bytes)"
+                    f"would upload {entry.relative} ({entry.size} bytes)"
                 )
             else:
                 stale = _is_stale(record, entry)
@@ -235,7 +235,7 @@ class TreeUpload:
                     await self._mark_started(entry, record)
                 chosen.append((entry, stale))
         small = [e for e, stale in chosen if not stale and e.size <= SMALL_FILE_BYTES]
-        contents: dict[PurePosixPath, LocalContent | None] = {}
+        contents: dict[str, LocalContent | None] = {}
         if small:
             read = await anyio.to_thread.run_sync(
                 read_small_files, [e.path for e in small], SMALL_FILE_BYTES
@@ -246,7 +246,7 @@ class TreeUpload:
             await self._journal.flush()
         ready: list[_Ready] = []
         for entry, stale in chosen:
-            record = records.get(entry.relative.as_posix())
+            record = records.get(entry.relative)
             known = record.digests if record is not None and _same_version(record, entry) else b""
             ready.append((entry, stale, contents.get(entry.relative), known))
         if ready:
@@ -270,7 +270,7 @@ class TreeUpload:
                 return "completed on the server before the last run stopped"
         if self._plan.check_remote:
             listing = await self._remote_listing(self._remote_folder(entry.relative))
-            remote = listing.get(entry.relative.name)
+            remote = listing.get(_name_of(entry.relative))
             if remote == (entry.size, mtime_seconds(entry.mtime_ns)):
                 return "the server has it already (same size and modified time)"
         return None
@@ -333,9 +333,9 @@ class TreeUpload:
         for depth in range(1, len(parts) + 1):
             await self._create_remote(parts[: depth - 1], parts[depth - 1])
 
-    async def _create_folder(self, relative: PurePosixPath) -> None:
-        parent = (*split_remote_path(self._plan.remote_folder), *relative.parent.parts)
-        await self._create_remote(parent, relative.name)
+    async def _create_folder(self, relative: str) -> None:
+        *parents, name = _parts(relative)
+        await self._create_remote((*split_remote_path(self._plan.remote_folder), *parents), name)
 
     async def _create_remote(self, parent: tuple[str, ...], name: str) -> None:
         assert self._client is not None
@@ -355,7 +355,7 @@ class TreeUpload:
         self, entry: FileEntry, stale: bool, content: LocalContent | None, known: bytes
     ) -> None:
         assert self._client is not None
-        relative = entry.relative.as_posix()
+        relative = entry.relative
         began = self._clock()
         events = _FileEvents(self, entry)
         self._reporter.file_started(relative, entry.size)
@@ -380,7 +380,7 @@ class TreeUpload:
                 self._client,
                 entry.path,
                 self._remote_folder(entry.relative),
-                remote_name=entry.relative.name,
+                remote_name=_name_of(entry.relative),
                 config=self._plan.config,
                 events=events,
                 content=content,
@@ -422,7 +422,7 @@ class TreeUpload:
         def discard() -> Awaitable[UploadReply]:
             # Safe to repeat: each one discards whatever the server holds for this file.
             return client.initiate(
-                name=entry.relative.name,
+                name=_name_of(entry.relative),
                 folder=folder,
                 size=entry.size,
                 mtime=mtime_seconds(entry.mtime_ns),
@@ -538,17 +538,17 @@ class TreeUpload:
                 )
                 self._file_report = None
 
-    def _remote_folder(self, relative: PurePosixPath) -> str:
-        return remote_child(self._plan.remote_folder, *relative.parent.parts)
+    def _remote_folder(self, relative: str) -> str:
+        return remote_child(self._plan.remote_folder, *_parts(relative)[:-1])
 
-    def _remote_path(self, relative: PurePosixPath) -> str:
-        return remote_child(self._plan.remote_folder, *relative.parts)
+    def _remote_path(self, relative: str) -> str:
+        return remote_child(self._plan.remote_folder, *_parts(relative))
 
     def _outcome(
         self, entry: FileEntry, outcome: Outcome, **details: object
     ) -> FileOutcome:
         return FileOutcome(
-            relative=entry.relative.as_posix(),
+            relative=entry.relative,
             remote_path=self._remote_path(entry.relative),
             size=entry.size,
             outcome=outcome,
@@ -559,12 +559,21 @@ class TreeUpload:
 def _record(entry: FileEntry, state: FileState, **fields: Any) -> FileRecord:
     """The journal's record of this version of the file."""
     return FileRecord(
-        relative=entry.relative.as_posix(),
+        relative=entry.relative,
         size=entry.size,
         mtime_ns=entry.mtime_ns,
         state=state,
         **fields,
     )
+
+
+def _parts(relative: str) -> list[str]:
+    """The names along a "/"-separated path relative to SRC ("." is SRC itself)."""
+    return [] if relative in ("", ".") else relative.split("/")
+
+
+def _name_of(relative: str) -> str:
+    return relative.rpartition("/")[2]
 
 
 def _same_version(record: FileRecord | None, entry: FileEntry) -> bool:
@@ -663,7 +672,7 @@ class _FileEvents:
     def __init__(self, run: TreeUpload, entry: FileEntry) -> None:
         self._run = run
         self._entry = entry
-        self._relative = entry.relative.as_posix()
+        self._relative = entry.relative
         self.request_id: str | None = None
         self.offset = 0
         self.attempts = 1

@@ -21,8 +21,7 @@ import os
 import stat
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiofiles
 import anyio
@@ -95,7 +94,7 @@ class NullEvents:
 
 @dataclass(frozen=True)
 class UploadResult:
-    local_path: Path
+    local_path: str | os.PathLike[str]  # as it was given to upload_file
     remote_path: str
     size: int
     file_guid: str
@@ -173,7 +172,11 @@ def _continue_existing(state: SessionState, reply: UploadReply) -> SessionState:
     )
 
 
-def _advanced(state: SessionState, reply: UploadReply, *, final: bool) -> SessionState:
+def _advanced(
+    state: SessionState, reply: UploadReply, *, final: bool, **fresh: Any
+) -> SessionState:
+    """The server took the chunk; `fresh` are the changes of a new session (one replace per
+    reply: it is most of a small file's state-machine time)."""
     if reply.chunk_offset > state.size:
         return restarted(state, f"the server holds {reply.chunk_offset} bytes of a smaller file")
     if reply.file_guid or (final and reply.chunk_offset == state.size):
@@ -183,18 +186,19 @@ def _advanced(state: SessionState, reply: UploadReply, *, final: bool) -> Sessio
             offset=state.size,
             file_guid=reply.file_guid or "",
             integrity_verified=reply.integrity_verified,
+            **fresh,
         )
-    return replace(state, phase=Phase.SEND, offset=reply.chunk_offset)
+    return replace(state, phase=Phase.SEND, offset=reply.chunk_offset, **fresh)
 
 
 def initiated(state: SessionState, reply: UploadReply, *, final: bool) -> SessionState:
     """The reply to an INITIATE (first chunk in the body)."""
     if reply.error_code == 409:
         return _continue_existing(state, reply)
-    fresh = replace(
-        state, request_id=reply.request_id, force_restart=False, adopted=False, lost_final=False
+    return _advanced(
+        state, reply, final=final,
+        request_id=reply.request_id, force_restart=False, adopted=False, lost_final=False,
     )
-    return _advanced(fresh, reply, final=final)
 
 
 def chunk_sent(state: SessionState, reply: UploadReply, *, final: bool) -> SessionState:
@@ -269,7 +273,7 @@ class _Identity:
         return cls(st.st_size, st.st_mtime_ns)
 
 
-def _open_regular(path: Path, preload_limit: int) -> tuple[int, _Identity, bytes | None]:
+def _open_regular(path: str, preload_limit: int) -> tuple[int, _Identity, bytes | None]:
     """Open, check it is a regular file, and read it whole when it is small: one thread hop.
 
     O_NONBLOCK keeps a FIFO from blocking the open; it changes nothing for regular files.
@@ -309,7 +313,7 @@ class LocalContent:
     mtime_ns: int
 
 
-def read_small_files(paths: Sequence[Path], limit: int) -> list[LocalContent | None]:
+def read_small_files(paths: Sequence[str], limit: int) -> list[LocalContent | None]:
     """Read small files whole, in the calling thread: one thread hop for a batch of them.
 
     None for a file that cannot be read whole now (larger than `limit`, changing, gone,
@@ -342,7 +346,7 @@ class _Source:
 
     def __init__(
         self,
-        path: Path,
+        path: str,
         identity: _Identity,
         handle: AsyncBufferedReader | None,
         preloaded: bytes | None,
@@ -355,7 +359,7 @@ class _Source:
         self._position = 0
 
     @classmethod
-    async def open(cls, path: Path, preload_limit: int) -> _Source:
+    async def open(cls, path: str, preload_limit: int) -> _Source:
         try:
             fd, identity, data = await anyio.to_thread.run_sync(_open_regular, path, preload_limit)
         except _Changed as changed:
@@ -415,7 +419,7 @@ class _Source:
             self._handle = None
 
 
-def _source_changed(path: Path, before: _Identity, after: _Identity) -> errors.SourceChanged:
+def _source_changed(path: str, before: _Identity, after: _Identity) -> errors.SourceChanged:
     if before.size != after.size:
         what = f"size {before.size} → {after.size}"
     elif before.mtime_ns != after.mtime_ns:
@@ -678,7 +682,7 @@ def _most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 async def upload_file(
     client: EdgeDriveClient,
-    local_path: Path,
+    local_path: str | os.PathLike[str],
     remote_folder: str,
     *,
     remote_name: str | None = None,
@@ -699,15 +703,15 @@ async def upload_file(
     """
     config = config or client.config
     events = events or NullEvents()
-    local_path = Path(local_path)
-    name = local_path.name if remote_name is None else remote_name
+    path = os.fspath(local_path)
+    name = os.path.basename(path) if remote_name is None else remote_name
     _check_chunking(config)
     folder, remote_path = _remote_target(remote_folder, name)
     if content is not None and content.size <= config.chunk_size:
         identity = _Identity(content.size, content.mtime_ns)
-        source = _Source(local_path, identity, None, content.data)
+        source = _Source(path, identity, None, content.data)
     else:
-        source = await _Source.open(local_path, preload_limit=config.chunk_size)
+        source = await _Source.open(path, preload_limit=config.chunk_size)
     upload = _Upload(
         client,
         source,

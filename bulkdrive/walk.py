@@ -19,7 +19,7 @@ import re
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Protocol
 
 import anyio
@@ -42,17 +42,21 @@ VANISHED = "vanished while the tree was read"
 
 @dataclass(frozen=True, slots=True)
 class FolderEntry:
-    """A folder to create remotely; sent before the first file inside it, once."""
+    """A folder to create remotely; sent before the first file inside it, once.
 
-    relative: PurePosixPath
+    Paths relative to SRC are "/"-separated strings, not PurePosixPath objects: a path object
+    per file costs more than its upload's own bookkeeping when the files are small.
+    """
+
+    relative: str
 
 
 @dataclass(frozen=True, slots=True)
 class FileEntry:
     """A regular file to upload. `size` and `mtime_ns` are from the walk's `stat`."""
 
-    path: Path
-    relative: PurePosixPath
+    path: str
+    relative: str  # "/"-separated, relative to SRC
     size: int
     mtime_ns: int
 
@@ -61,7 +65,7 @@ class FileEntry:
 class SkippedEntry:
     """Something the walk saw and will not upload, with the reason for people."""
 
-    relative: PurePosixPath
+    relative: str  # "." for SRC itself
     reason: str
 
 
@@ -392,7 +396,7 @@ class _Walker:
             self.on_file(item)
 
     async def skip(self, relative: str, reason: str) -> None:
-        await self.send(SkippedEntry(PurePosixPath(relative or "."), reason))
+        await self.send(SkippedEntry(relative or ".", reason))
         self.skipped += 1
 
     def statistics(self, *, stopped: bool = False) -> WalkStatistics:
@@ -413,7 +417,7 @@ class _Walker:
         ):
             self.filtered += 1
             return
-        await self.send(FileEntry(root, PurePosixPath(name), st.st_size, st.st_mtime_ns))
+        await self.send(FileEntry(os.fspath(root), name, st.st_size, st.st_mtime_ns))
         self.files += 1
         self.bytes += st.st_size
 
@@ -457,15 +461,12 @@ class _Walker:
                         continue
                     # The folders on the path that were not yet sent, from the top.
                     while sent < len(stack) - 1:
-                        await self.send(FolderEntry(PurePosixPath(stack[sent + 1].relative)))
+                        await self.send(FolderEntry(stack[sent + 1].relative))
                         sent += 1
                         self.folders += 1
                     await self.send(
                         FileEntry(
-                            Path(os.path.join(frame.path, seen.name)),
-                            PurePosixPath(relative),
-                            seen.size,
-                            seen.mtime_ns,
+                            os.path.join(frame.path, seen.name), relative, seen.size, seen.mtime_ns
                         )
                     )
                     self.files += 1
