@@ -6,6 +6,7 @@ and the exit code the CLI ends with.
 
     BulkdriveError                  base: .scope, .retryable, .exit_code, .hint
     ├── ConfigError                 bad flag, config key or input            run,  exit 2
+    │   └── JournalInUse            another run holds the job's journal
     ├── OutcomeUnknown              the request may or may not have applied  retry (§8)
     │   ├── NetworkError            connection refused, reset or closed
     │   ├── RequestTimeout          no answer in time
@@ -61,6 +62,10 @@ class ConfigError(BulkdriveError):
     scope = "run"
     exit_code = 2
     hint = "fix the option or config key named in the message"
+
+
+class JournalInUse(ConfigError):
+    hint = "wait for the other run to finish, or pass another --journal PATH"
 
 
 # --- the outcome of a request is unknown: recover as spec §8 says, then go on -----------------

@@ -175,7 +175,9 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
             if settings["journal"]
             else default_journal_path(key)
         )
-        journal = await stack.enter_async_context(Journal.open(journal_path, key))
+        journal = await stack.enter_async_context(
+            Journal.open(journal_path, key, exclusive=True)
+        )
         client: EdgeDriveClient | None = None
         if not request.dry_run or plan.check_remote:
             client = await stack.enter_async_context(

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.to_thread
 
-from bulkdrive.errors import ConfigError, JournalFailed, RunFailed
+from bulkdrive.errors import ConfigError, JournalFailed, JournalInUse, RunFailed
 
 __all__ = [
     "DIGEST_SIZE",
@@ -339,6 +339,35 @@ def _claim(conn: sqlite3.Connection, path: Path, key: JobKey | None) -> JobKey |
     return key
 
 
+def _lock(path: Path) -> int | None:
+    """Hold PATH.lock exclusively (an advisory flock, released when the descriptor closes or
+    the process dies): two runs writing one journal would each skip or redo the other's files.
+    None where flock does not exist or the file system does not lock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; one run per journal is then the user's care
+        return None
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the journal's lock {lock_path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        by = f" (process {holder})" if holder.isdigit() else ""
+        raise JournalInUse(f"journal {path} is in use by another bulkdrive upload{by}") from None
+    except OSError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def _open_files(path: Path, key: JobKey | None) -> tuple[sqlite3.Connection, sqlite3.Connection]:
     """The writer and the reader connection of a journal, created and migrated if need be."""
     try:
@@ -462,15 +491,24 @@ class Journal:
         batch_size: int = 512,
         flush_interval: float = 0.5,
         max_pending: int = 4096,
+        exclusive: bool = False,
     ) -> AsyncIterator[Journal]:
         """Open (creating, migrating) the journal at `path`; a commit every `batch_size`
         records or `flush_interval` seconds; at most `max_pending` files queued in memory.
         At exit, even on error or cancellation, what is queued is committed and the file closed.
         `key` is stored on first open; a journal of another job is refused with ConfigError.
+        `exclusive` (a run's journal) refuses a journal another process holds exclusively
+        with JournalInUse; readers such as `bulkdrive status` open it beside a run.
         """
         if not 1 <= batch_size <= max_pending:
             raise ValueError("need 1 <= batch_size <= max_pending")
-        writer, reader = await anyio.to_thread.run_sync(_open_files, path, key)
+        lock = await anyio.to_thread.run_sync(_lock, path) if exclusive else None
+        try:
+            writer, reader = await anyio.to_thread.run_sync(_open_files, path, key)
+        except BaseException:
+            if lock is not None:
+                os.close(lock)
+            raise
         journal = cls(
             path,
             writer,
@@ -500,7 +538,11 @@ class Journal:
                     await journal._commit()
                 finally:
                     journal._closed = True
-                    await anyio.to_thread.run_sync(journal._close_connections)
+                    try:
+                        await anyio.to_thread.run_sync(journal._close_connections)
+                    finally:
+                        if lock is not None:
+                            os.close(lock)
 
     # --- writes ---
 

@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from bulkdrive.emulator import Emulator
+from bulkdrive.journal import Journal
 
 from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
 from trees import assert_stored, make_tree
@@ -223,6 +224,23 @@ async def test_a_journal_that_cannot_be_written_stops_the_run_in_one_line(
     assert b"Traceback" not in done.stderr
     assert b"simulated disk full" in done.stderr and b"--journal" in done.stderr
     assert emulator.statistics().initiates == 0  # nothing was sent without its in-flight mark
+
+
+async def test_a_second_run_on_the_same_journal_is_refused_in_one_line(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    source = make_tree(tmp_path / "src", small_files=5)
+    journal = tmp_path / "job.sqlite"
+    async with Journal.open(journal, exclusive=True):  # a run of this job, still going
+        busy = await run_cli(*upload_args(emulator, source, "--journal", str(journal)),
+                             cwd=tmp_path)
+    assert busy.returncode == 2, busy.stderr.decode()
+    assert b"Traceback" not in busy.stderr
+    assert b"in use by another bulkdrive upload" in busy.stderr
+    assert emulator.statistics().initiates == 0
+    done = await run_cli(*upload_args(emulator, source, "--journal", str(journal)), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    assert_stored(source, stored(emulator))
 
 
 async def test_check_remote_survives_a_folder_it_cannot_list(

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulkdrive.errors import ConfigError, RunFailed
+from bulkdrive.errors import ConfigError, JournalInUse, RunFailed
 from bulkdrive.journal import (
     SCHEMA_VERSION,
     FileRecord,
@@ -367,6 +367,24 @@ async def test_a_journal_of_another_job_is_refused(tmp_path: Path) -> None:
             pass
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
     assert read_summary(path).key == KEY
+
+
+async def test_a_run_holds_its_journal_alone_and_readers_still_open_it(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "j.sqlite"  # its folder does not exist yet
+    async with Journal.open(path, KEY, exclusive=True) as first:
+        await first.record(FileRecord("a.txt", 1, 1, FileState.DONE))
+        await first.flush()
+        with pytest.raises(JournalInUse) as caught:
+            async with Journal.open(path, KEY, exclusive=True):
+                pass
+        assert f"process {os.getpid()}" in str(caught.value)
+        assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+        assert caught.value.exit_code == 2 and "--journal" in caught.value.hint
+        async with Journal.open(path) as reader:  # `bulkdrive status` beside the run
+            assert reader.lookup("a.txt") is not None
+    # Released at the end of the run (and by the kernel if the process dies).
+    async with Journal.open(path, KEY, exclusive=True) as second:
+        assert second.lookup("a.txt") is not None
 
 
 async def test_unreadable_journals_give_one_line_config_errors(tmp_path: Path) -> None:
