@@ -199,7 +199,14 @@ class Node:
         return items[0] if items else None
 
 
+#: JSON values that become a field as `str(value)` (bool is not among them: it is "1"/"0").
+_PLAIN_SCALARS = frozenset({str, int, float})
+
+
 def _node_from_json(name: str, value: object) -> Node:
+    if isinstance(value, dict) and all(type(v) in _PLAIN_SCALARS for v in value.values()):
+        # Every upload reply is one flat object: a single pass, no per-item type dispatch.
+        return Node(name, {str(k).removeprefix("@"): str(v) for k, v in value.items()})
     fields: dict[str, str] = {}
     children: dict[str, list[Node]] = {}
     if isinstance(value, Mapping):
