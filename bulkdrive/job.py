@@ -176,7 +176,7 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
             else default_journal_path(key)
         )
         journal = await stack.enter_async_context(
-            Journal.open(journal_path, key, exclusive=True)
+            Journal.open(journal_path, key, exclusive=not request.dry_run)
         )
         client: EdgeDriveClient | None = None
         if not request.dry_run or plan.check_remote:

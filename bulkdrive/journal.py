@@ -17,6 +17,7 @@ bounded size, and `summary()` is computed by SQL aggregates.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
@@ -347,6 +348,8 @@ def _lock(path: Path) -> int | None:
         import fcntl
     except ImportError:  # Windows: no flock; one run per journal is then the user's care
         return None
+    if not path.name:
+        raise ConfigError(f"journal {path}: give a file path, not a folder")
     lock_path = path.with_name(path.name + ".lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -356,15 +359,18 @@ def _lock(path: Path) -> int | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        holder = ""
+        with contextlib.suppress(OSError):
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
         os.close(fd)
         by = f" (process {holder})" if holder.isdigit() else ""
         raise JournalInUse(f"journal {path} is in use by another bulkdrive upload{by}") from None
     except OSError:
         os.close(fd)
         return None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with contextlib.suppress(OSError):  # the pid only names the holder in the message above
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 

@@ -91,6 +91,9 @@ class TreeUpload:
     ) -> None:
         if client is None and not plan.dry_run:
             raise ValueError("a client is needed unless this is a dry run")
+        if plan.config.transfers < 1 and not plan.dry_run:
+            # No worker would ever take a file: the run would wait for ever.
+            raise errors.ConfigError(f"transfers must be at least 1, not {plan.config.transfers}")
         self._client = client
         self._plan = plan
         self._reporter = reporter or NullReporter()

@@ -234,6 +234,10 @@ async def test_a_second_run_on_the_same_journal_is_refused_in_one_line(
     async with Journal.open(journal, exclusive=True):  # a run of this job, still going
         busy = await run_cli(*upload_args(emulator, source, "--journal", str(journal)),
                              cwd=tmp_path)
+        look = await run_cli(*upload_args(emulator, source, "--journal", str(journal),
+                                          "--dry-run"), cwd=tmp_path)
+    assert look.returncode == 0, look.stderr.decode()  # a dry run only reads beside a run
+    assert b"dry run: would upload" in look.stdout
     assert busy.returncode == 2, busy.stderr.decode()
     assert b"Traceback" not in busy.stderr
     assert b"in use by another bulkdrive upload" in busy.stderr

@@ -387,6 +387,14 @@ async def test_a_run_holds_its_journal_alone_and_readers_still_open_it(tmp_path:
         assert second.lookup("a.txt") is not None
 
 
+async def test_a_run_journal_path_without_a_file_name_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match="file path"):
+        async with Journal.open(Path("/"), KEY, exclusive=True):
+            pass
+
+
 async def test_unreadable_journals_give_one_line_config_errors(tmp_path: Path) -> None:
     missing = tmp_path / "missing.sqlite"
     garbage = tmp_path / "garbage.sqlite"

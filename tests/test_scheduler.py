@@ -198,3 +198,16 @@ async def test_handout_gives_each_file_once_and_holds_the_next_batch_back() -> N
     assert names == [f"file{n}" for n in range(20)]
     assert len({number for number, _ in taken}) == 3  # all workers took a share
     assert await handout.get() is None
+
+
+async def test_no_transfers_is_refused_rather_than_waiting_for_ever(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    source = make_tree(tmp_path / "src", small_files=3)
+    config = TransferConfig(transfers=0)
+    async with EdgeDriveClient.connect(
+        emulator.base_url, CREDENTIALS, share_id=SHARE_ID, config=TransferConfig()
+    ) as client:
+        with pytest.raises(errors.ConfigError, match="transfers"):
+            await upload_tree(client, source, "\\none", config=config)
+    assert emulator.statistics().initiates == 0

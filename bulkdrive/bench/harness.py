@@ -579,9 +579,10 @@ def run_benchmark(config: BenchConfig, log: Log = _stderr_log) -> dict[str, Any]
             name = workload.name
             log(f"workload {name}: {workload.files} files, {workload.bytes / MB:.1f} MB; "
                 f"{config.repeat} repetition(s), transfers {transfer_values}")
+            storage = _server_root(config, run_root, "x").parent
+            if config.remote is None and _in_ram(storage):
+                prefault_storage(storage, workload.bytes)  # before the warm-up: it uses RAM too
             warm_page_cache(workload.source)
-            if config.remote is None:
-                prefault_storage(_server_root(config, run_root, "x").parent, workload.bytes)
             for repetition in range(config.repeat):
                 for transfers in transfer_values:
                     for contender in _order(contenders, repetition):
