@@ -183,15 +183,8 @@ async def _with_signals(request: Any, run: Callable[..., Any]) -> int:
             code: int = await run(request, interrupt)
             tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise _alone(group) from None
+        raise errors.alone(group) from None
     return code
-
-
-def _alone(error: BaseException) -> BaseException:
-    """The one error inside nested task-group wrappers, so that it gets its own message."""
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
 
 
 def _one_malloc_arena() -> None:

@@ -178,3 +178,11 @@ class CertificateRejected(RunFailed):
 class JournalFailed(RunFailed):
     exit_code = 1
     hint = "check free space and permissions of the journal's folder, or pass --journal PATH"
+
+
+def alone(error: BaseException) -> BaseException:
+    """The one error inside (nested) task-group wrappers, so that it is raised and reported as
+    itself; a group of several errors is given back as it is."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.to_thread
 
-from bulkdrive.errors import ConfigError, JournalFailed, JournalInUse, RunFailed
+from bulkdrive.errors import ConfigError, JournalFailed, JournalInUse, RunFailed, alone
 
 __all__ = [
     "DIGEST_SIZE",
@@ -534,9 +534,7 @@ class Journal:
             except BaseExceptionGroup as group:
                 # The writer task never raises, so the group only wraps the caller's own
                 # exception: hand it back as it was raised.
-                if len(group.exceptions) == 1:
-                    raise group.exceptions[0] from None
-                raise
+                raise alone(group) from None
         finally:
             with anyio.CancelScope(shield=True):
                 try:

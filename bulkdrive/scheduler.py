@@ -167,9 +167,7 @@ class TreeUpload:
                         self._walk_scope.cancel()
         except BaseExceptionGroup as group:
             # Our tasks catch what they expect; hand back a lone error as it was raised.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
+            raise errors.alone(group) from None
         finally:
             if self._journal is not None:
                 with anyio.CancelScope(shield=True):
@@ -220,7 +218,7 @@ class TreeUpload:
         records: dict[str, FileRecord] = {}
         if self._journal is not None:
             records = await self._journal.lookup_many(f.relative for f in files)
-        chosen: list[tuple[FileEntry, bool]] = []
+        chosen: list[tuple[FileEntry, bool, FileRecord | None]] = []
         for entry in files:
             record = records.get(entry.relative)
             reason = await self._skip_reason(entry, record)
@@ -236,8 +234,8 @@ class TreeUpload:
                 stale = _is_stale(record, entry)
                 if not stale:
                     await self._mark_started(entry, record)
-                chosen.append((entry, stale))
-        small = [e for e, stale in chosen if not stale and e.size <= SMALL_FILE_BYTES]
+                chosen.append((entry, stale, record))
+        small = [e for e, stale, _ in chosen if not stale and e.size <= SMALL_FILE_BYTES]
         contents: dict[str, LocalContent | None] = {}
         if small:
             read = await anyio.to_thread.run_sync(
@@ -248,8 +246,7 @@ class TreeUpload:
             # The in-flight marks are on disk before the first request of any of these files.
             await self._journal.flush()
         ready: list[_Ready] = []
-        for entry, stale in chosen:
-            record = records.get(entry.relative)
+        for entry, stale, record in chosen:
             known = record.digests if record is not None and _same_version(record, entry) else b""
             ready.append((entry, stale, contents.get(entry.relative), known))
         if ready:

@@ -75,3 +75,40 @@ def test_launcher_reports_the_childs_own_memory(tmp_path: Path) -> None:
     assert big.exit_code == 0 and small.exit_code == 0
     assert big.peak_rss_bytes - small.peak_rss_bytes >= 60 * 2**20
     assert small.peak_rss_bytes < 40 * 2**20
+
+
+def test_prefault_writes_where_the_emulators_store_and_leaves_nothing(tmp_path: Path) -> None:
+    storage = tmp_path / "not-yet" / "there"
+    harness.prefault_storage(storage, 3 * 2**20)
+    assert storage.is_dir() and not any(storage.iterdir())
+
+
+def test_precompile_leaves_bytecode_for_every_module(tmp_path: Path) -> None:
+    package = tmp_path / "pkg" / "bulkdrive"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "mod.py").write_text("X = 1\n")
+    # A stand-in interpreter whose `bulkdrive` is the package above.
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={package.parent} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    harness.precompile(str(python))
+    compiled = {p.name.split(".")[0] for p in (package / "__pycache__").glob("*.pyc")}
+    assert compiled == {"__init__", "mod"}
+
+
+@pytest.mark.slow
+def test_plot_sweeps_transfers_and_draws_a_chart(tmp_path: Path) -> None:
+    chart, result_file = tmp_path / "sweep.png", tmp_path / "sweep.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bulkdrive", "bench", "--quick", "--contenders",
+         "bulkdrive-noverify,raw", "--sweep", "1,2", "--data-dir", str(tmp_path / "data"),
+         "--json", str(result_file), "--plot", str(chart)],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(result_file.read_text())
+    measured = {(r["contender"], r["transfers"]) for r in doc["runs"] if r["ok"]}
+    # The sweep values and the run's own --transfers (8), for each concurrent contender.
+    assert measured == {(c, t) for c in ("bulkdrive-noverify", "raw") for t in (1, 2, 8)}
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000

@@ -612,7 +612,8 @@ def precompile(python: str) -> None:
     code = ("import compileall, os, bulkdrive; "
             "compileall.compile_dir(os.path.dirname(bulkdrive.__file__), quiet=2)")
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run([python, "-c", code], capture_output=True, timeout=120, check=False)
+        # -P: the package the contenders import, not a `bulkdrive` folder in the current one.
+        subprocess.run([python, "-P", "-c", code], capture_output=True, timeout=120, check=False)
 
 
 def _unique(path: Path) -> Path:
