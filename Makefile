@@ -16,6 +16,7 @@ venv: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check bulkdrive tests benchmarks
+	$(BIN)/ruff format --check bulkdrive tests benchmarks
 	$(BIN)/mypy --strict bulkdrive
 
 test: lint

@@ -108,7 +108,11 @@ def emulator_uploader(token: str) -> FileUploader:
     """Uploads one file as initiate (first chunk) + chunks, the last with FileEOF: 1."""
 
     async def upload_file(
-        http: aiohttp.ClientSession, base: str, folder: int, index: int, body: bytes,
+        http: aiohttp.ClientSession,
+        base: str,
+        folder: int,
+        index: int,
+        body: bytes,
         chunks: int,
     ) -> None:
         url = f"{base}/drive/share/{SHARE}/file/action/upload?uploadType=chunkedFile"
@@ -173,10 +177,7 @@ async def measure(
     cpu_before = cpu_seconds(server_pid)
     started = time.perf_counter()
     await asyncio.gather(
-        *(
-            upload_file(http, base, folder, i, body, chunks_per_session)
-            for i in range(sessions)
-        )
+        *(upload_file(http, base, folder, i, body, chunks_per_session) for i in range(sessions))
     )
     elapsed = time.perf_counter() - started
     total = sessions * chunks_per_session * len(body)
@@ -189,9 +190,20 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[tuple[int, float,
     base_root.mkdir()
     emulator, emu_url = start_server(
         [
-            sys.executable, "-m", "bulkdrive", "serve", "--port", "0", "--root", str(emu_root),
-            "--user", f"{USER}:{PASSWORD}", "--share", f"{SHARE}:bench",
-            "--max-chunk-bytes", str(max(args.chunk, 32 * MIB)),
+            sys.executable,
+            "-m",
+            "bulkdrive",
+            "serve",
+            "--port",
+            "0",
+            "--root",
+            str(emu_root),
+            "--user",
+            f"{USER}:{PASSWORD}",
+            "--share",
+            f"{SHARE}:bench",
+            "--max-chunk-bytes",
+            str(max(args.chunk, 32 * MIB)),
         ]
     )
     baseline, base_url = start_server(
@@ -215,7 +227,13 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[tuple[int, float,
                     folder += 1
                     emu_runs.append(
                         await measure(
-                            emu_upload, http, emu_url, emulator.pid, folder, sessions, chunks,
+                            emu_upload,
+                            http,
+                            emu_url,
+                            emulator.pid,
+                            folder,
+                            sessions,
+                            chunks,
                             body,
                         )
                     )
@@ -223,8 +241,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[tuple[int, float,
                         await r.read()
                     base_runs.append(
                         await measure(
-                            baseline_file, http, base_url, baseline.pid, folder, sessions,
-                            chunks, body,
+                            baseline_file,
+                            http,
+                            base_url,
+                            baseline.pid,
+                            folder,
+                            sessions,
+                            chunks,
+                            body,
                         )
                     )
                 emu = statistics.median(rate for rate, _ in emu_runs)
@@ -247,12 +271,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--chunk", type=int, default=4 * MIB, help="chunk size in bytes")
-    parser.add_argument("--level-bytes", type=int, default=256 * MIB,
-                        help="bytes uploaded per concurrency level and repetition")
+    parser.add_argument(
+        "--level-bytes",
+        type=int,
+        default=256 * MIB,
+        help="bytes uploaded per concurrency level and repetition",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (median is shown)")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where both servers write (default: a fresh temporary folder)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where both servers write (default: a fresh temporary folder)",
+    )
     parser.add_argument("--serve-baseline", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_baseline is not None:

@@ -68,14 +68,20 @@ def _setting_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "url": click.option("--url", help="Server root, e.g. https://HOST/webconsole/api."),
         "share": click.option("--share", help="Share id (syncWebFolderId)."),
         "to": click.option("--to", help="Remote folder, backslash path (default \\)."),
-        "user": click.option("--user", help="User name; password from BULKDRIVE_PASSWORD, "
-                             "--password-file or a prompt."),
+        "user": click.option(
+            "--user",
+            help="User name; password from BULKDRIVE_PASSWORD, --password-file or a prompt.",
+        ),
         "password_file": click.option("--password-file", help="File holding the password."),
         "transfers": click.option("--transfers", help="Files in flight (default 8)."),
-        "chunk_size": click.option("--chunk-size", help="Chunk size, e.g. 4MiB (needs "
-                                   "--no-verify unless 4MiB)."),
-        "verify": click.option("--verify/--no-verify", default=None,
-                               help="Block-level SHA-256 integrity check (default on)."),
+        "chunk_size": click.option(
+            "--chunk-size", help="Chunk size, e.g. 4MiB (needs --no-verify unless 4MiB)."
+        ),
+        "verify": click.option(
+            "--verify/--no-verify",
+            default=None,
+            help="Block-level SHA-256 integrity check (default on).",
+        ),
         "retries": click.option("--retries", help="Recoveries per file (default 10)."),
         "bwlimit": click.option("--bwlimit", help="Bytes per second for the run, e.g. 50MiB."),
         "include": click.option("--include", multiple=True, help="Only paths matching GLOB."),
@@ -83,18 +89,25 @@ def _setting_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "exclude_from": click.option("--exclude-from", help="File of exclude globs."),
         "min_size": click.option("--min-size", help="Skip smaller files."),
         "max_size": click.option("--max-size", help="Skip larger files."),
-        "follow_symlinks": click.option("--follow-symlinks", is_flag=True, default=None,
-                                        help="Follow symbolic links."),
-        "insecure": click.option("--insecure", is_flag=True, default=None,
-                                 help="Do not verify TLS certificates (unsafe)."),
+        "follow_symlinks": click.option(
+            "--follow-symlinks", is_flag=True, default=None, help="Follow symbolic links."
+        ),
+        "insecure": click.option(
+            "--insecure",
+            is_flag=True,
+            default=None,
+            help="Do not verify TLS certificates (unsafe).",
+        ),
         "ca_bundle": click.option("--ca-bundle", help="PEM file of CA certificates."),
         "journal": click.option("--journal", help="Resume journal path."),
-        "check_remote": click.option("--check-remote", is_flag=True, default=None,
-                                     help="Skip files the server already has."),
+        "check_remote": click.option(
+            "--check-remote", is_flag=True, default=None, help="Skip files the server already has."
+        ),
         "connect_timeout": click.option("--connect-timeout", help="Seconds to connect."),
         "read_timeout": click.option("--read-timeout", help="Seconds to wait for a response."),
-        "stats_interval": click.option("--stats-interval",
-                                       help="Seconds between stat lines off a terminal."),
+        "stats_interval": click.option(
+            "--stats-interval", help="Seconds between stat lines off a terminal."
+        ),
         "data_dir": click.option("--data-dir", help="Storage of the embedded emulator."),
     }
     for setting in reversed(SETTINGS):
@@ -112,8 +125,9 @@ def _setting_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-v", "--verbose", count=True, help="-v: a line per file; -vv: protocol detail.")
 @click.option("--log-file", type=click.Path(path_type=Path), help="Write a log to FILE.")
 @click.option("--report", type=click.Path(path_type=Path), help="Write a JSON summary.")
-@click.option("--report-files", type=click.Path(path_type=Path),
-              help="Write one NDJSON line per file.")
+@click.option(
+    "--report-files", type=click.Path(path_type=Path), help="Write one NDJSON line per file."
+)
 def upload(
     source: Path,
     config_file: str | None,
@@ -162,8 +176,11 @@ def upload(
     except Exception as exc:  # a bug: still one line, the detail with -vv
         if verbose >= 2:
             traceback.print_exc()
-        _fail(f"internal error: {type(exc).__name__}: {exc} (run with -vv for the traceback "
-              "and please report it)", 1)
+        _fail(
+            f"internal error: {type(exc).__name__}: {exc} (run with -vv for the traceback "
+            "and please report it)",
+            1,
+        )
     sys.exit(code)
 
 

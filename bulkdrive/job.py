@@ -132,8 +132,10 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
     remote_folder = join_remote_path(_remote_parts(settings["to"]))
     console = Console(highlight=False)
     setup_logging(console, request.verbosity, request.log_file)
-    for flag, report_path in (("--report", request.report),
-                              ("--report-files", request.report_files)):
+    for flag, report_path in (
+        ("--report", request.report),
+        ("--report-files", request.report_files),
+    ):
         if report_path is not None:
             try:
                 check_writable(report_path)
@@ -142,8 +144,9 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
                     f"{flag}: cannot write {report_path}: {exc.strerror or exc}"
                 ) from None
     if settings["insecure"]:
-        print("bulkdrive: warning: TLS certificate verification is off (--insecure)",
-              file=sys.stderr)
+        print(
+            "bulkdrive: warning: TLS certificate verification is off (--insecure)", file=sys.stderr
+        )
     reporter = make_reporter(
         console=console,
         is_terminal=console.is_terminal,
@@ -188,9 +191,7 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
         file_report = None
         if request.report_files is not None:
             file_report = stack.enter_context(FileReportWriter(request.report_files))
-        run = TreeUpload(
-            client, plan, reporter=reporter, journal=journal, file_report=file_report
-        )
+        run = TreeUpload(client, plan, reporter=reporter, journal=journal, file_report=file_report)
         async with anyio.create_task_group() as tg:
 
             async def stop_on_interrupt() -> None:
@@ -204,8 +205,10 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
         try:
             write_json_report(request.report, summary)
         except OSError as exc:
-            print(f"bulkdrive: error: cannot write --report {request.report}: {exc.strerror}",
-                  file=sys.stderr)
+            print(
+                f"bulkdrive: error: cannot write --report {request.report}: {exc.strerror}",
+                file=sys.stderr,
+            )
             return max(exit_code(summary, run.run_error), 1)
     if request.dry_run:
         stats = run.statistics()
@@ -215,8 +218,10 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
             f"({summary.bytes.skipped} bytes); nothing was sent"
         )
     if summary.interrupted:
-        print("bulkdrive: interrupted; run the same command again to resume where it stopped",
-              file=sys.stderr)
+        print(
+            "bulkdrive: interrupted; run the same command again to resume where it stopped",
+            file=sys.stderr,
+        )
     elif run.run_error is not None:
         error = run.run_error
         print(f"bulkdrive: error: {error} ({error.hint})", file=sys.stderr)
@@ -232,8 +237,9 @@ def setup_logging(console: Console, verbosity: int, log_file: Path | None) -> No
     # last-resort handler would print them a second time, raw, on stderr.
     logger.addHandler(logging.NullHandler())
     detail = logging.DEBUG if verbosity >= 2 else logging.INFO
-    logger.setLevel(detail if log_file is not None else logging.DEBUG if verbosity >= 2 else
-                    logging.WARNING)
+    logger.setLevel(
+        detail if log_file is not None else logging.DEBUG if verbosity >= 2 else logging.WARNING
+    )
     if log_file is not None:
         try:
             handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
@@ -241,9 +247,7 @@ def setup_logging(console: Console, verbosity: int, log_file: Path | None) -> No
             raise errors.ConfigError(
                 f"--log-file: cannot write {log_file}: {exc.strerror}"
             ) from None
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(detail)
         logger.addHandler(handler)
     if verbosity >= 2:
@@ -304,8 +308,11 @@ def print_status(
         shown = 0
         for record in _failures(path, STATUS_FAILURES_SHOWN):
             shown += 1
-            console.print(f"  {record.relative}: {record.last_error or 'unknown error'}",
-                          markup=False, soft_wrap=True)
+            console.print(
+                f"  {record.relative}: {record.last_error or 'unknown error'}",
+                markup=False,
+                soft_wrap=True,
+            )
         if failed > shown:
             console.print(f"  … and {failed - shown} more")
 

@@ -647,9 +647,7 @@ class Journal:
                 # Keep the batch; records queued meanwhile are newer and win.
                 self._pending = {**self._inflight, **self._pending}
                 self._inflight = {}
-                self._failure = JournalFailed(
-                    f"cannot write journal {self.path}: {_one_line(exc)}"
-                )
+                self._failure = JournalFailed(f"cannot write journal {self.path}: {_one_line(exc)}")
                 raise self._failure from exc
             self._inflight = {}
             self._committed_through = sequence

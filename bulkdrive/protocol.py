@@ -256,7 +256,7 @@ def parse_body(body: bytes) -> Node:
         except ValueError:
             return Node(text=body.decode("utf-8", "replace"))
         if isinstance(data, dict) and len(data) == 1:
-            (key, value), = data.items()
+            ((key, value),) = data.items()
             # Wrapped dialect: {"Root": {"@field": "…", …}}, or a root with only child
             # elements, whose fields carry the "@" ({"Root": {"errList": [{"@errorCode": …}]}}).
             if isinstance(value, dict) and _has_at_names(value):

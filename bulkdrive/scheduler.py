@@ -227,9 +227,7 @@ class TreeUpload:
             elif self._plan.dry_run:
                 self._would_upload_files += 1
                 self._would_upload_bytes += entry.size
-                self._reporter.message(
-                    f"would upload {entry.relative} ({entry.size} bytes)"
-                )
+                self._reporter.message(f"would upload {entry.relative} ({entry.size} bytes)")
             else:
                 stale = _is_stale(record, entry)
                 if not stale:
@@ -369,9 +367,11 @@ class TreeUpload:
                     # record, so that the next run discards it before sending this version.
                     if isinstance(exc, errors.RunFailed):
                         self._stop(exc)
-                    self._finish(await self._failed(
-                        entry, exc, events, self._clock() - began, journaled=False
-                    ))
+                    self._finish(
+                        await self._failed(
+                            entry, exc, events, self._clock() - began, journaled=False
+                        )
+                    )
                     return
                 await self._mark_started(entry, None)
                 if self._journal is not None:
@@ -406,9 +406,7 @@ class TreeUpload:
         instead of sending the file again."""
         if self._journal is None or _was_in_flight(record, entry):
             return
-        await self._journal.record(
-            _record(entry, FileState.PENDING)
-        )
+        await self._journal.record(_record(entry, FileState.PENDING))
 
     async def _discard_stale_session(self, entry: FileEntry) -> None:
         """The last run left this file unfinished, and it changed since: an unfinished session
@@ -524,8 +522,13 @@ class TreeUpload:
         if outcome.outcome is Outcome.FAILED:
             log.error("failed %s: %s (%s)", outcome.relative, outcome.reason, outcome.hint)
         elif log.isEnabledFor(logging.INFO):
-            log.info("%s %s (%d bytes)%s", outcome.outcome, outcome.relative, outcome.size,
-                     f": {outcome.reason}" if outcome.reason else "")
+            log.info(
+                "%s %s (%d bytes)%s",
+                outcome.outcome,
+                outcome.relative,
+                outcome.size,
+                f": {outcome.reason}" if outcome.reason else "",
+            )
         self._tally.finished(outcome)
         self._reporter.file_finished(outcome)
         if self._file_report is not None:
@@ -544,9 +547,7 @@ class TreeUpload:
     def _remote_path(self, relative: str) -> str:
         return remote_child(self._plan.remote_folder, *_parts(relative))
 
-    def _outcome(
-        self, entry: FileEntry, outcome: Outcome, **details: object
-    ) -> FileOutcome:
+    def _outcome(self, entry: FileEntry, outcome: Outcome, **details: object) -> FileOutcome:
         return FileOutcome(
             relative=entry.relative,
             remote_path=self._remote_path(entry.relative),

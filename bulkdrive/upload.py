@@ -111,12 +111,12 @@ class UploadResult:
 class Phase(enum.Enum):
     """What the upload does next.
 
-        INITIATE ──200──▶ SEND ──final 200──▶ DONE
-          │  ▲  └──409──────▲│
-          │  └── restart ───┼┤ (integrity failure, foreign bytes, offset past the end)
-          ▼                 │▼
-        (outcome unknown) ─▶ RECOVER ──409 or 200──▶ SEND
-                              └──200 after a lost final request──▶ CHECK ──complete──▶ DONE
+    INITIATE ──200──▶ SEND ──final 200──▶ DONE
+      │  ▲  └──409──────▲│
+      │  └── restart ───┼┤ (integrity failure, foreign bytes, offset past the end)
+      ▼                 │▼
+    (outcome unknown) ─▶ RECOVER ──409 or 200──▶ SEND
+                          └──200 after a lost final request──▶ CHECK ──complete──▶ DONE
     """
 
     INITIATE = "initiate"  # open a session with the first chunk (forceRestart when restarting)
@@ -196,8 +196,13 @@ def initiated(state: SessionState, reply: UploadReply, *, final: bool) -> Sessio
     if reply.error_code == 409:
         return _continue_existing(state, reply)
     return _advanced(
-        state, reply, final=final,
-        request_id=reply.request_id, force_restart=False, adopted=False, lost_final=False,
+        state,
+        reply,
+        final=final,
+        request_id=reply.request_id,
+        force_restart=False,
+        adopted=False,
+        lost_final=False,
     )
 
 

@@ -445,9 +445,7 @@ class _Walker:
                         stack.pop()
                         sent = min(sent, len(stack) - 1)
                         continue
-                    frame.batch = await anyio.to_thread.run_sync(
-                        _read_batch, batch.listing, follow
-                    )
+                    frame.batch = await anyio.to_thread.run_sync(_read_batch, batch.listing, follow)
                     frame.index = 0
                     continue
                 seen = batch.entries[frame.index]

@@ -246,9 +246,7 @@ async def initiate(
     """Initiate an upload session (§4), optionally with the first chunk as the body."""
     headers = file_headers(name, size, parent, token=token, accept=accept, eof=eof, mtime=mtime)
     headers += _headers(extra)
-    return await post_upload(
-        http, base, headers, body, share_id=share_id, target=target, **params
-    )
+    return await post_upload(http, base, headers, body, share_id=share_id, target=target, **params)
 
 
 async def chunk(
@@ -287,7 +285,15 @@ async def upload_whole(
 ) -> Reply:
     """A file sent whole in the initiate call with FileEOF: 1 (§4)."""
     return await initiate(
-        http, base, token, name, len(data), data, parent=parent, eof=True, share_id=share_id,
+        http,
+        base,
+        token,
+        name,
+        len(data),
+        data,
+        parent=parent,
+        eof=True,
+        share_id=share_id,
         **kwargs,
     )
 
@@ -308,9 +314,17 @@ async def upload_chunked(
     """Initiate with the first chunk, then the rest; returns the reply to the last request."""
     first = data[:chunk_size]
     reply = await initiate(
-        http, base, token, name, len(data), first, parent=parent,
-        eof=len(first) == len(data), share_id=share_id,
-        extra=last_extra if len(first) == len(data) else (), **params,
+        http,
+        base,
+        token,
+        name,
+        len(data),
+        first,
+        parent=parent,
+        eof=len(first) == len(data),
+        share_id=share_id,
+        extra=last_extra if len(first) == len(data) else (),
+        **params,
     )
     assert reply.status == 200, reply.text
     request_id = reply.upload.request_id
@@ -319,7 +333,13 @@ async def upload_chunked(
         part = data[offset : offset + chunk_size]
         last = offset + len(part) == len(data)
         reply = await chunk(
-            http, base, token, request_id, part, eof=last, share_id=share_id,
+            http,
+            base,
+            token,
+            request_id,
+            part,
+            eof=last,
+            share_id=share_id,
             extra=last_extra if last else (),
         )
         if reply.status != 200:
@@ -332,19 +352,33 @@ async def upload_chunked(
 
 
 async def metadata(
-    http: aiohttp.ClientSession, base: str, token: str | None, path: str,
-    *, share_id: str = SHARE_ID, accept: str = JSON,
+    http: aiohttp.ClientSession,
+    base: str,
+    token: str | None,
+    path: str,
+    *,
+    share_id: str = SHARE_ID,
+    accept: str = JSON,
 ) -> Reply:
     headers = {"Accept": accept, **({"Authtoken": token} if token else {})}
     return await request(
-        http, "GET", f"{base}/drive/share/{share_id}/action/metadata",
-        headers=headers, params={"path": path},
+        http,
+        "GET",
+        f"{base}/drive/share/{share_id}/action/metadata",
+        headers=headers,
+        params={"path": path},
     )
 
 
 async def list_folder(
-    http: aiohttp.ClientSession, base: str, token: str | None, path: str,
-    *, share_id: str = SHARE_ID, limit: int | None = None, offset: int | None = None,
+    http: aiohttp.ClientSession,
+    base: str,
+    token: str | None,
+    path: str,
+    *,
+    share_id: str = SHARE_ID,
+    limit: int | None = None,
+    offset: int | None = None,
     accept: str = JSON,
 ) -> Reply:
     headers = {"Accept": accept, **({"Authtoken": token} if token else {})}
@@ -353,14 +387,24 @@ async def list_folder(
     if offset is not None:
         headers["offset"] = str(offset)
     return await request(
-        http, "POST", f"{base}/drive/share/{share_id}/action/list",
-        headers=headers, params={"path": path},
+        http,
+        "POST",
+        f"{base}/drive/share/{share_id}/action/list",
+        headers=headers,
+        params={"path": path},
     )
 
 
 async def create_folder(
-    http: aiohttp.ClientSession, base: str, token: str | None, name: str, parent: str = "\\",
-    *, share_id: str = SHARE_ID, accept: str = JSON, as_json: bool = False,
+    http: aiohttp.ClientSession,
+    base: str,
+    token: str | None,
+    name: str,
+    parent: str = "\\",
+    *,
+    share_id: str = SHARE_ID,
+    accept: str = JSON,
+    as_json: bool = False,
 ) -> Reply:
     if as_json:
         body = json.dumps({"name": name, "parentPath": parent})
@@ -372,12 +416,16 @@ async def create_folder(
         )
         content_type = "application/xml"
     headers = {
-        "Accept": accept, "Content-Type": content_type,
+        "Accept": accept,
+        "Content-Type": content_type,
         **({"Authtoken": token} if token else {}),
     }
     return await request(
-        http, "POST", f"{base}/drive/share/{share_id}/action/createfolder",
-        headers=headers, data=body.encode("utf-8"),
+        http,
+        "POST",
+        f"{base}/drive/share/{share_id}/action/createfolder",
+        headers=headers,
+        data=body.encode("utf-8"),
     )
 
 
@@ -431,9 +479,7 @@ def block_level_hash(blocks: Iterable[bytes]) -> str:
 # --- raw HTTP over a socket, for bodies that aiohttp would not send --------------------------
 
 
-async def raw_exchange(
-    port: int, head: bytes, body_part: bytes, *, timeout: float = 10.0
-) -> bytes:
+async def raw_exchange(port: int, head: bytes, body_part: bytes, *, timeout: float = 10.0) -> bytes:
     """Send a request head and part of a body, then read what the server answers.
 
     Returns the bytes received until the server closes or `timeout` passes (the test fails on

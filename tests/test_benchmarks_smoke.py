@@ -22,9 +22,21 @@ CONTENDERS = ("bulkdrive", "bulkdrive-noverify", "raw", "curl", "sdk")
 def test_quick_run_measures_every_contender(tmp_path: Path) -> None:
     result_file = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bulkdrive", "bench", "--quick", "--data-dir",
-         str(tmp_path / "data"), "--json", str(result_file)],
-        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "bulkdrive",
+            "bench",
+            "--quick",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--json",
+            str(result_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(result_file.read_text())
@@ -68,10 +80,12 @@ def test_checker_catches_corrupt_missing_and_extra_files(tmp_path: Path) -> None
 def test_launcher_reports_the_childs_own_memory(tmp_path: Path) -> None:
     # A child allocating 64 MiB shows it; the harness's own memory is not counted in.
     hog = "b = bytearray(64 * 2**20); b[::4096] = b'x' * (len(b) // 4096)"
-    big = harness.run_measured([sys.executable, "-c", hog], {}, tmp_path, tmp_path / "o",
-                               tmp_path / "e", 60)
-    small = harness.run_measured([sys.executable, "-c", "pass"], {}, tmp_path,
-                                 tmp_path / "o", tmp_path / "e", 60)
+    big = harness.run_measured(
+        [sys.executable, "-c", hog], {}, tmp_path, tmp_path / "o", tmp_path / "e", 60
+    )
+    small = harness.run_measured(
+        [sys.executable, "-c", "pass"], {}, tmp_path, tmp_path / "o", tmp_path / "e", 60
+    )
     assert big.exit_code == 0 and small.exit_code == 0
     assert big.peak_rss_bytes - small.peak_rss_bytes >= 60 * 2**20
     assert small.peak_rss_bytes < 40 * 2**20
@@ -90,7 +104,7 @@ def test_precompile_leaves_bytecode_for_every_module(tmp_path: Path) -> None:
     (package / "mod.py").write_text("X = 1\n")
     # A stand-in interpreter whose `bulkdrive` is the package above.
     python = tmp_path / "python"
-    python.write_text(f"#!/bin/sh\nPYTHONPATH={package.parent} exec {sys.executable} \"$@\"\n")
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={package.parent} exec {sys.executable} "$@"\n')
     python.chmod(0o755)
     harness.precompile(str(python))
     compiled = {p.name.split(".")[0] for p in (package / "__pycache__").glob("*.pyc")}
@@ -101,10 +115,27 @@ def test_precompile_leaves_bytecode_for_every_module(tmp_path: Path) -> None:
 def test_plot_sweeps_transfers_and_draws_a_chart(tmp_path: Path) -> None:
     chart, result_file = tmp_path / "sweep.png", tmp_path / "sweep.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bulkdrive", "bench", "--quick", "--contenders",
-         "bulkdrive-noverify,raw", "--sweep", "1,2", "--data-dir", str(tmp_path / "data"),
-         "--json", str(result_file), "--plot", str(chart)],
-        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "bulkdrive",
+            "bench",
+            "--quick",
+            "--contenders",
+            "bulkdrive-noverify,raw",
+            "--sweep",
+            "1,2",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--json",
+            str(result_file),
+            "--plot",
+            str(chart),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(result_file.read_text())

@@ -40,8 +40,14 @@ BAD_NAME = "bad\\name.txt"  # a backslash is a path separator for Edge Drive: fa
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 HIDE_CURSOR, SHOW_CURSOR = b"\x1b[?25l", b"\x1b[?25h"
 # Rich reads these to force or forbid a terminal; the tests choose for themselves.
-TERMINAL_OVERRIDES = ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS",
-                      "LINES")
+TERMINAL_OVERRIDES = (
+    "FORCE_COLOR",
+    "NO_COLOR",
+    "TTY_COMPATIBLE",
+    "TTY_INTERACTIVE",
+    "COLUMNS",
+    "LINES",
+)
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,10 @@ def summary_rows(out: str) -> dict[str, tuple[int, str]]:
 
 
 def expect_rows(
-    tree: Tree, *, uploaded: Collection[str] = (), skipped: Collection[str] = (),
+    tree: Tree,
+    *,
+    uploaded: Collection[str] = (),
+    skipped: Collection[str] = (),
     failed: Collection[str] = (),
 ) -> dict[str, tuple[int, str]]:
     """The summary rows for a run of `tree` with these outcomes."""
@@ -121,16 +130,21 @@ def expect_rows(
 # --- a pseudo-terminal ------------------------------------------------------------------------
 
 
-def run_in_pty(args: list[str], *, cwd: Path, env: Mapping[str, str], timeout: float) -> tuple[
-    int, bytes
-]:
+def run_in_pty(
+    args: list[str], *, cwd: Path, env: Mapping[str, str], timeout: float
+) -> tuple[int, bytes]:
     """Run `args` with stdin/stdout/stderr on a 120x40 pty; return the exit code and every byte
     written. Blocking: call it from a worker thread so the emulator's event loop keeps serving."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     try:
         process = subprocess.Popen(
-            args, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=dict(env),
+            args,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=cwd,
+            env=dict(env),
             start_new_session=True,
         )
     finally:
@@ -159,9 +173,7 @@ def run_in_pty(args: list[str], *, cwd: Path, env: Mapping[str, str], timeout: f
         os.close(master)
 
 
-async def test_live_progress_on_a_terminal(
-    make_emulator: EmulatorFactory, tmp_path: Path
-) -> None:
+async def test_live_progress_on_a_terminal(make_emulator: EmulatorFactory, tmp_path: Path) -> None:
     # a few slow requests keep the run on screen for a few redraws
     emulator = await make_emulator(fault_rate=0.1, faults=("delay",), fault_delay_seconds=0.3)
     source = make_tree(tmp_path / "src", small_files=300, large=(8 << 20, 8 << 20))
@@ -204,8 +216,16 @@ async def test_total_is_final_once_it_stops_counting(
     emulator = await make_emulator(fault_rate=1.0, faults=("delay",), fault_delay_seconds=0.05)
     source = make_tree(tmp_path / "src", small_files=100)
     tree = tree_of(source)
-    done = await run_cli("upload", str(source), *target(emulator), "--stats-interval", "0.2",
-                         cwd=tmp_path, env=env_for(tmp_path), timeout=60)
+    done = await run_cli(
+        "upload",
+        str(source),
+        *target(emulator),
+        "--stats-interval",
+        "0.2",
+        cwd=tmp_path,
+        env=env_for(tmp_path),
+        timeout=60,
+    )
     out, _ = text(done)
     assert done.returncode == 0, out
     stats = [line for line in out.splitlines() if "; ETA " in line]
@@ -233,8 +253,16 @@ async def test_plain_stat_lines_off_a_terminal(
     source = make_tree(tmp_path / "src", small_files=50)
     tree = tree_of(source)
     done = await run_cli(
-        "upload", str(source), *target(emulator), "--transfers", "4", "--stats-interval", "0.2",
-        cwd=tmp_path, env=env_for(tmp_path), timeout=60,
+        "upload",
+        str(source),
+        *target(emulator),
+        "--transfers",
+        "4",
+        "--stats-interval",
+        "0.2",
+        cwd=tmp_path,
+        env=env_for(tmp_path),
+        timeout=60,
     )
     out, err = text(done)
     assert done.returncode == 0, out + err
@@ -271,8 +299,16 @@ async def test_summary_and_reports_match_the_tree(emulator: Emulator, tmp_path: 
     async def upload(run: int) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
         report, files = tmp_path / f"run{run}.json", tmp_path / f"run{run}.ndjson"
         done = await run_cli(
-            "upload", str(source), *target(emulator), "--no-progress",
-            "--report", str(report), "--report-files", str(files), cwd=tmp_path, env=env,
+            "upload",
+            str(source),
+            *target(emulator),
+            "--no-progress",
+            "--report",
+            str(report),
+            "--report-files",
+            str(files),
+            cwd=tmp_path,
+            env=env,
         )
         out, err = text(done)
         assert done.returncode == 1, out + err  # some files failed
@@ -289,11 +325,22 @@ async def test_summary_and_reports_match_the_tree(emulator: Emulator, tmp_path: 
     assert out.index("failed files (1):") > out.index("upload finished")
     assert_stored(source, stored(emulator), ignore={BAD_NAME})
 
-    assert report["files"] == {"uploaded": len(good), "resumed": 0, "skipped": 0, "failed": 1,
-                               "total": tree.count}
+    assert report["files"] == {
+        "uploaded": len(good),
+        "resumed": 0,
+        "skipped": 0,
+        "failed": 1,
+        "total": tree.count,
+    }
     good_bytes = tree.size - 7
-    assert report["bytes"] == {"uploaded": good_bytes, "resumed": 0, "skipped": 0, "failed": 7,
-                               "total": tree.size, "sent": good_bytes}
+    assert report["bytes"] == {
+        "uploaded": good_bytes,
+        "resumed": 0,
+        "skipped": 0,
+        "failed": 7,
+        "total": tree.size,
+        "sent": good_bytes,
+    }
     assert isinstance(report["elapsed_seconds"], float) and report["elapsed_seconds"] > 0
     assert report["exit_code"] == 1 and report["run_error"] is None
     assert report["walk_complete"] is True and report["interrupted"] is False
@@ -310,8 +357,7 @@ async def test_summary_and_reports_match_the_tree(emulator: Emulator, tmp_path: 
     for path, line in by_path.items():
         assert line["size"] == tree.files[path]
         assert line["remote_path"] == "\\" + path.replace("/", "\\")
-        assert set(line) >= {"outcome", "file_guid", "attempts", "seconds", "reason",
-                             "exit_class"}
+        assert set(line) >= {"outcome", "file_guid", "attempts", "seconds", "reason", "exit_class"}
         if path == BAD_NAME:
             assert line["outcome"] == "failed" and line["file_guid"] is None
             assert line["exit_class"] == "Rejected" and line["reason"]
@@ -325,10 +371,21 @@ async def test_summary_and_reports_match_the_tree(emulator: Emulator, tmp_path: 
     # second run: the journal skips what is done; the bad name fails again
     out, report, lines = await upload(2)
     assert summary_rows(out) == expect_rows(tree, skipped=good, failed={BAD_NAME})
-    assert report["files"] == {"uploaded": 0, "resumed": 0, "skipped": len(good), "failed": 1,
-                               "total": tree.count}
-    assert report["bytes"] == {"uploaded": 0, "resumed": 0, "skipped": good_bytes, "failed": 7,
-                               "total": tree.size, "sent": 0}
+    assert report["files"] == {
+        "uploaded": 0,
+        "resumed": 0,
+        "skipped": len(good),
+        "failed": 1,
+        "total": tree.count,
+    }
+    assert report["bytes"] == {
+        "uploaded": 0,
+        "resumed": 0,
+        "skipped": good_bytes,
+        "failed": 7,
+        "total": tree.size,
+        "sent": 0,
+    }
     outcomes = {line["path"]: line["outcome"] for line in lines}
     assert outcomes == {path: "failed" if path == BAD_NAME else "skipped" for path in tree.files}
     assert all(line["file_guid"] is None and line["reason"] for line in lines)
@@ -360,9 +417,25 @@ def self_signed_tls(tmp_path: Path) -> ssl.SSLContext:
         pytest.skip("needs the openssl command to make a certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
@@ -385,30 +458,78 @@ async def test_each_user_error_is_one_line_with_its_exit_code(
     ok = (str(source), *target(emulator))
     cases = [
         Case("bad flag", (*ok, "--transfers", "0"), 2, ("--transfers", "at least 1")),
-        Case("bad config", (str(source), "--config", str(bad_config)), 2,
-             ("transfers", "lots")),
-        Case("bad setting", ok, 2, ("--chunk-size", "--no-verify"),
-             env=(("BULKDRIVE_CHUNK_SIZE", "3MiB"),)),
+        Case("bad config", (str(source), "--config", str(bad_config)), 2, ("transfers", "lots")),
+        Case(
+            "bad setting",
+            ok,
+            2,
+            ("--chunk-size", "--no-verify"),
+            env=(("BULKDRIVE_CHUNK_SIZE", "3MiB"),),
+        ),
         Case("missing source", (str(tmp_path / "nope"), *ok[1:]), 2, ("not found", "nope")),
-        Case("unreachable", (str(source), "--url", f"http://127.0.0.1:{closed_port}/webconsole/api",
-                             "--user", USER, "--share", SHARE_ID), 3,
-             ("cannot connect", "check --url")),
-        Case("wrong password", ok, 3, ("refused", "password"),
-             env=(("BULKDRIVE_PASSWORD", "not-the-password"),)),
-        Case("view-only share", (str(source), *target(emulator, "2")), 3,
-             ("view-only", "permission")),
-        Case("unknown share", (str(source), *target(emulator, "99")), 3,
-             ("share 99", "check --share")),
-        Case("https to http", (str(source), "--url",
-                               f"https://127.0.0.1:{http_port}/webconsole/api", "--user", USER,
-                               "--share", SHARE_ID), 3, ("ssl", "check --url")),
-        Case("no user", (str(source), "--url", emulator.base_url, "--share", SHARE_ID), 2,
-             ("no user", "--user")),
+        Case(
+            "unreachable",
+            (
+                str(source),
+                "--url",
+                f"http://127.0.0.1:{closed_port}/webconsole/api",
+                "--user",
+                USER,
+                "--share",
+                SHARE_ID,
+            ),
+            3,
+            ("cannot connect", "check --url"),
+        ),
+        Case(
+            "wrong password",
+            ok,
+            3,
+            ("refused", "password"),
+            env=(("BULKDRIVE_PASSWORD", "not-the-password"),),
+        ),
+        Case(
+            "view-only share", (str(source), *target(emulator, "2")), 3, ("view-only", "permission")
+        ),
+        Case(
+            "unknown share",
+            (str(source), *target(emulator, "99")),
+            3,
+            ("share 99", "check --share"),
+        ),
+        Case(
+            "https to http",
+            (
+                str(source),
+                "--url",
+                f"https://127.0.0.1:{http_port}/webconsole/api",
+                "--user",
+                USER,
+                "--share",
+                SHARE_ID,
+            ),
+            3,
+            ("ssl", "check --url"),
+        ),
+        Case(
+            "no user",
+            (str(source), "--url", emulator.base_url, "--share", SHARE_ID),
+            2,
+            ("no user", "--user"),
+        ),
         Case("bad remote folder", (*ok, "--to", "\\a\\..\\b"), 2, ("--to", "..")),
-        Case("report is a folder", (*ok, "--report", str(tmp_path)), 2,
-             ("--report", "is a directory")),
-        Case("report folder missing", (*ok, "--report-files", str(tmp_path / "no" / "f.ndjson")),
-             2, ("--report-files", "no such file")),
+        Case(
+            "report is a folder",
+            (*ok, "--report", str(tmp_path)),
+            2,
+            ("--report", "is a directory"),
+        ),
+        Case(
+            "report folder missing",
+            (*ok, "--report-files", str(tmp_path / "no" / "f.ndjson")),
+            2,
+            ("--report-files", "no such file"),
+        ),
     ]
     limiter = anyio.CapacityLimiter(3)
     results: dict[str, subprocess.CompletedProcess[bytes]] = {}
@@ -416,8 +537,12 @@ async def test_each_user_error_is_one_line_with_its_exit_code(
     async def attempt(case: Case) -> None:
         async with limiter:
             results[case.name] = await run_cli(
-                "upload", *case.args, "--no-progress", cwd=tmp_path,
-                env=env_for(tmp_path, dict(case.env)), timeout=30,
+                "upload",
+                *case.args,
+                "--no-progress",
+                cwd=tmp_path,
+                env=env_for(tmp_path, dict(case.env)),
+                timeout=30,
             )
 
     async with anyio.create_task_group() as tg:
@@ -456,9 +581,18 @@ async def test_untrusted_certificate_is_one_line(tmp_path: Path) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(tls.serve, handshake_only)
         done = await run_cli(
-            "upload", str(source), "--url", f"https://127.0.0.1:{port}/webconsole/api",
-            "--user", USER, "--share", SHARE_ID, "--no-progress",
-            cwd=tmp_path, env=env_for(tmp_path), timeout=30,
+            "upload",
+            str(source),
+            "--url",
+            f"https://127.0.0.1:{port}/webconsole/api",
+            "--user",
+            USER,
+            "--share",
+            SHARE_ID,
+            "--no-progress",
+            cwd=tmp_path,
+            env=env_for(tmp_path),
+            timeout=30,
         )
         tg.cancel_scope.cancel()
     assert done.returncode == 3, done.stderr.decode()
@@ -477,8 +611,9 @@ async def test_quiet_verbose_and_no_progress(emulator: Emulator, tmp_path: Path)
     env = env_for(tmp_path)
 
     async def upload(*flags: str) -> tuple[int, str, str]:
-        done = await run_cli("upload", str(source), *target(emulator), *flags,
-                             cwd=tmp_path, env=env)
+        done = await run_cli(
+            "upload", str(source), *target(emulator), *flags, cwd=tmp_path, env=env
+        )
         out, err = text(done)
         assert "Traceback" not in out + err
         return done.returncode, out, err
@@ -516,8 +651,17 @@ async def test_quiet_verbose_and_no_progress(emulator: Emulator, tmp_path: Path)
     assert code == 1 and not any(FILE_LINE.match(line) for line in out.splitlines()), out
 
     # --no-progress on a terminal: no live display, the summary still
-    args = [sys.executable, "-m", "bulkdrive", "upload", str(source), *target(emulator),
-            "--no-progress", "--to", "\\tty"]
+    args = [
+        sys.executable,
+        "-m",
+        "bulkdrive",
+        "upload",
+        str(source),
+        *target(emulator),
+        "--no-progress",
+        "--to",
+        "\\tty",
+    ]
     tty_env = {**env, "TERM": "xterm-256color", "COLUMNS": "120"}
     code, raw = await anyio.to_thread.run_sync(
         lambda: run_in_pty(args, cwd=tmp_path, env=tty_env, timeout=60)
@@ -533,9 +677,12 @@ async def login_token(emulator: Emulator) -> str:
     """A token from the emulator's Login, as a user would get one for BULKDRIVE_TOKEN."""
     body = {"username": USER, "password": base64.b64encode(PASSWORD.encode()).decode()}
     with anyio.fail_after(10):
-        async with aiohttp.ClientSession() as session, session.post(
-            f"{emulator.base_url}/Login", json=body, headers={"Accept": "application/json"}
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{emulator.base_url}/Login", json=body, headers={"Accept": "application/json"}
+            ) as response,
+        ):
             reply = await response.text()
     match = re.search(r"QSDK [0-9a-fA-F]{32,}", reply)
     assert response.status == 200 and match, reply
@@ -561,9 +708,20 @@ async def test_no_secret_in_anything_written(
         out_dir.mkdir()
         env = env_for(out_dir, extra_env)
         done = await run_cli(
-            "upload", str(source), *target(emulator), "--to", f"\\{name}", "-vv",
-            "--log-file", str(out_dir / "run.log"), "--report", str(out_dir / "report.json"),
-            "--report-files", str(out_dir / "files.ndjson"), cwd=out_dir, env=env,
+            "upload",
+            str(source),
+            *target(emulator),
+            "--to",
+            f"\\{name}",
+            "-vv",
+            "--log-file",
+            str(out_dir / "run.log"),
+            "--report",
+            str(out_dir / "report.json"),
+            "--report-files",
+            str(out_dir / "files.ndjson"),
+            cwd=out_dir,
+            env=env,
         )
         assert done.returncode == 1, done.stderr.decode()  # the bad name
         assert b"POST" in done.stdout  # -vv shows protocol detail: there was detail to leak
@@ -586,8 +744,14 @@ async def test_no_secret_in_anything_written(
 
     # a refused password is not repeated in the error either
     wrong = "Wr0ng-but-Secret"
-    done = await run_cli("upload", str(source), *target(emulator), "-vv", cwd=tmp_path,
-                         env=env_for(tmp_path, {"BULKDRIVE_PASSWORD": wrong}))
+    done = await run_cli(
+        "upload",
+        str(source),
+        *target(emulator),
+        "-vv",
+        cwd=tmp_path,
+        env=env_for(tmp_path, {"BULKDRIVE_PASSWORD": wrong}),
+    )
     assert done.returncode == 3
     for data in (done.stdout, done.stderr):
         assert wrong.encode() not in data

@@ -48,8 +48,18 @@ async def run_cli(
 
 
 def upload_args(emulator: Emulator, source: Path, *extra: str, share: str = SHARE_ID) -> list[str]:
-    return ["upload", str(source), "--url", emulator.base_url, "--user", USER,
-            "--share", share, "--no-progress", *extra]
+    return [
+        "upload",
+        str(source),
+        "--url",
+        emulator.base_url,
+        "--user",
+        USER,
+        "--share",
+        share,
+        "--no-progress",
+        *extra,
+    ]
 
 
 def stored(emulator: Emulator, *parts: str, share: str = SHARE_ID) -> Path:
@@ -78,8 +88,17 @@ async def test_filters_and_symlink_policy(emulator: Emulator, tmp_path: Path) ->
     excludes = tmp_path / "excludes"
     excludes.write_text("# comment\nbuild/**\n", encoding="utf-8")
     done = await run_cli(
-        *upload_args(emulator, source, "--exclude", "*.log", "--exclude-from", str(excludes),
-                     "--max-size", "1000", "-v"),
+        *upload_args(
+            emulator,
+            source,
+            "--exclude",
+            "*.log",
+            "--exclude-from",
+            str(excludes),
+            "--max-size",
+            "1000",
+            "-v",
+        ),
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr.decode()
@@ -126,8 +145,11 @@ async def test_exit_codes(make_emulator: EmulatorFactory, tmp_path: Path) -> Non
     missing = await run_cli(*upload_args(emulator, tmp_path / "nope"), cwd=tmp_path, env=env)
     assert missing.returncode == 2 and b"not found" in missing.stderr
 
-    wrong = await run_cli(*upload_args(emulator, source), cwd=tmp_path,
-                          env=cli_env({"BULKDRIVE_PASSWORD": "wrong"}, home=tmp_path))
+    wrong = await run_cli(
+        *upload_args(emulator, source),
+        cwd=tmp_path,
+        env=cli_env({"BULKDRIVE_PASSWORD": "wrong"}, home=tmp_path),
+    )
     assert wrong.returncode == 3, wrong.stderr.decode()
     assert b"Traceback" not in wrong.stderr and wrong.stderr.strip().count(b"\n") == 0
 
@@ -163,8 +185,9 @@ async def test_config_file_and_environment(emulator: Emulator, tmp_path: Path) -
     assert done.returncode == 0, done.stderr.decode()
     assert stored(emulator, "from-env", "a.txt").read_bytes() == b"A"
 
-    flagged = await run_cli("upload", str(source), "--no-progress", "--to", "\\from-flag",
-                            cwd=tmp_path, env=env)
+    flagged = await run_cli(
+        "upload", str(source), "--no-progress", "--to", "\\from-flag", cwd=tmp_path, env=env
+    )
     assert flagged.returncode == 0, flagged.stderr.decode()
     assert stored(emulator, "from-flag", "a.txt").read_bytes() == b"A"
 
@@ -186,9 +209,7 @@ async def test_embedded_emulator_is_the_default_target(tmp_path: Path) -> None:
 async def test_sigint_stops_cleanly_with_130(
     make_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    emulator = await make_emulator(
-        fault_rate=1.0, faults=("delay",), fault_delay_seconds=0.2
-    )
+    emulator = await make_emulator(fault_rate=1.0, faults=("delay",), fault_delay_seconds=0.2)
     source = make_tree(tmp_path / "src", small_files=200)
     with anyio.fail_after(60):
         process = await anyio.open_process(
@@ -212,12 +233,15 @@ async def test_a_journal_that_cannot_be_written_stops_the_run_in_one_line(
 ) -> None:
     source = make_tree(tmp_path / "src", small_files=10)
     journal = tmp_path / "job.sqlite"
-    dry = await run_cli(*upload_args(emulator, source, "--journal", str(journal), "--dry-run"),
-                        cwd=tmp_path)
+    dry = await run_cli(
+        *upload_args(emulator, source, "--journal", str(journal), "--dry-run"), cwd=tmp_path
+    )
     assert dry.returncode == 0, dry.stderr.decode()
     with contextlib.closing(sqlite3.connect(journal)) as db:  # every write now fails
-        db.execute("CREATE TRIGGER full BEFORE INSERT ON files "
-                   "BEGIN SELECT RAISE(ABORT, 'simulated disk full'); END")
+        db.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON files "
+            "BEGIN SELECT RAISE(ABORT, 'simulated disk full'); END"
+        )
         db.commit()
     done = await run_cli(*upload_args(emulator, source, "--journal", str(journal)), cwd=tmp_path)
     assert done.returncode == 1, done.stderr.decode()
@@ -232,10 +256,12 @@ async def test_a_second_run_on_the_same_journal_is_refused_in_one_line(
     source = make_tree(tmp_path / "src", small_files=5)
     journal = tmp_path / "job.sqlite"
     async with Journal.open(journal, exclusive=True):  # a run of this job, still going
-        busy = await run_cli(*upload_args(emulator, source, "--journal", str(journal)),
-                             cwd=tmp_path)
-        look = await run_cli(*upload_args(emulator, source, "--journal", str(journal),
-                                          "--dry-run"), cwd=tmp_path)
+        busy = await run_cli(
+            *upload_args(emulator, source, "--journal", str(journal)), cwd=tmp_path
+        )
+        look = await run_cli(
+            *upload_args(emulator, source, "--journal", str(journal), "--dry-run"), cwd=tmp_path
+        )
     assert look.returncode == 0, look.stderr.decode()  # a dry run only reads beside a run
     assert b"dry run: would upload" in look.stdout
     assert busy.returncode == 2, busy.stderr.decode()
@@ -258,8 +284,9 @@ async def test_check_remote_survives_a_folder_it_cannot_list(
     blocker.write_bytes(b"a file where the run wants a folder")
     first = await run_cli(*upload_args(emulator, blocker), cwd=tmp_path)
     assert first.returncode == 0, first.stderr.decode()
-    done = await run_cli(*upload_args(emulator, source, "--to", "\\x", "--check-remote"),
-                         cwd=tmp_path)
+    done = await run_cli(
+        *upload_args(emulator, source, "--to", "\\x", "--check-remote"), cwd=tmp_path
+    )
     # Listing \x fails (it is a file); the files are tried and fail one by one, no traceback.
     assert done.returncode == 1, done.stderr.decode()
     assert b"Traceback" not in done.stdout + done.stderr

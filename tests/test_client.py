@@ -25,15 +25,18 @@ GOOD = Credentials(USER, Secret(PASSWORD))
 
 async def raw_login(emulator: Emulator, device_id: str = "elsewhere") -> str:
     """A token obtained outside the client, as a user would paste it."""
-    async with aiohttp.ClientSession() as http, http.post(
-        f"{emulator.base_url}/Login",
-        json={
-            "username": USER,
-            "password": base64.b64encode(PASSWORD.encode()).decode(),
-            "deviceId": device_id,
-        },
-        headers={"Accept": "application/json"},
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{emulator.base_url}/Login",
+            json={
+                "username": USER,
+                "password": base64.b64encode(PASSWORD.encode()).decode(),
+                "deviceId": device_id,
+            },
+            headers={"Accept": "application/json"},
+        ) as resp,
+    ):
         token = (await resp.json())["token"]
     assert isinstance(token, str)
     return token

@@ -101,8 +101,15 @@ def test_globs_from_environment_are_comma_separated() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("4MiB", 4194304), ("10M", 10_000_000), ("512k", 512_000), ("1.5GiB", 1610612736),
-     ("65536", 65536), ("50MiB/s", 52428800), (0, 0)],
+    [
+        ("4MiB", 4194304),
+        ("10M", 10_000_000),
+        ("512k", 512_000),
+        ("1.5GiB", 1610612736),
+        ("65536", 65536),
+        ("50MiB/s", 52428800),
+        (0, 0),
+    ],
 )
 def test_parse_size(text: str | int, expected: int) -> None:
     assert parse_size(text) == expected

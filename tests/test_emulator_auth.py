@@ -20,7 +20,6 @@ pytestmark = pytest.mark.anyio
 TOKEN_RE = re.compile(r"^QSDK [0-9a-fA-F]{16,}$")
 
 
-
 @pytest.mark.parametrize("path", ["Login", "login", "LOGIN"])
 async def test_login_json_returns_qsdk_token(
     emulator: Emulator, http: aiohttp.ClientSession, path: str
@@ -118,7 +117,10 @@ async def test_login_bad_body_is_400(
     "token", [None, "QSDK 0123456789abcdef0123456789abcdef"], ids=["missing", "unknown"]
 )
 async def test_missing_or_unknown_token_is_401_access_denied(
-    emulator: Emulator, http: aiohttp.ClientSession, tmp_path: Path, accept: str,
+    emulator: Emulator,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    accept: str,
     token: str | None,
 ) -> None:
     reply = await er.upload_whole(http, emulator.base_url, token, "a.txt", b"a", accept=accept)
@@ -219,9 +221,7 @@ async def test_renew_with_wrong_device_id_is_401(
     assert not reply.node.get("token")
 
 
-async def test_renew_unknown_token_is_401(
-    emulator: Emulator, http: aiohttp.ClientSession
-) -> None:
+async def test_renew_unknown_token_is_401(emulator: Emulator, http: aiohttp.ClientSession) -> None:
     reply = await er.renew(
         http, emulator.base_url, "QSDK 00112233445566778899aabbccddeeff", "laptop-7"
     )

@@ -25,7 +25,6 @@ pytestmark = pytest.mark.anyio
 DISCONNECTED = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
 
 
-
 @asynccontextmanager
 async def phase(root: Path, **overrides: Any) -> AsyncIterator[tuple[Emulator, str]]:
     """One emulator on `root`, stopped at the end of the block, and a fresh token for it."""
@@ -185,7 +184,9 @@ async def test_section_8_recovery_survives_every_fault_kind(
 ) -> None:
     """A client that recovers as §8 says ends with exactly the source bytes, whatever failed."""
     emulator = await make_emulator(
-        fault_rate=0.35, fault_seed=99, fault_delay_seconds=0.01,
+        fault_rate=0.35,
+        fault_seed=99,
+        fault_delay_seconds=0.01,
         faults=("500", "503", "reset", "lost-response", "delay"),
     )
     base = emulator.base_url

@@ -15,9 +15,6 @@ import edge_raw as er
 pytestmark = pytest.mark.anyio
 
 
-
-
-
 def only_resource(reply: er.Reply) -> protocol.FileResource:
     resources = er.file_resources(reply.node)
     assert len(resources) == 1, reply.text
@@ -30,8 +27,12 @@ def only_resource(reply: er.Reply) -> protocol.FileResource:
 @pytest.mark.parametrize("as_json", [False, True], ids=["xml-body", "json-body"])
 @pytest.mark.parametrize("accept", [er.JSON, er.XML])
 async def test_create_folder_201_then_409(
-    emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path,
-    as_json: bool, accept: str,
+    emulator: Emulator,
+    http: aiohttp.ClientSession,
+    token: str,
+    root: Path,
+    as_json: bool,
+    accept: str,
 ) -> None:
     base = emulator.base_url
     reply = await er.create_folder(http, base, token, "New", "\\", as_json=as_json, accept=accept)

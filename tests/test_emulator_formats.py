@@ -19,9 +19,6 @@ pytestmark = pytest.mark.anyio
 PREFIXES = ["/webconsole/api", "/commandcenter/api", "/SearchSvc/CVWebService.svc"]
 
 
-
-
-
 # --- Accept and the three formats -----------------------------------------------------------
 
 
@@ -127,8 +124,11 @@ async def error_statuses(
         await er.chunk(http, base, token, "123", b"x", accept=accept),
     ]
     return [
-        (r.status, r.node.int("errorCode"), bool(r.node.get("errorString") or r.node.get(
-            "errorMessage")))
+        (
+            r.status,
+            r.node.int("errorCode"),
+            bool(r.node.get("errorString") or r.node.get("errorMessage")),
+        )
         for r in replies
     ]
 
@@ -196,8 +196,12 @@ async def test_fixed_path_words_ignore_case(
 ) -> None:
     headers = er.file_headers("case.txt", 4, token=token, eof=True)
     reply = await er.request(
-        http, "POST", f"{emulator.base_url}/{path}", headers=headers,
-        params=er.upload_params(), data=b"case",
+        http,
+        "POST",
+        f"{emulator.base_url}/{path}",
+        headers=headers,
+        params=er.upload_params(),
+        data=b"case",
     )
     assert reply.status == 200, reply.text
     assert er.stored(root, "\\case.txt").read_bytes() == b"case"
@@ -241,8 +245,12 @@ async def test_header_names_ignore_case(
     ids=["list-0,1", "list-1,0", "repeated-0-1", "repeated-1-0"],
 )
 async def test_last_header_value_wins(
-    emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path,
-    eof_headers: list[tuple[str, str]], completes: bool,
+    emulator: Emulator,
+    http: aiohttp.ClientSession,
+    token: str,
+    root: Path,
+    eof_headers: list[tuple[str, str]],
+    completes: bool,
 ) -> None:
     base = emulator.base_url
     rid = (await er.initiate(http, base, token, "last.bin", 6, b"abc")).upload.request_id

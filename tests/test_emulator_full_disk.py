@@ -51,13 +51,19 @@ async def test_full_disk_is_413_and_keeps_earlier_files(
     # A session that runs out of disk in the middle: the chunk that does not fit is refused
     # with 413 and stores nothing; the session keeps the offset it had.
     big = er.payload(5 * MiB, seed=2)
-    opened = await er.initiate(http, base, token, "big.bin", len(big), big[: MiB])
+    opened = await er.initiate(http, base, token, "big.bin", len(big), big[:MiB])
     assert opened.status == 200, opened.text
     refused = None
     offset = MiB
     while offset < len(big):
-        reply = await er.chunk(http, base, token, opened.upload.request_id,
-                               big[offset : offset + MiB], eof=offset + MiB >= len(big))
+        reply = await er.chunk(
+            http,
+            base,
+            token,
+            opened.upload.request_id,
+            big[offset : offset + MiB],
+            eof=offset + MiB >= len(big),
+        )
         if reply.status != 200:
             refused = reply
             break

@@ -26,9 +26,6 @@ EMPTY_FULL = hashlib.sha256(b"").hexdigest()
 EMPTY_BLOCK = hashlib.sha256(hashlib.sha256(b"").digest()).hexdigest()
 
 
-
-
-
 def test_spec_vectors_are_what_the_tests_compute() -> None:
     assert len(BIG) == 4_194_307
     assert er.sha256_hex(ABC) == ABC_FULL
@@ -44,7 +41,11 @@ async def test_full_file_hash_match_is_verified(
     emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path, digest: str
 ) -> None:
     reply = await er.upload_whole(
-        http, emulator.base_url, token, "abc.txt", ABC,
+        http,
+        emulator.base_url,
+        token,
+        "abc.txt",
+        ABC,
         extra=[(protocol.FULL_FILE_HASH, digest)],
     )
     assert reply.status == 200, reply.text
@@ -65,7 +66,12 @@ async def test_full_file_hash_on_last_chunk(
     emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path
 ) -> None:
     reply = await er.upload_chunked(
-        http, emulator.base_url, token, "abc2.txt", ABC, 1,
+        http,
+        emulator.base_url,
+        token,
+        "abc2.txt",
+        ABC,
+        1,
         last_extra=[(protocol.FULL_FILE_HASH, ABC_FULL)],
     )
     assert reply.status == 200, reply.text
@@ -108,7 +114,12 @@ async def test_block_level_hash_abc(
     emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path, header: str
 ) -> None:
     reply = await er.upload_whole(
-        http, emulator.base_url, token, "blk.txt", ABC, verify_block=True,
+        http,
+        emulator.base_url,
+        token,
+        "blk.txt",
+        ABC,
+        verify_block=True,
         extra=[(header, ABC_BLOCK)],
     )
     assert reply.status == 200, reply.text
@@ -120,7 +131,12 @@ async def test_block_level_and_full_hash_over_two_4mib_blocks(
     emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path
 ) -> None:
     reply = await er.upload_chunked(
-        http, emulator.base_url, token, "big.bin", BIG, protocol.BLOCK_SIZE,
+        http,
+        emulator.base_url,
+        token,
+        "big.bin",
+        BIG,
+        protocol.BLOCK_SIZE,
         verify_block=True,
         last_extra=[
             (protocol.BLOCK_LEVEL_HASH, BIG_BLOCK.upper()),
@@ -137,7 +153,12 @@ async def test_block_level_hash_of_empty_file_is_one_empty_block(
     emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path
 ) -> None:
     reply = await er.upload_whole(
-        http, emulator.base_url, token, "empty.bin", b"", verify_block=True,
+        http,
+        emulator.base_url,
+        token,
+        "empty.bin",
+        b"",
+        verify_block=True,
         extra=[(protocol.BLOCK_LEVEL_HASH, EMPTY_BLOCK), (protocol.FULL_FILE_HASH, EMPTY_FULL)],
     )
     assert reply.status == 200, reply.text
@@ -151,7 +172,13 @@ async def test_block_level_hash_is_per_received_chunk(
     """(chosen, strict) chunks of 1 byte are 3 blocks: the 4 MiB-block digest must fail."""
     base = emulator.base_url
     reply = await er.upload_chunked(
-        http, base, token, "split.txt", ABC, 1, verify_block=True,
+        http,
+        base,
+        token,
+        "split.txt",
+        ABC,
+        1,
+        verify_block=True,
         last_extra=[(protocol.BLOCK_LEVEL_HASH, ABC_BLOCK)],
     )
     assert reply.status == 400
@@ -160,7 +187,13 @@ async def test_block_level_hash_is_per_received_chunk(
     # The digest of the chunks as received is what the emulator accepts.
     per_chunk = er.block_level_hash([b"a", b"b", b"c"])
     ok = await er.upload_chunked(
-        http, base, token, "split.txt", ABC, 1, verify_block=True,
+        http,
+        base,
+        token,
+        "split.txt",
+        ABC,
+        1,
+        verify_block=True,
         last_extra=[(protocol.BLOCK_LEVEL_HASH, per_chunk)],
     )
     assert ok.status == 200, ok.text
@@ -181,7 +214,12 @@ async def test_block_level_hash_mismatch(
     emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path
 ) -> None:
     reply = await er.upload_whole(
-        http, emulator.base_url, token, "mism.txt", ABC, verify_block=True,
+        http,
+        emulator.base_url,
+        token,
+        "mism.txt",
+        ABC,
+        verify_block=True,
         extra=[(protocol.BLOCK_LEVEL_HASH, ABC_FULL)],
     )
     assert reply.status == 400
@@ -194,7 +232,11 @@ async def test_integrity_error_string_is_the_spec_wording(
 ) -> None:
     """§5: on a hash mismatch the errorString is `file integrity check failed`."""
     reply = await er.upload_whole(
-        http, emulator.base_url, token, "wording.txt", ABC,
+        http,
+        emulator.base_url,
+        token,
+        "wording.txt",
+        ABC,
         extra=[(protocol.FULL_FILE_HASH, BIG_FULL)],
     )
     assert reply.status == 400

@@ -96,10 +96,24 @@ async def test_session_state_lives_under_dot_bulkdrive(tmp_path: Path) -> None:
 async def serve_process(root: Path, log: Path) -> AsyncIterator[str]:
     """Start `python -m bulkdrive serve --port 0`; yield its base URL; terminate it."""
     argv = [
-        sys.executable, "-m", "bulkdrive", "serve",
-        "--host", "127.0.0.1", "--port", "0", "--root", str(root),
-        "--user", f"{er.USER}:{er.PASSWORD}",
-        "--share", "1:projects", "--share", "2:readonly:readonly", "--share", "3:public:public",
+        sys.executable,
+        "-m",
+        "bulkdrive",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--root",
+        str(root),
+        "--user",
+        f"{er.USER}:{er.PASSWORD}",
+        "--share",
+        "1:projects",
+        "--share",
+        "2:readonly:readonly",
+        "--share",
+        "3:public:public",
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as stderr:

@@ -18,13 +18,6 @@ from conftest import EmulatorFactory
 pytestmark = pytest.mark.anyio
 
 
-
-
-
-
-
-
-
 def everything_outside_root(tmp_path: Path) -> dict[str, bytes | None]:
     return {k: v for k, v in er.tree(tmp_path).items() if not k.startswith("server")}
 
@@ -49,8 +42,12 @@ BAD_NAMES = ["..", "..\\evil.txt", "../evil.txt", "a\\..\\..\\evil.txt", "C:evil
 
 @pytest.mark.parametrize("parent", BAD_PARENTS)
 async def test_bad_parent_folder_path_is_400(
-    emulator: Emulator, http: aiohttp.ClientSession, token: str, tmp_path: Path,
-    outside: Path, parent: str,
+    emulator: Emulator,
+    http: aiohttp.ClientSession,
+    token: str,
+    tmp_path: Path,
+    outside: Path,
+    parent: str,
 ) -> None:
     before = everything_outside_root(tmp_path)
     reply = await er.upload_whole(http, emulator.base_url, token, "evil.txt", b"x", parent=parent)
@@ -60,21 +57,27 @@ async def test_bad_parent_folder_path_is_400(
 
 @pytest.mark.parametrize("name", BAD_NAMES)
 async def test_bad_file_name_is_400(
-    emulator: Emulator, http: aiohttp.ClientSession, token: str, tmp_path: Path,
-    outside: Path, name: str,
+    emulator: Emulator,
+    http: aiohttp.ClientSession,
+    token: str,
+    tmp_path: Path,
+    outside: Path,
+    name: str,
 ) -> None:
     before = everything_outside_root(tmp_path)
-    reply = await er.upload_whole(
-        http, emulator.base_url, token, name, b"x", parent="\\in"
-    )
+    reply = await er.upload_whole(http, emulator.base_url, token, name, b"x", parent="\\in")
     assert reply.status == 400, reply.text
     assert everything_outside_root(tmp_path) == before
 
 
 @pytest.mark.parametrize("upload_type", ["chunkedFile", "fullFile"])
 async def test_bad_paths_rejected_for_full_file_too(
-    emulator: Emulator, http: aiohttp.ClientSession, token: str, tmp_path: Path,
-    outside: Path, upload_type: str,
+    emulator: Emulator,
+    http: aiohttp.ClientSession,
+    token: str,
+    tmp_path: Path,
+    outside: Path,
+    upload_type: str,
 ) -> None:
     before = everything_outside_root(tmp_path)
     headers = er.file_headers("evil.txt", 1, "\\..\\..\\outside", token=token)
@@ -84,8 +87,12 @@ async def test_bad_paths_rejected_for_full_file_too(
 
 
 async def test_absolute_paths_stay_inside_the_share(
-    emulator: Emulator, http: aiohttp.ClientSession, token: str, tmp_path: Path,
-    root: Path, outside: Path,
+    emulator: Emulator,
+    http: aiohttp.ClientSession,
+    token: str,
+    tmp_path: Path,
+    root: Path,
+    outside: Path,
 ) -> None:
     before = everything_outside_root(tmp_path)
     for parent in (str(outside), "/etc", "\\\\server\\share"):
@@ -101,8 +108,12 @@ async def test_absolute_paths_stay_inside_the_share(
 
 @pytest.mark.parametrize("path", ["\\..", "\\a\\..\\..\\outside", "C:\\x", "\\a\x00b"])
 async def test_bad_paths_in_metadata_list_createfolder(
-    emulator: Emulator, http: aiohttp.ClientSession, token: str, tmp_path: Path,
-    outside: Path, path: str,
+    emulator: Emulator,
+    http: aiohttp.ClientSession,
+    token: str,
+    tmp_path: Path,
+    outside: Path,
+    path: str,
 ) -> None:
     base = emulator.base_url
     before = everything_outside_root(tmp_path)
@@ -115,14 +126,20 @@ async def test_bad_paths_in_metadata_list_createfolder(
 
 @pytest.mark.parametrize("share", ["%2E%2E", "..%2F..%2Foutside", "1%2F..%2F.."])
 async def test_share_id_cannot_escape(
-    emulator: Emulator, http: aiohttp.ClientSession, token: str, tmp_path: Path,
-    outside: Path, share: str,
+    emulator: Emulator,
+    http: aiohttp.ClientSession,
+    token: str,
+    tmp_path: Path,
+    outside: Path,
+    share: str,
 ) -> None:
     before = everything_outside_root(tmp_path)
     url = URL(f"{emulator.base_url}/drive/share/{share}/file/action/upload", encoded=True)
     async with http.post(
-        url, params=er.upload_params(),
-        headers=er.file_headers("evil.txt", 1, token=token, eof=True), data=b"x",
+        url,
+        params=er.upload_params(),
+        headers=er.file_headers("evil.txt", 1, token=token, eof=True),
+        data=b"x",
     ) as resp:
         assert resp.status in (400, 404)
     assert everything_outside_root(tmp_path) == before
@@ -132,9 +149,7 @@ async def test_share_id_cannot_escape(
 
 
 @pytest.fixture
-async def planted(
-    make_emulator: EmulatorFactory, root: Path, outside: Path
-) -> Emulator:
+async def planted(make_emulator: EmulatorFactory, root: Path, outside: Path) -> Emulator:
     """An emulator whose share 1 holds links out of ROOT: a folder link and a file link."""
     share = root / "1"
     share.mkdir(parents=True)
@@ -184,9 +199,7 @@ async def test_upload_over_file_symlink_never_writes_its_target(
     first = await er.initiate(http, base, token, "link.txt", 17, b"chunked ")
     chunked = first
     if first.status == 200:
-        chunked = await er.chunk(
-            http, base, token, first.upload.request_id, b"over link", eof=True
-        )
+        chunked = await er.chunk(http, base, token, first.upload.request_id, b"over link", eof=True)
     headers = er.file_headers("link.txt", 4, token=token)
     full = await er.post_upload(http, base, headers, b"full", upload_type="fullFile")
     assert (outside / "secret.txt").read_bytes() == b"top secret"

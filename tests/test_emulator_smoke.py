@@ -145,8 +145,13 @@ async def test_integrity_vectors(
             reply = await r.json()
             assert r.status == 200, reply
         if rest:
-            last = {**JSON, "Authtoken": token, "FileEOF": "1",
-                    "BlockLevelFileHash": block.upper(), "FullFileHash": full}
+            last = {
+                **JSON,
+                "Authtoken": token,
+                "FileEOF": "1",
+                "BlockLevelFileHash": block.upper(),
+                "FullFileHash": full,
+            }
             async with http.post(
                 upload_url(emulator, f"&requestId={reply['requestId']}"), headers=last, data=rest
             ) as r:

@@ -26,10 +26,6 @@ pytestmark = pytest.mark.anyio
 SIZES = [4096, INLINE_WRITE_BYTES + 1]
 
 
-
-
-
-
 @pytest.mark.parametrize("size", SIZES)
 async def test_whole_file_bytes_mtime_and_new_version(
     emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path, size: int
@@ -51,8 +47,12 @@ async def test_whole_file_bytes_mtime_and_new_version(
 
 @pytest.mark.parametrize("size", SIZES)
 async def test_folder_replaced_by_symlink_after_uploads_is_refused(
-    emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path,
-    outside: Path, size: int,
+    emulator: Emulator,
+    http: aiohttp.ClientSession,
+    token: str,
+    root: Path,
+    outside: Path,
+    size: int,
 ) -> None:
     base = emulator.base_url
     ok = await er.upload_whole(http, base, token, "one.bin", b"1" * size, parent="\\dir")
@@ -67,8 +67,12 @@ async def test_folder_replaced_by_symlink_after_uploads_is_refused(
 
 @pytest.mark.parametrize("size", SIZES)
 async def test_share_folder_replaced_by_symlink_after_uploads_is_refused(
-    emulator: Emulator, http: aiohttp.ClientSession, token: str, root: Path,
-    outside: Path, size: int,
+    emulator: Emulator,
+    http: aiohttp.ClientSession,
+    token: str,
+    root: Path,
+    outside: Path,
+    size: int,
 ) -> None:
     """The share's own folder was verified once; swapping it must be noticed."""
     base = emulator.base_url
@@ -119,13 +123,25 @@ async def test_integrity_failure_leaves_no_folder_and_no_file(
 ) -> None:
     base = emulator.base_url
     bad = await er.upload_whole(
-        http, base, token, "a.bin", b"abc", parent="\\new", verify_block=True,
+        http,
+        base,
+        token,
+        "a.bin",
+        b"abc",
+        parent="\\new",
+        verify_block=True,
         extra=[(protocol.BLOCK_LEVEL_HASH, "00" * 32)],
     )
     assert bad.status == 400 and "integrity" in bad.text
     assert not (root / "1" / "new").exists()
     good = await er.upload_whole(
-        http, base, token, "a.bin", b"abc", parent="\\new", verify_block=True,
+        http,
+        base,
+        token,
+        "a.bin",
+        b"abc",
+        parent="\\new",
+        verify_block=True,
         extra=[(protocol.BLOCK_LEVEL_HASH, er.block_level_hash([b"abc"]))],
     )
     assert good.status == 200 and good.upload.integrity_verified
@@ -166,9 +182,7 @@ def test_many_guid_rows_in_one_batch(tmp_path: Path) -> None:
         db.conn.close()
 
 
-@given(st.dictionaries(
-    st.text(), st.one_of(st.text(), st.integers(), st.booleans()), max_size=6
-))
+@given(st.dictionaries(st.text(), st.one_of(st.text(), st.integers(), st.booleans()), max_size=6))
 def test_flat_json_replies_are_the_bytes_protocol_render_makes(
     fields: dict[str, str | int | bool],
 ) -> None:

@@ -26,11 +26,12 @@ pytestmark = pytest.mark.anyio
 GUID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
-
-
-
 async def offset_of(
-    http: aiohttp.ClientSession, base: str, token: str, name: str, size: int,
+    http: aiohttp.ClientSession,
+    base: str,
+    token: str,
+    name: str,
+    size: int,
     parent: str = "\\",
 ) -> int:
     """The server's authoritative offset of the unfinished session for a file (§8 step 2–3)."""
@@ -153,7 +154,11 @@ async def test_external_file_guid_becomes_file_guid(
 ) -> None:
     guid = uuid.uuid4()
     reply = await er.upload_whole(
-        http, emulator.base_url, token, "guid.txt", b"g",
+        http,
+        emulator.base_url,
+        token,
+        "guid.txt",
+        b"g",
         extra=[(protocol.EXTERNAL_GUID, str(guid))],
     )
     assert reply.status == 200
@@ -433,13 +438,26 @@ async def test_public_share_upload_without_token(
     base = emulator.base_url
     data = er.payload(2000, seed=3)
     first = await er.initiate(
-        http, base, None, "pub.bin", len(data), data[:1500], share_id=er.PUBLIC_SHARE_ID,
-        target=target, parent="\\incoming",
+        http,
+        base,
+        None,
+        "pub.bin",
+        len(data),
+        data[:1500],
+        share_id=er.PUBLIC_SHARE_ID,
+        target=target,
+        parent="\\incoming",
     )
     assert first.status == 200, first.text
     done = await er.chunk(
-        http, base, None, first.upload.request_id, data[1500:], eof=True,
-        share_id=er.PUBLIC_SHARE_ID, target=target,
+        http,
+        base,
+        None,
+        first.upload.request_id,
+        data[1500:],
+        eof=True,
+        share_id=er.PUBLIC_SHARE_ID,
+        target=target,
     )
     assert done.status == 200, done.text
     assert er.stored(root, "\\incoming\\pub.bin", er.PUBLIC_SHARE_ID).read_bytes() == data
@@ -462,9 +480,7 @@ async def test_users_own_drive_upload(
 ) -> None:
     base = emulator.base_url
     data = er.payload(700, seed=4)
-    first = await er.initiate(
-        http, base, token, "mine.bin", len(data), data[:400], target="drive"
-    )
+    first = await er.initiate(http, base, token, "mine.bin", len(data), data[:400], target="drive")
     assert first.status == 200, first.text
     done = await er.chunk(
         http, base, token, first.upload.request_id, data[400:], eof=True, target="drive"
@@ -619,7 +635,9 @@ async def test_body_cut_short_stores_nothing(
     rid = (await er.initiate(http, base, token, "cut.bin", 2000, data[:500])).upload.request_id
     path = f"{URL(base).path}/{er.upload_path()}?uploadType=chunkedFile&requestId={rid}"
     head = er.raw_head(
-        path, [("Authtoken", token), ("FileEOF", "0"), ("Accept", er.JSON)], 1000,
+        path,
+        [("Authtoken", token), ("FileEOF", "0"), ("Accept", er.JSON)],
+        1000,
         port=emulator.port,
     )
     await er.send_truncated(emulator.port, head, data[500:900])
@@ -664,7 +682,8 @@ def _plain_name(name: str) -> bool:
 
 NAMES = st.text(
     st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\\/"),
-    min_size=1, max_size=40,
+    min_size=1,
+    max_size=40,
 ).filter(_plain_name)
 
 
@@ -679,9 +698,7 @@ def test_any_valid_name_is_stored_under_that_name(tmp_path: Path) -> None:
     root = tmp_path / "server"
     with (
         anyio.from_thread.start_blocking_portal("asyncio") as portal,
-        portal.wrap_async_context_manager(
-            running_emulator(emulator_config(root))
-        ) as emulator,
+        portal.wrap_async_context_manager(running_emulator(emulator_config(root))) as emulator,
         portal.wrap_async_context_manager(_session()) as http,
     ):
         base = emulator.base_url

@@ -92,8 +92,13 @@ async def test_lookup_sees_queued_records_then_a_reopen_sees_them_committed(
         again = journal.lookup("a/b.bin")
         assert again == queued  # every field, digests as a BLOB, timestamps
         done = FileRecord(
-            "a/b.bin", size=10 << 20, mtime_ns=partial.mtime_ns, state=FileState.DONE,
-            offset=10 << 20, file_guid="guid-9", attempts=3,
+            "a/b.bin",
+            size=10 << 20,
+            mtime_ns=partial.mtime_ns,
+            state=FileState.DONE,
+            offset=10 << 20,
+            file_guid="guid-9",
+            attempts=3,
         )
         await journal.record(done)
         await journal.flush()
@@ -125,8 +130,13 @@ async def test_updates_of_one_file_coalesce_into_one_row_write(tmp_path: Path) -
     async with Journal.open(tmp_path / "j.sqlite", batch_size=4096) as journal:
         for k in range(1, 1001):
             await journal.record(
-                rec("big", size=1000 << 20, state=FileState.PARTIAL, offset=k << 20,
-                    digests=digests("big", k % 8))
+                rec(
+                    "big",
+                    size=1000 << 20,
+                    state=FileState.PARTIAL,
+                    offset=k << 20,
+                    digests=digests("big", k % 8),
+                )
             )
         await journal.flush()
         stats = journal.statistics()

@@ -82,9 +82,7 @@ def test_mtime_is_whole_seconds() -> None:
 
 identifier = st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,11}", fullmatch=True)
 # Attribute text XML can carry: no control characters, no lone surrogates.
-value_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=40
-)
+value_text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=40)
 scalar = st.one_of(value_text, st.integers(min_value=-(2**63), max_value=2**63), st.booleans())
 fields_strategy = st.dictionaries(identifier.map(lambda k: "f" + k), scalar, max_size=5)
 children_strategy = st.dictionaries(

@@ -149,7 +149,8 @@ async def test_sigkill_mid_run_then_rerun_resumes(
                     records = list(emulator.upload_log)
                     done = completed(records)
                     partial = [
-                        remote(n) for n in big
+                        remote(n)
+                        for n in big
                         if applied(records).get(remote(n), 0) >= CHUNK and remote(n) not in done
                     ]
                     if partial and len(done) >= 20 and partial_digests(tmp_path):
@@ -342,14 +343,22 @@ async def test_check_remote_with_a_fresh_journal_skips_what_the_server_has(
     (source / "new.txt").write_bytes(b"new")
     report = tmp_path / "report.ndjson"
     second = await run_cli(
-        *upload_args(emulator, source, "--check-remote", "--journal",
-                     str(tmp_path / "two.sqlite"), "--report-files", str(report)),
+        *upload_args(
+            emulator,
+            source,
+            "--check-remote",
+            "--journal",
+            str(tmp_path / "two.sqlite"),
+            "--report-files",
+            str(report),
+        ),
         cwd=tmp_path,
     )
     assert second.returncode == 0, second.stderr.decode()
     assert_stored(source, stored(emulator))
     assert started(list(emulator.upload_log)[mark:]) == {
-        remote("a/b/c/deep.txt"), remote("new.txt")
+        remote("a/b/c/deep.txt"),
+        remote("new.txt"),
     }
     by_name = outcomes(report)
     assert by_name["large.bin"]["outcome"] == "skipped"
@@ -382,8 +391,9 @@ async def test_dry_run_sends_nothing_and_counts(emulator: Emulator, tmp_path: Pa
     assert not stored(emulator).exists() or not any(stored(emulator).iterdir())
 
     # Upload part1 only; the journal then knows those five.
-    part1 = await run_cli(*upload_args(emulator, source, "--include", "part1/**"),
-                          cwd=tmp_path, env=env)
+    part1 = await run_cli(
+        *upload_args(emulator, source, "--include", "part1/**"), cwd=tmp_path, env=env
+    )
     assert part1.returncode == 0, part1.stderr.decode()
     mark = len(emulator.upload_log)
     dry = await run_cli(*upload_args(emulator, source, "--dry-run"), cwd=tmp_path, env=env)
@@ -393,9 +403,16 @@ async def test_dry_run_sends_nothing_and_counts(emulator: Emulator, tmp_path: Pa
     )
     # With --check-remote and no journal, the listing says the same; still nothing sent.
     dry = await run_cli(
-        *upload_args(emulator, source, "--dry-run", "--check-remote",
-                     "--journal", str(tmp_path / "fresh.sqlite")),
-        cwd=tmp_path, env=env,
+        *upload_args(
+            emulator,
+            source,
+            "--dry-run",
+            "--check-remote",
+            "--journal",
+            str(tmp_path / "fresh.sqlite"),
+        ),
+        cwd=tmp_path,
+        env=env,
     )
     assert dry.returncode == 0, dry.stderr.decode()
     assert "would upload 1 files (5000 bytes), skip 5 files (510 bytes)" in dry_counts(

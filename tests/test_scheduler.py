@@ -38,9 +38,7 @@ async def test_library_uploads_a_tree(emulator: Emulator, tmp_path: Path) -> Non
     assert summary.files.failed == 0
     stored = assert_stored(source, emulator.config.root / SHARE_ID / "lib")
     assert summary.files.uploaded == stored
-    assert summary.bytes.uploaded == sum(
-        p.stat().st_size for p in source.rglob("*") if p.is_file()
-    )
+    assert summary.bytes.uploaded == sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
 
 
 async def test_concurrency_and_backlog_stay_bounded(
@@ -134,9 +132,11 @@ async def test_dry_run_sends_nothing(emulator: Emulator, tmp_path: Path) -> None
     )
     assert summary.files.uploaded == 0
     assert emulator.statistics().initiates == 0
-    assert not any((emulator.config.root / SHARE_ID).glob("*")) if (
-        emulator.config.root / SHARE_ID
-    ).exists() else True
+    assert (
+        not any((emulator.config.root / SHARE_ID).glob("*"))
+        if (emulator.config.root / SHARE_ID).exists()
+        else True
+    )
 
 
 def test_plan_is_a_frozen_value(tmp_path: Path) -> None:

@@ -671,9 +671,7 @@ async def test_a_file_that_shrinks_during_upload_is_not_stored(
 
 
 @pytest.mark.anyio
-async def test_unreadable_sources_fail_without_requests(
-    emulator: Emulator, tmp_path: Path
-) -> None:
+async def test_unreadable_sources_fail_without_requests(emulator: Emulator, tmp_path: Path) -> None:
     (tmp_path / "a-dir").mkdir()
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
@@ -690,8 +688,13 @@ async def test_block_hash_sent_matches_the_file(emulator: Emulator, tmp_path: Pa
     _, data = make_file(tmp_path, "h.bin", 4 * MiB + 3, seed=16)
     async with connected(emulator) as client:
         reply = await client.initiate(
-            name="h.bin", folder="\\", size=len(data), mtime=0, body=data[: 4 * MiB],
-            eof=False, verify=True,
+            name="h.bin",
+            folder="\\",
+            size=len(data),
+            mtime=0,
+            body=data[: 4 * MiB],
+            eof=False,
+            verify=True,
         )
         done = await client.send_chunk(
             reply.request_id, data[4 * MiB :], eof=True, block_hash=block_level_hash(data)
@@ -751,8 +754,9 @@ class Digests(Recorder):
 
 
 def block_digests(data: bytes, blocks: int) -> bytes:
-    return b"".join(hashlib.sha256(data[i * 4 * MiB : (i + 1) * 4 * MiB]).digest()
-                    for i in range(blocks))
+    return b"".join(
+        hashlib.sha256(data[i * 4 * MiB : (i + 1) * 4 * MiB]).digest() for i in range(blocks)
+    )
 
 
 @pytest.mark.anyio

@@ -123,7 +123,13 @@ async def test_nested_tree_hidden_empty_and_odd_names(tmp_path: Path) -> None:
         assert entry.size == len(expected[rel])
         assert entry.mtime_ns == os.stat(entry.path).st_mtime_ns
     assert set(folders_of(items)) == {
-        "a", "a/b", "a/b/c", ".hidden-dir", "odd dir #1", "odd dir #1/ü %", "names"
+        "a",
+        "a/b",
+        "a/b/c",
+        ".hidden-dir",
+        "odd dir #1",
+        "odd dir #1/ü %",
+        "names",
     }
     assert not skipped_of(items)
     check_folder_order(items)
@@ -153,9 +159,7 @@ async def test_folders_sent_lazily_once_and_never_empty(tmp_path: Path) -> None:
 async def test_root_is_a_file(tmp_path: Path) -> None:
     one = write(tmp_path / "report 2024.pdf", b"%PDF-")
     items, stats = await collect(one)
-    assert items == [
-        FileEntry(str(one), "report 2024.pdf", 5, os.stat(one).st_mtime_ns)
-    ]
+    assert items == [FileEntry(str(one), "report 2024.pdf", 5, os.stat(one).st_mtime_ns)]
     assert stats == WalkStatistics(folders=0, files=1, bytes=5, skipped=0)
 
 

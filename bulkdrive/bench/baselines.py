@@ -154,18 +154,26 @@ async def raw_upload(job: Job) -> tuple[int, int]:
                     raise RuntimeError(f"HTTP {resp.status} from {url}: {reply[:200]!r}")
                 return reply
 
-        reply = await post(f"{job.url}/Login", {"Accept": "application/json",
-                                                "Content-Type": "application/json"},
-                           login_body(job.user, job.password))
+        reply = await post(
+            f"{job.url}/Login",
+            {"Accept": "application/json", "Content-Type": "application/json"},
+            login_body(job.user, job.password),
+        )
         token = _reply_field(reply, "token")
         for folder in folders(job):
             if folder == "\\":
                 continue
             _, body = folder_request(folder)
             url = f"{job.url}/drive/share/{job.share}/action/createfolder"
-            async with http_session.post(url, data=body, headers={
-                "Authtoken": token, "Accept": "application/json",
-                "Content-Type": "application/json"}) as resp:
+            async with http_session.post(
+                url,
+                data=body,
+                headers={
+                    "Authtoken": token,
+                    "Accept": "application/json",
+                    "Content-Type": "application/json",
+                },
+            ) as resp:
                 await resp.read()
                 if resp.status not in (200, 201, 409):
                     raise RuntimeError(f"createfolder {folder}: HTTP {resp.status}")
@@ -187,8 +195,11 @@ async def raw_upload(job: Job) -> tuple[int, int]:
                     if not chunk:
                         raise RuntimeError(f"{f.path} shrank while being read")
                     offset += len(chunk)
-                    headers = {"Authtoken": token, "Accept": "application/json",
-                               "FileEOF": "1" if offset >= f.size else "0"}
+                    headers = {
+                        "Authtoken": token,
+                        "Accept": "application/json",
+                        "FileEOF": "1" if offset >= f.size else "0",
+                    }
                     await post(job.url + upload_path(job, request_id), headers, chunk)
 
         pending = walk(job)  # shared by the workers: each takes the next file
@@ -220,11 +231,13 @@ class SyncConnection:
         self.prefix = parts.path.rstrip("/")
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port
-        self.cls = (http.client.HTTPSConnection if parts.scheme == "https"
-                    else http.client.HTTPConnection)
+        self.cls = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
 
-    def _call(self, method: str, path_and_query: str, headers: dict[str, str],
-              body: bytes | None) -> tuple[int, bytes]:
+    def _call(
+        self, method: str, path_and_query: str, headers: dict[str, str], body: bytes | None
+    ) -> tuple[int, bytes]:
         conn = self.cls(self.host, self.port, timeout=600)
         try:
             conn.request(method, self.prefix + path_and_query, body=body, headers=headers)
@@ -247,9 +260,11 @@ class SyncConnection:
 
 
 def sync_login(conn: SyncConnection, user: str, password: str) -> str:
-    reply = conn.post("/Login", {"Accept": "application/json",
-                                 "Content-Type": "application/json"},
-                      login_body(user, password))
+    reply = conn.post(
+        "/Login",
+        {"Accept": "application/json", "Content-Type": "application/json"},
+        login_body(user, password),
+    )
     return _reply_field(reply, "token")
 
 
@@ -279,8 +294,11 @@ def sdk_upload(job: Job) -> tuple[int, int]:
                         if not chunk:
                             raise RuntimeError(f"{f.path} shrank while being read")
                         offset += len(chunk)
-                        headers = {"Authtoken": token, "Accept": "application/json",
-                                   "FileEOF": "1" if offset >= f.size else "0"}
+                        headers = {
+                            "Authtoken": token,
+                            "Accept": "application/json",
+                            "FileEOF": "1" if offset >= f.size else "0",
+                        }
                         conn.post(upload_path(job, request_id), headers, chunk)
             files += 1
             bytes_sent += f.size
@@ -362,9 +380,23 @@ def curl_command(job: Job) -> tuple[list[str], dict[str, str]]:
 def baseline_command(mode: str, job: Job, python: str = sys.executable) -> list[str]:
     """argv that runs the raw or sdk baseline on `job` (the password goes in the environment)."""
     return [
-        python, "-m", "bulkdrive.bench.baselines", mode, str(job.source),
-        "--url", job.url, "--user", job.user, "--share", job.share, "--to", job.remote_folder,
-        "--transfers", str(job.transfers), "--chunk-size", str(job.chunk_size),
+        python,
+        "-m",
+        "bulkdrive.bench.baselines",
+        mode,
+        str(job.source),
+        "--url",
+        job.url,
+        "--user",
+        job.user,
+        "--share",
+        job.share,
+        "--to",
+        job.remote_folder,
+        "--transfers",
+        str(job.transfers),
+        "--chunk-size",
+        str(job.chunk_size),
     ]
 
 
@@ -382,8 +414,16 @@ def main(argv: list[str] | None = None) -> int:
     password = os.environ.get("BULKDRIVE_PASSWORD")
     if password is None:
         parser.error("set BULKDRIVE_PASSWORD")
-    job = Job(args.source, args.url.rstrip("/"), args.user, password, args.share, args.to,
-              max(1, args.transfers), args.chunk_size)
+    job = Job(
+        args.source,
+        args.url.rstrip("/"),
+        args.user,
+        password,
+        args.share,
+        args.to,
+        max(1, args.transfers),
+        args.chunk_size,
+    )
     started = time.perf_counter()
     try:
         if args.mode == "raw":

@@ -137,9 +137,12 @@ class Measurement:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(ok=self.ok, mb_per_s=round(self.mb_per_s, 3),
-                    files_per_s=round(self.files_per_s, 3),
-                    peak_rss_mib=round(self.peak_rss_bytes / MiB, 2))
+        data.update(
+            ok=self.ok,
+            mb_per_s=round(self.mb_per_s, 3),
+            files_per_s=round(self.files_per_s, 3),
+            peak_rss_mib=round(self.peak_rss_bytes / MiB, 2),
+        )
         return data
 
 
@@ -218,12 +221,30 @@ def local_emulator(root: Path, python: str, log_path: Path) -> Iterator[Server]:
     """`bulkdrive serve` on 127.0.0.1 with an ephemeral port and a fresh ROOT; stopped after."""
     password = secrets.token_urlsafe(12)
     root.mkdir(parents=True, exist_ok=True)
-    argv = [python, "-m", "bulkdrive", "serve", "--host", "127.0.0.1", "--port", "0",
-            "--root", str(root), "--user", f"{BENCH_USER}:{password}",
-            "--share", f"{BENCH_SHARE}:bench"]
+    argv = [
+        python,
+        "-m",
+        "bulkdrive",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--root",
+        str(root),
+        "--user",
+        f"{BENCH_USER}:{password}",
+        "--share",
+        f"{BENCH_SHARE}:bench",
+    ]
     with log_path.open("wb") as errors:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         url = _wait_for_url(proc, timeout=60.0)
         yield Server(url, BENCH_USER, BENCH_SHARE, password, root / BENCH_SHARE, proc.pid)
@@ -296,8 +317,15 @@ sys.exit(0)
 """
 
 
-def run_measured(argv: Sequence[str], env: dict[str, str], cwd: Path, stdout: Path,
-                 stderr: Path, timeout: float, python: str = sys.executable) -> ChildUsage:
+def run_measured(
+    argv: Sequence[str],
+    env: dict[str, str],
+    cwd: Path,
+    stdout: Path,
+    stderr: Path,
+    timeout: float,
+    python: str = sys.executable,
+) -> ChildUsage:
     """Run one child to completion; its own wall time, CPU seconds and peak RSS.
 
     `wait4` reports the child plus the descendants it waited for (the curl script's curls):
@@ -306,8 +334,15 @@ def run_measured(argv: Sequence[str], env: dict[str, str], cwd: Path, stdout: Pa
     usage_file = stdout.with_name(stdout.stem + ".usage.json")
     launcher = [python, "-I", "-S", "-c", LAUNCHER, str(usage_file), *argv]
     with stdout.open("wb") as out, stderr.open("wb") as err:
-        proc = subprocess.Popen(launcher, env=env, cwd=cwd, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            launcher,
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             proc.wait(timeout)
             timed_out = False
@@ -320,12 +355,19 @@ def run_measured(argv: Sequence[str], env: dict[str, str], cwd: Path, stdout: Pa
     try:
         usage = json.loads(usage_file.read_text())
     except (OSError, ValueError):
-        return ChildUsage(proc.returncode or -1, timeout if timed_out else 0.0, 0.0, 0.0, 0,
-                          timed_out)
+        return ChildUsage(
+            proc.returncode or -1, timeout if timed_out else 0.0, 0.0, 0.0, 0, timed_out
+        )
     # ru_maxrss is KiB on Linux, bytes on macOS.
     rss = usage["maxrss"] if sys.platform == "darwin" else usage["maxrss"] * 1024
-    return ChildUsage(int(usage["status"]), float(usage["wall"]), float(usage["user"]),
-                      float(usage["system"]), int(rss), timed_out)
+    return ChildUsage(
+        int(usage["status"]),
+        float(usage["wall"]),
+        float(usage["user"]),
+        float(usage["system"]),
+        int(rss),
+        timed_out,
+    )
 
 
 def process_cpu_seconds(pid: int | None) -> float | None:
@@ -344,21 +386,55 @@ def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("BULKDRIVE_")}
 
 
-def contender_command(contender: str, source: Path, server: Server, folder: str,
-                      transfers: int, chunk_size: int, run_dir: Path,
-                      python: str) -> tuple[list[str], dict[str, str]]:
+def contender_command(
+    contender: str,
+    source: Path,
+    server: Server,
+    folder: str,
+    transfers: int,
+    chunk_size: int,
+    run_dir: Path,
+    python: str,
+) -> tuple[list[str], dict[str, str]]:
     """argv and environment that upload `source` into `folder` as `contender` does."""
     env = _base_env()
     env["BULKDRIVE_PASSWORD"] = server.password
-    job = baselines.Job(source, server.url, server.user, server.password, server.share,
-                        folder, transfers, chunk_size)
+    job = baselines.Job(
+        source,
+        server.url,
+        server.user,
+        server.password,
+        server.share,
+        folder,
+        transfers,
+        chunk_size,
+    )
     if contender in BULKDRIVE_CONTENDERS:
         env["BULKDRIVE_STATE_DIR"] = str(run_dir / "state")
-        argv = [python, "-m", "bulkdrive", "upload", str(source), "--url", server.url,
-                "--user", server.user, "--share", server.share, "--to", folder,
-                "--no-progress", "--transfers", str(transfers),
-                "--chunk-size", str(chunk_size), "--journal", str(run_dir / "journal.sqlite"),
-                "--report", str(run_dir / "report.json")]
+        argv = [
+            python,
+            "-m",
+            "bulkdrive",
+            "upload",
+            str(source),
+            "--url",
+            server.url,
+            "--user",
+            server.user,
+            "--share",
+            server.share,
+            "--to",
+            folder,
+            "--no-progress",
+            "--transfers",
+            str(transfers),
+            "--chunk-size",
+            str(chunk_size),
+            "--journal",
+            str(run_dir / "journal.sqlite"),
+            "--report",
+            str(run_dir / "report.json"),
+        ]
         if contender == "bulkdrive-noverify":
             argv.append("--no-verify")
         return argv, env
@@ -438,8 +514,9 @@ def verify_remote(server: Server, folder: str, source: Path, sample: int = 50) -
     """Against a real server: the sizes of up to `sample` files, read back by the metadata call."""
     from bulkdrive import protocol
 
-    job = baselines.Job(source, server.url, server.user, server.password, server.share, folder,
-                        1, CHUNK_SIZE)
+    job = baselines.Job(
+        source, server.url, server.user, server.password, server.share, folder, 1, CHUNK_SIZE
+    )
     found = list(baselines.walk(job))
     step = max(1, len(found) // sample)
     conn = baselines.SyncConnection(server.url)
@@ -447,8 +524,9 @@ def verify_remote(server: Server, folder: str, source: Path, sample: int = 50) -
         token = baselines.sync_login(conn, server.user, server.password)
         for f in found[::step]:
             remote = f"{f.parent.rstrip(chr(92))}\\{f.name}"
-            query = (f"/drive/share/{server.share}/action/metadata?path="
-                     + urllib.parse.quote(remote))
+            query = f"/drive/share/{server.share}/action/metadata?path=" + urllib.parse.quote(
+                remote
+            )
             status, body = conn.get(query, {"Authtoken": token, "Accept": "application/xml"})
             if status != 200:
                 return f"{remote}: metadata HTTP {status}"
@@ -478,8 +556,9 @@ def default_server_dir(workload_bytes: int) -> Path | None:
     except OSError:
         return None
     free = st.f_bavail * st.f_frsize
-    return RAM_DIR if os.access(RAM_DIR, os.W_OK) and free > 2 * workload_bytes + 1024 * MiB \
-        else None
+    return (
+        RAM_DIR if os.access(RAM_DIR, os.W_OK) and free > 2 * workload_bytes + 1024 * MiB else None
+    )
 
 
 def _server_root(config: BenchConfig, run_root: Path, tag: str) -> Path:
@@ -494,8 +573,15 @@ def _order(contenders: Sequence[str], repetition: int) -> list[str]:
     return list(contenders[k:]) + list(contenders[:k])
 
 
-def measure_one(config: BenchConfig, workload: Workload, contender: str, transfers: int,
-                repetition: int, run_root: Path, log: Log) -> Measurement:
+def measure_one(
+    config: BenchConfig,
+    workload: Workload,
+    contender: str,
+    transfers: int,
+    repetition: int,
+    run_root: Path,
+    log: Log,
+) -> Measurement:
     """One contender, one repetition: a fresh emulator (unless remote), run, check."""
     tag = f"{workload.name}-{contender}-t{transfers}-r{repetition}"
     run_dir = run_root / tag
@@ -508,13 +594,21 @@ def measure_one(config: BenchConfig, workload: Workload, contender: str, transfe
             server = config.remote
         else:
             server = stack.enter_context(
-                local_emulator(server_root, config.python, run_dir / "emulator.log"))
-        argv, env = contender_command(contender, workload.source, server, folder, transfers,
-                                      config.chunk_size, run_dir, config.python)
+                local_emulator(server_root, config.python, run_dir / "emulator.log")
+            )
+        argv, env = contender_command(
+            contender,
+            workload.source,
+            server,
+            folder,
+            transfers,
+            config.chunk_size,
+            run_dir,
+            config.python,
+        )
         os.sync()  # the previous run's dirty pages are not this run's cost
         server_cpu = process_cpu_seconds(server.pid)
-        usage = run_measured(argv, env, run_dir, stdout, stderr, config.timeout,
-                             config.python)
+        usage = run_measured(argv, env, run_dir, stdout, stderr, config.timeout, config.python)
         server_after = process_cpu_seconds(server.pid)
         if server_cpu is not None and server_after is not None:
             server_cpu = server_after - server_cpu
@@ -531,22 +625,36 @@ def measure_one(config: BenchConfig, workload: Workload, contender: str, transfe
                 error = verify_local(workload.source, stored)
             else:
                 error = verify_remote(server, folder, workload.source)
-    if server.storage is not None and not config.keep and (
-            _in_ram(server_root) or workload.files <= EAGER_DELETE_MAX_FILES):
+    if (
+        server.storage is not None
+        and not config.keep
+        and (_in_ram(server_root) or workload.files <= EAGER_DELETE_MAX_FILES)
+    ):
         shutil.rmtree(server_root, ignore_errors=True)
     m = Measurement(
-        workload=workload.name, contender=contender, transfers=transfers,
-        repetition=repetition, files=workload.files, bytes=workload.bytes,
-        wall_seconds=usage.wall_seconds, cpu_seconds=usage.user_seconds + usage.system_seconds,
-        user_seconds=usage.user_seconds, system_seconds=usage.system_seconds,
-        peak_rss_bytes=usage.peak_rss_bytes, exit_code=usage.exit_code, verified=not error,
+        workload=workload.name,
+        contender=contender,
+        transfers=transfers,
+        repetition=repetition,
+        files=workload.files,
+        bytes=workload.bytes,
+        wall_seconds=usage.wall_seconds,
+        cpu_seconds=usage.user_seconds + usage.system_seconds,
+        user_seconds=usage.user_seconds,
+        system_seconds=usage.system_seconds,
+        peak_rss_bytes=usage.peak_rss_bytes,
+        exit_code=usage.exit_code,
+        verified=not error,
         inner_seconds=_inner_seconds(contender, run_dir, stdout),
-        server_cpu_seconds=server_cpu, error=error,
+        server_cpu_seconds=server_cpu,
+        error=error,
     )
     status = "ok" if m.ok else f"FAILED: {m.error}"
-    log(f"  {tag:<40} {m.wall_seconds:8.2f} s {m.mb_per_s:9.1f} MB/s {m.files_per_s:9.1f} "
+    log(
+        f"  {tag:<40} {m.wall_seconds:8.2f} s {m.mb_per_s:9.1f} MB/s {m.files_per_s:9.1f} "
         f"files/s  rss {m.peak_rss_bytes / MiB:7.1f} MiB  cpu {m.cpu_seconds:6.2f} s  "
-        f"server cpu {m.server_cpu_seconds or 0:6.2f} s  {status}")
+        f"server cpu {m.server_cpu_seconds or 0:6.2f} s  {status}"
+    )
     return m
 
 
@@ -559,8 +667,11 @@ def run_benchmark(config: BenchConfig, log: Log = _stderr_log) -> dict[str, Any]
         raise ValueError("no contender to measure")
     transfer_values = sorted({config.transfers, *config.sweep})
     # Contenders run in their own folders: every path they are given must be absolute.
-    config = replace(config, data_dir=config.data_dir.resolve(), profile_dir=(
-        config.profile_dir.resolve() if config.profile_dir else None))
+    config = replace(
+        config,
+        data_dir=config.data_dir.resolve(),
+        profile_dir=(config.profile_dir.resolve() if config.profile_dir else None),
+    )
     config.data_dir.mkdir(parents=True, exist_ok=True)
     run_root = config.data_dir / "runs" / time.strftime("%Y%m%d-%H%M%S")
     run_root = _unique(run_root)
@@ -577,8 +688,10 @@ def run_benchmark(config: BenchConfig, log: Log = _stderr_log) -> dict[str, Any]
     try:
         for workload in prepared:
             name = workload.name
-            log(f"workload {name}: {workload.files} files, {workload.bytes / MB:.1f} MB; "
-                f"{config.repeat} repetition(s), transfers {transfer_values}")
+            log(
+                f"workload {name}: {workload.files} files, {workload.bytes / MB:.1f} MB; "
+                f"{config.repeat} repetition(s), transfers {transfer_values}"
+            )
             storage = _server_root(config, run_root, "x").parent
             if config.remote is None and _in_ram(storage):
                 prefault_storage(storage, workload.bytes)  # before the warm-up: it uses RAM too
@@ -588,10 +701,17 @@ def run_benchmark(config: BenchConfig, log: Log = _stderr_log) -> dict[str, Any]
                     for contender in _order(contenders, repetition):
                         if not CONTENDERS[contender].concurrent and transfers != config.transfers:
                             continue  # sequential: one measurement per repetition is enough
-                        measurements.append(measure_one(
-                            config, workload, contender,
-                            transfers if CONTENDERS[contender].concurrent else 1,
-                            repetition, run_root, log))
+                        measurements.append(
+                            measure_one(
+                                config,
+                                workload,
+                                contender,
+                                transfers if CONTENDERS[contender].concurrent else 1,
+                                repetition,
+                                run_root,
+                                log,
+                            )
+                        )
             if config.profile_dir is not None:
                 profiles[name] = profile_bulkdrive(config, workload, run_root, log)
     finally:
@@ -609,8 +729,10 @@ def precompile(python: str) -> None:
     from source at each start, and charge bulkdrive and the baselines for it. Best effort: a
     package that cannot be written to is measured as it is.
     """
-    code = ("import compileall, os, bulkdrive; "
-            "compileall.compile_dir(os.path.dirname(bulkdrive.__file__), quiet=2)")
+    code = (
+        "import compileall, os, bulkdrive; "
+        "compileall.compile_dir(os.path.dirname(bulkdrive.__file__), quiet=2)"
+    )
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         # -P: the package the contenders import, not a `bulkdrive` folder in the current one.
         subprocess.run([python, "-P", "-c", code], capture_output=True, timeout=120, check=False)
@@ -636,8 +758,11 @@ def summarize(measurements: Sequence[Measurement]) -> list[dict[str, Any]]:
     for (workload, contender, transfers), ms in groups.items():
         good = [m for m in ms if m.ok]
         row: dict[str, Any] = {
-            "workload": workload, "contender": contender, "transfers": transfers,
-            "runs": len(ms), "failed": len(ms) - len(good),
+            "workload": workload,
+            "contender": contender,
+            "transfers": transfers,
+            "runs": len(ms),
+            "failed": len(ms) - len(good),
         }
         if good:
             row.update(
@@ -653,8 +778,9 @@ def summarize(measurements: Sequence[Measurement]) -> list[dict[str, Any]]:
     return rows
 
 
-def _row(summary: Sequence[dict[str, Any]], workload: str, contender: str,
-         transfers: int) -> dict[str, Any] | None:
+def _row(
+    summary: Sequence[dict[str, Any]], workload: str, contender: str, transfers: int
+) -> dict[str, Any] | None:
     want = transfers if CONTENDERS[contender].concurrent else 1
     for row in summary:
         if (row["workload"], row["contender"], row["transfers"]) == (workload, contender, want):
@@ -662,8 +788,9 @@ def _row(summary: Sequence[dict[str, Any]], workload: str, contender: str,
     return None
 
 
-def ratios(summary: Sequence[dict[str, Any]], workloads_: Sequence[str],
-           transfers: int) -> list[dict[str, Any]]:
+def ratios(
+    summary: Sequence[dict[str, Any]], workloads_: Sequence[str], transfers: int
+) -> list[dict[str, Any]]:
     """bulkdrive / baseline throughput, per workload (same bytes and files: one ratio each)."""
     out = []
     for workload in workloads_:
@@ -672,8 +799,14 @@ def ratios(summary: Sequence[dict[str, Any]], workloads_: Sequence[str],
             for base in ("raw", "curl", "sdk"):
                 theirs = _row(summary, workload, base, transfers)
                 if mine and theirs and theirs["mb_per_s"] > 0:
-                    out.append({"workload": workload, "bulkdrive": ours, "baseline": base,
-                                "ratio": mine["mb_per_s"] / theirs["mb_per_s"]})
+                    out.append(
+                        {
+                            "workload": workload,
+                            "bulkdrive": ours,
+                            "baseline": base,
+                            "ratio": mine["mb_per_s"] / theirs["mb_per_s"],
+                        }
+                    )
     return out
 
 
@@ -684,18 +817,25 @@ def _ratio(rs: Sequence[dict[str, Any]], workload: str, ours: str, base: str) ->
     return None
 
 
-def targets(summary: Sequence[dict[str, Any]], rs: Sequence[dict[str, Any]],
-            workloads_: Sequence[str], transfers: int, chunk_size: int) -> list[dict[str, Any]]:
+def targets(
+    summary: Sequence[dict[str, Any]],
+    rs: Sequence[dict[str, Any]],
+    workloads_: Sequence[str],
+    transfers: int,
+    chunk_size: int,
+) -> list[dict[str, Any]]:
     """The issue's targets, checked on this run's medians (only those it measured)."""
     checks: list[dict[str, Any]] = []
 
-    def add(what: str, value: float | None, goal: float, unit: str = "×",
-            at_most: bool = False) -> None:
+    def add(
+        what: str, value: float | None, goal: float, unit: str = "×", at_most: bool = False
+    ) -> None:
         if value is None:
             return
         passed = value <= goal if at_most else value >= goal
-        checks.append({"target": what, "value": round(value, 3), "goal": goal, "unit": unit,
-                       "pass": passed})
+        checks.append(
+            {"target": what, "value": round(value, 3), "goal": goal, "unit": unit, "pass": passed}
+        )
 
     nv = "bulkdrive-noverify"
     for w in workloads_:
@@ -711,8 +851,13 @@ def targets(summary: Sequence[dict[str, Any]], rs: Sequence[dict[str, Any]],
         for ours in BULKDRIVE_CONTENDERS:
             row = _row(summary, w, ours, transfers)
             if row:
-                add(f"{w}: {ours} peak RSS (MiB) ≤ {limit:.0f}", row["max_rss_mib"], limit,
-                    unit="MiB", at_most=True)
+                add(
+                    f"{w}: {ours} peak RSS (MiB) ≤ {limit:.0f}",
+                    row["max_rss_mib"],
+                    limit,
+                    unit="MiB",
+                    at_most=True,
+                )
     return checks
 
 
@@ -725,18 +870,25 @@ def machine() -> dict[str, Any]:
     }
 
 
-def results_document(config: BenchConfig, contenders: Sequence[str],
-                     measurements: Sequence[Measurement], profiles: dict[str, Any],
-                     seconds: float) -> dict[str, Any]:
+def results_document(
+    config: BenchConfig,
+    contenders: Sequence[str],
+    measurements: Sequence[Measurement],
+    profiles: dict[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
     summary = summarize(measurements)
     rs = ratios(summary, config.workloads, config.transfers)
     return {
         "version": 1,
         "machine": machine(),
         "config": {
-            "workloads": list(config.workloads), "repeat": config.repeat,
-            "transfers": config.transfers, "sweep": sorted({config.transfers, *config.sweep}),
-            "chunk_size": config.chunk_size, "contenders": list(contenders),
+            "workloads": list(config.workloads),
+            "repeat": config.repeat,
+            "transfers": config.transfers,
+            "sweep": sorted({config.transfers, *config.sweep}),
+            "chunk_size": config.chunk_size,
+            "contenders": list(contenders),
             "server": config.remote.url if config.remote else "local emulator (subprocess)",
         },
         "seconds": round(seconds, 1),
@@ -754,12 +906,17 @@ def results_document(config: BenchConfig, contenders: Sequence[str],
 def format_table(doc: dict[str, Any]) -> str:
     """The printed result: medians per workload and contender, ratios, targets."""
     transfers = doc["config"]["transfers"]
-    lines = [f"bulkdrive benchmark · {doc['machine']['cpus']} CPUs · Python "
-             f"{doc['machine']['python']} · transfers {transfers} · chunk "
-             f"{doc['config']['chunk_size'] // MiB} MiB · median of {doc['config']['repeat']} "
-             f"· server: {doc['config']['server']}", ""]
-    header = (f"{'workload':<8} {'contender':<34} {'MB/s':>9} {'files/s':>9} {'RSS MiB':>8} "
-              f"{'CPU s':>7} {'srv CPU':>7} {'wall s':>8}  {'×raw':>6} {'×curl':>6} {'×sdk':>6}")
+    lines = [
+        f"bulkdrive benchmark · {doc['machine']['cpus']} CPUs · Python "
+        f"{doc['machine']['python']} · transfers {transfers} · chunk "
+        f"{doc['config']['chunk_size'] // MiB} MiB · median of {doc['config']['repeat']} "
+        f"· server: {doc['config']['server']}",
+        "",
+    ]
+    header = (
+        f"{'workload':<8} {'contender':<34} {'MB/s':>9} {'files/s':>9} {'RSS MiB':>8} "
+        f"{'CPU s':>7} {'srv CPU':>7} {'wall s':>8}  {'×raw':>6} {'×curl':>6} {'×sdk':>6}"
+    )
     lines += [header, "-" * len(header)]
     rs = doc["ratios"]
     for workload in doc["config"]["workloads"]:
@@ -777,24 +934,28 @@ def format_table(doc: dict[str, Any]) -> str:
             lines.append(
                 f"{workload:<8} {label:<34} {row['mb_per_s']:9.1f} {row['files_per_s']:9.1f} "
                 f"{row['peak_rss_mib']:8.1f} {row['cpu_seconds']:7.2f} "
-                f"{row['server_cpu_seconds']:7.2f} {row['wall_seconds']:8.2f} {ratio_cells}")
+                f"{row['server_cpu_seconds']:7.2f} {row['wall_seconds']:8.2f} {ratio_cells}"
+            )
         lines.append("")
     if doc["targets"]:
         lines.append("targets (issue 7):")
         for t in doc["targets"]:
             mark = "PASS" if t["pass"] else "MISS"
             rel = "≤" if t["unit"] == "MiB" else "≥"
-            lines.append(f"  {mark}  {t['target']:<48} {t['value']:>9} "
-                         f"(goal {rel} {t['goal']:g})")
+            lines.append(f"  {mark}  {t['target']:<48} {t['value']:>9} (goal {rel} {t['goal']:g})")
     failed = [r for r in doc["runs"] if not r["ok"]]
     for r in failed:
-        lines.append(f"FAILED {r['workload']} {r['contender']} t{r['transfers']} "
-                     f"r{r['repetition']}: {r['error']}")
+        lines.append(
+            f"FAILED {r['workload']} {r['contender']} t{r['transfers']} "
+            f"r{r['repetition']}: {r['error']}"
+        )
     for workload, profile in doc.get("profiles", {}).items():
         for contender, p in profile.items():
             lines.append("")
-            lines.append(f"profile {workload} {contender} ({p['samples']} samples holding the "
-                         f"GIL, py-spy --gil; collapsed stacks in {p['file']}):")
+            lines.append(
+                f"profile {workload} {contender} ({p['samples']} samples holding the "
+                f"GIL, py-spy --gil; collapsed stacks in {p['file']}):"
+            )
             lines.append("  self%  incl%  function")
             for hot in p["hot"]:
                 lines.append(f"  {hot['self_pct']:5.1f}  {hot['incl_pct']:5.1f}  {hot['frame']}")
@@ -814,17 +975,26 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
     for ax, workload in zip(axes[0], names, strict=True):
         for contender in doc["config"]["contenders"]:
-            rows = sorted((r for r in doc["summary"] if r["workload"] == workload
-                           and r["contender"] == contender and "mb_per_s" in r),
-                          key=lambda r: r["transfers"])
+            rows = sorted(
+                (
+                    r
+                    for r in doc["summary"]
+                    if r["workload"] == workload and r["contender"] == contender and "mb_per_s" in r
+                ),
+                key=lambda r: r["transfers"],
+            )
             if not rows:
                 continue
             label = CONTENDERS[contender].label
             if not CONTENDERS[contender].concurrent:
                 ax.axhline(rows[0]["mb_per_s"], linestyle="--", color="grey", label=label)
                 continue
-            ax.plot([r["transfers"] for r in rows], [r["mb_per_s"] for r in rows],
-                    marker="o", label=label)
+            ax.plot(
+                [r["transfers"] for r in rows],
+                [r["mb_per_s"] for r in rows],
+                marker="o",
+                label=label,
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(doc["config"]["sweep"], [str(t) for t in doc["config"]["sweep"]])
         ax.set_title(workload)
@@ -840,8 +1010,9 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 # --- profiles --------------------------------------------------------------------------------
 
 
-def profile_bulkdrive(config: BenchConfig, workload: Workload, run_root: Path,
-                      log: Log) -> dict[str, Any]:
+def profile_bulkdrive(
+    config: BenchConfig, workload: Workload, run_root: Path, log: Log
+) -> dict[str, Any]:
     """One extra, unmeasured run of each bulkdrive contender under py-spy; the hot spots."""
     assert config.profile_dir is not None
     spy = shutil.which("py-spy") or str(Path(config.python).with_name("py-spy"))
@@ -860,17 +1031,44 @@ def profile_bulkdrive(config: BenchConfig, workload: Workload, run_root: Path,
         raw_file = config.profile_dir / f"{workload.name}-{contender}.txt"
         with contextlib.ExitStack() as stack:
             server = config.remote or stack.enter_context(
-                local_emulator(_server_root(config, run_root, tag), config.python,
-                               run_dir / "emulator.log"))
-            argv, env = contender_command(contender, workload.source, server, folder,
-                                          config.transfers, config.chunk_size, run_dir,
-                                          config.python)
+                local_emulator(
+                    _server_root(config, run_root, tag), config.python, run_dir / "emulator.log"
+                )
+            )
+            argv, env = contender_command(
+                contender,
+                workload.source,
+                server,
+                folder,
+                config.transfers,
+                config.chunk_size,
+                run_dir,
+                config.python,
+            )
             # --gil: only the thread holding the GIL is sampled, so idle worker threads (which
             # py-spy otherwise counts as busy in Condition.wait) do not drown the hot path.
-            spy_argv = [spy, "record", "--gil", "--rate", "250", "--format", "raw",
-                        "--output", str(raw_file), "--", *argv]
-            usage = run_measured(spy_argv, env, run_dir, run_dir / "stdout.txt",
-                                 run_dir / "stderr.txt", config.timeout, config.python)
+            spy_argv = [
+                spy,
+                "record",
+                "--gil",
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--output",
+                str(raw_file),
+                "--",
+                *argv,
+            ]
+            usage = run_measured(
+                spy_argv,
+                env,
+                run_dir,
+                run_dir / "stdout.txt",
+                run_dir / "stderr.txt",
+                config.timeout,
+                config.python,
+            )
         shutil.rmtree(_server_root(config, run_root, tag), ignore_errors=True)
         if usage.exit_code != 0 or not raw_file.exists():
             log(f"profile of {tag} failed: {_tail(run_dir / 'stderr.txt')}")
@@ -896,8 +1094,14 @@ def hot_spots(raw_file: Path, top: int = 15) -> dict[str, Any]:
         for frame in set(frames):
             incl_counts[frame] = incl_counts.get(frame, 0) + count
     ranked = sorted(self_counts.items(), key=lambda kv: kv[1], reverse=True)[:top]
-    hot = [{"frame": frame, "self_pct": round(100 * n / total, 1),
-            "incl_pct": round(100 * incl_counts[frame] / total, 1)} for frame, n in ranked]
+    hot = [
+        {
+            "frame": frame,
+            "self_pct": round(100 * n / total, 1),
+            "incl_pct": round(100 * incl_counts[frame] / total, 1),
+        }
+        for frame, n in ranked
+    ]
     return {"file": str(raw_file), "samples": total, "hot": hot}
 
 

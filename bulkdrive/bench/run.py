@@ -51,36 +51,78 @@ def parser() -> argparse.ArgumentParser:
         description="Measure bulkdrive against a raw aiohttp sender, parallel curl and the "
         "sequential SDK algorithm, on the same workloads in one run.",
     )
-    p.add_argument("--workload", default="large,small,mixed",
-                   help="comma list of workloads: large, small, mixed, quick, sample "
-                   "(default: large,small,mixed)")
-    p.add_argument("--repeat", type=_positive, default=3,
-                   help="repetitions; medians are quoted (default 3)")
-    p.add_argument("--transfers", type=_positive, default=8,
-                   help="files in flight for every concurrent contender (default 8)")
-    p.add_argument("--contenders", default=",".join(harness.CONTENDERS),
-                   help=f"comma list of {', '.join(harness.CONTENDERS)} (default: all)")
+    p.add_argument(
+        "--workload",
+        default="large,small,mixed",
+        help="comma list of workloads: large, small, mixed, quick, sample "
+        "(default: large,small,mixed)",
+    )
+    p.add_argument(
+        "--repeat", type=_positive, default=3, help="repetitions; medians are quoted (default 3)"
+    )
+    p.add_argument(
+        "--transfers",
+        type=_positive,
+        default=8,
+        help="files in flight for every concurrent contender (default 8)",
+    )
+    p.add_argument(
+        "--contenders",
+        default=",".join(harness.CONTENDERS),
+        help=f"comma list of {', '.join(harness.CONTENDERS)} (default: all)",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="write every result to FILE")
-    p.add_argument("--plot", type=Path, metavar="FILE.png",
-                   help="also sweep --transfers and draw MB/s against it (needs matplotlib)")
-    p.add_argument("--sweep", type=_ints, default=harness.SWEEP, metavar="N,N,…",
-                   help="--transfers values of the --plot sweep (default 1,2,4,8,16,32)")
-    p.add_argument("--quick", action="store_true",
-                   help="the tiny 'quick' workload (4 x 8 MiB + 200 x 4 KiB), one repetition")
-    p.add_argument("--data-dir", type=Path, default=Path("bench-data"),
-                   help="cache of generated workloads and scratch of the runs "
-                   "(default ./bench-data)")
-    p.add_argument("--server-dir", type=Path, metavar="DIR",
-                   help="where the local emulators store uploads (default: /dev/shm when it "
-                   "has room, so the disk's write-back is not measured; else DATA_DIR)")
-    p.add_argument("--keep", action="store_true",
-                   help="keep what the emulators stored (under DATA_DIR/runs)")
-    p.add_argument("--profile", type=Path, metavar="DIR",
-                   help="one extra run of bulkdrive per workload under py-spy; hot spots printed")
-    p.add_argument("--timeout", type=float, default=3600.0,
-                   help="seconds allowed per contender run (default 3600)")
-    p.add_argument("--url", help="a real server's root (https://HOST/webconsole/api) instead of "
-                   "local emulators; password from BULKDRIVE_PASSWORD")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="also sweep --transfers and draw MB/s against it (needs matplotlib)",
+    )
+    p.add_argument(
+        "--sweep",
+        type=_ints,
+        default=harness.SWEEP,
+        metavar="N,N,…",
+        help="--transfers values of the --plot sweep (default 1,2,4,8,16,32)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the tiny 'quick' workload (4 x 8 MiB + 200 x 4 KiB), one repetition",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("bench-data"),
+        help="cache of generated workloads and scratch of the runs (default ./bench-data)",
+    )
+    p.add_argument(
+        "--server-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the local emulators store uploads (default: /dev/shm when it "
+        "has room, so the disk's write-back is not measured; else DATA_DIR)",
+    )
+    p.add_argument(
+        "--keep", action="store_true", help="keep what the emulators stored (under DATA_DIR/runs)"
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="one extra run of bulkdrive per workload under py-spy; hot spots printed",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds allowed per contender run (default 3600)",
+    )
+    p.add_argument(
+        "--url",
+        help="a real server's root (https://HOST/webconsole/api) instead of "
+        "local emulators; password from BULKDRIVE_PASSWORD",
+    )
     p.add_argument("--user", help="user name on the real server")
     p.add_argument("--share", help="share id on the real server")
     return p
@@ -90,13 +132,17 @@ def config_from(args: argparse.Namespace) -> harness.BenchConfig:
     names = ("quick",) if args.quick else _csv(args.workload)
     unknown = [w for w in names if w not in workloads.WORKLOADS]
     if unknown or not names:
-        raise ValueError(f"--workload: unknown {', '.join(unknown) or '(none)'}; known: "
-                         f"{', '.join(workloads.WORKLOADS)}")
+        raise ValueError(
+            f"--workload: unknown {', '.join(unknown) or '(none)'}; known: "
+            f"{', '.join(workloads.WORKLOADS)}"
+        )
     contenders = _csv(args.contenders)
     bad = [c for c in contenders if c not in harness.CONTENDERS]
     if bad or not contenders:
-        raise ValueError(f"--contenders: unknown {', '.join(bad) or '(none)'}; known: "
-                         f"{', '.join(harness.CONTENDERS)}")
+        raise ValueError(
+            f"--contenders: unknown {', '.join(bad) or '(none)'}; known: "
+            f"{', '.join(harness.CONTENDERS)}"
+        )
     remote = None
     if args.url:
         password = os.environ.get("BULKDRIVE_PASSWORD")
@@ -105,8 +151,11 @@ def config_from(args: argparse.Namespace) -> harness.BenchConfig:
         remote = harness.Server(args.url.rstrip("/"), args.user, args.share, password)
         dropped = [c for c in contenders if not harness.CONTENDERS[c].remote_ok]
         if dropped:
-            print(f"against a real server only bulkdrive and raw run; leaving out "
-                  f"{', '.join(dropped)}", file=sys.stderr)
+            print(
+                f"against a real server only bulkdrive and raw run; leaving out "
+                f"{', '.join(dropped)}",
+                file=sys.stderr,
+            )
     return harness.BenchConfig(
         workloads=names,
         repeat=1 if args.quick else args.repeat,
@@ -133,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         try:  # checked before hours of measuring, not after
             importlib.import_module("matplotlib")
         except ImportError:
-            print("bulkdrive bench: error: --plot needs matplotlib: pip install '.[plot]'",
-                  file=sys.stderr)
+            print(
+                "bulkdrive bench: error: --plot needs matplotlib: pip install '.[plot]'",
+                file=sys.stderr,
+            )
             return 2
     try:
         doc = harness.run_benchmark(config)

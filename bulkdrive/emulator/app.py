@@ -332,15 +332,27 @@ class Emulator:
             (("renewlogintoken",), frozenset({"POST"}), self._renew),
             (("logout",), frozenset({"POST"}), self._logout),
             (("drive", "share"), frozenset({"GET"}), self._list_shares),
-            (("drive", "share", "{}", "file", "action", "upload"), frozenset({"POST"}),
-             self._share_upload),
+            (
+                ("drive", "share", "{}", "file", "action", "upload"),
+                frozenset({"POST"}),
+                self._share_upload,
+            ),
             (("drive", "file", "action", "upload"), frozenset({"POST"}), self._drive_upload),
-            (("contentstore", "publicshare", "{}", "file", "action", "upload"),
-             frozenset({"POST"}), self._public_upload),
-            (("drive", "publicshare", "{}", "file", "action", "upload"), frozenset({"POST"}),
-             self._public_upload),
-            (("drive", "share", "{}", "action", "createfolder"), frozenset({"POST"}),
-             self._create_folder),
+            (
+                ("contentstore", "publicshare", "{}", "file", "action", "upload"),
+                frozenset({"POST"}),
+                self._public_upload,
+            ),
+            (
+                ("drive", "publicshare", "{}", "file", "action", "upload"),
+                frozenset({"POST"}),
+                self._public_upload,
+            ),
+            (
+                ("drive", "share", "{}", "action", "createfolder"),
+                frozenset({"POST"}),
+                self._create_folder,
+            ),
             (("drive", "action", "createfolder"), frozenset({"POST"}), self._create_folder),
             (("drive", "share", "{}", "action", "metadata"), frozenset({"GET"}), self._metadata),
             (("drive", "action", "metadata"), frozenset({"GET"}), self._metadata),
@@ -383,8 +395,9 @@ class Emulator:
             )
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=2.0)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
@@ -411,7 +424,8 @@ class Emulator:
             await self.store.expire_idle()
             now = time.time()
             stale = [
-                d for d, t in self._tokens.items()
+                d
+                for d, t in self._tokens.items()
                 if now - t.last_used > t.idle_seconds + self.config.session_ttl_seconds
             ]
             for digest in stale:
@@ -446,7 +460,9 @@ class Emulator:
     def _denied(self, fmt: protocol.Format) -> web.Response:
         self._counters.unauthorized += 1
         return self._reply(
-            fmt, protocol.GENERIC_RESP, {"errorMessage": "Access denied", "errorCode": 5},
+            fmt,
+            protocol.GENERIC_RESP,
+            {"errorMessage": "Access denied", "errorCode": 5},
             status=401,
         )
 
@@ -745,9 +761,7 @@ class Emulator:
     async def _public_upload(self, request: web.Request, ctx: _Ctx) -> web.StreamResponse:
         return await self._upload(request, ctx, public=True)
 
-    async def _upload(
-        self, request: web.Request, ctx: _Ctx, *, public: bool
-    ) -> web.StreamResponse:
+    async def _upload(self, request: web.Request, ctx: _Ctx, *, public: bool) -> web.StreamResponse:
         fmt = ctx.fmt
         root = protocol.UPLOAD_RESP
         queries = _queries(request)
@@ -796,7 +810,11 @@ class Emulator:
                 response = await self._chunk(request, fmt, target, request_id, fault)
             else:
                 response = await self._initiate(
-                    request, fmt, target, queries, full_file=upload_type == "fullfile",
+                    request,
+                    fmt,
+                    target,
+                    queries,
+                    full_file=upload_type == "fullfile",
                     fault=fault,
                 )
         except _Refusal as exc:
@@ -819,8 +837,9 @@ class Emulator:
         fault: str | None,
     ) -> None:
         self.upload_log.append(
-            UploadRecord(kind, share, path, request_id, offset_before, body_bytes, status, eof,
-                         fault)
+            UploadRecord(
+                kind, share, path, request_id, offset_before, body_bytes, status, eof, fault
+            )
         )
 
     async def _initiate(
@@ -865,32 +884,56 @@ class Emulator:
                 self._counters.conflicts += 1
                 done(409, request_id=existing.request_id)
                 return self._error(
-                    fmt, root, 409,
+                    fmt,
+                    root,
+                    409,
                     "an unfinished upload session exists for this file; resume it from "
                     "chunkOffset or use forceRestart=true",
-                    requestId=existing.request_id, chunkOffset=existing.offset,
+                    requestId=existing.request_id,
+                    chunkOffset=existing.offset,
                 )
             if existing.busy:
                 raise _Refusal(409, "the unfinished session is still receiving a chunk")
             await self.store.discard(existing)
         if eof and length is not None and length <= SMALL_FILE_BYTES:
             return await self._small_file(
-                request, fmt, target, parent, name, kind=kind, length=length, mtime=mtime,
-                guid=guid, verify=verify, block_hash=block_hash, full_hash=full_hash,
+                request,
+                fmt,
+                target,
+                parent,
+                name,
+                kind=kind,
+                length=length,
+                mtime=mtime,
+                guid=guid,
+                verify=verify,
+                block_hash=block_hash,
+                full_hash=full_hash,
                 fault=fault,
             )
         try:
             session = await self.store.begin(
-                target, parent, name, size=size, mtime=mtime, verify_block=verify, guid=guid,
-                strict_parents=self.config.strict_parents, register=not full_file,
+                target,
+                parent,
+                name,
+                size=size,
+                mtime=mtime,
+                verify_block=verify,
+                guid=guid,
+                strict_parents=self.config.strict_parents,
+                register=not full_file,
             )
         except StoreError as exc:
             if exc.status == 409:
                 self._counters.conflicts += 1
                 done(409, request_id=exc.request_id)
                 return self._error(
-                    fmt, root, 409, exc.message,
-                    requestId=exc.request_id, chunkOffset=exc.chunk_offset or 0,
+                    fmt,
+                    root,
+                    409,
+                    exc.message,
+                    requestId=exc.request_id,
+                    chunkOffset=exc.chunk_offset or 0,
                 )
             done(exc.status)
             return self._error(fmt, root, exc.status, exc.message)
@@ -899,8 +942,11 @@ class Emulator:
         try:
             try:
                 applied, digest = await self.store.write_body(
-                    session, request.content.readany, limit=size,
-                    max_bytes=self.config.max_chunk_bytes, want_digest=verify,
+                    session,
+                    request.content.readany,
+                    limit=size,
+                    max_bytes=self.config.max_chunk_bytes,
+                    want_digest=verify,
                 )
                 if eof and applied != size:
                     raise StoreError(400, "FileEOF is 1 but the total differs from FileSize")
@@ -915,13 +961,23 @@ class Emulator:
             if not eof:
                 done(200, applied, session.request_id)
                 return self._reply(
-                    fmt, root,
-                    {"requestId": session.request_id, "chunkOffset": session.offset,
-                     "errorCode": 0},
+                    fmt,
+                    root,
+                    {
+                        "requestId": session.request_id,
+                        "chunkOffset": session.offset,
+                        "errorCode": 0,
+                    },
                 )
             return await self._complete(
-                fmt, session, kind=kind, offset_before=0, applied=applied,
-                block_hash=block_hash, full_hash=full_hash, registered=not full_file,
+                fmt,
+                session,
+                kind=kind,
+                offset_before=0,
+                applied=applied,
+                block_hash=block_hash,
+                full_hash=full_hash,
+                registered=not full_file,
                 fault=fault,
             )
         finally:
@@ -956,8 +1012,15 @@ class Emulator:
             return self._error(fmt, root, 400, "body cut short")
         try:
             request_id, completed = await self.store.store_small(
-                target, parent, name, body, mtime=mtime, guid=guid, verify_block=verify,
-                block_hash=block_hash, full_hash=full_hash,
+                target,
+                parent,
+                name,
+                body,
+                mtime=mtime,
+                guid=guid,
+                verify_block=verify,
+                block_hash=block_hash,
+                full_hash=full_hash,
                 strict_parents=self.config.strict_parents,
             )
         except StoreError as exc:
@@ -978,9 +1041,7 @@ class Emulator:
             fields["fileIntegrityVerified"] = 1
         return self._reply(fmt, root, fields)
 
-    async def _settled(
-        self, target: str, parent: tuple[str, ...], name: str
-    ) -> Session | None:
+    async def _settled(self, target: str, parent: tuple[str, ...], name: str) -> Session | None:
         """The unfinished session of a file, after any chunk in flight on it has ended."""
         session = await self.store.find_for(target, parent, name)
         if session is not None and session.busy:
@@ -1060,9 +1121,10 @@ class Emulator:
         if session is None or session.target != target.key:
             self._record("chunk", target.key, "", request_id, 0, 0, 404, eof, fault)
             return self._error(
-                fmt, root, 404,
-                f"upload session {request_id} not found (unknown, completed, expired or "
-                "restarted)",
+                fmt,
+                root,
+                404,
+                f"upload session {request_id} not found (unknown, completed, expired or restarted)",
             )
         before = session.offset
 
@@ -1075,8 +1137,12 @@ class Emulator:
             self._counters.conflicts += 1
             done(409)
             return self._error(
-                fmt, root, 409, "another chunk of this session is still being received",
-                requestId=request_id, chunkOffset=session.offset,
+                fmt,
+                root,
+                409,
+                "another chunk of this session is still being received",
+                requestId=request_id,
+                chunkOffset=session.offset,
             )
         remaining = session.size - session.offset
         length = request.content_length
@@ -1096,7 +1162,9 @@ class Emulator:
         try:
             try:
                 applied, digest = await self.store.write_body(
-                    session, request.content.readany, limit=remaining,
+                    session,
+                    request.content.readany,
+                    limit=remaining,
                     max_bytes=self.config.max_chunk_bytes,
                     want_digest=session.verify_block,
                 )
@@ -1113,12 +1181,20 @@ class Emulator:
             if not eof:
                 done(200, applied)
                 return self._reply(
-                    fmt, root,
+                    fmt,
+                    root,
                     {"requestId": request_id, "chunkOffset": session.offset, "errorCode": 0},
                 )
             return await self._complete(
-                fmt, session, kind="chunk", offset_before=before, applied=applied,
-                block_hash=block_hash, full_hash=full_hash, registered=True, fault=fault,
+                fmt,
+                session,
+                kind="chunk",
+                offset_before=before,
+                applied=applied,
+                block_hash=block_hash,
+                full_hash=full_hash,
+                registered=True,
+                fault=fault,
             )
         finally:
             session.busy = False
@@ -1141,14 +1217,24 @@ class Emulator:
 
         def done(status: int) -> None:
             self._record(
-                kind, session.target, session.path, session.request_id, offset_before, applied,
-                status, True, fault,
+                kind,
+                session.target,
+                session.path,
+                session.request_id,
+                offset_before,
+                applied,
+                status,
+                True,
+                fault,
             )
 
         try:
             completed = await self.store.complete(
-                session, full_hash=full_hash, block_hash=block_hash,
-                strict_parents=self.config.strict_parents, registered=registered,
+                session,
+                full_hash=full_hash,
+                block_hash=block_hash,
+                strict_parents=self.config.strict_parents,
+                registered=registered,
             )
         except StoreError as exc:
             if "integrity" in exc.message:

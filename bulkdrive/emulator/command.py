@@ -65,39 +65,69 @@ async def _serve(config: EmulatorConfig, announce: list[str]) -> None:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
-    "--port", type=click.IntRange(0, 65535), default=8400, show_default=True,
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8400,
+    show_default=True,
     help="Port to listen on; 0 picks a free one.",
 )
 @click.option(
-    "--root", "root", required=True, type=click.Path(file_okay=False, path_type=Path),
+    "--root",
+    "root",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
     help="Folder for shares (ROOT/<shareId>/...) and the emulator's state (ROOT/.bulkdrive).",
 )
 @click.option(
     "--user", "users", multiple=True, metavar="NAME:PASSWORD", help="A user (repeatable)."
 )
 @click.option(
-    "--share", "shares", multiple=True, metavar="ID:NAME[:public|:readonly]",
+    "--share",
+    "shares",
+    multiple=True,
+    metavar="ID:NAME[:public|:readonly]",
     help="A share (repeatable).",
 )
 @click.option("--quota", type=click.IntRange(min=0), default=None, help="Bytes over all shares.")
 @click.option(
-    "--max-chunk-bytes", type=click.IntRange(min=1), default=32 * 1024 * 1024, show_default=True,
+    "--max-chunk-bytes",
+    type=click.IntRange(min=1),
+    default=32 * 1024 * 1024,
+    show_default=True,
     help="Largest accepted request body; larger gets 413.",
 )
-@click.option("--token-idle-seconds", type=click.FloatRange(min=0, min_open=True), default=1800.0,
-              show_default=True)
-@click.option("--session-ttl-seconds", type=click.FloatRange(min=0, min_open=True),
-              default=86400.0, show_default=True)
+@click.option(
+    "--token-idle-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1800.0,
+    show_default=True,
+)
+@click.option(
+    "--session-ttl-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=86400.0,
+    show_default=True,
+)
 @click.option("--strict-parents", is_flag=True, help="Answer 404 when a parent folder is missing.")
-@click.option("--json-dialect", type=click.Choice(["flat", "wrapped"]), default="flat",
-              show_default=True)
-@click.option("--fault-rate", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
-              help="Fraction of upload requests that get a fault.")
+@click.option(
+    "--json-dialect", type=click.Choice(["flat", "wrapped"]), default="flat", show_default=True
+)
+@click.option(
+    "--fault-rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Fraction of upload requests that get a fault.",
+)
 @click.option("--fault-seed", type=int, default=0, show_default=True)
-@click.option("--faults", "fault_names", default="", metavar="KINDS",
-              help="Comma list of 500,503,reset,lost-response,delay (default: all).")
-@click.option("--fault-delay-seconds", type=click.FloatRange(min=0), default=0.5,
-              show_default=True)
+@click.option(
+    "--faults",
+    "fault_names",
+    default="",
+    metavar="KINDS",
+    help="Comma list of 500,503,reset,lost-response,delay (default: all).",
+)
+@click.option("--fault-delay-seconds", type=click.FloatRange(min=0), default=0.5, show_default=True)
 def serve(
     host: str,
     port: int,
@@ -142,7 +172,8 @@ def serve(
             token_idle_seconds=token_idle_seconds,
             session_ttl_seconds=session_ttl_seconds,
             strict_parents=strict_parents,
-            json_dialect=protocol.Format.WRAPPED if json_dialect == "wrapped"
+            json_dialect=protocol.Format.WRAPPED
+            if json_dialect == "wrapped"
             else protocol.Format.JSON,
             fault_rate=fault_rate,
             fault_seed=fault_seed,

@@ -54,6 +54,7 @@ def _voluntary_waits() -> int | None:
         return None
     return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
 
+
 STATE_DIR = ".bulkdrive"
 #: Bytes gathered from the socket before one write on the I/O pool (bounds memory per request).
 WRITE_BATCH = 1024 * 1024
@@ -410,8 +411,17 @@ class _Database:
                 self.conn.execute(
                     "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (
-                        s.request_id, s.target, "/".join(s.parent), s.name, s.size, s.offset,
-                        s.mtime, int(s.verify_block), s.guid, s.created, s.last_used,
+                        s.request_id,
+                        s.target,
+                        "/".join(s.parent),
+                        s.name,
+                        s.size,
+                        s.offset,
+                        s.mtime,
+                        int(s.verify_block),
+                        s.guid,
+                        s.created,
+                        s.last_used,
                     ),
                 )
                 self.conn.executemany(
@@ -537,9 +547,18 @@ class Store:
         for row in rows:
             (rid, target, parent, name, size, offset, mtime, verify, guid, created, used) = row
             session = Session(
-                request_id=rid, target=target, parent=tuple(p for p in parent.split("/") if p),
-                name=name, size=size, offset=offset, mtime=mtime, verify_block=bool(verify),
-                guid=guid, created=created, last_used=used, persisted=True,
+                request_id=rid,
+                target=target,
+                parent=tuple(p for p in parent.split("/") if p),
+                name=name,
+                size=size,
+                offset=offset,
+                mtime=mtime,
+                verify_block=bool(verify),
+                guid=guid,
+                created=created,
+                last_used=used,
+                persisted=True,
             )
             session.idle.set()
             usable = target in self.targets and now - used <= self.session_ttl_seconds
@@ -662,10 +681,17 @@ class Store:
         self.check_quota(size)
         now = self.clock()
         session = Session(
-            request_id=self._ids.request_id(), target=target.key, parent=parent, name=name,
+            request_id=self._ids.request_id(),
+            target=target.key,
+            parent=parent,
+            name=name,
             size=size,
-            offset=0, mtime=mtime, verify_block=verify_block, guid=guid or self._ids.guid(),
-            created=now, last_used=now,
+            offset=0,
+            mtime=mtime,
+            verify_block=verify_block,
+            guid=guid or self._ids.guid(),
+            created=now,
+            last_used=now,
         )
         session.idle.set()
         if register:
@@ -861,9 +887,7 @@ class Store:
         if session.persisted:
             with contextlib.suppress(sqlite3.Error):
                 await self._on_db(self.db.delete_session, session.request_id)
-        self._remember_guid(
-            session.target, "/".join((*session.parent, session.name)), session.guid
-        )
+        self._remember_guid(session.target, "/".join((*session.parent, session.name)), session.guid)
         session.persisted = False
         return Completed(session.guid, session.size, verified)
 
@@ -893,8 +917,18 @@ class Store:
         size = len(body)
         self.check_quota(size)
         request_id = self._ids.request_id()
-        args = (target, parent, name, body, request_id, mtime, verify_block, block_hash,
-                full_hash, strict_parents)
+        args = (
+            target,
+            parent,
+            name,
+            body,
+            request_id,
+            mtime,
+            verify_block,
+            block_hash,
+            full_hash,
+            strict_parents,
+        )
         try:
             if size <= INLINE_WRITE_BYTES and time.monotonic() >= self._inline_paused_until:
                 # Nothing awaits between the quota check and the accounting below, so no
