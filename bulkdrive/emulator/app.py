@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import hashlib
 import json
@@ -91,6 +92,8 @@ class EmulatorConfig:
     fault_seed: int = 0
     faults: tuple[str, ...] = ()
     fault_delay_seconds: float = 0.5
+    #: A file that gets one JSON line per request (method, path, status, bytes, duration).
+    request_log: Path | None = None
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -276,8 +279,13 @@ def _is_eof(raw: str | None) -> bool:
     return raw is not None and raw.strip().lower() in ("1", "true")
 
 
+#: How a fault ended a request without an answer ("reset" or "closed"), for the request log.
+_DROPPED = web.RequestKey("bulkdrive.dropped", str)
+
+
 def _drop_connection(request: web.Request, *, reset: bool) -> web.Response:
     """Close the connection without an answer; the returned response is never sent."""
+    request[_DROPPED] = "reset" if reset else "closed"
     transport = request.transport
     if transport is not None:
         if reset:
@@ -289,6 +297,33 @@ def _drop_connection(request: web.Request, *, reset: bool) -> web.Response:
         else:
             transport.close()
     return web.Response(status=500)
+
+
+class RequestLog:
+    """`serve --log-requests FILE`: one JSON object per line and request, appended and flushed
+    as each request ends, so that a test or a person can read what the server saw while it runs.
+
+    Fields: `time` (ISO-8601 UTC, when the request arrived), `method`, `path` (without the
+    query), `query`, `status` (0 when no answer was sent: a dropped connection or a client that
+    went away), `bytes` (request body bytes received), `duration` (seconds), and `dropped`
+    ("reset" or "closed") for the connections a fault closed without an answer."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines = 0
+        self._file = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - close()
+
+    def write(self, entry: Mapping[str, object]) -> None:
+        self._file.write(json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n")
+        self.lines += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _utc_stamp(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --- the application ----------------------------------------------------------------------
@@ -325,6 +360,7 @@ class Emulator:
         self._counters = _Counters()
         self._tokens: dict[str, _Token] = {}
         self._runner: web.AppRunner | None = None
+        self.request_log: RequestLog | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._route_cache: dict[str, tuple[frozenset[str], Handler, str | None] | None] = {}
         self._routes: list[tuple[tuple[str, ...], frozenset[str], Handler]] = [
@@ -394,7 +430,11 @@ class Emulator:
                 stored.user, stored.device_id, stored.idle_seconds, now
             )
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        if self.config.request_log is not None:
+            self.request_log = RequestLog(Path(self.config.request_log))
+            app.router.add_route("*", "/{tail:.*}", self._logged_dispatch)
+        else:
+            app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=2.0
         )
@@ -416,6 +456,9 @@ class Emulator:
             await self._runner.cleanup()
             self._runner = None
         await self.store.close()
+        if self.request_log is not None:
+            self.request_log.close()
+            self.request_log = None
 
     async def _sweep(self) -> None:
         period = max(0.05, min(60.0, self.config.session_ttl_seconds / 2))
@@ -467,6 +510,33 @@ class Emulator:
         )
 
     # -- routing
+
+    async def _logged_dispatch(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.time()
+        started = time.perf_counter()
+        status = 0
+        try:
+            response = await self._dispatch(request)
+            if _DROPPED not in request:
+                status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            entry: dict[str, object] = {
+                "time": _utc_stamp(arrived),
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string,
+                "status": status,
+                "bytes": request.content.total_bytes,
+                "duration": round(time.perf_counter() - started, 6),
+            }
+            if _DROPPED in request:
+                entry["dropped"] = request[_DROPPED]
+            if self.request_log is not None:
+                self.request_log.write(entry)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         self._counters.requests += 1

@@ -128,6 +128,14 @@ async def _serve(config: EmulatorConfig, announce: list[str]) -> None:
     help="Comma list of 500,503,reset,lost-response,delay (default: all).",
 )
 @click.option("--fault-delay-seconds", type=click.FloatRange(min=0), default=0.5, show_default=True)
+@click.option(
+    "--log-requests",
+    "request_log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Append one JSON line per request to FILE "
+    "(time, method, path, query, status, bytes, duration).",
+)
 def serve(
     host: str,
     port: int,
@@ -144,6 +152,7 @@ def serve(
     fault_seed: int,
     fault_names: str,
     fault_delay_seconds: float,
+    request_log: Path | None,
 ) -> None:
     """Run the Edge Drive emulator (a local upload server for tests and benchmarks)."""
     parsed_users = tuple(_parse_user(u) for u in users)
@@ -179,6 +188,7 @@ def serve(
             fault_seed=fault_seed,
             faults=kinds,
             fault_delay_seconds=fault_delay_seconds,
+            request_log=request_log,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
