@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
@@ -38,7 +38,11 @@ class _Commands(click.Group):
     """`serve` is imported only when it runs: the emulator's server code is not the
     uploader's, and every `bulkdrive upload` would pay for importing it."""
 
-    lazy: ClassVar[dict[str, tuple[str, str]]] = {"serve": ("bulkdrive.emulator.command", "serve")}
+    lazy: ClassVar[dict[str, tuple[str, str]]] = {
+        "serve": ("bulkdrive.emulator.command", "serve"),
+        # The commands of a migration besides the upload itself.
+        **{name: ("bulkdrive.migration", name) for name in ("shares", "ls")},
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy})
@@ -62,8 +66,11 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _setting_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """One flag per setting, all defaulting to None so that precedence can see what was given."""
+def _setting_options(
+    func: Callable[..., Any], *, only: Collection[str] | None = None
+) -> Callable[..., Any]:
+    """One flag per setting (or per setting in `only`), all defaulting to None so that
+    precedence can see what was given."""
     flags: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
         "url": click.option("--url", help="Server root, e.g. https://HOST/webconsole/api."),
         "share": click.option("--share", help="Share id (syncWebFolderId)."),
@@ -111,7 +118,8 @@ def _setting_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "data_dir": click.option("--data-dir", help="Storage of the embedded emulator."),
     }
     for setting in reversed(SETTINGS):
-        func = flags[setting.key](func)
+        if only is None or setting.key in only:
+            func = flags[setting.key](func)
     return func
 
 

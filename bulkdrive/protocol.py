@@ -344,15 +344,32 @@ class FileResource:
 class ShareInfo:
     share_id: str
     name: str
-    permission: str = ""
+    permission: str = ""  # as the server words it
+    owner: str = ""
+    public: bool = False
 
     @classmethod
     def from_node(cls, node: Node) -> ShareInfo:
+        owner = node.get("owner") or node.get("ownerName") or ""
+        if not owner:
+            # Some servers nest the owner as an element: <owner userName="…"/>.
+            nested = node.first("owner")
+            owner = (nested.get("userName") or nested.get("name") or "") if nested else ""
         return cls(
             share_id=node.get("syncWebFolderId", "") or "",
             name=node.get("syncWebFolderName", "") or "",
             permission=node.get("permission", "") or "",
+            owner=owner,
+            public=node.get("public") in ("1", "true", "True"),
         )
+
+    @property
+    def writable(self) -> bool | None:
+        """Whether uploads are allowed; None when the server says nothing about it."""
+        word = self.permission.strip().lower()
+        if not word:
+            return None
+        return not any(view in word for view in ("view", "read"))
 
 
 # --- status codes → errors ----------------------------------------------------------------

@@ -73,6 +73,8 @@ class Share:
     name: str
     public: bool = False
     readonly: bool = False
+    #: Who the share belongs to; "" means the first configured user (the one who set it up).
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ class EmulatorStatistics:
     faults_injected: int
     active_sessions: int
     active_tokens: int
+    listings: int = 0  # list requests answered (one per page)
 
 
 @dataclass
@@ -185,6 +188,7 @@ class _Counters:
     integrity_failures: int = 0
     bytes_received: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    listings: int = 0
 
 
 @dataclass
@@ -420,6 +424,7 @@ class Emulator:
             faults_injected=sum(c.faults.values()),
             active_sessions=self.store.active_sessions,
             active_tokens=len(self._tokens),
+            listings=c.listings,
         )
 
     async def start(self) -> None:
@@ -712,6 +717,7 @@ class Emulator:
         if self._user_of(request) is None:
             return self._denied(ctx.fmt)
         wanted = _query(request, "shareId")
+        default_owner = self.config.users[0].name if self.config.users else ""
         entries: list[protocol.Fields] = [
             {
                 "syncWebFolderId": s.share_id,
@@ -719,6 +725,7 @@ class Emulator:
                 "dirDelim": "\\",
                 "permission": "view" if s.readonly else "edit",
                 "public": s.public,
+                "owner": s.owner or default_owner,
             }
             for s in self.config.shares
             if wanted is None or s.share_id == wanted
@@ -805,6 +812,7 @@ class Emulator:
             limit = self._paging(request, "limit", 50)
             offset = self._paging(request, "offset", 0)
             total, items = await self.store.list_folder(target, parts, offset, limit)
+            self._counters.listings += 1
         except (_Refusal, StoreError) as exc:
             return self._error(ctx.fmt, root, exc.status, exc.message)
         return self._reply(
