@@ -59,6 +59,17 @@ class _Commands(click.Group):
 @click.version_option(package_name="bulkdrive")
 def main() -> None:
     """Upload directory trees to Commvault Edge Drive shares, fast and safely."""
+    _never_fail_on_output()
+
+
+def _never_fail_on_output() -> None:
+    """A character the terminal cannot show (an accented name under PYTHONIOENCODING=ascii,
+    an undecodable file name) is written escaped, never stops the run."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -98,6 +109,11 @@ def _setting_options(
         "max_size": click.option("--max-size", help="Skip larger files."),
         "follow_symlinks": click.option(
             "--follow-symlinks", is_flag=True, default=None, help="Follow symbolic links."
+        ),
+        "invalid_names": click.option(
+            "--invalid-names",
+            type=click.Choice(["escape", "fail"]),
+            help="Names not valid UTF-8: escape bad bytes as \u201bXX (default) or fail the file.",
         ),
         "insecure": click.option(
             "--insecure",

@@ -167,6 +167,13 @@ def _text(value: object) -> str:
     return str(value)
 
 
+def _invalid_names(value: object) -> str:
+    text = _text(value).strip().lower()
+    if text not in ("escape", "fail"):
+        raise ValueError(f"not escape or fail: {value!r}")
+    return text
+
+
 def _globs(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         # From the environment: a comma-separated list.
@@ -202,6 +209,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("min_size", parse_size, 0, "skip files smaller than this"),
     Setting("max_size", parse_size, 0, "skip files larger than this, 0 = no limit"),
     Setting("follow_symlinks", _bool, False, "follow symbolic links (loops are detected)"),
+    Setting(
+        "invalid_names",
+        _invalid_names,
+        "escape",
+        "names that are not valid UTF-8: escape (each bad byte as \u201bXX) or fail the file",
+    ),
     Setting("insecure", _bool, False, "turn TLS certificate verification off"),
     Setting("ca_bundle", _text, None, "PEM file of CA certificates to trust"),
     Setting("journal", _text, None, "resume journal; default: derived from url, share, to, SRC"),

@@ -15,11 +15,15 @@ and the exit code the CLI ends with.
     │   └── SessionBusy             409 on a chunk: another writer on the session
     ├── FileFailed                  this file fails, the others go on        file, exit 1
     │   ├── Rejected                400 and other refusals of this request
+    │   │   └── NameRefused         400: the server does not accept the name
     │   ├── IntegrityMismatch       the server's bytes are not this file's
     │   ├── SessionGone             404 for a requestId (completed, expired, restarted)
     │   ├── FolderNotFound          404 for a parent folder (strict servers)
     │   ├── SourceChanged           the local file changed while it was sent
     │   ├── SourceUnreadable        the local file cannot be read
+    │   ├── UnreadableFolder        a folder of SRC cannot be read (or vanished)
+    │   ├── InvalidName             a name that is not UTF-8, under --invalid-names fail
+    │   ├── FolderNotCreated        the file's remote folder could not be created
     │   └── RetriesExhausted        transient failures outlasted the retry policy
     └── RunFailed                   nothing more can succeed: stop the run
         ├── LoginFailed             wrong user or password, or a refused token  exit 3
@@ -118,6 +122,13 @@ class Rejected(FileFailed):
     hint = "the server refused this file; check its name, size and the server's message"
 
 
+class NameRefused(Rejected):
+    hint = (
+        'the server does not accept this name (Windows rules: no <>:"|?* or control '
+        "characters, no trailing dot or space, no CON, NUL, COM1...); rename it or --exclude it"
+    )
+
+
 class IntegrityMismatch(FileFailed):
     hint = "re-run; bulkdrive restarts the file from offset 0"
 
@@ -136,6 +147,31 @@ class SourceChanged(FileFailed):
 
 class SourceUnreadable(FileFailed):
     hint = "check that the file exists and is readable"
+
+
+class UnreadableFolder(FileFailed):
+    hint = "its files were not uploaded: give read access to the folder (or --exclude it), re-run"
+
+
+class Vanished(UnreadableFolder):
+    hint = "it was removed or renamed while the tree was read; re-run to upload what is there now"
+
+
+class InvalidName(FileFailed):
+    hint = (
+        "rename it to valid UTF-8 (e.g. with convmv), or use --invalid-names escape to store it "
+        "under an escaped name"
+    )
+
+
+class FolderNotCreated(FileFailed):
+    """The file's remote folder could not be created; `folder_hint` is what to do about it."""
+
+    hint = "fix what kept its folder from being created (see the reason) and re-run"
+
+    def __init__(self, message: str, *, folder_hint: str = "") -> None:
+        super().__init__(message)
+        self.folder_hint = folder_hint or self.hint
 
 
 class RetriesExhausted(FileFailed):

@@ -30,6 +30,7 @@ from bulkdrive.journal import (
     default_journal_path,
     read_summary,
 )
+from bulkdrive.names import InvalidNames
 from bulkdrive.progress import make_reporter
 from bulkdrive.protocol import join_remote_path, split_remote_path
 from bulkdrive.report import (
@@ -162,6 +163,7 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
         config=config,
         check_remote=settings["check_remote"],
         dry_run=request.dry_run,
+        invalid_names=InvalidNames(settings["invalid_names"]),
     )
     async with AsyncExitStack() as stack:
         target = await stack.enter_async_context(

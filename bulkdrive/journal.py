@@ -122,9 +122,14 @@ class JobKey:
         )
 
     def to_json(self) -> str:
-        return json.dumps(
-            [self.url, self.share, self.remote_folder, self.source], ensure_ascii=False
-        )
+        fields = [self.url, self.share, self.remote_folder, self.source]
+        text = json.dumps(fields, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A SOURCE path that is not valid UTF-8: \udcXX escapes, which json.loads restores.
+            return json.dumps(fields)
+        return text
 
     @classmethod
     def from_json(cls, text: str) -> JobKey:
@@ -232,9 +237,35 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _key(relative: str) -> str | bytes:
+    """The row key of a path: the text itself when it is valid UTF-8, else its raw bytes.
+
+    A name that is not valid UTF-8 reaches us with lone surrogates (surrogateescape), which
+    SQLite cannot store as text; its bytes are stored as a BLOB instead. Each path has exactly
+    one form, so the key stays unique per path, and journals of earlier versions read the same.
+    """
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        return relative.encode("utf-8", "surrogateescape")
+    return relative
+
+
+def _relative(key: str | bytes) -> str:
+    """The inverse of `_key`."""
+    return key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key
+
+
+def _text(value: str | None) -> str | None:
+    """Free text (an error message) that may quote an undecodable name, made storable."""
+    if value is None:
+        return None
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _row_to_record(row: tuple[Any, ...]) -> FileRecord:
     return FileRecord(
-        relative=row[0],
+        relative=_relative(row[0]),
         size=row[1],
         mtime_ns=row[2],
         state=FileState(row[3]),
@@ -251,7 +282,7 @@ def _row_to_record(row: tuple[Any, ...]) -> FileRecord:
 
 def _record_to_row(r: FileRecord) -> tuple[Any, ...]:
     return (
-        r.relative,
+        _key(r.relative),
         r.size,
         r.mtime_ns,
         r.state.value,
@@ -260,7 +291,7 @@ def _record_to_row(r: FileRecord) -> tuple[Any, ...]:
         r.digests,
         r.file_guid,
         r.attempts,
-        r.last_error,
+        _text(r.last_error),
         r.created_at,
         r.updated_at,
     )
@@ -414,7 +445,7 @@ def _summarize(
         row = conn.execute("SELECT value FROM meta WHERE key = 'updated_at'").fetchone()
         updated_at = float(row[0]) if row else 0.0
         for record in (overlay or {}).values():
-            old = conn.execute(_LOOKUP, (record.relative,)).fetchone()
+            old = conn.execute(_LOOKUP, (_key(record.relative),)).fetchone()
             if old is not None:
                 files[FileState(old[3])] -= 1
                 sizes[FileState(old[3])] -= old[1]
@@ -709,12 +740,13 @@ class Journal:
         for start in range(0, len(relatives), _IN_LIMIT):
             part = relatives[start : start + _IN_LIMIT]
             query = f"{_LOOKUP_MANY} ({', '.join('?' * len(part))})"
-            for row in self._writer.execute(query, part):
-                found[row[0]] = _row_to_record(row)
+            for row in self._writer.execute(query, [_key(p) for p in part]):
+                record = _row_to_record(row)
+                found[record.relative] = record
         return found
 
     def _lookup_committed(self, relative: str) -> FileRecord | None:
-        row = self._read(lambda: self._reader.execute(_LOOKUP, (relative,)).fetchone())
+        row = self._read(lambda: self._reader.execute(_LOOKUP, (_key(relative),)).fetchone())
         return None if row is None else _row_to_record(row)
 
     def _read(self, read: Callable[[], T]) -> T:
@@ -757,7 +789,7 @@ class Journal:
                 row = self._read(cursor.fetchone)
                 if row is None:
                     return
-                if row[0] in overlay:
+                if _relative(row[0]) in overlay:
                     continue  # its newer record was handled above
                 emitted += 1
                 yield _row_to_record(row)

@@ -13,6 +13,7 @@ import email.utils
 import enum
 import functools
 import json
+import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
@@ -389,6 +390,10 @@ def retry_after_seconds(raw: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+#: How servers say that a name is refused (the emulator's --windows-names says "not allowed").
+_REFUSED_NAME = re.compile(r"not allowed|invalid|illegal|reserved")
+
+
 def error_for(
     status: int,
     node: Node,
@@ -418,6 +423,9 @@ def error_for(
         return errors.QuotaExceeded(message, status=status)
     if status in TRANSIENT_STATUSES:
         return errors.ServerBusy(message, status=status, retry_after=retry_after)
-    if status == 400 and "integrity" in server_says.lower():
+    lowered = server_says.lower()
+    if status == 400 and "integrity" in lowered:
         return errors.IntegrityMismatch(message, status=status)
+    if status == 400 and "name" in lowered and _REFUSED_NAME.search(lowered):
+        return errors.NameRefused(message, status=status)
     return errors.Rejected(message, status=status)

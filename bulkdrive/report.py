@@ -55,6 +55,7 @@ class FileOutcome:
     reason: str | None = None  # one line, for failed/skipped
     exit_class: str | None = None  # error class name for failures, e.g. "SourceChanged"
     hint: str | None = None  # what to do
+    skip_kind: str | None = None  # for skipped files: the kind of reason the summary counts
 
 
 def failed_outcome(
@@ -185,6 +186,10 @@ class RunSummary:
     interrupted: bool
     walk_complete: bool = True
     run_error: RunError | None = None
+    #: Skipped files per kind of reason (what the user asked for: journal, symbolic links...).
+    skipped_by_kind: tuple[tuple[str, int], ...] = ()
+    #: Files and folders the filters (--include/--exclude/--min-size/--max-size) left out.
+    filtered: int = 0
 
 
 class RunTally:
@@ -202,6 +207,11 @@ class RunTally:
         self._resumes = 0
         self._failures: list[FileOutcome] = []
         self._failures_omitted = 0
+        self._skipped_by_kind: dict[str, int] = {}  # a handful of fixed kinds
+        self._filtered = 0
+
+    def filtered(self, count: int) -> None:
+        self._filtered += count
 
     def found(self, size: int) -> None:
         self._files_found += 1
@@ -214,7 +224,10 @@ class RunTally:
         self._files[outcome.outcome] += 1
         self._bytes[outcome.outcome] += outcome.size
         self._bytes_sent += outcome.bytes_sent
-        if outcome.outcome is Outcome.FAILED:
+        if outcome.outcome is Outcome.SKIPPED:
+            kind = outcome.skip_kind or "other"
+            self._skipped_by_kind[kind] = self._skipped_by_kind.get(kind, 0) + 1
+        elif outcome.outcome is Outcome.FAILED:
             if len(self._failures) < self._max_failures:
                 self._failures.append(outcome)
             else:
@@ -275,6 +288,8 @@ class RunTally:
             exit_code=exit_code,
             interrupted=interrupted,
             walk_complete=self._walk_complete,
+            skipped_by_kind=tuple(sorted(self._skipped_by_kind.items())),
+            filtered=self._filtered,
             run_error=None
             if run_error is None
             else RunError(
@@ -314,6 +329,8 @@ def summary_to_json(summary: RunSummary) -> dict[str, Any]:
         "exit_code": summary.exit_code,
         "interrupted": summary.interrupted,
         "walk_complete": summary.walk_complete,
+        "skipped_by_kind": dict(summary.skipped_by_kind),
+        "filtered": summary.filtered,
         "run_error": None
         if error is None
         else {"reason": error.reason, "exit_class": error.exit_class, "hint": error.hint},
@@ -390,6 +407,8 @@ def outcome_to_json(outcome: FileOutcome) -> dict[str, Any]:
         "bytes_sent": outcome.bytes_sent,
         "reason": outcome.reason,
         "exit_class": outcome.exit_class,
+        "hint": outcome.hint,
+        "skip_kind": outcome.skip_kind,
     }
 
 
@@ -466,6 +485,11 @@ def render_summary(summary: RunSummary, console: Console) -> None:
     total_label = "total" if summary.walk_complete else "total (walk incomplete)"
     table.add_row(total_label, f"{files.total:,}", format_bytes(sizes.total), end_section=True)
     console.print(table)
+    skipped = [f"{count:,} {kind}" for kind, count in summary.skipped_by_kind]
+    if summary.filtered:
+        skipped.append(f"{summary.filtered:,} left out by filters")
+    if skipped:
+        console.print(Text(f"skipped: {', '.join(skipped)}"), soft_wrap=True)
     console.print(
         Text(
             f"elapsed {format_duration(summary.elapsed_seconds)}, "

@@ -3,11 +3,13 @@
 
     walk ──(bounded stream: backlog)──▶ dispatcher ──(hand-out: one batch)──▶ worker × transfers
 
-The dispatcher creates each remote folder before it hands out a file inside it, decides what to
-skip (journal, remote listing), and stops handing out files as soon as a run-level error
-(wrong credentials, no permission, unknown share, quota) is seen; files in flight then end on
-their own. When the backlog is full the walker blocks, so memory stays flat however large the
-tree: file data ≤ transfers × 2 × chunk_size, plus the backlog, plus a constant.
+Remote folders are created as the walk finds them, concurrently and ahead of their files (a
+folder waits only for its parent, a file only for its own folder; at most `transfers` creations
+at once). The dispatcher decides what to skip (journal, remote listing), and stops handing out
+files as soon as a run-level error (wrong credentials, no permission, unknown share, quota) is
+seen; files in flight then end on their own. When the backlog is full the walker blocks, so
+memory stays flat however large the tree: file data ≤ transfers × 2 × chunk_size, plus the
+backlog, plus a constant.
 """
 
 from __future__ import annotations
@@ -27,11 +29,20 @@ from bulkdrive import errors
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import TransferConfig
 from bulkdrive.journal import FileRecord, FileState, Journal
+from bulkdrive.names import InvalidNames, check_name, remote_name
 from bulkdrive.progress import NullReporter, Reporter
 from bulkdrive.protocol import UploadReply, mtime_seconds, remote_child, split_remote_path
 from bulkdrive.report import FileOutcome, FileReportWriter, Outcome, RunSummary, RunTally
 from bulkdrive.upload import LocalContent, UploadResult, read_small_files, upload_file
-from bulkdrive.walk import FileEntry, FolderEntry, SkippedEntry, WalkFilters, WalkItem, walk
+from bulkdrive.walk import (
+    FileEntry,
+    FolderEntry,
+    SkippedEntry,
+    WalkFailure,
+    WalkFilters,
+    WalkItem,
+    walk,
+)
 
 log = logging.getLogger("bulkdrive.run")
 
@@ -47,6 +58,12 @@ DIGESTS_COPIED_EACH_BLOCK = 64 * 32
 
 #: Remote folder listings kept for --check-remote; files arrive grouped by folder.
 _LISTINGS_KEPT = 4
+#: Folders that could not be created, remembered so that their files fail with the folder's
+#: reason without a request each (past this, the oldest are forgotten: the server says).
+_FAILED_FOLDERS_KEPT = 16384
+
+SKIP_UNCHANGED = "unchanged since the last run"
+SKIP_ON_SERVER = "already on the server"
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,7 @@ class RunPlan:
     backlog: int = 1000
     check_remote: bool = False
     dry_run: bool = False
+    invalid_names: InvalidNames = InvalidNames.ESCAPE
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,9 @@ class TreeUpload:
         self._would_upload_files = 0
         self._would_upload_bytes = 0
         self._backlog_used: Callable[[], int] = lambda: 0
+        self._folders = _Folders()
+        self._folder_slots = anyio.CapacityLimiter(max(1, plan.config.transfers))
+        self._task_group: anyio.abc.TaskGroup | None = None
 
     # --- public --------------------------------------------------------------------------
 
@@ -149,12 +170,17 @@ class TreeUpload:
         try:
             with self._run_scope:
                 async with anyio.create_task_group() as tg:
+                    self._task_group = tg
+                    self._folders.add("")  # the remote folder SRC goes to
                     tg.start_soon(self._walk, send)
                     for _ in range(0 if plan.dry_run else plan.config.transfers):
                         tg.start_soon(self._worker)
                     with receive, self._handout:
-                        if not plan.dry_run:
-                            await self._ensure_remote_root()
+                        try:
+                            if not plan.dry_run:
+                                await self._ensure_remote_root()
+                        finally:
+                            self._folders.finish("", None)
                         while self._run_error is None:
                             self._max_backlog = max(self._max_backlog, self._backlog_used())
                             batch = await _next_batch(receive)
@@ -184,11 +210,50 @@ class TreeUpload:
     # --- the producer --------------------------------------------------------------------
 
     async def _walk(self, send: anyio.abc.ObjectSendStream[WalkItem]) -> None:
+        on_folder = None if self._plan.dry_run else self._folder_found
         with self._walk_scope:
-            await walk(self._plan.source, self._plan.filters, send, on_file=self._found)
+            stats = await walk(
+                self._plan.source,
+                self._plan.filters,
+                send,
+                on_file=self._found,
+                on_folder=on_folder,
+            )
+            self._tally.filtered(stats.filtered)
         if not self._walk_scope.cancel_called:  # a stopped walk's total is not the tree's
             self._tally.walk_finished()
             self._reporter.walk_finished()
+
+    # --- remote folders, ahead of their files --------------------------------------------
+
+    def _folder_found(self, entry: FolderEntry) -> None:
+        """The walk found a folder (before any file in it): start creating it now."""
+        assert self._task_group is not None
+        self._folders.add(entry.relative)
+        self._task_group.start_soon(self._make_folder, entry.relative)
+
+    async def _make_folder(self, relative: str) -> None:
+        error: errors.FolderNotCreated | None = None
+        try:
+            error = await self._folders.wait(_parent_of(relative))
+            if error is None and self._run_error is None:
+                try:
+                    check_name(relative, self._plan.invalid_names)
+                    async with self._folder_slots:
+                        await self._create_folder(relative)
+                except errors.BulkdriveError as exc:
+                    if isinstance(exc, errors.RunFailed):
+                        self._stop(exc)
+                    remote = self._remote_path(relative)
+                    self._reporter.message(
+                        f"cannot create folder {remote}: {exc}", level=logging.WARNING
+                    )
+                    error = errors.FolderNotCreated(
+                        f"its remote folder {remote} could not be created: {exc}",
+                        folder_hint=exc.hint,
+                    )
+        finally:
+            self._folders.finish(relative, error)
 
     # --- the dispatcher ------------------------------------------------------------------
 
@@ -198,9 +263,8 @@ class TreeUpload:
         journal commit for the whole batch rather than a thread hop each per file."""
         files: list[FileEntry] = []
         for item in batch:
-            if isinstance(item, FolderEntry):
-                if not self._plan.dry_run:
-                    await self._create_folder(item.relative)
+            if isinstance(item, FileEntry):
+                files.append(item)
             elif isinstance(item, SkippedEntry):
                 self._finish(
                     FileOutcome(
@@ -209,10 +273,22 @@ class TreeUpload:
                         size=0,
                         outcome=Outcome.SKIPPED,
                         reason=item.reason,
+                        skip_kind=item.kind,
                     )
                 )
-            else:
-                files.append(item)
+            elif isinstance(item, WalkFailure):
+                self._finish(
+                    FileOutcome(
+                        relative=item.relative,
+                        remote_path=self._remote_path(item.relative),
+                        size=0,
+                        outcome=Outcome.FAILED,
+                        reason=item.reason,
+                        exit_class=item.error.__name__,
+                        hint=item.error.hint,
+                    )
+                )
+            # A FolderEntry: its creation started when the walk found it (_folder_found).
         if not files:
             return
         records: dict[str, FileRecord] = {}
@@ -221,9 +297,10 @@ class TreeUpload:
         chosen: list[tuple[FileEntry, bool, FileRecord | None]] = []
         for entry in files:
             record = records.get(entry.relative)
-            reason = await self._skip_reason(entry, record)
-            if reason is not None:
-                self._finish(self._outcome(entry, Outcome.SKIPPED, reason=reason))
+            skip = await self._skip_reason(entry, record)
+            if skip is not None:
+                reason, kind = skip
+                self._finish(self._outcome(entry, Outcome.SKIPPED, reason=reason, skip_kind=kind))
             elif self._plan.dry_run:
                 self._would_upload_files += 1
                 self._would_upload_bytes += entry.size
@@ -260,17 +337,20 @@ class TreeUpload:
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
             await self._upload(*ready)
 
-    async def _skip_reason(self, entry: FileEntry, record: FileRecord | None) -> str | None:
+    async def _skip_reason(
+        self, entry: FileEntry, record: FileRecord | None
+    ) -> tuple[str, str] | None:
+        """Why to skip the file, and the kind of reason; None to upload it."""
         if record is not None:
             if record.is_done_for(entry.size, entry.mtime_ns):
-                return "unchanged since the last run (journal)"
+                return "unchanged since the last run (journal)", SKIP_UNCHANGED
             if _was_in_flight(record, entry) and await self._completed_remotely(entry):
-                return "completed on the server before the last run stopped"
+                return "completed on the server before the last run stopped", SKIP_ON_SERVER
         if self._plan.check_remote:
             listing = await self._remote_listing(self._remote_folder(entry.relative))
-            remote = listing.get(_name_of(entry.relative))
+            remote = listing.get(remote_name(_name_of(entry.relative)))
             if remote == (entry.size, mtime_seconds(entry.mtime_ns)):
-                return "the server has it already (same size and modified time)"
+                return "the server has it already (same size and modified time)", SKIP_ON_SERVER
         return None
 
     async def _completed_remotely(self, entry: FileEntry) -> bool:
@@ -329,23 +409,23 @@ class TreeUpload:
     async def _ensure_remote_root(self) -> None:
         parts = split_remote_path(self._plan.remote_folder)
         for depth in range(1, len(parts) + 1):
-            await self._create_remote(parts[: depth - 1], parts[depth - 1])
+            try:
+                await self._create_remote(parts[: depth - 1], parts[depth - 1])
+            except errors.RunFailed as exc:
+                self._stop(exc)
+            except errors.BulkdriveError as exc:
+                folder = remote_child("\\", *parts[:depth])
+                self._reporter.message(f"cannot create folder {folder}: {exc}")
 
     async def _create_folder(self, relative: str) -> None:
-        *parents, name = _parts(relative)
+        *parents, name = [remote_name(part) for part in _parts(relative)]
         await self._create_remote((*split_remote_path(self._plan.remote_folder), *parents), name)
 
     async def _create_remote(self, parent: tuple[str, ...], name: str) -> None:
         assert self._client is not None
-        try:
-            # The client repeats createfolder on transient errors: 201, or 409 when it exists.
-            if await self._client.create_folder(remote_child("\\", *parent), name):
-                self._folders_created += 1
-        except errors.RunFailed as exc:
-            self._stop(exc)
-        except errors.BulkdriveError as exc:
-            folder = remote_child("\\", *parent, name)
-            self._reporter.message(f"cannot create folder {folder}: {exc}")
+        # The client repeats createfolder on transient errors: 201, or 409 when it exists.
+        if await self._client.create_folder(remote_child("\\", *parent), name):
+            self._folders_created += 1
 
     # --- one file ------------------------------------------------------------------------
 
@@ -359,6 +439,11 @@ class TreeUpload:
         self._reporter.file_started(relative, entry.size)
         outcome: FileOutcome
         try:
+            check_name(relative, self._plan.invalid_names)
+            folder_error = await self._folders.wait(_parent_of(relative))
+            if folder_error is not None:
+                hint = folder_error.folder_hint
+                raise errors.FolderNotCreated(str(folder_error), folder_hint=hint)
             if stale:
                 try:
                     await self._discard_stale_session(entry)
@@ -380,7 +465,7 @@ class TreeUpload:
                 self._client,
                 entry.path,
                 self._remote_folder(entry.relative),
-                remote_name=_name_of(entry.relative),
+                remote_name=remote_name(_name_of(entry.relative)),
                 config=self._plan.config,
                 events=events,
                 content=content,
@@ -420,7 +505,7 @@ class TreeUpload:
         def discard() -> Awaitable[UploadReply]:
             # Safe to repeat: each one discards whatever the server holds for this file.
             return client.initiate(
-                name=_name_of(entry.relative),
+                name=remote_name(_name_of(entry.relative)),
                 folder=folder,
                 size=entry.size,
                 mtime=mtime_seconds(entry.mtime_ns),
@@ -468,7 +553,9 @@ class TreeUpload:
         *,
         journaled: bool = True,
     ) -> FileOutcome:
-        if isinstance(exc, errors.BulkdriveError):
+        if isinstance(exc, errors.FolderNotCreated):
+            reason, exit_class, hint = str(exc), type(exc).__name__, exc.folder_hint
+        elif isinstance(exc, errors.BulkdriveError):
             reason, exit_class, hint = str(exc), type(exc).__name__, exc.hint
         else:
             reason = f"internal error: {type(exc).__name__}: {exc}"
@@ -542,10 +629,11 @@ class TreeUpload:
                 self._file_report = None
 
     def _remote_folder(self, relative: str) -> str:
-        return remote_child(self._plan.remote_folder, *_parts(relative)[:-1])
+        """The remote folder of a file: names mapped by `--invalid-names escape`."""
+        return remote_child(self._plan.remote_folder, *_parts(remote_name(relative))[:-1])
 
     def _remote_path(self, relative: str) -> str:
-        return remote_child(self._plan.remote_folder, *_parts(relative))
+        return remote_child(self._plan.remote_folder, *_parts(remote_name(relative)))
 
     def _outcome(self, entry: FileEntry, outcome: Outcome, **details: object) -> FileOutcome:
         return FileOutcome(
@@ -575,6 +663,11 @@ def _parts(relative: str) -> list[str]:
 
 def _name_of(relative: str) -> str:
     return relative.rpartition("/")[2]
+
+
+def _parent_of(relative: str) -> str:
+    """The folder of a path relative to SRC ("" for SRC itself)."""
+    return relative.rpartition("/")[0]
 
 
 def _same_version(record: FileRecord | None, entry: FileEntry) -> bool:
@@ -617,6 +710,38 @@ async def _next_batch(receive: MemoryObjectReceiveStream[WalkItem]) -> list[Walk
         except (anyio.WouldBlock, anyio.EndOfStream):
             break
     return batch
+
+
+class _Folders:
+    """The remote folders being created, and those that could not be: a file (or folder) waits
+    only for its own parent. Memory: the folders being created (at most the walk's backlog
+    ahead) plus a bounded memory of failed ones; a created folder is forgotten at once (a
+    folder not known here was created, or its creation failed long ago and the server says)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, tuple[anyio.Event, list[errors.FolderNotCreated]]] = {}
+        self._failed: OrderedDict[str, errors.FolderNotCreated] = OrderedDict()
+
+    def add(self, relative: str) -> None:
+        self._pending[relative] = (anyio.Event(), [])
+
+    def finish(self, relative: str, error: errors.FolderNotCreated | None) -> None:
+        done, outcome = self._pending.pop(relative)
+        if error is not None:
+            outcome.append(error)
+            self._failed[relative] = error
+            if len(self._failed) > _FAILED_FOLDERS_KEPT:
+                self._failed.popitem(last=False)
+        done.set()
+
+    async def wait(self, relative: str) -> errors.FolderNotCreated | None:
+        """None once `relative` exists remotely; else why it could not be created."""
+        pending = self._pending.get(relative)
+        if pending is None:
+            return self._failed.get(relative)
+        done, outcome = pending
+        await done.wait()
+        return outcome[0] if outcome else None
 
 
 class _Handout:

@@ -27,7 +27,7 @@ import anyio.to_thread
 from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from bulkdrive.errors import ConfigError
+from bulkdrive.errors import ConfigError, FileFailed, SourceUnreadable, UnreadableFolder, Vanished
 
 #: Directory entries read (and stat'ed) per thread hop. Bounds memory per level of the path.
 BATCH_SIZE = 512
@@ -35,6 +35,11 @@ BATCH_SIZE = 512
 SYMLINK_NOT_FOLLOWED = "symbolic link (use --follow-symlinks)"
 SYMLINK_LOOP = "symbolic link loop (points to a folder above it)"
 VANISHED = "vanished while the tree was read"
+
+#: Why things are skipped, by kind: what the user asked for (the summary counts each kind).
+SKIP_SYMLINK = "symbolic link not followed"
+SKIP_LOOP = "symbolic link loop"
+SKIP_SPECIAL = "special file"
 
 
 # --- what the walk sends ------------------------------------------------------------------
@@ -63,13 +68,25 @@ class FileEntry:
 
 @dataclass(frozen=True, slots=True)
 class SkippedEntry:
-    """Something the walk saw and will not upload, with the reason for people."""
+    """Something the walk saw and will not upload because the user asked so (symbolic link
+    policy, special files), with the reason for people and its kind for the summary."""
 
     relative: str  # "." for SRC itself
     reason: str
+    kind: str = SKIP_SPECIAL
 
 
-WalkItem = FolderEntry | FileEntry | SkippedEntry
+@dataclass(frozen=True, slots=True)
+class WalkFailure:
+    """Something the walk could not read (a folder, a file's metadata) or that vanished while
+    it was read: whatever it held is not uploaded, so it is a failure, never a skip."""
+
+    relative: str  # "." for SRC itself
+    reason: str
+    error: type[FileFailed] = SourceUnreadable
+
+
+WalkItem = FolderEntry | FileEntry | SkippedEntry | WalkFailure
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +103,7 @@ class WalkStatistics:
     skipped: int
     filtered: int = 0
     stopped: bool = False
+    failed: int = 0
 
 
 # --- globs --------------------------------------------------------------------------------
@@ -259,7 +277,7 @@ class _Listing(Iterator["os.DirEntry[str]"], Protocol):
     def close(self) -> None: ...
 
 
-_FILE, _FOLDER, _SKIP = 0, 1, 2
+_FILE, _FOLDER, _SKIP, _FAIL = 0, 1, 2, 3
 
 
 @dataclass(slots=True)
@@ -272,6 +290,8 @@ class _Seen:
     mtime_ns: int = 0
     key: tuple[int, int] | None = None  # (st_dev, st_ino) of a folder
     reason: str = ""
+    skip_kind: str = SKIP_SPECIAL
+    error: type[FileFailed] = SourceUnreadable
 
 
 def _special_kind(mode: int) -> str:
@@ -291,17 +311,18 @@ def _classify(entry: os.DirEntry[str], follow_symlinks: bool) -> _Seen:
     try:
         if entry.is_symlink():
             if not follow_symlinks:
-                return _Seen(name, _SKIP, reason=SYMLINK_NOT_FOLLOWED)
+                return _Seen(name, _SKIP, reason=SYMLINK_NOT_FOLLOWED, skip_kind=SKIP_SYMLINK)
             try:
                 st = os.stat(entry.path)
             except OSError as exc:
-                return _Seen(name, _SKIP, reason=f"broken symbolic link ({exc.strerror})")
+                # Asked to follow it, and it leads nowhere: what it stood for is not uploaded.
+                return _Seen(name, _FAIL, reason=f"broken symbolic link ({exc.strerror})")
         else:
             st = entry.stat(follow_symlinks=False)
     except FileNotFoundError:
-        return _Seen(name, _SKIP, reason=VANISHED)
+        return _Seen(name, _FAIL, reason=VANISHED, error=Vanished)
     except OSError as exc:
-        return _Seen(name, _SKIP, reason=f"cannot read: {exc.strerror}")
+        return _Seen(name, _FAIL, reason=f"cannot read: {exc.strerror}")
     mode = st.st_mode
     if stat.S_ISREG(mode):
         return _Seen(name, _FILE, size=st.st_size, mtime_ns=st.st_mtime_ns)
@@ -374,11 +395,13 @@ class _Walker:
     filters: WalkFilters
     send_stream: ObjectSendStream[WalkItem]
     on_file: Callable[[FileEntry], None] | None = None
+    on_folder: Callable[[FolderEntry], None] | None = None
     folders: int = 0
     files: int = 0
     bytes: int = 0
     skipped: int = 0
     filtered: int = 0
+    failed: int = 0
 
     async def send(self, item: WalkItem) -> None:
         try:
@@ -395,13 +418,23 @@ class _Walker:
         if self.on_file is not None and isinstance(item, FileEntry):
             self.on_file(item)
 
-    async def skip(self, relative: str, reason: str) -> None:
-        await self.send(SkippedEntry(relative or ".", reason))
+    async def skip(self, relative: str, reason: str, kind: str) -> None:
+        await self.send(SkippedEntry(relative or ".", reason, kind))
         self.skipped += 1
+
+    async def fail(self, relative: str, reason: str, error: type[FileFailed]) -> None:
+        await self.send(WalkFailure(relative or ".", reason, error))
+        self.failed += 1
 
     def statistics(self, *, stopped: bool = False) -> WalkStatistics:
         return WalkStatistics(
-            self.folders, self.files, self.bytes, self.skipped, self.filtered, stopped
+            self.folders,
+            self.files,
+            self.bytes,
+            self.skipped,
+            self.filtered,
+            stopped,
+            self.failed,
         )
 
     def wanted(self, relative: str, *, is_folder: bool, included: bool) -> bool:
@@ -440,7 +473,7 @@ class _Walker:
                 batch = frame.batch
                 if frame.index >= len(batch.entries):
                     if batch.error:
-                        await self.skip(frame.relative, batch.error)
+                        await self.fail(frame.relative, batch.error, UnreadableFolder)
                     if batch.listing is None:
                         stack.pop()
                         sent = min(sent, len(stack) - 1)
@@ -459,7 +492,10 @@ class _Walker:
                         continue
                     # The folders on the path that were not yet sent, from the top.
                     while sent < len(stack) - 1:
-                        await self.send(FolderEntry(stack[sent + 1].relative))
+                        folder = FolderEntry(stack[sent + 1].relative)
+                        if self.on_folder is not None:
+                            self.on_folder(folder)
+                        await self.send(folder)
                         sent += 1
                         self.folders += 1
                     await self.send(
@@ -474,21 +510,29 @@ class _Walker:
                         self.filtered += 1
                         continue
                     if follow and any(f.key == seen.key for f in stack):
-                        await self.skip(relative, SYMLINK_LOOP)
+                        await self.skip(relative, SYMLINK_LOOP, SKIP_LOOP)
                         continue
                     path = os.path.join(frame.path, seen.name)
                     try:
                         child = await anyio.to_thread.run_sync(_open_folder, path, follow)
                     except FileNotFoundError:
-                        await self.skip(relative, VANISHED)
+                        await self.fail(relative, f"folder {VANISHED}", Vanished)
                         continue
                     except OSError as exc:
-                        await self.skip(relative, f"unreadable folder: {exc.strerror}")
+                        await self.fail(
+                            relative, f"unreadable folder: {exc.strerror}", UnreadableFolder
+                        )
                         continue
                     included = frame.included or self.filters.includes(relative, is_folder=True)
                     stack.append(_Frame(path, relative, child, key=seen.key, included=included))
+                elif seen.kind == _FAIL:
+                    # Not known to be a file or a folder: filters see it as a file.
+                    if self.wanted(relative, is_folder=False, included=frame.included):
+                        await self.fail(relative, seen.reason, seen.error)
+                    else:
+                        self.filtered += 1
                 elif self.wanted(relative, is_folder=False, included=frame.included):
-                    await self.skip(relative, seen.reason)
+                    await self.skip(relative, seen.reason, seen.skip_kind)
                 else:
                     self.filtered += 1
         finally:
@@ -503,6 +547,7 @@ async def walk(
     send: ObjectSendStream[WalkItem],
     *,
     on_file: Callable[[FileEntry], None] | None = None,
+    on_folder: Callable[[FolderEntry], None] | None = None,
 ) -> WalkStatistics:
     """Walk SRC and send its folders, files and skipped entries into `send`, then close it.
 
@@ -510,11 +555,14 @@ async def walk(
     FileEntry named after it) or a folder (SRC itself is not sent; its contents are relative
     to it); a symbolic link given as SRC is followed. If the receiver closes its end, the walk
     stops and returns what it counted (`stopped=True`). A missing or unreadable SRC raises
-    ConfigError; anything unreadable inside it is sent as a SkippedEntry and the walk goes on.
+    ConfigError; anything unreadable inside it, or vanishing while read, is sent as a
+    WalkFailure and the walk goes on; a SkippedEntry is only what the user asked to skip.
     `on_file` hears of each file as it enters the stream, so that totals are whole as soon as
-    the walk ends, however many files still wait in the stream.
+    the walk ends, however many files still wait in the stream. `on_folder` hears of each
+    folder before it enters the stream (so before any file inside it), which lets a receiver
+    create folders well ahead of their files.
     """
-    walker = _Walker(filters, send, on_file)
+    walker = _Walker(filters, send, on_file, on_folder)
     async with send:
         try:
             st = await anyio.to_thread.run_sync(os.stat, root)

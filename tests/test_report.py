@@ -53,7 +53,16 @@ def mixed_run() -> RunTally:
     tally.finished(outcome("a.txt", 100, Outcome.UPLOADED, file_guid="g1", bytes_sent=100))
     tally.finished(outcome("d/b.bin", 300, Outcome.UPLOADED, file_guid="g2", bytes_sent=300))
     tally.finished(outcome("d/e/big", 1000, Outcome.RESUMED, file_guid="g3", bytes_sent=400))
-    tally.finished(outcome("same", 50, Outcome.SKIPPED, reason="already on the server"))
+    tally.finished(
+        outcome(
+            "same",
+            50,
+            Outcome.SKIPPED,
+            reason="the server has it already",
+            skip_kind="already on the server",
+        )
+    )
+    tally.filtered(3)
     tally.finished(
         failed_outcome("hot.log", "\\dest\\hot.log", 7, SourceChanged("size changed while sent"))
     )
@@ -178,6 +187,8 @@ def test_json_report_schema_and_values(tmp_path: Path) -> None:
         "exit_code",
         "interrupted",
         "walk_complete",
+        "skipped_by_kind",
+        "filtered",
         "run_error",
         "failures",
         "failures_omitted",
@@ -207,6 +218,8 @@ def test_json_report_schema_and_values(tmp_path: Path) -> None:
         }
     ]
     assert data["failures_omitted"] == 0
+    assert data["skipped_by_kind"] == {"already on the server": 1}
+    assert data["filtered"] == 3
 
 
 def test_json_report_carries_the_run_error(tmp_path: Path) -> None:
@@ -285,8 +298,11 @@ def test_ndjson_lines_parse_and_match(tmp_path: Path) -> None:
             "bytes_sent",
             "reason",
             "exit_class",
+            "hint",
+            "skip_kind",
         }
         assert record["path"] == item.relative
+        assert record["hint"] == item.hint
         assert record["remote_path"] == item.remote_path
         assert record["size"] == item.size
         assert record["outcome"] == item.outcome.value

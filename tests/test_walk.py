@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import tracemalloc
@@ -28,6 +30,7 @@ from bulkdrive.walk import (
     FileEntry,
     FolderEntry,
     SkippedEntry,
+    WalkFailure,
     WalkFilters,
     WalkItem,
     WalkStatistics,
@@ -35,6 +38,8 @@ from bulkdrive.walk import (
     read_exclude_from,
     walk,
 )
+
+from trees import without_read_override
 
 pytestmark = pytest.mark.anyio
 
@@ -72,6 +77,10 @@ def folders_of(items: list[WalkItem]) -> list[str]:
 
 def skipped_of(items: list[WalkItem]) -> dict[str, str]:
     return {str(i.relative): i.reason for i in items if isinstance(i, SkippedEntry)}
+
+
+def failed_of(items: list[WalkItem]) -> dict[str, str]:
+    return {str(i.relative): i.reason for i in items if isinstance(i, WalkFailure)}
 
 
 def check_folder_order(items: list[WalkItem]) -> None:
@@ -348,8 +357,9 @@ async def test_follow_symlinks_without_looping(tmp_path: Path) -> None:
     skipped = skipped_of(items)
     assert skipped["real/up"] == SYMLINK_LOOP
     assert skipped["self"] == SYMLINK_LOOP
-    assert skipped["broken"].startswith("broken symbolic link")
-    assert set(skipped) == {"real/up", "self", "broken"}
+    assert set(skipped) == {"real/up", "self"}
+    # Asked to follow it, and it leads nowhere: a failure, not a skip.
+    assert failed_of(items)["broken"].startswith("broken symbolic link")
     assert "to-outside" in folders_of(items)
     check_folder_order(items)
     assert stats.files == 3
@@ -395,21 +405,53 @@ async def test_filtered_special_files_are_not_reported(tmp_path: Path) -> None:
     assert stats.filtered == 2
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their mode")
-async def test_unreadable_folder_skipped(tmp_path: Path) -> None:
+_WALK_SCRIPT = """
+import json, sys, anyio
+from pathlib import Path
+from bulkdrive.walk import FileEntry, WalkFailure, WalkFilters, walk
+
+async def main():
+    send, receive = anyio.create_memory_object_stream(16)
+    items = []
+    async def consume():
+        async with receive:
+            async for item in receive:
+                items.append(item)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        stats = await walk(Path(sys.argv[1]), WalkFilters(), send)
+    print(json.dumps({
+        "files": sorted(i.relative for i in items if isinstance(i, FileEntry)),
+        "failed": {i.relative: [i.reason, i.error.__name__] for i in items
+                   if isinstance(i, WalkFailure)},
+        "skipped": stats.skipped,
+        "failed_count": stats.failed,
+    }))
+
+anyio.run(main)
+"""
+
+
+def test_unreadable_folder_is_a_failure(tmp_path: Path) -> None:
+    # Run without the capabilities that let root read any folder: CI runs as root.
     src = tmp_path / "src"
     write(src / "locked/secret")
     write(src / "open/fine")
     (src / "locked").chmod(0)
     try:
-        items, _ = await collect(src)
+        argv = without_read_override([sys.executable, "-c", _WALK_SCRIPT, str(src)])
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
     finally:
         (src / "locked").chmod(0o755)
-    assert set(files_of(items)) == {"open/fine"}
-    assert skipped_of(items)["locked"].startswith("unreadable folder")
+    seen = json.loads(done.stdout)
+    assert seen["files"] == ["open/fine"]
+    reason, error = seen["failed"]["locked"]
+    assert reason.startswith("unreadable folder: Permission denied")
+    assert error == "UnreadableFolder"
+    assert (seen["skipped"], seen["failed_count"]) == (0, 1)
 
 
-async def test_folder_that_is_not_a_folder_any_more_is_skipped(tmp_path: Path) -> None:
+async def test_folder_that_is_not_a_folder_any_more_is_a_failure(tmp_path: Path) -> None:
     # Stands in for an unreadable folder when the tests run as root: the folder is listed,
     # then replaced before the walk opens it, deterministically (see vanished test below).
     src = tmp_path / "src"
@@ -417,17 +459,19 @@ async def test_folder_that_is_not_a_folder_any_more_is_skipped(tmp_path: Path) -
     write(src / "b/inside")
     write(src / "c/after")
     items = await _replace_folder_while_walking(src, src / "b", becomes_file=True)
-    assert skipped_of(items) == {"b": "unreadable folder: Not a directory"}
+    assert failed_of(items) == {"b": "unreadable folder: Not a directory"}
+    assert not skipped_of(items)
     assert set(files_of(items)) == {"a.txt", "c/after"}
 
 
-async def test_folder_that_vanishes_is_skipped_and_the_walk_goes_on(tmp_path: Path) -> None:
+async def test_folder_that_vanishes_is_a_failure_and_the_walk_goes_on(tmp_path: Path) -> None:
     src = tmp_path / "src"
     write(src / "a.txt")
     write(src / "b/inside")
     write(src / "c/after")
     items = await _replace_folder_while_walking(src, src / "b", becomes_file=False)
-    assert skipped_of(items) == {"b": VANISHED}
+    assert failed_of(items) == {"b": f"folder {VANISHED}"}
+    assert not skipped_of(items)
     assert set(files_of(items)) == {"a.txt", "c/after"}
     assert folders_of(items) == ["c"]
 
@@ -480,11 +524,13 @@ async def test_files_that_vanish_after_listing(tmp_path: Path) -> None:
         tg.start_soon(consume)
         stats = await walk(src, WalkFilters(), send)
     seen = files_of(items)
-    skipped = skipped_of(items)
+    failed = failed_of(items)
     # The first batch was stat'ed before the deletion; later ones find the names gone.
     assert len(seen) == BATCH_SIZE
-    assert set(skipped.values()) <= {VANISHED}
-    assert set(seen) | set(skipped) <= names
+    assert not skipped_of(items)
+    assert set(failed.values()) <= {VANISHED}
+    assert set(seen) | set(failed) <= names
+    assert stats.failed == len(failed)
     assert stats.files == BATCH_SIZE
 
 

@@ -53,6 +53,12 @@ SMALL_FILE_BYTES = 1024 * 1024
 ROUTE_CACHE_SIZE = 4096
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 _DIGITS = re.compile(r"^[0-9]+$")
+#: What a Windows file system refuses in a name (--windows-names).
+_WINDOWS_CHARACTERS = re.compile(r'[<>:"|?*\x00-\x1f]')
+_WINDOWS_DEVICES = frozenset(
+    ["CON", "PRN", "AUX", "NUL"]
+    + [f"{kind}{digit}" for kind in ("COM", "LPT") for digit in "123456789\u00b9\u00b2\u00b3"]
+)
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -89,6 +95,8 @@ class EmulatorConfig:
     token_idle_seconds: float = DEFAULT_TOKEN_IDLE_SECONDS
     session_ttl_seconds: float = 86400.0
     strict_parents: bool = False
+    #: Refuse names a Windows file system refuses (400), as a Windows-backed server does.
+    windows_names: bool = False
     json_dialect: protocol.Format = protocol.Format.JSON
     fault_rate: float = 0.0
     fault_seed: int = 0
@@ -277,6 +285,19 @@ def _parent_folder(raw: str) -> tuple[tuple[str, ...] | None, str | None]:
         return protocol.split_remote_path(text), None
     except ValueError as exc:
         return None, str(exc)
+
+
+def windows_name_problem(name: str) -> str | None:
+    """Why a Windows file system would refuse `name`, or None when it takes it."""
+    bad = _WINDOWS_CHARACTERS.search(name)
+    if bad is not None:
+        return f"it contains {bad.group()!r}"
+    if name.endswith((".", " ")):
+        return "it ends with a dot or a space"
+    # CON, con.txt and "NUL .tar.gz" alike: the part before the first dot, trailing spaces off.
+    if name.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_DEVICES:
+        return "it is a reserved device name"
+    return None
 
 
 def _is_eof(raw: str | None) -> bool:
@@ -769,6 +790,7 @@ class Emulator:
                 raise _Refusal(400, f"invalid path: {exc}") from None
             if len(parts) != 1 or parts[0] != name:
                 raise _Refusal(400, "name must be one folder name, without separators")
+            self._check_windows_names((*parent, name))
             resource = await self.store.create_folder(
                 target, parent, name, self.config.strict_parents
             )
@@ -1128,6 +1150,17 @@ class Emulator:
             session = await self.store.find_for(target, parent, name)
         return session
 
+    def _check_windows_names(self, names: tuple[str, ...]) -> None:
+        """With --windows-names, refuse what a Windows-backed server's file system would."""
+        if not self.config.windows_names:
+            return
+        for name in names:
+            problem = windows_name_problem(name)
+            if problem is not None:
+                raise _Refusal(
+                    400, f"the name {name!r} is not allowed on a Windows file system: {problem}"
+                )
+
     def _file_headers(
         self, request: web.Request
     ) -> tuple[str, tuple[str, ...], int, int, str | None]:
@@ -1155,6 +1188,7 @@ class Emulator:
             raise _Refusal(400, f"invalid path: {parent_error}")
         if len(name_parts) != 1 or name_parts[0] != name:
             raise _Refusal(400, "FileName must be one file name, without separators")
+        self._check_windows_names((*parent, name))
         if not _DIGITS.match(raw_size):
             raise _Refusal(400, "FileSize must be a non-negative integer")
         size = int(raw_size)

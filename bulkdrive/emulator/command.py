@@ -110,6 +110,11 @@ async def _serve(config: EmulatorConfig, announce: list[str]) -> None:
 )
 @click.option("--strict-parents", is_flag=True, help="Answer 404 when a parent folder is missing.")
 @click.option(
+    "--windows-names",
+    is_flag=True,
+    help='Answer 400 for names Windows refuses (<>:"|?*, controls, trailing dot/space, CON...).',
+)
+@click.option(
     "--json-dialect", type=click.Choice(["flat", "wrapped"]), default="flat", show_default=True
 )
 @click.option(
@@ -147,6 +152,7 @@ def serve(
     token_idle_seconds: float,
     session_ttl_seconds: float,
     strict_parents: bool,
+    windows_names: bool,
     json_dialect: str,
     fault_rate: float,
     fault_seed: int,
@@ -181,6 +187,7 @@ def serve(
             token_idle_seconds=token_idle_seconds,
             session_ttl_seconds=session_ttl_seconds,
             strict_parents=strict_parents,
+            windows_names=windows_names,
             json_dialect=protocol.Format.WRAPPED
             if json_dialect == "wrapped"
             else protocol.Format.JSON,
