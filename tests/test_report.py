@@ -95,7 +95,7 @@ def test_durations() -> None:
 
 def test_hostile_names_are_escaped_to_one_printable_line() -> None:
     assert printable("evil\x1b[2J\r.txt") == "evil\\x1b[2J\\x0d.txt"
-    assert printable("bad\udcffname") == "bad\\udcffname"
+    assert printable("bad\udcffname") == "bad\\xffname"  # the byte that is not UTF-8
     assert printable("gnp.\u202eexe") == "gnp.\\u202eexe"
     assert printable("plain/ünïcode name.txt") == "plain/ünïcode name.txt"
     assert one_line("first\n  second\tthird") == "first second third"
