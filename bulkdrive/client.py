@@ -342,7 +342,8 @@ class EdgeDriveClient:
         """Open an upload session, with the file's first bytes as the body.
 
         A 409 (an unfinished session exists) is a reply with `error_code` 409 and the existing
-        session's requestId and chunkOffset, not an error: the upload resumes from it.
+        session's requestId and chunkOffset, not an error: the upload resumes from it. A 409
+        without a requestId (the session is busy receiving) is SessionBusy.
         """
         try:
             parent = protocol.join_remote_path(protocol.split_remote_path(folder))
@@ -368,6 +369,10 @@ class EdgeDriveClient:
         )
         if response.status == 409:
             reply = UploadReply.from_node(response.node)
+            if not reply.request_id:
+                # No session offered: the server is still receiving another request for this
+                # file (a definite refusal; nothing of this one was applied).
+                raise self._error(response, what=what)
             return dataclasses.replace(reply, error_code=409)
         return self._upload_reply(response, what=what, in_session=False)
 

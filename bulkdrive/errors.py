@@ -35,7 +35,7 @@ and the exit code the CLI ends with.
         └── JournalFailed           the resume journal cannot be written      exit 1
 
 Foreign exceptions (aiohttp, OSError) are translated into this tree at exactly one boundary:
-`bulkdrive.client` for the network and `bulkdrive.upload` for local files.
+`bulkdrive.client` for the network and `bulkdrive.source` for local files.
 """
 
 from __future__ import annotations

@@ -33,7 +33,13 @@ from bulkdrive.names import InvalidNames, check_name, remote_name
 from bulkdrive.progress import NullReporter, Reporter
 from bulkdrive.protocol import UploadReply, mtime_seconds, remote_child, split_remote_path
 from bulkdrive.report import FileOutcome, FileReportWriter, Outcome, RunSummary, RunTally
-from bulkdrive.upload import LocalContent, UploadResult, read_small_files, upload_file
+from bulkdrive.upload import (
+    LocalContent,
+    ResumePoint,
+    UploadResult,
+    read_small_files,
+    upload_file,
+)
 from bulkdrive.walk import (
     FileEntry,
     FolderEntry,
@@ -322,8 +328,14 @@ class TreeUpload:
             await self._journal.flush()
         ready: list[_Ready] = []
         for entry, stale, record in chosen:
-            known = record.digests if record is not None and _same_version(record, entry) else b""
-            ready.append((entry, stale, contents.get(entry.relative), known))
+            content = contents.get(entry.relative)
+            if record is not None and _same_version(record, entry):
+                resume = None
+                if record.request_id:
+                    resume = ResumePoint(record.request_id, record.offset)
+                ready.append((entry, stale, content, resume, record.digests))
+            else:
+                ready.append((entry, stale, content, None, b""))
         if ready:
             await self._handout.put(ready)
 
@@ -430,7 +442,12 @@ class TreeUpload:
     # --- one file ------------------------------------------------------------------------
 
     async def _upload(
-        self, entry: FileEntry, stale: bool, content: LocalContent | None, known: bytes
+        self,
+        entry: FileEntry,
+        stale: bool,
+        content: LocalContent | None,
+        resume: ResumePoint | None,
+        known: bytes,
     ) -> None:
         assert self._client is not None
         relative = entry.relative
@@ -469,6 +486,7 @@ class TreeUpload:
                 config=self._plan.config,
                 events=events,
                 content=content,
+                resume=resume,
                 known_digests=known,
             )
         except errors.BulkdriveError as exc:
@@ -694,8 +712,8 @@ def _is_stale(record: FileRecord | None, entry: FileEntry) -> bool:
 
 
 #: A file handed to a worker: the entry, whether an old session must be discarded first, its
-#: content when it was read ahead, and the block digests the journal kept of it.
-_Ready = tuple[FileEntry, bool, LocalContent | None, bytes]
+#: content when it was read ahead, and the session and block digests the journal kept of it.
+_Ready = tuple[FileEntry, bool, LocalContent | None, ResumePoint | None, bytes]
 
 
 async def _next_batch(receive: MemoryObjectReceiveStream[WalkItem]) -> list[WalkItem]:

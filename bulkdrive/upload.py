@@ -1,55 +1,53 @@
-"""One file, one upload session: spec §4–§8 as a state machine with a thin async driver.
+"""One file, one upload session: the thin async driver around `bulkdrive.session`.
 
-The middle of this module is pure: `SessionState` and the transition functions below it
-decide, from a server reply or a lost request, what the upload does next. `_Upload` around
-them does the I/O: it reads chunks with aiofiles (the next one while the current one is sent),
-calls the client, and applies the tenacity policy between attempts.
+`bulkdrive.session` decides, purely, what the upload does next from each reply or error;
+`_Upload` here does the I/O: it reads chunks from `bulkdrive.source` (the next one while the
+current one is sent), hashes them off the loop, calls the client, and applies the tenacity
+policy between attempts.
 
 The rule that matters most (§8): a request whose outcome is unknown is never sent again.
 The server may have stored it; the only safe move is to ask the server for its offset by
-initiating again, and to continue from there.
-
-Local-file errors (OSError) are translated into `bulkdrive.errors` here, and only here.
+initiating again, and to continue from there, and only from an offset that is provably ours.
 """
 
 from __future__ import annotations
 
-import contextlib
-import enum
 import functools
 import os
-import stat
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
 
-import aiofiles
 import anyio
-import anyio.to_thread
-from aiofiles.threadpool.binary import AsyncBufferedReader
 from tenacity import RetryCallState, RetryError
 
 from bulkdrive import errors, protocol
 from bulkdrive.client import EdgeDriveClient, exhausted, retrying
 from bulkdrive.config import TransferConfig
 from bulkdrive.integrity import BlockHasher, hash_off_loop
-from bulkdrive.protocol import BLOCK_SIZE, FileResource, UploadReply
+from bulkdrive.protocol import BLOCK_SIZE, UploadReply
+from bulkdrive.session import (
+    Phase,
+    ResumePoint,
+    checked,
+    chunk_sent,
+    failed,
+    initiated,
+    opened,
+    recovered,
+    sending,
+)
+from bulkdrive.source import LocalContent, Source, read_small_files
 
 __all__ = [
     "LocalContent",
     "NullEvents",
-    "Phase",
-    "SessionState",
+    "ResumePoint",
     "UploadEvents",
     "UploadResult",
     "read_small_files",
     "upload_file",
 ]
-
-T = TypeVar("T")
-
-#: Fresh sessions after an integrity failure (or foreign bytes) before the file fails.
-MAX_RESTARTS = 2
 
 
 # --- what the caller hears ------------------------------------------------------------------
@@ -105,350 +103,37 @@ class UploadResult:
     integrity_verified: bool  # the server checked BlockLevelHash and it matched
 
 
-# --- the state machine ----------------------------------------------------------------------
-
-
-class Phase(enum.Enum):
-    """What the upload does next.
-
-    INITIATE ──200──▶ SEND ──final 200──▶ DONE
-      │  ▲  └──409──────▲│
-      │  └── restart ───┼┤ (integrity failure, foreign bytes, offset past the end)
-      ▼                 │▼
-    (outcome unknown) ─▶ RECOVER ──409 or 200──▶ SEND
-                          └──200 after a lost final request──▶ CHECK ──complete──▶ DONE
-    """
-
-    INITIATE = "initiate"  # open a session with the first chunk (forceRestart when restarting)
-    SEND = "send"  # send the chunk at `offset` to session `request_id`
-    RECOVER = "recover"  # re-initiate, without requestId or forceRestart, to learn the offset
-    CHECK = "check"  # a lost final request and no session left: is the file complete?
-    DONE = "done"
-
-
-@dataclass(frozen=True)
-class SessionState:
-    phase: Phase
-    size: int
-    request_id: str = ""
-    offset: int = 0  # bytes the server holds for request_id: where the next chunk starts
-    force_restart: bool = False  # the next initiate discards what the server holds
-    adopted: bool = False  # a session found by a 409, whose bytes may not be this file's
-    lost_final: bool = False  # the request with the unknown outcome carried FileEOF
-    file_guid: str = ""
-    integrity_verified: bool = False
-    resumes: int = 0
-    restarts: int = 0
-
-
-def restarted(state: SessionState, reason: str) -> SessionState:
-    """Start over at offset 0, discarding the server's bytes; fail after MAX_RESTARTS."""
-    if state.restarts >= MAX_RESTARTS:
-        raise errors.IntegrityMismatch(f"{reason} (after {state.restarts} fresh starts)")
-    return replace(
-        state,
-        phase=Phase.INITIATE,
-        request_id="",
-        offset=0,
-        force_restart=True,
-        adopted=False,
-        lost_final=False,
-        restarts=state.restarts + 1,
-    )
-
-
-def _continue_existing(state: SessionState, reply: UploadReply) -> SessionState:
-    """A 409: an unfinished session exists; its chunkOffset is where the file continues."""
-    if reply.chunk_offset > state.size:
-        return restarted(state, f"the server holds {reply.chunk_offset} bytes of a smaller file")
-    return replace(
-        state,
-        phase=Phase.SEND,
-        request_id=reply.request_id,
-        offset=reply.chunk_offset,
-        adopted=state.adopted or reply.request_id != state.request_id,
-        lost_final=False,
-        resumes=state.resumes + (1 if reply.chunk_offset > 0 else 0),
-    )
-
-
-def _advanced(
-    state: SessionState, reply: UploadReply, *, final: bool, **fresh: Any
-) -> SessionState:
-    """The server took the chunk; `fresh` are the changes of a new session (one replace per
-    reply: it is most of a small file's state-machine time)."""
-    if reply.chunk_offset > state.size:
-        return restarted(state, f"the server holds {reply.chunk_offset} bytes of a smaller file")
-    if reply.file_guid or (final and reply.chunk_offset == state.size):
-        return replace(
-            state,
-            phase=Phase.DONE,
-            offset=state.size,
-            file_guid=reply.file_guid or "",
-            integrity_verified=reply.integrity_verified,
-            **fresh,
-        )
-    return replace(state, phase=Phase.SEND, offset=reply.chunk_offset, **fresh)
-
-
-def initiated(state: SessionState, reply: UploadReply, *, final: bool) -> SessionState:
-    """The reply to an INITIATE (first chunk in the body)."""
-    if reply.error_code == 409:
-        return _continue_existing(state, reply)
-    return _advanced(
-        state,
-        reply,
-        final=final,
-        request_id=reply.request_id,
-        force_restart=False,
-        adopted=False,
-        lost_final=False,
-    )
-
-
-def chunk_sent(state: SessionState, reply: UploadReply, *, final: bool) -> SessionState:
-    return _advanced(state, reply, final=final)
-
-
-def outcome_unknown(state: SessionState, *, final: bool) -> SessionState:
-    """The request in flight may or may not have been applied (§8)."""
-    if state.phase is Phase.INITIATE:
-        if final:
-            # The whole file travelled in that initiate: it either completed or did nothing.
-            return replace(state, phase=Phase.CHECK, request_id="", lost_final=True)
-        if state.force_restart:
-            return state  # a forceRestart initiate discards whatever the lost one did
-        return replace(state, phase=Phase.RECOVER, lost_final=False)
-    if state.phase is Phase.SEND:
-        return replace(state, phase=Phase.RECOVER, lost_final=final)
-    return state  # RECOVER and CHECK only ask: ask again
-
-
-def recovered(state: SessionState, reply: UploadReply) -> SessionState:
-    """The reply to the RECOVER initiate (empty body, no requestId, no forceRestart)."""
-    if reply.error_code == 409:
-        return _continue_existing(state, reply)
-    # 200: no unfinished session remained (it completed or expired); a new one has started.
-    fresh = replace(state, request_id=reply.request_id, offset=reply.chunk_offset, adopted=False)
-    if state.lost_final:
-        return replace(fresh, phase=Phase.CHECK)
-    return replace(fresh, phase=Phase.SEND)
-
-
-def checked(state: SessionState, resource: FileResource | None, *, mtime: int) -> SessionState:
-    """The remote file's properties after a lost final request."""
-    complete = (
-        resource is not None
-        and not resource.is_directory
-        and resource.size == state.size
-        and resource.modified_time == mtime
-    )
-    if complete and resource is not None:
-        return replace(
-            state, phase=Phase.DONE, offset=state.size, file_guid=resource.guid, lost_final=False
-        )
-    if state.request_id:
-        return replace(state, phase=Phase.SEND, lost_final=False)
-    return replace(state, phase=Phase.INITIATE, lost_final=False)
-
-
-# --- the local file -------------------------------------------------------------------------
+# --- the driver -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Chunk:
     offset: int
     data: bytes
-    hasher: BlockHasher | None  # the block-level hash of [0, end) when integrity is on
+    hasher: BlockHasher  # the block-level hash of the local file's [0, end)
 
     @property
     def end(self) -> int:
         return self.offset + len(self.data)
 
 
-@dataclass(frozen=True)
-class _Identity:
-    """What tells us the bytes changed: size and mtime of the inode we read."""
-
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> _Identity:
-        return cls(st.st_size, st.st_mtime_ns)
-
-
-def _open_regular(path: str, preload_limit: int) -> tuple[int, _Identity, bytes | None]:
-    """Open, check it is a regular file, and read it whole when it is small: one thread hop.
-
-    O_NONBLOCK keeps a FIFO from blocking the open; it changes nothing for regular files.
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise IsADirectoryError(f"{path} is not a regular file")
-        if st.st_size > preload_limit:
-            return fd, _Identity.of(st), None
-        parts = []
-        left = st.st_size
-        while left > 0:
-            part = os.read(fd, left)
-            if not part:
-                break
-            parts.append(part)
-            left -= len(part)
-        after = os.fstat(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    os.close(fd)
-    data = b"".join(parts)
-    if len(data) != st.st_size or _Identity.of(after) != _Identity.of(st):
-        raise _Changed(_Identity.of(st), _Identity.of(after))
-    return -1, _Identity.of(st), data
-
-
-@dataclass(frozen=True)
-class LocalContent:
-    """A small file read whole ahead of its upload, with the size and mtime it had then."""
-
-    data: bytes
-    size: int
-    mtime_ns: int
-
-
-def read_small_files(paths: Sequence[str], limit: int) -> list[LocalContent | None]:
-    """Read small files whole, in the calling thread: one thread hop for a batch of them.
-
-    None for a file that cannot be read whole now (larger than `limit`, changing, gone,
-    unreadable): its upload opens it again and reports what is wrong.
-    """
-    contents: list[LocalContent | None] = []
-    for path in paths:
-        try:
-            fd, identity, data = _open_regular(path, limit)
-        except (OSError, _Changed):
-            contents.append(None)
-            continue
-        if data is None:
-            os.close(fd)
-            contents.append(None)
-        else:
-            contents.append(LocalContent(data, identity.size, identity.mtime_ns))
-    return contents
-
-
-class _Changed(Exception):
-    def __init__(self, before: _Identity, after: _Identity) -> None:
-        super().__init__("changed")
-        self.before = before
-        self.after = after
-
-
-class _Source:
-    """The local file: chunks read with aiofiles at their offset; notices when it changes."""
-
-    def __init__(
-        self,
-        path: str,
-        identity: _Identity,
-        handle: AsyncBufferedReader | None,
-        preloaded: bytes | None,
-    ) -> None:
-        self.path = path
-        self.identity = identity
-        self.size = identity.size
-        self._handle = handle
-        self._preloaded = preloaded
-        self._position = 0
-
-    @classmethod
-    async def open(cls, path: str, preload_limit: int) -> _Source:
-        try:
-            fd, identity, data = await anyio.to_thread.run_sync(_open_regular, path, preload_limit)
-        except _Changed as changed:
-            raise _source_changed(path, changed.before, changed.after) from None
-        except OSError as exc:
-            raise errors.SourceUnreadable(f"{path}: {exc.strerror or exc}") from None
-        if data is not None:
-            return cls(path, identity, None, data)
-        try:
-            handle = await aiofiles.open(fd, "rb")
-        except OSError as exc:
-            os.close(fd)
-            raise errors.SourceUnreadable(f"{path}: {exc.strerror or exc}") from None
-        return cls(path, identity, handle, None)
-
-    async def read(self, offset: int, length: int) -> bytes:
-        if self._preloaded is not None:
-            return self._preloaded[offset : offset + length]
-        assert self._handle is not None
-        # Shielded: a read abandoned half-way would leave the file position unknown.
-        with anyio.CancelScope(shield=True):
-            try:
-                if self._position != offset:
-                    await self._handle.seek(offset)
-                    self._position = offset
-                data = await self._handle.read(length)
-            except OSError as exc:
-                self._position = -1
-                raise errors.SourceUnreadable(f"{self.path}: {exc.strerror or exc}") from None
-        self._position += len(data)
-        if len(data) != length:
-            now = await self._identity_now()
-            raise _source_changed(self.path, self.identity, now)
-        return data
-
-    async def check_unchanged(self) -> None:
-        """Before the final request: the bytes sent must all be from one version of the file."""
-        if self._handle is None:
-            return  # read whole, and checked, in one go
-        now = await self._identity_now()
-        if now != self.identity:
-            raise _source_changed(self.path, self.identity, now)
-
-    async def _identity_now(self) -> _Identity:
-        assert self._handle is not None
-        try:
-            st = await anyio.to_thread.run_sync(os.fstat, self._handle.fileno())
-        except OSError as exc:
-            raise errors.SourceUnreadable(f"{self.path}: {exc.strerror or exc}") from None
-        return _Identity.of(st)
-
-    async def close(self) -> None:
-        if self._handle is not None:
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(OSError):
-                    await self._handle.close()
-            self._handle = None
-
-
-def _source_changed(path: str, before: _Identity, after: _Identity) -> errors.SourceChanged:
-    if before.size != after.size:
-        what = f"size {before.size} → {after.size}"
-    elif before.mtime_ns != after.mtime_ns:
-        what = "modified time changed"
-    else:
-        what = "shorter than its size"
-    return errors.SourceChanged(f"{path}: changed while it was uploaded ({what}); not stored")
-
-
-# --- the driver -----------------------------------------------------------------------------
-
-
 class _Upload:
-    """Drives one file through the state machine; one instance per upload_file call."""
+    """Drives one file through the state machine; one instance per upload_file call.
+
+    Every chunk is hashed, with or without the server's integrity check: the block digests
+    go to the journal, so that a resume can tell whether the local file still holds the
+    bytes an earlier run sent (a same-size, same-mtime edit in place)."""
 
     def __init__(
         self,
         client: EdgeDriveClient,
-        source: _Source,
+        source: Source,
         *,
         folder: str,
         name: str,
         config: TransferConfig,
         events: UploadEvents,
+        resume: ResumePoint | None = None,
         known_digests: bytes = b"",
     ) -> None:
         self.client = client
@@ -460,15 +145,15 @@ class _Upload:
         self.chunk_size = config.chunk_size
         self.verify = config.verify
         self.mtime = protocol.mtime_seconds(source.identity.mtime_ns)
-        self.state = SessionState(Phase.INITIATE, size=source.size)
+        self.state = opened(source.size, resume)
         self.bytes_sent = 0
-        self._final_in_flight = False
         self._confirmed_high = 0
         self._ahead: _Chunk | None = None  # read while the initiate was in flight
         # Block-level hashers by prefix length: the confirmed offset, the chunk in flight.
-        self._hashers: dict[int, BlockHasher] = {0: BlockHasher()} if self.verify else {}
+        self._hashers: dict[int, BlockHasher] = {0: BlockHasher()}
         self._known_digests = known_digests  # the journal's, for [0, n × 4 MiB) of this file
         self._blocks_reported = 0
+        self._restarts_seen = 0
 
     def progress(self) -> int:
         """The most bytes the server ever confirmed: what the retry budget counts from."""
@@ -476,6 +161,8 @@ class _Upload:
 
     async def run(self) -> None:
         while self.state.phase is not Phase.DONE:
+            if self.state.restarts != self._restarts_seen:
+                self._started_over()
             try:
                 if self.state.phase is Phase.INITIATE:
                     await self._initiate()
@@ -485,23 +172,22 @@ class _Upload:
                     await self._recover()
                 else:
                     await self._check()
-            except errors.OutcomeUnknown:
+            except errors.BulkdriveError as exc:
                 self._ahead = None
-                self.state = outcome_unknown(self.state, final=self._final_in_flight)
-                raise
-            except errors.IntegrityMismatch as exc:
-                self.state = restarted(self.state, str(exc))
-                # The digests we started from may be what was wrong: trust only the file now.
-                self._known_digests = b""
-                self._blocks_reported = 0
-            except errors.Rejected as exc:
-                if not self.state.adopted:
-                    raise
-                # The session we found was for other bytes (another size, another version).
-                self.state = restarted(self.state, str(exc))
+                self.state = failed(self.state, exc)  # raises what ends the file
+                if exc.retryable:
+                    raise  # the backoff, then the next attempt from the state reached
         if self._confirmed_high < self.state.size:
             self.events.bytes_confirmed(self.state.size - self._confirmed_high)
             self._confirmed_high = self.state.size
+
+    def _started_over(self) -> None:
+        """A fresh session from offset 0: what was known of the old one means nothing now."""
+        self._restarts_seen = self.state.restarts
+        self._hashers = {0: BlockHasher()}
+        self._known_digests = b""
+        self._blocks_reported = 0
+        self._ahead = None
 
     # --- one method per phase -------------------------------------------------------------
 
@@ -525,7 +211,7 @@ class _Upload:
             )
 
         reply, self._ahead = await self._send_reading_ahead(send, chunk, final)
-        self.state = initiated(self.state, reply, final=final)
+        self.state = initiated(self.state, reply)
         self._heard(reply)
 
     async def _send_chunks(self) -> None:
@@ -545,12 +231,11 @@ class _Upload:
                 block_hash=block_hash,
             )
             reply, ahead = await self._send_reading_ahead(send, chunk, final)
-            self.state = chunk_sent(self.state, reply, final=final)
+            self.state = chunk_sent(self.state, reply)
             self._heard(reply)
 
     async def _recover(self) -> None:
         # No body: a 409 would not apply it, and a 200 means a new session from offset 0.
-        self._final_in_flight = False
         reply = await self.client.initiate(
             name=self.name,
             folder=self.folder,
@@ -564,7 +249,6 @@ class _Upload:
         self._heard(reply)
 
     async def _check(self) -> None:
-        self._final_in_flight = False
         resource = await self.client.metadata(protocol.remote_child(self.folder, self.name))
         self.state = checked(self.state, resource, mtime=self.mtime)
 
@@ -577,29 +261,32 @@ class _Upload:
 
     async def _chunk_at(self, offset: int, hasher: BlockHasher | None = None) -> _Chunk:
         data = await self.source.read(offset, self._chunk_length(offset))
-        if not self.verify:
-            return _Chunk(offset, data, None)
         if hasher is None:
             hasher = await self._hasher_at(offset)
         return _Chunk(offset, data, await hash_off_loop(hasher, data))
 
     async def _hasher_at(self, offset: int) -> BlockHasher:
-        """The block-level hash of [0, offset), a server-confirmed offset: remembered, or
-        rebuilt from the journal's block digests and the file for what they do not cover."""
+        """The block-level hash of the local file's [0, offset), a server-confirmed offset:
+        remembered, or hashed from the local file now (a session found at an offset this
+        upload never sent from). Never taken from the journal's digests alone: they describe
+        what was sent, and the final hash must describe the file as it is. Each whole block
+        is compared with the journal's digest of it; a difference means the file was edited
+        in place since (same size and modified time), and the session holds old bytes."""
         hasher = self._hashers.get(offset)
         if hasher is None:
-            # A session found at an offset we never sent from: the prefix it holds.
-            whole = min(offset // BLOCK_SIZE, len(self._known_digests) // 32)
-            known = self._known_digests[: whole * 32]
-            hasher = BlockHasher.from_digests(known) if whole else BlockHasher()
-            for index in range(self._blocks_reported, whole):
-                self.events.block_confirmed(index, known[index * 32 : index * 32 + 32])
-            self._blocks_reported = max(self._blocks_reported, whole)
-            position = hasher.position
-            while position < offset:
-                length = min(self.chunk_size - position % self.chunk_size, offset - position)
+            hasher = BlockHasher()
+            known = self._known_digests
+            while hasher.position < offset:
+                position = hasher.position
+                length = min(BLOCK_SIZE - position % BLOCK_SIZE, offset - position)
                 hasher = await hash_off_loop(hasher, await self.source.read(position, length))
-                position += length
+                index = hasher.position // BLOCK_SIZE - 1
+                journaled = known[index * 32 : index * 32 + 32]
+                if hasher.position % BLOCK_SIZE == 0 and journaled not in (b"", hasher.last_block):
+                    raise errors.IntegrityMismatch(
+                        f"{self.source.path}: block {index} differs from what an earlier run "
+                        "sent (edited in place since); starting over"
+                    )
                 self._report_block(hasher)
         self._hashers = {offset: hasher}
         return hasher
@@ -612,18 +299,17 @@ class _Upload:
 
     async def _before_sending(self, chunk: _Chunk, final: bool) -> str | None:
         """Everything decided before a chunk goes out; returns its BlockLevelHash header."""
-        self._final_in_flight = final
+        self.state = sending(self.state, chunk.end, final=final)
         self.bytes_sent += len(chunk.data)
-        if chunk.hasher is not None:
-            # Keep only what a recovery may need: the hash at either end of this chunk.
-            before = self._hashers.get(chunk.offset)
-            self._hashers = {chunk.end: chunk.hasher}
-            if before is not None:
-                self._hashers[chunk.offset] = before
+        # Keep only what a recovery may need: the hash at either end of this chunk.
+        before = self._hashers.get(chunk.offset)
+        self._hashers = {chunk.end: chunk.hasher}
+        if before is not None:
+            self._hashers[chunk.offset] = before
         if not final:
             return None
         await self.source.check_unchanged()
-        return chunk.hasher.hexdigest() if chunk.hasher is not None else None
+        return chunk.hasher.hexdigest() if self.verify else None
 
     async def _send_reading_ahead(
         self, send: Callable[[], Awaitable[UploadReply]], chunk: _Chunk, final: bool
@@ -655,7 +341,7 @@ class _Upload:
                 self.events.resumed(offset)
         else:
             return
-        if self.verify and (hasher := self._hashers.get(offset)) is not None:
+        if (hasher := self._hashers.get(offset)) is not None:
             self._report_block(hasher)
         if reply.request_id:
             self.events.offset_confirmed(reply.request_id, offset)
@@ -695,6 +381,7 @@ async def upload_file(
     events: UploadEvents | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
     content: LocalContent | None = None,
+    resume: ResumePoint | None = None,
     known_digests: bytes = b"",
 ) -> UploadResult:
     """Upload one local file into `remote_folder` (backslash or slash separated) of the
@@ -702,9 +389,12 @@ async def upload_file(
 
     FileFailed subclasses fail this file only; RunFailed subclasses mean nothing more can
     succeed. The remote folder must exist on servers that do not create parents (§7).
-    `content`, from `read_small_files`, saves reading a small file again; `known_digests`,
-    the block digests a journal kept of this very file, save re-reading the prefix that an
-    unfinished session holds (a wrong one costs a restart, never a wrong file).
+    `content`, from `read_small_files`, saves reading a small file again. `resume`, the
+    session and offset a journal kept of this very file (same size and modified time), lets
+    the upload continue that session: it asks the server for its offset with an empty
+    initiate, and continues only from an offset that session can hold of ours.
+    `known_digests`, the block digests the journal kept, are compared with the local file's
+    prefix before it continues (a difference costs a restart, never a wrong file).
     """
     config = config or client.config
     events = events or NullEvents()
@@ -713,10 +403,9 @@ async def upload_file(
     _check_chunking(config)
     folder, remote_path = _remote_target(remote_folder, name)
     if content is not None and content.size <= config.chunk_size:
-        identity = _Identity(content.size, content.mtime_ns)
-        source = _Source(path, identity, None, content.data)
+        source = Source.of_content(path, content)
     else:
-        source = await _Source.open(path, preload_limit=config.chunk_size)
+        source = await Source.open(path, preload_limit=config.chunk_size)
     upload = _Upload(
         client,
         source,
@@ -724,7 +413,8 @@ async def upload_file(
         name=name,
         config=config,
         events=events,
-        known_digests=known_digests if config.verify else b"",
+        resume=resume,
+        known_digests=known_digests,
     )
     attempts = 0
 

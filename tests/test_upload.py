@@ -6,6 +6,8 @@ ROOT/<shareId>/<path>.
 
 from __future__ import annotations
 
+import dataclasses
+
 import base64
 import hashlib
 import os
@@ -27,7 +29,7 @@ from bulkdrive.emulator import Emulator
 from bulkdrive.emulator.faults import FaultInjector
 from bulkdrive.integrity import block_level_hash
 from bulkdrive.protocol import BLOCK_SIZE, Format
-from bulkdrive.upload import NullEvents, UploadResult, upload_file
+from bulkdrive.upload import NullEvents, ResumePoint, UploadResult, upload_file
 
 from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
 
@@ -515,17 +517,34 @@ async def test_an_unfinished_session_is_resumed_from_its_offset(
         )
     before = len(emulator.upload_log)
     events = Recorder()
+    # The journal saw 4 MiB confirmed; the server holds 8 (the last request before a kill).
+    resume = ResumePoint(request_id, 4 * MiB)
     async with connected(emulator) as client:
-        result = await upload_file(client, path, "\\", events=events)
+        result = await upload_file(client, path, "\\", events=events, resume=resume)
     assert stored(emulator, result.remote_path).read_bytes() == data
     assert result.resumes == 1 and result.restarts == 0 and events.resumes == [8 * MiB]
-    # The initiate's first chunk is not applied on a 409; after it, only the missing bytes.
-    assert result.bytes_sent == 4 * MiB + (len(data) - 8 * MiB)
+    # The resume asks with an empty initiate; after it, only the missing bytes.
+    assert result.bytes_sent == len(data) - 8 * MiB
     mine = list(emulator.upload_log)[before:]
     assert [(r.kind, r.status, r.request_id) for r in mine[:1]] == [("initiate", 409, request_id)]
     assert [r.offset_before for r in mine[1:]] == [8 * MiB]
     assert events.confirmed == len(data)
     assert (request_id, 8 * MiB) in events.offsets
+
+
+@pytest.mark.anyio
+async def test_a_session_this_upload_never_saw_is_not_continued(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Bytes in a session this upload did not send may be another writer's: start over."""
+    path, data = make_file(tmp_path, "foreign.bin", 10 * MiB + 5, seed=10)
+    async with RawSession(emulator) as raw:
+        await raw.unfinished("foreign.bin", len(data), [data[: 4 * MiB]])
+    config = dataclasses.replace(FAST, verify=False)
+    async with connected(emulator, config=config) as client:
+        result = await upload_file(client, path, "\\")
+    assert stored(emulator, result.remote_path).read_bytes() == data
+    assert (result.resumes, result.restarts) == (0, 1)
 
 
 @pytest.mark.anyio
@@ -538,8 +557,9 @@ async def test_a_session_holding_other_bytes_is_restarted(
     async with connected(emulator) as client:
         result = await upload_file(client, path, "\\")
     assert stored(emulator, result.remote_path).read_bytes() == data
-    assert (result.resumes, result.restarts) == (1, 1) and result.integrity_verified
-    assert emulator.statistics().integrity_failures == 1
+    # Bytes this upload never sent are not continued: a fresh start before anything is added.
+    assert (result.resumes, result.restarts) == (0, 1) and result.integrity_verified
+    assert emulator.statistics().integrity_failures == 0
 
 
 @pytest.mark.anyio
@@ -728,9 +748,11 @@ async def test_wrapped_json_server_resume(make_emulator: EmulatorFactory, tmp_pa
     emulator = await make_emulator(json_dialect=Format.WRAPPED)
     path, data = make_file(tmp_path, "w.bin", 6 * MiB, seed=18)
     async with RawSession(emulator) as raw:
-        await raw.unfinished("w.bin", len(data), [data[: 4 * MiB]])
+        request_id = await raw.unfinished("w.bin", len(data), [data[: 4 * MiB]])
     async with connected(emulator) as client:
-        result = await upload_file(client, path, "\\")
+        result = await upload_file(
+            client, path, "\\", resume=ResumePoint(request_id, 4 * MiB)
+        )
     assert stored(emulator, result.remote_path).read_bytes() == data
     assert result.resumes == 1 and result.integrity_verified and len(result.file_guid) == 32
 
@@ -773,19 +795,26 @@ async def test_block_digests_are_reported_for_the_journal(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("right", [True, False])
-async def test_known_digests_resume_without_rereading_or_cost_a_restart(
+async def test_journal_digests_are_checked_against_the_local_file(
     emulator: Emulator, tmp_path: Path, right: bool
 ) -> None:
     path, data = make_file(tmp_path, f"known-{right}.bin", 10 * MiB + 5, seed=22)
     async with RawSession(emulator) as raw:
-        await raw.unfinished(path.name, len(data), [data[: 4 * MiB], data[4 * MiB : 8 * MiB]])
+        request_id = await raw.unfinished(
+            path.name, len(data), [data[: 4 * MiB], data[4 * MiB : 8 * MiB]]
+        )
     known = block_digests(data, 2) if right else b"\x01" * 64
     events = Digests()
+    resume = ResumePoint(request_id, 8 * MiB)
     async with connected(emulator) as client:
-        result = await upload_file(client, path, "\\", events=events, known_digests=known)
+        result = await upload_file(
+            client, path, "\\", events=events, resume=resume, known_digests=known
+        )
     assert stored(emulator, result.remote_path).read_bytes() == data
     assert result.integrity_verified
-    # Digests from the journal are used as they are: right ones let the session go on,
-    # wrong ones make the final integrity check fail, and the file starts over cleanly.
+    # The prefix the session holds is hashed from the local file and compared with the
+    # journal's digests: equal ones let the session go on; a difference (the file was edited
+    # in place since) starts the file over before anything is added to the old bytes.
     assert (result.resumes, result.restarts) == ((1, 0) if right else (1, 1))
+    assert emulator.statistics().integrity_failures == 0
     assert b"".join(events.blocks[i] for i in sorted(events.blocks)) == block_digests(data, 2)

@@ -1,0 +1,195 @@
+"""The local file: opened once, read at offsets, watched for changes.
+
+This is the one place where OSError becomes a `bulkdrive.errors` error (SourceUnreadable,
+SourceChanged): the upload driver above it sees only those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiofiles
+import anyio
+import anyio.to_thread
+from aiofiles.threadpool.binary import AsyncBufferedReader
+
+from bulkdrive import errors
+
+__all__ = ["Identity", "LocalContent", "Source", "read_small_files"]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What tells us the bytes changed: size and mtime of the inode we read."""
+
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Identity:
+        return cls(st.st_size, st.st_mtime_ns)
+
+
+def _open_regular(path: str, preload_limit: int) -> tuple[int, Identity, bytes | None]:
+    """Open, check it is a regular file, and read it whole when it is small: one thread hop.
+
+    O_NONBLOCK keeps a FIFO from blocking the open; it changes nothing for regular files.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(f"{path} is not a regular file")
+        if st.st_size > preload_limit:
+            return fd, Identity.of(st), None
+        parts = []
+        left = st.st_size
+        while left > 0:
+            part = os.read(fd, left)
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
+        after = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    data = b"".join(parts)
+    if len(data) != st.st_size or Identity.of(after) != Identity.of(st):
+        raise _Changed(Identity.of(st), Identity.of(after))
+    return -1, Identity.of(st), data
+
+
+@dataclass(frozen=True)
+class LocalContent:
+    """A small file read whole ahead of its upload, with the size and mtime it had then."""
+
+    data: bytes
+    size: int
+    mtime_ns: int
+
+
+def read_small_files(paths: Sequence[str], limit: int) -> list[LocalContent | None]:
+    """Read small files whole, in the calling thread: one thread hop for a batch of them.
+
+    None for a file that cannot be read whole now (larger than `limit`, changing, gone,
+    unreadable): its upload opens it again and reports what is wrong.
+    """
+    contents: list[LocalContent | None] = []
+    for path in paths:
+        try:
+            fd, identity, data = _open_regular(path, limit)
+        except (OSError, _Changed):
+            contents.append(None)
+            continue
+        if data is None:
+            os.close(fd)
+            contents.append(None)
+        else:
+            contents.append(LocalContent(data, identity.size, identity.mtime_ns))
+    return contents
+
+
+class _Changed(Exception):
+    def __init__(self, before: Identity, after: Identity) -> None:
+        super().__init__("changed")
+        self.before = before
+        self.after = after
+
+
+class Source:
+    """The local file: chunks read with aiofiles at their offset; notices when it changes."""
+
+    def __init__(
+        self,
+        path: str,
+        identity: Identity,
+        handle: AsyncBufferedReader | None,
+        preloaded: bytes | None,
+    ) -> None:
+        self.path = path
+        self.identity = identity
+        self.size = identity.size
+        self._handle = handle
+        self._preloaded = preloaded
+        self._position = 0
+
+    @classmethod
+    def of_content(cls, path: str, content: LocalContent) -> Source:
+        """A small file read ahead by `read_small_files`."""
+        return cls(path, Identity(content.size, content.mtime_ns), None, content.data)
+
+    @classmethod
+    async def open(cls, path: str, preload_limit: int) -> Source:
+        try:
+            fd, identity, data = await anyio.to_thread.run_sync(_open_regular, path, preload_limit)
+        except _Changed as changed:
+            raise _source_changed(path, changed.before, changed.after) from None
+        except OSError as exc:
+            raise errors.SourceUnreadable(f"{path}: {exc.strerror or exc}") from None
+        if data is not None:
+            return cls(path, identity, None, data)
+        try:
+            handle = await aiofiles.open(fd, "rb")
+        except OSError as exc:
+            os.close(fd)
+            raise errors.SourceUnreadable(f"{path}: {exc.strerror or exc}") from None
+        return cls(path, identity, handle, None)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if self._preloaded is not None:
+            return self._preloaded[offset : offset + length]
+        assert self._handle is not None
+        # Shielded: a read abandoned half-way would leave the file position unknown.
+        with anyio.CancelScope(shield=True):
+            try:
+                if self._position != offset:
+                    await self._handle.seek(offset)
+                    self._position = offset
+                data = await self._handle.read(length)
+            except OSError as exc:
+                self._position = -1
+                raise errors.SourceUnreadable(f"{self.path}: {exc.strerror or exc}") from None
+        self._position += len(data)
+        if len(data) != length:
+            now = await self._identity_now()
+            raise _source_changed(self.path, self.identity, now)
+        return data
+
+    async def check_unchanged(self) -> None:
+        """Before the final request: the bytes sent must all be from one version of the file."""
+        if self._handle is None:
+            return  # read whole, and checked, in one go
+        now = await self._identity_now()
+        if now != self.identity:
+            raise _source_changed(self.path, self.identity, now)
+
+    async def _identity_now(self) -> Identity:
+        assert self._handle is not None
+        try:
+            st = await anyio.to_thread.run_sync(os.fstat, self._handle.fileno())
+        except OSError as exc:
+            raise errors.SourceUnreadable(f"{self.path}: {exc.strerror or exc}") from None
+        return Identity.of(st)
+
+    async def close(self) -> None:
+        if self._handle is not None:
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(OSError):
+                    await self._handle.close()
+            self._handle = None
+
+
+def _source_changed(path: str, before: Identity, after: Identity) -> errors.SourceChanged:
+    if before.size != after.size:
+        what = f"size {before.size} → {after.size}"
+    elif before.mtime_ns != after.mtime_ns:
+        what = "modified time changed"
+    else:
+        what = "shorter than its size"
+    return errors.SourceChanged(f"{path}: changed while it was uploaded ({what}); not stored")
