@@ -6,9 +6,8 @@ ROOT/<shareId>/<path>.
 
 from __future__ import annotations
 
-import dataclasses
-
 import base64
+import dataclasses
 import hashlib
 import os
 import random
@@ -750,9 +749,7 @@ async def test_wrapped_json_server_resume(make_emulator: EmulatorFactory, tmp_pa
     async with RawSession(emulator) as raw:
         request_id = await raw.unfinished("w.bin", len(data), [data[: 4 * MiB]])
     async with connected(emulator) as client:
-        result = await upload_file(
-            client, path, "\\", resume=ResumePoint(request_id, 4 * MiB)
-        )
+        result = await upload_file(client, path, "\\", resume=ResumePoint(request_id, 4 * MiB))
     assert stored(emulator, result.remote_path).read_bytes() == data
     assert result.resumes == 1 and result.integrity_verified and len(result.file_guid) == 32
 
