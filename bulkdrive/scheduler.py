@@ -331,8 +331,9 @@ class TreeUpload:
             content = contents.get(entry.relative)
             if record is not None and _same_version(record, entry):
                 resume = None
-                if record.request_id:
-                    resume = ResumePoint(record.request_id, record.offset)
+                if record.request_id or _was_in_flight(record, entry):
+                    # An earlier run sent this version: its session is ours to continue.
+                    resume = ResumePoint(record.request_id or "", record.offset)
                 ready.append((entry, stale, content, resume, record.digests))
             else:
                 ready.append((entry, stale, content, None, b""))

@@ -15,8 +15,10 @@ The rules that keep wrong bytes out (§8):
   when the offset lands anywhere else, the bytes are another writer's: start over with
   forceRestart. A 200 must report exactly the end of the request it answers.
 - A session an earlier run of this job left (the journal's `ResumePoint`) may hold more than
-  the journal saw confirmed (the last requests before a kill): any offset of that session
-  is its own; the driver checks the prefix against the local file before going on.
+  the journal saw confirmed (the requests in flight at a kill, of unknown outcome): any
+  offset of that session is its own, and so is any session of the file when the journal saw
+  the file start but not its session's id. The driver then checks the prefix against the
+  local file (and the journal's block digests) before going on.
 - A session this upload never saw holding bytes is another writer's; an empty one (offset 0)
   holds nobody's bytes and is taken over.
 - A lost request that carried the last byte, or a session that vanished (404), may mean the
@@ -73,10 +75,12 @@ class Phase(enum.Enum):
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """What an earlier run of this job confirmed of this very file (the journal's record)."""
+    """What an earlier run of this job knew of this very file (the journal's record): it
+    was in flight, in session `request_id` ("" when its id never reached the journal)
+    confirmed up to `offset`."""
 
     request_id: str
-    offset: int
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ def opened(size: int, resume: ResumePoint | None = None) -> SessionState:
     """The first state: initiate with the first chunk, or, when the journal knows a session
     of this file, ask the server for it with an empty body (the first chunk is thrown away on
     a 409, so sending it would waste a chunk of bandwidth per resumed file)."""
-    if resume is None or not resume.request_id:
+    if resume is None:
         return SessionState(Phase.INITIATE, size)
     return SessionState(
         Phase.RECOVER,
@@ -201,7 +205,8 @@ def _found(state: SessionState, reply: UploadReply, *, unknown_end: int) -> Sess
     # A lost initiate may have opened the session we did not hear of.
     may_be_lost_initiate = not state.request_id and unknown_end > 0
     ours = (
-        (same and (at <= state.offset or state.earlier_run))
+        (same and at <= state.offset)
+        or (state.earlier_run and (same or not state.request_id))
         or (at == unknown_end and (same or may_be_lost_initiate))
         or at == 0
     )

@@ -16,7 +16,8 @@ The rows that keep another writer's bytes out (issue 11 §2):
   ended. Compare `recover lost chunk | 409 R request end | SEND R@8`: there the outcome was
   unknown, so that offset is exactly our chunk.
 - `send | 200 elsewhere | RESTART`: a reply that does not end where our chunk ended.
-- `initiate | 409 X at 4 | RESTART`: a session this upload never saw, holding bytes.
+- `initiate | 409 X at 4 | RESTART`: a session this upload never saw, holding bytes. Only
+  an earlier run of this job (`resume …`, from the journal) makes such bytes ours.
 - `recover lost final | 409 X at 0 | CHECK X@0`: the final request may have completed the
   file and a lost RECOVER opened X: look at the file before sending it again (§5).
 """
@@ -76,6 +77,7 @@ STARTS: dict[str, SessionState] = {
     "recover lost initiate": SessionState(Phase.RECOVER, SIZE, pending_end=4 * MiB),
     "recover after busy": SessionState(Phase.RECOVER, SIZE, request_id="R", offset=4 * MiB),
     "resume R@4": opened(SIZE, ResumePoint("R", 4 * MiB)),
+    "resume no id": opened(SIZE, ResumePoint("")),
 }
 
 
@@ -343,6 +345,24 @@ resume R@4            | 500               | RECOVER R@4, retry
 resume R@4            | 503               | RECOVER R@4, retry
 resume R@4            | lost              | RECOVER R@4, retry
 resume R@4            | integrity         | RESTART
+resume no id          | 200 new at 0      | SEND N@0
+resume no id          | 200 elsewhere     | RESTART
+resume no id          | 409 R confirmed   | SEND R@0
+resume no id          | 409 R request end | SEND R@8
+resume no id          | 409 R beyond      | SEND R@10
+resume no id          | 409 R past size   | RESTART
+resume no id          | 409 X at 0        | SEND X@0
+resume no id          | 409 X at 4        | SEND X@4
+resume no id          | 400               | RESTART
+resume no id          | 401               | RECOVER, retry
+resume no id          | 403               | raise PermissionDenied
+resume no id          | 404               | raise FolderNotFound
+resume no id          | 409 busy          | RECOVER, retry
+resume no id          | 413               | raise QuotaExceeded
+resume no id          | 500               | RECOVER, retry
+resume no id          | 503               | RECOVER, retry
+resume no id          | lost              | RECOVER, retry
+resume no id          | integrity         | RESTART
 """
 
 
@@ -429,11 +449,14 @@ def test_fresh_starts_are_bounded() -> None:
         failed(gone, errors.SessionGone("HTTP 404"))
 
 
-def test_a_resume_asks_with_an_empty_initiate_only_when_the_journal_knows_a_session() -> None:
+def test_a_resume_asks_with_an_empty_initiate() -> None:
+    """Issue 17: the journal knows the file was in flight, so the server probably holds a
+    session of it, and a first chunk sent with the initiate would be thrown away."""
     assert opened(SIZE).phase is Phase.INITIATE
-    assert opened(SIZE, ResumePoint("", 0)).phase is Phase.INITIATE
     resumed = opened(SIZE, ResumePoint("R", 4 * MiB))
     assert (resumed.phase, resumed.request_id, resumed.offset) == (Phase.RECOVER, "R", 4 * MiB)
+    unnamed = opened(SIZE, ResumePoint(""))
+    assert (unnamed.phase, unnamed.request_id, unnamed.offset) == (Phase.RECOVER, "", 0)
 
 
 def test_restart_keeps_counts_and_forgets_the_session() -> None:
