@@ -32,6 +32,7 @@ from bulkdrive import protocol
 from bulkdrive.emulator import faults as fault_kinds
 from bulkdrive.emulator.faults import FaultInjector
 from bulkdrive.emulator.store import (
+    BUSY_SESSION,
     BodyIncomplete,
     Session,
     Store,
@@ -44,9 +45,6 @@ PREFIXES = (("webconsole", "api"), ("commandcenter", "api"), ("searchsvc", "cvwe
 DEFAULT_TOKEN_IDLE_SECONDS = 1800.0
 #: Largest Login / RenewLoginToken / createfolder body read.
 SMALL_BODY_LIMIT = 64 * 1024
-#: How long a re-initiate waits for an in-flight chunk of the same session to finish, so that
-#: its 409 reports the authoritative offset (spec §8).
-BUSY_WAIT_SECONDS = 30.0
 #: Whole files up to this size that arrive in one request are stored in one step.
 SMALL_FILE_BYTES = 1024 * 1024
 #: Distinct request paths whose route is remembered (a bound: clients choose the paths).
@@ -104,6 +102,9 @@ class EmulatorConfig:
     fault_delay_seconds: float = 0.5
     #: A file that gets one JSON line per request (method, path, status, bytes, duration).
     request_log: Path | None = None
+    #: How long a re-initiate waits for a request in flight on the same session before it is
+    #: refused as busy (409 without requestId).
+    busy_wait_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -140,6 +141,8 @@ def check_config(config: EmulatorConfig) -> None:
     fault_kinds.parse_kinds(config.faults)
     if config.fault_delay_seconds < 0:
         raise ValueError("fault delay must not be negative")
+    if config.busy_wait_seconds < 0:
+        raise ValueError("busy wait must not be negative")
 
 
 # --- what tests can read ------------------------------------------------------------------
@@ -980,6 +983,10 @@ class Emulator:
 
         existing = await self._settled(target.key, parent, name)
         if existing is not None:
+            if existing.busy:
+                # Still receiving after the wait: its offset is not known yet (§5's "busy").
+                self._counters.conflicts += 1
+                raise _Refusal(409, BUSY_SESSION)
             if not force:
                 self._counters.conflicts += 1
                 done(409, request_id=existing.request_id)
@@ -992,8 +999,6 @@ class Emulator:
                     requestId=existing.request_id,
                     chunkOffset=existing.offset,
                 )
-            if existing.busy:
-                raise _Refusal(409, "the unfinished session is still receiving a chunk")
             await self.store.discard(existing)
         if eof and length is not None and length <= SMALL_FILE_BYTES:
             return await self._small_file(
@@ -1024,7 +1029,7 @@ class Emulator:
                 register=not full_file,
             )
         except StoreError as exc:
-            if exc.status == 409:
+            if exc.status == 409 and exc.request_id:
                 self._counters.conflicts += 1
                 done(409, request_id=exc.request_id)
                 return self._error(
@@ -1146,7 +1151,7 @@ class Emulator:
         session = await self.store.find_for(target, parent, name)
         if session is not None and session.busy:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(session.idle.wait(), BUSY_WAIT_SECONDS)
+                await asyncio.wait_for(session.idle.wait(), self.config.busy_wait_seconds)
             session = await self.store.find_for(target, parent, name)
         return session
 

@@ -85,6 +85,11 @@ _NOTHING_THERE = "no file or folder at this path"
 _NO_FOLDER = "no folder at this path"
 
 
+#: The refusal of an initiate while the file's session is receiving a request: no requestId,
+#: since its offset is about to change (a 409 that offers no session to resume).
+BUSY_SESSION = "the unfinished session of this file is still receiving a request; try again"
+
+
 class StoreError(Exception):
     """A refusal with its HTTP status; 409s carry the session's requestId and offset."""
 
@@ -693,10 +698,15 @@ class Store:
             created=now,
             last_used=now,
         )
-        session.idle.set()
+        # Busy from the moment others can find it until its initiate's body is stored (the
+        # caller marks it idle): a re-initiate meanwhile must not report offset 0 as final.
+        session.busy = True
+        session.idle.clear()
         if register:
             # Another initiate for the same file may have won while this one waited on disk.
             other = self._by_file.get((target.key, parent, name))
+            if other is not None and other.busy:
+                raise StoreError(409, BUSY_SESSION)
             if other is not None:
                 raise StoreError(
                     409,
@@ -711,6 +721,8 @@ class Store:
             await self._on_io(self._create_partial, session.request_id)
         except OSError as exc:
             self._release(session, register)
+            session.busy = False
+            session.idle.set()
             raise self._disk_error(exc) from exc
         return session
 

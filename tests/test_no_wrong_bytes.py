@@ -1,0 +1,168 @@
+"""Issue 11: bulkdrive never stores wrong bytes and exits 0.
+
+One test per case of the issue, each against the emulator over loopback, each checking the
+stored bytes and the emulator's upload log (the record of what the server applied):
+1. a resume after an in-place edit that keeps size and mtime;
+2. two writers on one file (a chunk refused as busy, an initiate meeting a session whose
+   first chunk is still arriving);
+3. a server that is gone for good (the run-level breaker);
+4. token expiry under a bandwidth limit;
+5. a lost final response followed by a lost re-initiate response; sessions left behind.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import anyio
+import pytest
+
+from bulkdrive import protocol
+from bulkdrive.client import EdgeDriveClient
+from bulkdrive.config import Credentials, RetryPolicy, Secret, TransferConfig
+from bulkdrive.emulator import Emulator
+from bulkdrive.emulator.app import UploadRecord
+from bulkdrive.upload import UploadResult, upload_file
+
+import edge_raw as er
+from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1024 * 1024
+FAST_RETRY = RetryPolicy(attempts=12, initial_wait=0.002, max_wait=0.02)
+GOOD = Credentials(USER, Secret(PASSWORD))
+
+
+def make_file(folder: Path, name: str, size: int, seed: int = 0) -> tuple[Path, bytes]:
+    data = random.Random(seed).randbytes(size)
+    path = folder / name
+    path.write_bytes(data)
+    return path, data
+
+
+def stored(emulator: Emulator, remote_path: str) -> Path:
+    return emulator.root.joinpath(SHARE_ID, *protocol.split_remote_path(remote_path))
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Poll `condition` on the loop (the emulator runs on it too), bounded."""
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.005)
+
+
+def log_of(emulator: Emulator, path: str) -> list[UploadRecord]:
+    return [r for r in emulator.upload_log if r.path == path or (r.kind == "chunk" and not r.path)]
+
+
+async def held_body(first: bytes, rest: bytes, release: anyio.Event) -> AsyncIterator[bytes]:
+    """A request body that stops after `first` until `release`: the server is receiving it."""
+    yield first
+    await release.wait()
+    yield rest
+
+
+# --- 2. two writers on one file ------------------------------------------------------------------
+
+
+async def test_an_initiate_meets_a_first_chunk_still_arriving_with_busy(
+    make_emulator: EmulatorFactory, http: aiohttp.ClientSession
+) -> None:
+    """The emulator no longer answers 409 "offset 0" for a session whose own initiate body
+    is still arriving: it answers 409 busy, without a session to resume."""
+    emulator = await make_emulator(busy_wait_seconds=0.2)
+    base = emulator.base_url
+    token = await er.login(http, base)
+    release = anyio.Event()
+    first: dict[str, er.Reply] = {}
+
+    async def writer_a() -> None:
+        body = held_body(b"A" * 4, b"A" * 6, release)
+        first["reply"] = await er.initiate(
+            http,
+            base,
+            token,
+            "race.bin",
+            20,
+            body,
+            extra=[("Content-Length", "10")],  # type: ignore[arg-type]
+        )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer_a)
+        await until(lambda: emulator.statistics().initiates >= 1, "A's initiate arrives")
+        await anyio.sleep(0.05)  # its first bytes reach the store
+        second = await er.initiate(http, base, token, "race.bin", 20, b"B" * 10)
+        release.set()
+    assert second.status == 409, second.text
+    assert not second.upload.request_id  # nothing offered to continue
+    assert first["reply"].status == 200 and first["reply"].upload.chunk_offset == 10
+    # Once A's body is stored, a re-initiate sees A's session at A's offset.
+    third = await er.initiate(http, base, token, "race.bin", 20)
+    assert (third.status, third.upload.request_id, third.upload.chunk_offset) == (
+        409,
+        first["reply"].upload.request_id,
+        10,
+    )
+
+
+async def test_a_chunk_refused_as_busy_does_not_claim_the_other_writers_bytes(
+    make_emulator: EmulatorFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Issue 11 §2, without integrity checks: A's final chunk gets a definite 409 busy
+    because writer B is sending into A's session; B's chunk then takes the session to
+    exactly where A's refused chunk would have ended. Before, A took that offset as its own
+    and completed the file with an empty final chunk, storing B's bytes. Now A starts over."""
+    emulator = await make_emulator(busy_wait_seconds=10.0)
+    path, data = make_file(tmp_path, "two.bin", 8 * MiB, seed=2)
+    # 4 MiB/s: A's second chunk waits a second for bandwidth after its first, time enough
+    # for B's request to be arriving when it goes out.
+    config = TransferConfig(retry=FAST_RETRY, verify=False, bwlimit=4 * MiB)
+    base = emulator.base_url
+    token = await er.login(http, base)
+    release = anyio.Event()
+    other: dict[str, er.Reply] = {}
+    results: list[UploadResult] = []
+
+    async def writer_b(request_id: str) -> None:
+        body = held_body(b"\0" * MiB, b"\0" * (3 * MiB), release)
+        other["reply"] = await er.chunk(
+            http, base, token, request_id, body, extra=[("Content-Length", str(4 * MiB))]
+        )
+
+    async def writer_a() -> None:
+        async with EdgeDriveClient.connect(base, GOOD, share_id=SHARE_ID, config=config) as c:
+            results.append(await upload_file(c, path, "\\"))
+
+    def first_chunk() -> UploadRecord | None:
+        return next((r for r in emulator.upload_log if r.kind == "initiate"), None)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer_a)
+        await until(lambda: first_chunk() is not None, "A's first chunk is stored")
+        record = first_chunk()
+        assert record is not None and record.status == 200
+        tg.start_soon(writer_b, record.request_id)
+        session = await emulator.store.find(record.request_id)
+        assert session is not None
+        await until(lambda: session.busy, "B's chunk is arriving")
+        # A's final chunk meets B's: refused as busy, definitely not applied.
+        await until(
+            lambda: any(r.kind == "chunk" and r.status == 409 for r in emulator.upload_log),
+            "A's chunk is refused",
+        )
+        release.set()
+    assert other["reply"].status == 200 and other["reply"].upload.chunk_offset == 8 * MiB
+    assert stored(emulator, "\\two.bin").read_bytes() == data
+    assert results[0].restarts == 1
+    log = list(emulator.upload_log)
+    # A started over with forceRestart rather than finishing on B's bytes.
+    assert [(r.kind, r.status, r.body_bytes) for r in log if r.fault is None][-2:] == [
+        ("initiate", 200, 4 * MiB),
+        ("chunk", 200, 4 * MiB),
+    ]
+    assert not [r for r in log if r.status == 200 and r.eof and r.body_bytes == 0]
