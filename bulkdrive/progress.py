@@ -61,6 +61,10 @@ class Reporter(Protocol):
 
     def walk_finished(self) -> None: ...
 
+    def totals_counted(self, files: int, size: int) -> None:
+        """The count-only pass is done: SRC holds `files` files of `size` bytes to consider
+        (filters applied), known long before the upload's own walk gets there."""
+
     def file_started(self, relative: str, size: int) -> None: ...
 
     def bytes_done(self, relative: str, n: int) -> None:
@@ -144,7 +148,9 @@ class Figures:
     """A snapshot of the live counters, in the units people read."""
 
     elapsed: float
-    bytes_processed: int  # finished files' sizes + confirmed bytes of files in flight
+    #: stored or skipped files' sizes + confirmed bytes of files in flight; never the bytes of
+    #: failed files, so that a run that stores nothing never reads 100 %
+    bytes_processed: int
     bytes_total: int
     bytes_sent: int
     rate: float | None  # bytes/s over the recent window; None before two samples
@@ -157,6 +163,7 @@ class Figures:
     in_flight: int
     retries: int
     resumes: int
+    bytes_failed: int = 0  # sizes of the failed files: not processed, and not to wait for
 
     @property
     def files_finished(self) -> int:
@@ -164,7 +171,7 @@ class Figures:
 
     @property
     def eta(self) -> float | None:
-        remaining = self.bytes_total - self.bytes_processed
+        remaining = self.bytes_total - self.bytes_processed - self.bytes_failed
         if remaining <= 0:
             return 0.0 if self.walk_complete else None
         if not self.rate:
@@ -182,12 +189,15 @@ class _Counters:
         self.lock = threading.Lock()
         self.files_found = 0
         self.bytes_found = 0
+        self.files_counted = 0  # by the count-only pass
+        self.bytes_counted = 0
         self.walk_complete = False
         self.uploaded = 0
         self.resumed = 0
         self.skipped = 0
         self.failed = 0
         self.finished_bytes = 0
+        self.failed_bytes = 0
         self.in_flight_done = 0
         self.sent = 0
         self.retries = 0
@@ -197,6 +207,10 @@ class _Counters:
     def found(self, size: int) -> None:
         self.files_found += 1
         self.bytes_found += size
+
+    def counted(self, files: int, size: int) -> None:
+        self.files_counted, self.bytes_counted = files, size
+        self.walk_complete = True  # the total is final: no "+", no "still counting"
 
     def started(self, relative: str, size: int) -> None:
         with self.lock:
@@ -236,8 +250,11 @@ class _Counters:
         # small files may finish without a single bytes_done: count what the outcome says
         if outcome.bytes_sent > already_sent:
             self.sent += outcome.bytes_sent - already_sent
-        self.finished_bytes += outcome.size
         kind = outcome.outcome
+        if kind is Outcome.FAILED:
+            self.failed_bytes += outcome.size
+        else:
+            self.finished_bytes += outcome.size
         if kind is Outcome.UPLOADED:
             self.uploaded += 1
         elif kind is Outcome.RESUMED:
@@ -264,11 +281,11 @@ class _Counters:
         return Figures(
             elapsed=elapsed,
             bytes_processed=processed,
-            bytes_total=max(self.bytes_found, processed),
+            bytes_total=max(self.bytes_found, self.bytes_counted, processed + self.failed_bytes),
             bytes_sent=self.sent,
             rate=rate,
             walk_complete=self.walk_complete,
-            files_total=max(self.files_found, finished + len(self.transfers)),
+            files_total=max(self.files_found, self.files_counted, finished + len(self.transfers)),
             uploaded=self.uploaded,
             resumed=self.resumed,
             skipped=self.skipped,
@@ -276,6 +293,7 @@ class _Counters:
             in_flight=len(self.transfers),
             retries=self.retries,
             resumes=self.resumes,
+            bytes_failed=self.failed_bytes,
         )
 
 
@@ -298,12 +316,17 @@ class RateMeter:
         return (total - before) / (now - then)
 
 
+def percent(part: int, whole: int) -> int:
+    """Rounded down: 100 only when every byte is processed, never for 99.6 %."""
+    return 100 * part // whole if whole else 0
+
+
 def stat_line(fig: Figures) -> str:
     """The plain line: same figures as the live display, ASCII only."""
     counting = not fig.walk_complete
     parts = [f"{format_bytes(fig.bytes_processed)} of {format_bytes(fig.bytes_total)}"]
     if fig.bytes_total:
-        parts[0] += f" ({100 * fig.bytes_processed / fig.bytes_total:.0f}%)"
+        parts[0] += f" ({percent(fig.bytes_processed, fig.bytes_total)}%)"
     if counting:
         parts[0] += ", total still counting"
     parts.append(format_rate(fig.rate) if fig.rate is not None else "rate -")
@@ -357,6 +380,9 @@ class NullReporter:
         pass
 
     def walk_finished(self) -> None:
+        pass
+
+    def totals_counted(self, files: int, size: int) -> None:
         pass
 
     def file_started(self, relative: str, size: int) -> None:
@@ -423,6 +449,9 @@ class _CountingReporter:
 
     def walk_finished(self) -> None:
         self._counters.walk_complete = True
+
+    def totals_counted(self, files: int, size: int) -> None:
+        self._counters.counted(files, size)
 
     def file_started(self, relative: str, size: int) -> None:
         self._counters.started(relative, size)

@@ -51,7 +51,7 @@ class FileOutcome:
     file_guid: str | None = None
     attempts: int = 0
     seconds: float = 0.0
-    bytes_sent: int = 0  # bytes actually sent in this run (a resumed file sends only its tail)
+    bytes_sent: int = 0  # bytes the server accepted in this run (a resumed file: its tail)
     reason: str | None = None  # one line, for failed/skipped
     exit_class: str | None = None  # error class name for failures, e.g. "SourceChanged"
     hint: str | None = None  # what to do
@@ -162,7 +162,7 @@ class ByteCounts:
     skipped: int
     failed: int
     total: int  # sizes of all files found
-    sent: int  # bytes actually sent in this run (what the throughput is made of)
+    sent: int  # bytes the server accepted in this run, whatever became of their files
 
 
 @dataclass(frozen=True)
@@ -214,6 +214,11 @@ class RunTally:
 
     def filtered(self, count: int) -> None:
         self._filtered += count
+
+    def sent_by_unfinished(self, accepted: int) -> None:
+        """Bytes the server accepted of a file that never finished (the run was interrupted):
+        they were sent in this run all the same."""
+        self._bytes_sent += accepted
 
     def found(self, size: int) -> None:
         self._files_found += 1

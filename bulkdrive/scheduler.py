@@ -98,6 +98,9 @@ class SchedulerStatistics:
     folders_created: int
     would_upload_files: int
     would_upload_bytes: int
+    #: Seconds from the run's start until the count-only pass fixed the totals (None: not yet,
+    #: or the upload's own walk finished first).
+    total_known_after: float | None = None
 
 
 class TreeUpload:
@@ -128,6 +131,8 @@ class TreeUpload:
         self._run_error: errors.RunFailed | None = None
         self._interrupted = False
         self._walk_scope = anyio.CancelScope()
+        self._count_scope = anyio.CancelScope()
+        self._total_known_after: float | None = None
         self._run_scope = anyio.CancelScope()
         self._listings: OrderedDict[str, dict[str, tuple[int, int]]] = OrderedDict()
         self._started = 0
@@ -159,6 +164,7 @@ class TreeUpload:
             folders_created=self._folders_created,
             would_upload_files=self._would_upload_files,
             would_upload_bytes=self._would_upload_bytes,
+            total_known_after=self._total_known_after,
         )
 
     def interrupt(self) -> None:
@@ -179,6 +185,8 @@ class TreeUpload:
                     self._task_group = tg
                     self._folders.add("")  # the remote folder SRC goes to
                     tg.start_soon(self._walk, send)
+                    if not plan.dry_run:
+                        tg.start_soon(self._count, started)
                     for _ in range(0 if plan.dry_run else plan.config.transfers):
                         tg.start_soon(self._worker)
                     with receive, self._handout:
@@ -215,6 +223,34 @@ class TreeUpload:
 
     # --- the producer --------------------------------------------------------------------
 
+    async def _count(self, started: float) -> None:
+        """The count-only pass: a second walk of SRC, with the same filters, that only counts
+        (nothing is kept per file, so memory stays flat) and runs far ahead of the upload's
+        walk, which the uploads hold back; it fixes the totals the progress shows early."""
+        files = size = 0
+
+        def counted(entry: FileEntry) -> None:
+            nonlocal files, size
+            files += 1
+            size += entry.size
+
+        send, receive = anyio.create_memory_object_stream[WalkItem](DISPATCH_BATCH * 4)
+
+        async def drain() -> None:
+            with receive:
+                async for _ in receive:
+                    pass
+
+        with self._count_scope:
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(drain)
+                    await walk(self._plan.source, self._plan.filters, send, on_file=counted)
+            except (errors.BulkdriveError, OSError):
+                return  # only a forecast: the upload's own walk reports what goes wrong
+            self._total_known_after = self._clock() - started
+            self._reporter.totals_counted(files, size)
+
     async def _walk(self, send: anyio.abc.ObjectSendStream[WalkItem]) -> None:
         on_folder = None if self._plan.dry_run else self._folder_found
         with self._walk_scope:
@@ -226,6 +262,7 @@ class TreeUpload:
                 on_folder=on_folder,
             )
             self._tally.filtered(stats.filtered)
+        self._count_scope.cancel()  # the walk is through: the count can tell no more
         if not self._walk_scope.cancel_called:  # a stopped walk's total is not the tree's
             self._tally.walk_finished()
             self._reporter.walk_finished()
@@ -455,7 +492,7 @@ class TreeUpload:
         began = self._clock()
         events = _FileEvents(self, entry)
         self._reporter.file_started(relative, entry.size)
-        outcome: FileOutcome
+        outcome: FileOutcome | None = None
         try:
             check_name(relative, self._plan.invalid_names)
             folder_error = await self._folders.wait(_parent_of(relative))
@@ -497,9 +534,12 @@ class TreeUpload:
         except Exception as exc:  # a bug must cost one file, not the run
             outcome = await self._failed(entry, exc, events, self._clock() - began)
         else:
-            outcome = await self._succeeded(entry, result, self._clock() - began)
+            events.completed()
+            outcome = await self._succeeded(entry, result, events, self._clock() - began)
         finally:
             self._in_flight -= 1
+            if outcome is None:  # interrupted: what the server accepted still counts
+                self._tally.sent_by_unfinished(events.accepted)
         self._finish(outcome)
 
     async def _mark_started(self, entry: FileEntry, record: FileRecord | None) -> None:
@@ -538,7 +578,7 @@ class TreeUpload:
         await client.repeat(discard, what)
 
     async def _succeeded(
-        self, entry: FileEntry, result: UploadResult, seconds: float
+        self, entry: FileEntry, result: UploadResult, events: _FileEvents, seconds: float
     ) -> FileOutcome:
         if self._journal is not None:
             await self._save(
@@ -560,7 +600,7 @@ class TreeUpload:
             file_guid=result.file_guid,
             attempts=result.attempts,
             seconds=seconds,
-            bytes_sent=result.bytes_sent,
+            bytes_sent=events.accepted,
         )
 
     async def _failed(
@@ -601,6 +641,7 @@ class TreeUpload:
             hint=hint,
             attempts=events.attempts,
             seconds=seconds,
+            bytes_sent=events.accepted,
         )
 
     # --- bookkeeping ---------------------------------------------------------------------
@@ -610,6 +651,7 @@ class TreeUpload:
             self._run_error = exc
             self._reporter.message(f"stopping: {exc}")
         self._walk_scope.cancel()
+        self._count_scope.cancel()
 
     def _found(self, entry: FileEntry) -> None:
         # Counted as the file enters the backlog, so the total is whole when the walk ends.
@@ -823,11 +865,27 @@ class _FileEvents:
         self.attempts = 1
         self._digests = bytearray()  # 32 bytes per 4 MiB block the server holds
         self.digests = b""  # what the journal gets: all of it, at longer intervals past 2 KiB
+        #: Bytes the server accepted from this run: each rise of its offset (after a restart,
+        #: which starts over from 0, the whole new offset), not what an earlier run left.
+        self.accepted = 0
+        self._server_offset = 0
+        self._heard = False
+
+    def _server_at(self, offset: int) -> None:
+        rise = offset - self._server_offset
+        self.accepted += rise if rise > 0 else offset if rise < 0 else 0
+        self._server_offset = offset
+        self._heard = True
+
+    def completed(self) -> None:
+        """The server holds the whole file (its last reply need not carry an offset)."""
+        self._server_at(self._entry.size)
 
     def bytes_confirmed(self, n: int) -> None:
         pass  # the reporter follows offsets, which also go back when a file restarts
 
     def offset_confirmed(self, request_id: str, offset: int) -> None:
+        self._server_at(offset)
         self.request_id, self.offset = request_id, offset
         self._run._reporter.bytes_done(self._relative, offset)
         journal = self._run._journal
@@ -859,6 +917,8 @@ class _FileEvents:
             self.digests = bytes(self._digests)
 
     def resumed(self, offset: int) -> None:
+        if not self._heard:  # the session was left by an earlier run: not sent now
+            self._server_offset = offset
         self._run._tally.resumed()
         self._run._reporter.file_resumed(self._relative, offset)
 

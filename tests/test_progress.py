@@ -125,7 +125,7 @@ def test_plain_prints_one_stat_line_per_interval_and_a_final_one() -> None:
     assert "still counting" not in stats[1]
     assert "files 19 of 40 " in stats[1]
     assert "; 1.0 MiB/s; ETA 21s;" in stats[1]
-    assert stats[3].startswith("35.0 MiB of 40.0 MiB (88%); ")
+    assert stats[3].startswith("35.0 MiB of 40.0 MiB (87%); ")  # 87.5 %, rounded down
     assert "files 35 of 40 (35 uploaded" in stats[3]
     # then the summary table
     assert "upload finished" in text
