@@ -22,11 +22,12 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q
 
-# `make demo SRC=path/to/tree` uploads your own tree instead of the generated sample.
+# `make demo SRC=path/to/tree` uploads your own tree instead of the generated sample; each
+# source has its own resume journal under demo-data/state.
 SRC ?= demo-data/sample
 demo: $(STAMP)
 	@test "$(SRC)" != demo-data/sample || $(BIN)/python -m bulkdrive.bench.workloads sample demo-data/sample >/dev/null
-	$(BIN)/bulkdrive upload "$(SRC)" --data-dir demo-data/emulator --journal demo-data/journal.sqlite
+	BULKDRIVE_STATE_DIR="$(CURDIR)/demo-data/state" $(BIN)/bulkdrive upload "$(SRC)" --data-dir demo-data/emulator
 
 # `make bench ARGS="--workload small --repeat 5"`; see benchmarks/README.md.
 bench: $(STAMP)

@@ -1,8 +1,9 @@
 """The `bulkdrive` command: upload, serve, status.
 
-Every error a user can cause ends here as one line on stderr and a documented exit code:
-0 all uploaded or skipped · 1 some files failed · 2 usage or configuration · 3 authentication,
-permission or unknown share · 4 quota · 130 interrupted. A traceback only with -vv.
+Every error a user can cause ends here as one line on stderr and a documented exit code
+(`errors.exit_code` decides it): 0 all uploaded or skipped · 1 some files failed · 2 usage or
+configuration · 3 authentication, permission or unknown share · 4 quota · 5 server
+unreachable · 130 interrupted. A traceback only with -vv.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ from bulkdrive.config import (
     load_settings,
 )
 
-EXIT_INTERRUPTED = 130
-
 
 class _Commands(click.Group):
     """`serve` is imported only when it runs: the emulator's server code is not the
@@ -56,7 +55,7 @@ class _Commands(click.Group):
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="bulkdrive")
+@click.version_option(None, "-V", "--version", package_name="bulkdrive")
 def main() -> None:
     """Upload directory trees to Commvault Edge Drive shares, fast and safely."""
     _never_fail_on_output()
@@ -147,7 +146,19 @@ def _setting_options(
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
 @click.option("-q", "--quiet", is_flag=True, help="Errors only.")
 @click.option("-v", "--verbose", count=True, help="-v: a line per file; -vv: protocol detail.")
-@click.option("--log-file", type=click.Path(path_type=Path), help="Write a log to FILE.")
+@click.option(
+    "--log-file",
+    type=click.Path(path_type=Path),
+    help="Write a log to FILE (per-file lines, -vv detail), ending with the summary.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines off a terminal and in --log-file: plain text with ISO-8601 UTC times, "
+    "or one JSON object per line.",
+)
 @click.option("--report", type=click.Path(path_type=Path), help="Write a JSON summary.")
 @click.option(
     "--report-files", type=click.Path(path_type=Path), help="Write one NDJSON line per file."
@@ -160,21 +171,31 @@ def upload(
     quiet: bool,
     verbose: int,
     log_file: Path | None,
+    log_format: str,
     report: Path | None,
     report_files: Path | None,
     **flags: Any,
 ) -> None:
-    """Upload the directory tree SOURCE (or one file) to an Edge Drive share."""
-    from bulkdrive.job import JobRequest, run_job
+    """Upload the directory tree SOURCE (or one file) to an Edge Drive share.
+
+    The contents of SOURCE go into the remote folder --to (no folder named after SOURCE is
+    made). Without --url, --user or --share (flag, BULKDRIVE_* or config file) the files go
+    to a local emulator started for this run, to try bulkdrive out."""
+    from bulkdrive.job import JobRequest, conclude, run_job, summary_without_run
+
+    def stop_early(error: errors.BulkdriveError) -> NoReturn:
+        # the settings are wrong: no log yet, but a --report that says so
+        code = conclude(summary_without_run(0.0, error=error), report, logged=False)
+        _fail(f"{error}", code)
 
     try:
         settings = load_settings(flags, config_option=config_file)
     except errors.ConfigError as exc:
-        _fail(str(exc), exc.exit_code)
+        stop_early(exc)
     if not source.exists():
-        _fail(f"source not found: {source}", 2)
+        stop_early(errors.ConfigError(f"source not found: {source}"))
     if not (source.is_dir() or source.is_file()):
-        _fail(f"source is neither a file nor a folder: {source}", 2)
+        stop_early(errors.ConfigError(f"source is neither a file nor a folder: {source}"))
     request = JobRequest(
         source=source,
         settings=settings,
@@ -186,24 +207,22 @@ def upload(
         report=report,
         report_files=report_files,
         log_file=log_file,
+        log_format=log_format,
     )
     try:
         _one_malloc_arena()
         code = anyio.run(_with_signals, request, run_job, backend_options=_loop_options())
-    except errors.BulkdriveError as exc:
+    except KeyboardInterrupt:  # before the signal handlers were in place
+        code = conclude(summary_without_run(0.0, interrupted=True), report, logged=False)
+        _fail("interrupted; run the same command again to resume", code)
+    except Exception as exc:  # a bug outside the job: still one line, the detail with -vv
         if verbose >= 2:
             traceback.print_exc()
-        hint = f" ({exc.hint})" if exc.hint else ""
-        _fail(f"{exc}{hint}", exc.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
-    except Exception as exc:  # a bug: still one line, the detail with -vv
-        if verbose >= 2:
-            traceback.print_exc()
+        code = conclude(summary_without_run(0.0, error=exc), report, logged=False)
         _fail(
             f"internal error: {type(exc).__name__}: {exc} (run with -vv for the traceback "
             "and please report it)",
-            1,
+            code,
         )
     sys.exit(code)
 
@@ -264,11 +283,17 @@ def _credentials(settings: Settings) -> Credentials:
         path = Path(settings["password_file"]).expanduser()
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
-            password = lines[0] if lines else ""
         except OSError as exc:
             raise errors.ConfigError(
                 f"--password-file: cannot read {path}: {exc.strerror}"
             ) from None
+        except UnicodeDecodeError:
+            raise errors.ConfigError(f"--password-file: {path} is not UTF-8 text") from None
+        if not lines or not lines[0]:
+            raise errors.ConfigError(
+                f"--password-file: {path} is empty (its first line must be the password)"
+            )
+        password = lines[0]
     if password is None:
         if not sys.stdin.isatty():
             raise errors.ConfigError(

@@ -55,8 +55,12 @@ RETRY_AFTER_CAP = 300.0
 
 #: Requests besides the uploads that may be in flight at once (metadata, folders, renewals).
 SPARE_CONNECTIONS = 2
-#: Quick tries of the first login before the server is called unreachable.
-FIRST_LOGIN_ATTEMPTS = 3
+#: The longest wait between two tries of the first login (the whole is bounded by the
+#: connect timeout).
+FIRST_LOGIN_MAX_WAIT = 2.0
+#: Login replies of an Edge Drive server carry one of these (spec §2); a page without any is
+#: some other web server.
+_LOGIN_FIELDS = ("token", "errorCode", "errorMessage", "errorString", "userName")
 
 log = logging.getLogger("bulkdrive.client")
 
@@ -252,17 +256,28 @@ class EdgeDriveClient:
     # --- authentication -----------------------------------------------------------------
 
     async def _first_login(self) -> None:
-        # A server that cannot be reached at the start is a wrong URL more often than a
-        # passing fault: say so after a few quick tries rather than minutes of backoff.
+        # A server that cannot be reached at the start is retried like any passing fault, but
+        # for a bounded time (the connect timeout), then called unreachable in one line: a
+        # wrong URL should not cost minutes of backoff.
         policy = dataclasses.replace(
-            self.config.retry,
-            attempts=min(FIRST_LOGIN_ATTEMPTS, self.config.retry.attempts),
-            max_wait=min(2.0, self.config.retry.max_wait),
+            self.config.retry, max_wait=min(FIRST_LOGIN_MAX_WAIT, self.config.retry.max_wait)
         )
+        window = self.config.timeouts.connect
+        seen: list[BaseException | None] = [None]  # the last error, for the message
+
+        def remember(state: RetryCallState) -> None:
+            seen[0] = state.outcome.exception() if state.outcome is not None else None
+
         try:
-            async for attempt in retrying(policy):
-                with attempt:
-                    await self._login()
+            with anyio.fail_after(window):
+                async for attempt in retrying(policy, before_sleep=remember):
+                    with attempt:
+                        await self._login()
+        except TimeoutError:
+            why = f": {seen[0]}" if seen[0] is not None else ": no answer"
+            raise errors.ServerUnreachable(
+                f"cannot log in at {self._base} within {window:g} seconds (--connect-timeout){why}"
+            ) from None
         except RetryError as failure:
             last = failure.last_attempt.exception()
             raise errors.ServerUnreachable(f"cannot log in at {self._base}: {last}") from None
@@ -283,9 +298,16 @@ class EdgeDriveClient:
             self._count_failure()
             if response.status in protocol.TRANSIENT_STATUSES:
                 raise self._error(response, what="login")
+            if not _speaks_edge_drive(response):
+                raise errors.NotEdgeDrive(
+                    f"{self._base} is not an Edge Drive web-service root: its Login answered "
+                    f"HTTP {response.status}: {protocol.short_text(_server_says(response.node))}",
+                    status=response.status,
+                )
             said = reply.error_message or _server_says(response.node) or "no token in the reply"
             raise errors.LoginFailed(
-                f"login as {self._credentials.user!r} refused: {said}", status=response.status
+                f"login as {self._credentials.user!r} refused: {protocol.short_text(said)}",
+                status=response.status,
             )
         self._token = Secret(reply.token)
         self._owns_token = True
@@ -500,6 +522,40 @@ class EdgeDriveClient:
 
         return await self.repeat(call, "list shares")
 
+    async def check_share(self) -> None:
+        """Raise ShareNotFound or PermissionDenied now if the run could upload nothing: asked
+        right after login, so that a wrong --share is the run's first and only words.
+
+        The share's root folder answers 404 when the share does not exist (spec §3); the
+        share list says whether this user may only view it. A server that answers neither
+        question is not asked further: the uploads will say."""
+        if self.share_id is None:
+            return
+        what = f"share {self.share_id}"
+
+        async def root() -> _Response:
+            return await self._send(
+                "GET", f"{self._root}/action/metadata", what=what, params={"path": "\\"}
+            )
+
+        response = await self.repeat(root, what)
+        if response.status == 404:
+            error = self._error(response, what=what)
+            if isinstance(error, errors.ShareNotFound):
+                raise error
+        if response.status == 403:
+            raise self._error(response, what=what)
+        try:
+            listed = await self.shares()
+        except errors.FileFailed:
+            return  # no share list here: nothing more to learn before the uploads
+        for share in listed:
+            if share.share_id == self.share_id and share.writable is False:
+                raise errors.PermissionDenied(
+                    f"share {self.share_id} ({share.name}) is view-only for "
+                    f"{self._credentials.user or 'this user'}: uploads are not allowed"
+                )
+
     async def repeat(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         """Run an idempotent request, repeated through the retry policy on transient errors;
         RetriesExhausted when they outlast it."""
@@ -639,6 +695,15 @@ def _payload(data: Body | None) -> Body | aiohttp.BytesPayload | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         return _ChunkPayload(data)
+
+
+def _speaks_edge_drive(response: _Response) -> bool:
+    """Whether a Login reply comes from the Edge Drive API: a structured body with its fields.
+    A 404, 405 or 501 means no Login endpoint at this URL, whatever the body."""
+    if response.status in (404, 405, 501):
+        return False
+    node = response.node
+    return node.first("errList") is not None or any(node.get(k) is not None for k in _LOGIN_FIELDS)
 
 
 def _server_says(node: Node) -> str:

@@ -140,6 +140,18 @@ def _positive_int(value: object) -> int:
     return number
 
 
+#: More files in flight than this buys nothing (one server, one link) and costs memory
+#: (transfers × 2 × chunk size) and sockets.
+MAX_TRANSFERS = 1024
+
+
+def _transfers(value: object) -> int:
+    number = _positive_int(value)
+    if number > MAX_TRANSFERS:
+        raise ValueError(f"must be at most {MAX_TRANSFERS}, not {number}")
+    return number
+
+
 def _seconds(value: object) -> float:
     try:
         number = float(str(value).strip())
@@ -198,7 +210,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("to", _text, "\\", "remote folder to upload into, backslash path"),
     Setting("user", _text, None, "user name for Login"),
     Setting("password_file", _text, None, "file whose first line is the password"),
-    Setting("transfers", _positive_int, 8, "files in flight; memory <= transfers x 2 x chunk_size"),
+    Setting("transfers", _transfers, 8, "files in flight; memory <= transfers x 2 x chunk_size"),
     Setting("chunk_size", parse_size, BLOCK_SIZE, "bytes per request; 4MiB unless verify is off"),
     Setting("verify", _bool, True, "block-level SHA-256 integrity check (off for V11 SP8 servers)"),
     Setting("retries", _positive_int, 10, "attempts in a row without progress, per file"),

@@ -6,6 +6,7 @@ and the exit code the CLI ends with.
 
     BulkdriveError                  base: .scope, .retryable, .exit_code, .hint
     ├── ConfigError                 bad flag, config key or input            run,  exit 2
+    │   ├── ReportUnwritable        --report cannot be written there
     │   └── JournalInUse            another run holds the job's journal
     ├── OutcomeUnknown              the request may or may not have applied  retry (§8)
     │   ├── NetworkError            connection refused, reset or closed
@@ -29,9 +30,11 @@ and the exit code the CLI ends with.
         ├── LoginFailed             wrong user or password, or a refused token  exit 3
         ├── PermissionDenied        403                                       exit 3
         ├── ShareNotFound           404 for the share                         exit 3
-        ├── QuotaExceeded           413                                       exit 4
-        ├── ServerUnreachable       the server cannot be reached at all       exit 3
-        ├── CertificateRejected     TLS verification failed                   exit 3
+        ├── QuotaExceeded           413: the share's quota would be exceeded  exit 4
+        ├── RequestTooLarge         413: a request is over the server's limit exit 2
+        ├── NotEdgeDrive            the URL answers, but not as Edge Drive    exit 2
+        ├── ServerUnreachable       no connection: refused, DNS, TLS handshake exit 5
+        │   └── CertificateRejected TLS verification failed                   exit 5
         └── JournalFailed           the resume journal cannot be written      exit 1
 
 Foreign exceptions (aiohttp, OSError) are translated into this tree at exactly one boundary:
@@ -43,6 +46,15 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 Scope = Literal["request", "file", "run"]
+
+# The documented exit codes of `bulkdrive upload` (README, "Exit codes").
+EXIT_OK = 0
+EXIT_FILES_FAILED = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_QUOTA = 4
+EXIT_UNREACHABLE = 5
+EXIT_INTERRUPTED = 130
 
 
 class BulkdriveError(Exception):
@@ -64,8 +76,12 @@ class BulkdriveError(Exception):
 
 class ConfigError(BulkdriveError):
     scope = "run"
-    exit_code = 2
+    exit_code = EXIT_USAGE
     hint = "fix the option or config key named in the message"
+
+
+class ReportUnwritable(ConfigError):
+    """--report names a place no report can be written: the one exit that writes none."""
 
 
 class JournalInUse(ConfigError):
@@ -183,7 +199,7 @@ class RetriesExhausted(FileFailed):
 
 class RunFailed(BulkdriveError):
     scope = "run"
-    exit_code = 3
+    exit_code = EXIT_AUTH
 
 
 class LoginFailed(RunFailed):
@@ -199,21 +215,54 @@ class ShareNotFound(RunFailed):
 
 
 class QuotaExceeded(RunFailed):
-    exit_code = 4
-    hint = "free space on the share or ask for a larger quota (or a smaller --chunk-size)"
+    exit_code = EXIT_QUOTA
+    hint = "free space on the share or ask for a larger quota"
+
+
+class RequestTooLarge(RunFailed):
+    exit_code = EXIT_USAGE
+    hint = "pass a smaller --chunk-size (with --no-verify), below the server's request limit"
+
+
+URL_FORMS = (
+    "https://HOST/webconsole/api, https://HOST/commandcenter/api "
+    "or http://HOST:81/SearchSvc/CVWebService.svc"
+)
+
+
+class NotEdgeDrive(RunFailed):
+    exit_code = EXIT_USAGE
+    hint = f"--url must be the Edge Drive web-service root: {URL_FORMS}"
 
 
 class ServerUnreachable(RunFailed):
+    exit_code = EXIT_UNREACHABLE
     hint = "check --url and that the server is up and reachable"
 
 
-class CertificateRejected(RunFailed):
+class CertificateRejected(ServerUnreachable):
     hint = "trust the server's CA with --ca-bundle FILE, or turn checking off with --insecure"
 
 
 class JournalFailed(RunFailed):
-    exit_code = 1
+    exit_code = EXIT_FILES_FAILED
     hint = "check free space and permissions of the journal's folder, or pass --journal PATH"
+
+
+def exit_code(
+    *, run_error: BaseException | None = None, interrupted: bool = False, files_failed: int = 0
+) -> int:
+    """The exit code of a run, the one function that decides it for the process and for the
+    `--report` alike: the error that stopped the run (its own code; 1 for an unexpected one),
+    else 130 if the run was interrupted, else 1 if any file failed, else 0. The error comes
+    first: a run stopped by a full share and then interrupted still needs the share freed."""
+    if isinstance(run_error, BulkdriveError):
+        return run_error.exit_code
+    if run_error is not None and not isinstance(run_error, KeyboardInterrupt):
+        return EXIT_FILES_FAILED
+    if interrupted or isinstance(run_error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return EXIT_FILES_FAILED if files_failed else EXIT_OK
 
 
 def alone(error: BaseException) -> BaseException:

@@ -8,9 +8,12 @@ reports, and turns the outcome into the documented exit code.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import sys
-from collections.abc import AsyncIterator, Callable
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from rich.logging import RichHandler
 from bulkdrive import errors
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, Secret, Settings, transfer_config
+from bulkdrive.eventlog import event_formatter
 from bulkdrive.journal import (
     FileRecord,
     FileState,
@@ -36,14 +40,17 @@ from bulkdrive.protocol import join_remote_path, split_remote_path
 from bulkdrive.report import (
     FileReportWriter,
     RunSummary,
+    RunTally,
     check_writable,
     format_bytes,
+    summary_to_json,
     write_json_report,
 )
 from bulkdrive.scheduler import RunPlan, TreeUpload
 from bulkdrive.walk import WalkFilters, read_exclude_from
 
-EXIT_INTERRUPTED = 130
+log = logging.getLogger("bulkdrive.job")
+
 EMBEDDED_USER = "bulkdrive"
 EMBEDDED_SHARE = "1"
 #: Failed files `bulkdrive status` lists; the rest are counted.
@@ -62,6 +69,7 @@ class JobRequest:
     report: Path | None = None
     report_files: Path | None = None
     log_file: Path | None = None
+    log_format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -70,14 +78,6 @@ class Target:
     share: str | None
     credentials: Credentials
     journal_url: str  # stable across runs, unlike the embedded emulator's port
-
-
-def exit_code(summary: RunSummary, run_error: errors.RunFailed | None) -> int:
-    if summary.interrupted:
-        return EXIT_INTERRUPTED
-    if run_error is not None:
-        return run_error.exit_code
-    return 1 if summary.files.failed else 0
 
 
 def filters_from(settings: Settings) -> WalkFilters:
@@ -93,14 +93,48 @@ def filters_from(settings: Settings) -> WalkFilters:
     )
 
 
+#: Where a target comes from when it is not the embedded emulator: any of these, from a flag,
+#: the environment or a config file, means the user meant a real server.
+TARGET_SETTINGS = ("url", "user", "share")
+
+
+def check_target(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    """The embedded emulator is for trying bulkdrive: it is used only when no target at all is
+    given. A user, share or token without a URL is a mistake a cron job must hear about."""
+    if settings["url"]:
+        return
+    environ = os.environ if environ is None else environ
+    given = [
+        f"--{key} ({_origin(settings, key)})"
+        for key in TARGET_SETTINGS
+        if settings.origin.get(key, "default") != "default"
+    ]
+    if environ.get("BULKDRIVE_TOKEN"):
+        given.append("BULKDRIVE_TOKEN (environment)")
+    if given:
+        raise errors.ConfigError(
+            f"--url is missing: {', '.join(given)} given without a server; pass --url "
+            f"({errors.URL_FORMS}), or give none of them to try the local emulator"
+        )
+
+
+def _origin(settings: Settings, key: str) -> str:
+    where = settings.origin.get(key, "default")
+    return where if where in ("flag", "environment") else f"file {where}"
+
+
 @asynccontextmanager
 async def open_target(
-    settings: Settings, credentials_from: Callable[[], Credentials], console: Console
+    settings: Settings,
+    credentials_from: Callable[[], Credentials],
+    *,
+    quiet: bool = False,
 ) -> AsyncIterator[Target]:
     """The configured server, or an emulator started in this process on 127.0.0.1."""
     if settings["url"]:
         yield Target(settings["url"], settings["share"], credentials_from(), settings["url"])
         return
+    check_target(settings)
     from bulkdrive.emulator import EmulatorConfig, Share, User, running_emulator
 
     data_dir = Path(settings["data_dir"]).resolve()
@@ -111,28 +145,152 @@ async def open_target(
         shares=(Share(EMBEDDED_SHARE, "local"),),
     )
     async with running_emulator(config) as emulator:
-        share = settings["share"] or EMBEDDED_SHARE
-        console.print(
-            f"no --url given: uploading to a local emulator at {emulator.base_url}, "
-            f"files stored in {data_dir / share}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        if not quiet:
+            # stderr: stdout stays the run's own output, for scripts that read it
+            print(
+                f"bulkdrive: no --url given: uploading to a local emulator at "
+                f"{emulator.base_url}, files stored in {data_dir / EMBEDDED_SHARE}",
+                file=sys.stderr,
+            )
         yield Target(
             emulator.base_url,
-            share,
+            EMBEDDED_SHARE,
             Credentials(user=EMBEDDED_USER, password=Secret(password)),
             f"embedded:{data_dir}",
         )
 
 
+def error_line(error: BaseException) -> str:
+    """The one line a run-stopping error is told in, on stderr."""
+    if isinstance(error, errors.BulkdriveError):
+        hint = f" ({error.hint})" if error.hint else ""
+        return f"bulkdrive: error: {error}{hint}"
+    return (
+        f"bulkdrive: error: internal error: {type(error).__name__}: {error} "
+        "(run with -vv for the traceback and please report it)"
+    )
+
+
+def summary_without_run(
+    elapsed: float, *, error: BaseException | None = None, interrupted: bool = False
+) -> RunSummary:
+    """The summary of a run that ended before any file was looked at (bad settings, login
+    refused, unknown share, interrupted while connecting): zeros, and why."""
+    return RunTally().summary(elapsed, run_error=error, interrupted=interrupted)
+
+
+def conclude(summary: RunSummary, report: Path | None, *, logged: bool = True) -> int:
+    """Every exit of `bulkdrive upload` ends here: the summary as the last lines of
+    --log-file, the --report, and the exit code, which is the report's. (`logged=False`
+    before logging is set up: the settings themselves were wrong.)"""
+    if logged:
+        log_summary(summary)
+    if report is not None:
+        try:
+            write_json_report(report, summary)
+        except OSError as exc:
+            print(
+                f"bulkdrive: error: cannot write --report {report}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return max(summary.exit_code, errors.EXIT_FILES_FAILED)
+    return summary.exit_code
+
+
+def log_summary(summary: RunSummary) -> None:
+    """The end of --log-file: what the table and the report say, in two lines."""
+    files, sizes = summary.files, summary.bytes
+    state = (
+        "stopped"
+        if summary.run_error is not None
+        else "interrupted"
+        if summary.interrupted
+        else "finished"
+    )
+    if summary.run_error is not None:
+        error = summary.run_error
+        log.error("run stopped: %s (%s)", error.reason, error.exit_class)
+    log.info(
+        "summary: upload %s; files: %d uploaded, %d resumed, %d skipped, %d failed, %d total; "
+        "bytes: %d sent of %d; elapsed %.3fs; retries %d, resumes %d; exit code %d",
+        state,
+        files.uploaded,
+        files.resumed,
+        files.skipped,
+        files.failed,
+        files.total,
+        sizes.sent,
+        sizes.total,
+        summary.elapsed_seconds,
+        summary.retries,
+        summary.resumes,
+        summary.exit_code,
+        extra={"event": "summary", "fields": summary_to_json(summary)},
+    )
+
+
 async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
+    """The whole job, and its exit code. Whatever ends it (the last file, a refused login, an
+    unknown share, SIGINT while connecting, a bug), the --report is written, --log-file ends
+    with the summary, and a run-stopping error is told once on stderr."""
+    started = time.monotonic()
+    console = Console(highlight=False)
+    setup_logging(console, request.verbosity, request.log_file, request.log_format)
+    state = _JobState()
+    error: BaseException | None = None
+    summary: RunSummary | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_interrupt() -> None:
+            await interrupt.wait()
+            state.interrupted = True
+            if state.run is not None:
+                state.run.interrupt()
+            else:
+                body.cancel()  # still connecting: nothing to finish cleanly
+
+        tg.start_soon(stop_on_interrupt)
+        with anyio.CancelScope() as body:
+            try:
+                summary = await _run(request, console, state)
+            except errors.BulkdriveError as exc:
+                error = exc
+            except Exception as exc:  # a bug: still a report and one line
+                log.debug("internal error", exc_info=True)
+                error = exc
+        tg.cancel_scope.cancel()
+    if error is not None and request.verbosity >= 2:
+        traceback.print_exception(error)
+    if summary is None:
+        summary = summary_without_run(
+            time.monotonic() - started, error=error, interrupted=state.interrupted
+        )
+    report = None if isinstance(error, errors.ReportUnwritable) else request.report
+    code = conclude(summary, report)
+    stopper = error if error is not None else state.run_error
+    if stopper is not None:
+        print(error_line(stopper), file=sys.stderr)
+    elif summary.interrupted:
+        print(
+            "bulkdrive: interrupted; run the same command again to resume where it stopped",
+            file=sys.stderr,
+        )
+    return code
+
+
+@dataclass
+class _JobState:
+    run: TreeUpload | None = None
+    run_error: errors.RunFailed | None = None
+    interrupted: bool = False
+
+
+async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSummary:
     settings = request.settings
     config = transfer_config(settings)
     filters = filters_from(settings)
     remote_folder = join_remote_path(_remote_parts(settings["to"]))
-    console = Console(highlight=False)
-    setup_logging(console, request.verbosity, request.log_file)
+    check_target(settings)
     for flag, report_path in (
         ("--report", request.report),
         ("--report-files", request.report_files),
@@ -141,21 +299,14 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
             try:
                 check_writable(report_path)
             except OSError as exc:
-                raise errors.ConfigError(
+                unwritable = errors.ReportUnwritable if flag == "--report" else errors.ConfigError
+                raise unwritable(
                     f"{flag}: cannot write {report_path}: {exc.strerror or exc}"
                 ) from None
     if settings["insecure"]:
         print(
             "bulkdrive: warning: TLS certificate verification is off (--insecure)", file=sys.stderr
         )
-    reporter = make_reporter(
-        console=console,
-        is_terminal=console.is_terminal,
-        quiet=request.quiet,
-        no_progress=request.no_progress,
-        verbosity=request.verbosity,
-        stats_interval=settings["stats_interval"],
-    )
     plan = RunPlan(
         source=request.source,
         remote_folder=remote_folder,
@@ -167,7 +318,7 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
     )
     async with AsyncExitStack() as stack:
         target = await stack.enter_async_context(
-            open_target(settings, request.credentials_from, console)
+            open_target(settings, request.credentials_from, quiet=request.quiet)
         )
         key = JobKey(
             url=target.journal_url,
@@ -190,48 +341,40 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
                     target.url, target.credentials, share_id=target.share, config=config
                 )
             )
+            await client.check_share()
         file_report = None
         if request.report_files is not None:
             file_report = stack.enter_context(FileReportWriter(request.report_files))
+        reporter = make_reporter(
+            console=console,
+            is_terminal=console.is_terminal,
+            quiet=request.quiet,
+            no_progress=request.no_progress,
+            verbosity=request.verbosity,
+            stats_interval=settings["stats_interval"],
+        )
         run = TreeUpload(client, plan, reporter=reporter, journal=journal, file_report=file_report)
-        async with anyio.create_task_group() as tg:
-
-            async def stop_on_interrupt() -> None:
-                await interrupt.wait()
-                run.interrupt()
-
-            tg.start_soon(stop_on_interrupt)
-            summary = await run.run()
-            tg.cancel_scope.cancel()
-    if request.report is not None:
-        try:
-            write_json_report(request.report, summary)
-        except OSError as exc:
-            print(
-                f"bulkdrive: error: cannot write --report {request.report}: {exc.strerror}",
-                file=sys.stderr,
-            )
-            return max(exit_code(summary, run.run_error), 1)
+        state.run = run
+        summary = await run.run()
+        state.run_error = run.run_error
     if request.dry_run:
         stats = run.statistics()
         console.print(
             f"dry run: would upload {stats.would_upload_files} files "
             f"({stats.would_upload_bytes} bytes), skip {summary.files.skipped} files "
-            f"({summary.bytes.skipped} bytes); nothing was sent"
+            f"({summary.bytes.skipped} bytes); nothing was sent",
+            soft_wrap=True,
         )
-    if summary.interrupted:
-        print(
-            "bulkdrive: interrupted; run the same command again to resume where it stopped",
-            file=sys.stderr,
-        )
-    elif run.run_error is not None:
-        error = run.run_error
-        print(f"bulkdrive: error: {error} ({error.hint})", file=sys.stderr)
-    return exit_code(summary, run.run_error)
+    return summary
 
 
-def setup_logging(console: Console, verbosity: int, log_file: Path | None) -> None:
-    """-vv: protocol detail on the console; --log-file: per-file lines (and -vv detail)."""
+def setup_logging(
+    console: Console, verbosity: int, log_file: Path | None, log_format: str = "text"
+) -> None:
+    """-vv: protocol detail on the console; --log-file: per-file lines (and -vv detail), ending
+    with the summary. On a terminal the detail goes through rich (above the live display);
+    anywhere else, and in every file, one plain event per line with an ISO-8601 UTC time, or
+    one JSON object per line with --log-format json."""
     logger = logging.getLogger("bulkdrive")
     logger.handlers.clear()
     logger.propagate = False
@@ -242,6 +385,7 @@ def setup_logging(console: Console, verbosity: int, log_file: Path | None) -> No
     logger.setLevel(
         detail if log_file is not None else logging.DEBUG if verbosity >= 2 else logging.WARNING
     )
+    formatter = event_formatter(log_format)
     if log_file is not None:
         try:
             handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
@@ -249,16 +393,20 @@ def setup_logging(console: Console, verbosity: int, log_file: Path | None) -> No
             raise errors.ConfigError(
                 f"--log-file: cannot write {log_file}: {exc.strerror}"
             ) from None
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(formatter)
         handler.setLevel(detail)
         logger.addHandler(handler)
     if verbosity >= 2:
-        # Protocol detail, through the reporter's console so that log lines never tear the
-        # live display; per-file lines come from the reporter itself.
-        rich_handler = RichHandler(console=console, show_path=False, markup=False)
-        rich_handler.setLevel(logging.DEBUG)
-        rich_handler.addFilter(logging.Filter("bulkdrive.client"))
-        logger.addHandler(rich_handler)
+        # Protocol detail; per-file lines come from the reporter itself.
+        if console.is_terminal and log_format == "text":
+            # through the reporter's console, so that log lines never tear the live display
+            screen: logging.Handler = RichHandler(console=console, show_path=False, markup=False)
+        else:
+            screen = logging.StreamHandler(console.file)
+            screen.setFormatter(formatter)
+        screen.setLevel(logging.DEBUG)
+        screen.addFilter(logging.Filter("bulkdrive.client"))
+        logger.addHandler(screen)
 
 
 def _remote_parts(folder: str) -> tuple[str, ...]:

@@ -69,7 +69,7 @@ def run_command(work: Callable[[], Awaitable[int]], verbose: int = 0) -> NoRetur
         hint = f" ({exc.hint})" if exc.hint else ""
         cli._fail(f"{exc}{hint}", exc.exit_code)
     except KeyboardInterrupt:
-        cli._fail("interrupted", cli.EXIT_INTERRUPTED)
+        cli._fail("interrupted", errors.EXIT_INTERRUPTED)
     except Exception as exc:  # a bug: still one line, the detail with -vv
         if verbose >= 2:
             traceback.print_exc()
@@ -86,9 +86,8 @@ async def connected(
     settings: Settings, *, concurrency: int = 1, with_share: bool = True
 ) -> AsyncIterator[EdgeDriveClient]:
     """A logged-in client of the configured server (or of the embedded emulator)."""
-    # Notes go to stderr: stdout may be a --json document.
-    notes = Console(stderr=True, highlight=False)
-    async with open_target(settings, lambda: cli._credentials(settings), notes) as target:
+    # The emulator's notice goes to stderr: stdout may be a --json document.
+    async with open_target(settings, lambda: cli._credentials(settings)) as target:
         # Connections for the listings in flight, whatever --transfers says.
         config = dataclasses.replace(transfer_config(settings), transfers=concurrency)
         async with EdgeDriveClient.connect(

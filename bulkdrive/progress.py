@@ -414,7 +414,7 @@ class QuietReporter(NullReporter):
         self.console = console
 
     def file_finished(self, outcome: FileOutcome) -> None:
-        if outcome.outcome is Outcome.FAILED:
+        if outcome.outcome is Outcome.FAILED and not outcome.stopped_run:
             self.console.print(failure_line(outcome), soft_wrap=True)
 
     def message(self, text: str, *, level: int = logging.INFO) -> None:
@@ -471,7 +471,10 @@ class _CountingReporter:
 
     def file_finished(self, outcome: FileOutcome) -> None:
         self._counters.finished(outcome)
-        # failures are shown as they happen at every verbosity; the rest only with -v
+        # failures are shown as they happen at every verbosity; the rest only with -v; the
+        # error that stopped the run is told once, at the end, on stderr
+        if outcome.stopped_run:
+            return
         if self.verbosity >= 1 or outcome.outcome is Outcome.FAILED:
             self._emit(finished_line(outcome))
 

@@ -394,6 +394,41 @@ def retry_after_seconds(raw: str | None, now: float | None = None) -> float | No
 _REFUSED_NAME = re.compile(r"not allowed|invalid|illegal|reserved")
 
 
+#: The longest piece of a response body that goes into a message (an HTML error page would
+#: otherwise fill the screen).
+SHORT_TEXT = 120
+
+
+_TAG = re.compile(r"<[^>]*>")
+
+
+def short_text(text: str) -> str:
+    """One short line of a server's words: markup dropped (an HTML error page keeps its
+    words), whitespace folded, cut at SHORT_TEXT characters."""
+    if "<" in text:
+        text = _TAG.sub(" ", text)
+    line = " ".join(text.split())
+    return line if len(line) <= SHORT_TEXT else line[: SHORT_TEXT - 1] + "…"
+
+
+_QUOTA_WORDS = ("quota", "space", "storage", "capacity", "full")
+_SIZE_WORDS = ("larger", "too large", "too big", "size limit", "length", "request body", "entity")
+
+
+def _too_large(node: Node, message: str) -> errors.BulkdriveError:
+    """The two 413s of spec §4, told apart by the errorString: the share's quota, or a request
+    body over the server's limit. A 413 without the API's errorString comes from the web server
+    in front of the API, which knows nothing of quotas: a body over its limit."""
+    said = (node.get("errorString") or node.get("errorMessage") or "").lower()
+    if any(word in said for word in _QUOTA_WORDS):
+        return errors.QuotaExceeded(f"{message} (the share's quota)", status=413)
+    if not said or any(word in said for word in _SIZE_WORDS):
+        return errors.RequestTooLarge(
+            f"{message} (a request is larger than the server accepts)", status=413
+        )
+    return errors.QuotaExceeded(message, status=413)
+
+
 def error_for(
     status: int,
     node: Node,
@@ -403,8 +438,8 @@ def error_for(
     retry_after: float | None = None,
 ) -> errors.BulkdriveError:
     """The error that a non-success status stands for. `what` names the request for people."""
-    server_says = (
-        node.get("errorString") or node.get("errorMessage") or node.text.strip() or "no message"
+    server_says = short_text(
+        node.get("errorString") or node.get("errorMessage") or node.text or "no message"
     )
     message = f"{what}: HTTP {status}: {server_says}"
     if status == 401:
@@ -420,7 +455,7 @@ def error_for(
     if status == 409:
         return errors.SessionBusy(message, chunk_offset=node.int("chunkOffset", 0))
     if status == 413:
-        return errors.QuotaExceeded(message, status=status)
+        return _too_large(node, message)
     if status in TRANSIENT_STATUSES:
         return errors.ServerBusy(message, status=status, retry_after=retry_after)
     lowered = server_says.lower()

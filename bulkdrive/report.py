@@ -25,11 +25,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from bulkdrive import errors
 from bulkdrive.errors import BulkdriveError
 
-EXIT_OK = 0
-EXIT_FILES_FAILED = 1
-EXIT_INTERRUPTED = 130
 DEFAULT_MAX_FAILURES = 1000
 
 
@@ -56,6 +54,9 @@ class FileOutcome:
     exit_class: str | None = None  # error class name for failures, e.g. "SourceChanged"
     hint: str | None = None  # what to do
     skip_kind: str | None = None  # for skipped files: the kind of reason the summary counts
+    # failed by the error that stopped the run: that error is told once, on stderr, so the
+    # displays do not list this file's copy of it
+    stopped_run: bool = False
 
 
 def failed_outcome(
@@ -255,20 +256,14 @@ class RunTally:
         elapsed: float,
         *,
         interrupted: bool = False,
-        run_error: BulkdriveError | None = None,
+        run_error: BaseException | None = None,
     ) -> RunSummary:
-        """The frozen figures. Exit code: the run error's, else 130 if interrupted, else 1 if
-        any file failed, else 0."""
+        """The frozen figures; the exit code is `errors.exit_code`'s."""
         finished = sum(self._files.values())
         failed = self._files[Outcome.FAILED]
-        if run_error is not None:
-            exit_code = run_error.exit_code
-        elif interrupted:
-            exit_code = EXIT_INTERRUPTED
-        elif failed:
-            exit_code = EXIT_FILES_FAILED
-        else:
-            exit_code = EXIT_OK
+        exit_code = errors.exit_code(
+            run_error=run_error, interrupted=interrupted, files_failed=failed
+        )
         return RunSummary(
             files=FileCounts(
                 uploaded=self._files[Outcome.UPLOADED],
@@ -302,7 +297,7 @@ class RunTally:
             else RunError(
                 reason=one_line(str(run_error)) or type(run_error).__name__,
                 exit_class=type(run_error).__name__,
-                hint=run_error.hint or None,
+                hint=(run_error.hint if isinstance(run_error, BulkdriveError) else None) or None,
             ),
         )
 
@@ -470,7 +465,7 @@ class FileReportWriter:
 def render_summary(summary: RunSummary, console: Console) -> None:
     """The end-of-run table, then each failed file with its reason and what to do."""
     if summary.run_error is not None:
-        title = f"upload stopped: {summary.run_error.exit_class}"
+        title = "upload stopped"  # by the error printed on stderr, once
     elif summary.interrupted:
         title = "upload interrupted"
     else:
@@ -506,17 +501,10 @@ def render_summary(summary: RunSummary, console: Console) -> None:
         ),
         soft_wrap=True,
     )
-    if summary.run_error is not None:
-        error = summary.run_error
-        line = Text()
-        line.append("error: ", style="bold red")
-        line.append(f"{error.reason} ({error.exit_class})")
-        if error.hint:
-            line.append(f"; {error.hint}")
-        console.print(line, soft_wrap=True)
-    if summary.failures:
+    listed = [failure for failure in summary.failures if not failure.stopped_run]
+    if listed:
         console.print(Text(f"failed files ({files.failed:,}):", style="bold red"), soft_wrap=True)
-        for failure in summary.failures:
+        for failure in listed:
             console.print(failure_line(failure), soft_wrap=True)
     if summary.failures_omitted:
         console.print(

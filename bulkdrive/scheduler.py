@@ -32,7 +32,14 @@ from bulkdrive.journal import FileRecord, FileState, Journal
 from bulkdrive.names import InvalidNames, check_name, remote_name
 from bulkdrive.progress import NullReporter, Reporter
 from bulkdrive.protocol import UploadReply, mtime_seconds, remote_child, split_remote_path
-from bulkdrive.report import FileOutcome, FileReportWriter, Outcome, RunSummary, RunTally
+from bulkdrive.report import (
+    FileOutcome,
+    FileReportWriter,
+    Outcome,
+    RunSummary,
+    RunTally,
+    outcome_to_json,
+)
 from bulkdrive.upload import (
     LocalContent,
     ResumePoint,
@@ -612,6 +619,7 @@ class TreeUpload:
         *,
         journaled: bool = True,
     ) -> FileOutcome:
+        stopped_run = isinstance(exc, errors.RunFailed)
         if isinstance(exc, errors.FolderNotCreated):
             reason, exit_class, hint = str(exc), type(exc).__name__, exc.folder_hint
         elif isinstance(exc, errors.BulkdriveError):
@@ -642,14 +650,14 @@ class TreeUpload:
             attempts=events.attempts,
             seconds=seconds,
             bytes_sent=events.accepted,
+            stopped_run=stopped_run,
         )
 
     # --- bookkeeping ---------------------------------------------------------------------
 
     def _stop(self, exc: errors.RunFailed) -> None:
         if self._run_error is None:
-            self._run_error = exc
-            self._reporter.message(f"stopping: {exc}")
+            self._run_error = exc  # told once, by whoever reads run_error at the end
         self._walk_scope.cancel()
         self._count_scope.cancel()
 
@@ -668,7 +676,13 @@ class TreeUpload:
 
     def _finish(self, outcome: FileOutcome) -> None:
         if outcome.outcome is Outcome.FAILED:
-            log.error("failed %s: %s (%s)", outcome.relative, outcome.reason, outcome.hint)
+            log.error(
+                "failed %s: %s (%s)",
+                outcome.relative,
+                outcome.reason,
+                outcome.hint,
+                extra=_log_event(outcome),
+            )
         elif log.isEnabledFor(logging.INFO):
             log.info(
                 "%s %s (%d bytes)%s",
@@ -676,6 +690,7 @@ class TreeUpload:
                 outcome.relative,
                 outcome.size,
                 f": {outcome.reason}" if outcome.reason else "",
+                extra=_log_event(outcome),
             )
         self._tally.finished(outcome)
         self._reporter.file_finished(outcome)
@@ -704,6 +719,15 @@ class TreeUpload:
             outcome=outcome,
             **details,  # type: ignore[arg-type]
         )
+
+
+def _log_event(outcome: FileOutcome) -> dict[str, Any]:
+    """The structured half of a file's log line (`--log-format json`)."""
+    return {
+        "event": outcome.outcome.value,
+        "path": outcome.relative,
+        "fields": outcome_to_json(outcome),
+    }
 
 
 def _record(entry: FileEntry, state: FileState, **fields: Any) -> FileRecord:

@@ -477,8 +477,10 @@ async def test_each_user_error_is_one_line_with_its_exit_code(
                 USER,
                 "--share",
                 SHARE_ID,
+                "--connect-timeout",
+                "2",  # the login is retried for this long
             ),
-            3,
+            5,
             ("cannot connect", "check --url"),
         ),
         Case(
@@ -508,7 +510,7 @@ async def test_each_user_error_is_one_line_with_its_exit_code(
                 "--share",
                 SHARE_ID,
             ),
-            3,
+            5,
             ("ssl", "check --url"),
         ),
         Case(
@@ -595,7 +597,7 @@ async def test_untrusted_certificate_is_one_line(tmp_path: Path) -> None:
             timeout=30,
         )
         tg.cancel_scope.cancel()
-    assert done.returncode == 3, done.stderr.decode()
+    assert done.returncode == 5, done.stderr.decode()
     line = one_error_line(done)
     assert "certificate" in line and "--ca-bundle" in line and "--insecure" in line
 

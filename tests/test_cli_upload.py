@@ -202,7 +202,9 @@ async def test_embedded_emulator_is_the_default_target(tmp_path: Path) -> None:
     del env["BULKDRIVE_PASSWORD"]
     done = await run_cli("upload", str(source), "--no-progress", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr.decode()
-    assert "local emulator" in done.stdout.decode()
+    # the notice goes to stderr: stdout is the run's own output
+    assert "local emulator" in done.stderr.decode()
+    assert "local emulator" not in done.stdout.decode()
     assert_stored(source, tmp_path / "bulkdrive-data" / "1")
 
 
