@@ -14,8 +14,8 @@ the rest.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bulkdrive.client import EdgeDriveClient
@@ -57,8 +57,12 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'bulkdrive' has no attribute {name!r}")
-    return getattr(importlib.import_module(home), name)
+    return getattr(_importlib.import_module(home), name)
+
+
+# The namespace holds the public names only (pinned by tests/test_api.py).
+del TYPE_CHECKING, annotations

@@ -957,11 +957,12 @@ async def upload_tree(
     reporter: Reporter | None = None,
     journal: Journal | None = None,
 ) -> RunSummary:
-    """Upload every file under `source` into `remote_folder` of the client's share."""
+    """Upload every file under `source` into `remote_folder` of the client's share, with the
+    client's TransferConfig unless `config` is given."""
     plan = RunPlan(
         source=source,
         remote_folder=remote_folder,
         filters=filters or WalkFilters(),
-        config=config or TransferConfig(),
+        config=config or client.config,
     )
     return await TreeUpload(client, plan, reporter=reporter, journal=journal).run()

@@ -1,0 +1,168 @@
+"""The rooms of the house and the arrows between them, pinned.
+
+Every module of `bulkdrive` has a row in ROOMS: the rooms it may import. Imports are read from
+the source (also the ones inside functions), so a lazy import counts as much as a top one.
+The table itself must point one way (no cycles): cli → job → scheduler → upload → session,
+source, client → protocol, with `errors` and `config` leaves anyone may import, and the
+emulator importing nothing of the uploader but `protocol` and `errors`.
+
+A new module, or a new arrow, is a change of this table: say in the review why it points down.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import bulkdrive
+
+PACKAGE = Path(bulkdrive.__file__).parent
+
+#: The leaves: anyone may import them.
+LEAVES = frozenset({"errors", "config"})
+
+#: Module → the modules of ours it may import besides LEAVES (names without `bulkdrive.`;
+#: the package itself is ``__init__``). `config` is a leaf that reads the one wire constant
+#: it needs (the integrity block size) from `protocol`, which imports only `errors`.
+ROOMS: dict[str, frozenset[str]] = {
+    name: frozenset(allowed.split())
+    for name, allowed in {
+        # -- the public API and the commands
+        "__init__": "client report scheduler upload walk",
+        "__main__": "cli",
+        "cli": "job bench.run",
+        # The commands besides upload (shares, ls, check…): the CLI's room, reusing its helpers.
+        "migration": "cli job client listing check journals protocol",
+        "eventlog": "report",
+        # -- one job, from settings to exit code
+        "job": "client emulator journal names progress protocol report scheduler walk eventlog",
+        # -- the run
+        "scheduler": "client journal names progress protocol report upload walk check resume",
+        "resume": "journal names protocol report walk",
+        "check": "client journal listing names protocol walk",
+        "journals": "journal",
+        "listing": "client protocol",
+        "walk": "",
+        "names": "",
+        "journal": "",
+        "progress": "report",
+        "report": "",
+        # -- one file
+        "upload": "client integrity protocol session source",
+        "session": "protocol",
+        "source": "",
+        "integrity": "protocol",
+        # -- the wire
+        "client": "bandwidth protocol",
+        "bandwidth": "",
+        "protocol": "",
+        "errors": "",
+        "config": "protocol",
+        # -- the emulator: a second program, sharing only the wire contract and the errors
+        "emulator": "emulator.app",
+        "emulator.command": "emulator.app emulator.faults emulator.network protocol",
+        "emulator.app": "emulator.faults emulator.network emulator.store protocol",
+        "emulator.network": "",
+        "emulator.store": "protocol",
+        "emulator.faults": "",
+        # -- the benchmark harness: runs bulkdrive as a program, never imports its engine
+        "bench": "",
+        "bench.run": "bench.harness bench.workloads",
+        "bench.harness": "bench.baselines bench.workloads protocol",
+        "bench.baselines": "",
+        "bench.workloads": "",
+    }.items()
+}
+
+#: What the emulator may import from the uploader's side.
+EMULATOR_MAY_IMPORT = frozenset({"protocol", "errors"})
+
+
+def _modules() -> Iterator[tuple[str, Path]]:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        yield ".".join(parts), path
+
+
+def _imports(path: Path) -> set[str]:
+    """The modules of ours `path` imports, as ROOMS names (`from bulkdrive import x` and
+    `from bulkdrive.pkg import x` name the submodule x when there is one)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module is not None:
+            if node.level or not (node.module + ".").startswith("bulkdrive."):
+                assert not node.level, f"{path.name}: relative import"
+                continue
+            base = node.module.removeprefix("bulkdrive").lstrip(".")
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}" if base else alias.name
+                submodule = PACKAGE.joinpath(*candidate.split("."))
+                if submodule.with_suffix(".py").is_file() or submodule.is_dir():
+                    found.add(candidate)
+                elif base:
+                    found.add(base)
+                else:
+                    found.add("__init__")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if (alias.name + ".").startswith("bulkdrive."):
+                    found.add(alias.name.removeprefix("bulkdrive").lstrip(".") or "__init__")
+    return found
+
+
+def test_every_module_has_a_room() -> None:
+    missing = sorted(name for name, _ in _modules() if name not in ROOMS)
+    assert not missing, f"add these modules to ROOMS in {Path(__file__).name}: {missing}"
+
+
+def test_every_import_follows_an_allowed_arrow() -> None:
+    wrong: list[str] = []
+    for name, path in _modules():
+        allowed = ROOMS.get(name, frozenset()) | LEAVES | {name}
+        wrong += [f"{name} → {target}" for target in sorted(_imports(path) - allowed)]
+    assert not wrong, "imports outside the table:\n" + "\n".join(wrong)
+
+
+def test_the_arrows_point_one_way() -> None:
+    """No cycle in the table: a room never reaches itself again through its imports."""
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if state.get(name) == "done":
+            return
+        assert state.get(name) != "open", "cycle: " + " → ".join((*trail, name))
+        state[name] = "open"
+        for target in sorted(ROOMS.get(name, frozenset())):
+            visit(target, (*trail, name))
+        state[name] = "done"
+
+    for name in ROOMS:
+        visit(name, ())
+    for leaf in LEAVES:
+        assert ROOMS[leaf] <= {"protocol"} and ROOMS["protocol"] == frozenset(), leaf
+
+
+def test_the_emulator_imports_only_the_wire_contract_and_the_errors() -> None:
+    for name, allowed in ROOMS.items():
+        if name == "emulator" or name.startswith("emulator."):
+            outside = {a for a in allowed | LEAVES if not a.startswith("emulator")}
+            # config is a leaf for the uploader; the emulator has its own config room.
+            assert outside - {"config"} <= EMULATOR_MAY_IMPORT, name
+    for name, path in _modules():
+        if name == "emulator" or name.startswith("emulator."):
+            outside = {i for i in _imports(path) if not i.startswith("emulator")}
+            assert outside <= EMULATOR_MAY_IMPORT, f"{name} imports {outside}"
+
+
+def test_nothing_of_the_uploader_imports_the_emulator_but_the_job() -> None:
+    users = sorted(
+        name
+        for name, path in _modules()
+        if not name.startswith("emulator")
+        and any(i == "emulator" or i.startswith("emulator.") for i in _imports(path))
+    )
+    # The job starts the embedded emulator when no URL is given; `serve` loads it lazily.
+    assert users == ["job"]
