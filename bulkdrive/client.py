@@ -50,9 +50,6 @@ __all__ = ["ClientStatistics", "EdgeDriveClient", "retrying"]
 
 T = TypeVar("T")
 
-#: A server's Retry-After is honoured up to this many seconds, whatever the backoff cap.
-RETRY_AFTER_CAP = 300.0
-
 #: Requests besides the uploads that may be in flight at once (metadata, folders, renewals).
 SPARE_CONNECTIONS = 2
 #: The longest wait between two tries of the first login (the whole is bounded by the
@@ -108,6 +105,7 @@ class _Wait:
 
     def __init__(self, policy: RetryPolicy, counted: _AttemptsWithoutProgress) -> None:
         self._jitter = wait_random_exponential(multiplier=policy.initial_wait, max=policy.max_wait)
+        self._max_wait = policy.max_wait
         self._counted = counted
 
     def __call__(self, retry_state: RetryCallState) -> float:
@@ -115,7 +113,9 @@ class _Wait:
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None else None
         if isinstance(error, errors.OutcomeUnknown) and error.retry_after is not None:
-            wait = max(wait, min(error.retry_after, RETRY_AFTER_CAP))
+            # A busy server (503, 429) says when to come back; the policy's cap still holds,
+            # so that a server asking for hours cannot stall the run.
+            wait = max(wait, min(error.retry_after, self._max_wait))
         return wait
 
 

@@ -259,8 +259,25 @@ async def test_retry_after_is_honoured_and_backoff_is_capped() -> None:
             with attempt:
                 raise failures[attempt.retry_state.attempt_number - 1]
     assert len(waits) == 3
-    assert waits[0] == 7.0  # the server asked for longer than the backoff would wait
+    # The server asked for 7 s: honoured up to the policy's longest wait, never beyond.
+    assert waits[0] == 0.4
     assert all(0 <= w <= 0.4 for w in waits[1:])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [503, 429])
+async def test_a_short_retry_after_is_waited_in_full(status: int) -> None:
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
+    policy = RetryPolicy(attempts=2, initial_wait=0.001, max_wait=30.0)
+    with pytest.raises(RetryError):
+        async for attempt in retrying(policy, sleep=record):
+            with attempt:
+                raise errors.ServerBusy("busy", status=status, retry_after=2.0)
+    assert waits == [2.0]  # longer than the backoff's millisecond: the server's word wins
 
 
 async def no_sleep(seconds: float) -> None:

@@ -31,6 +31,7 @@ from aiohttp import web
 from bulkdrive import protocol
 from bulkdrive.emulator import faults as fault_kinds
 from bulkdrive.emulator.faults import FaultInjector
+from bulkdrive.emulator.network import Network, NetworkModel
 from bulkdrive.emulator.store import (
     BUSY_SESSION,
     BodyIncomplete,
@@ -105,6 +106,8 @@ class EmulatorConfig:
     #: How long a re-initiate waits for a request in flight on the same session before it is
     #: refused as busy (409 without requestId).
     busy_wait_seconds: float = 30.0
+    #: Latency, a cap on requests being processed, a link's bandwidth (serve --latency ...).
+    network: NetworkModel = field(default_factory=NetworkModel)
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -382,6 +385,7 @@ class Emulator:
         self.faults = FaultInjector(
             config.fault_rate, config.fault_seed, config.faults, config.fault_delay_seconds
         )
+        self.network = Network(config.network, self._busy)
         self.upload_log: deque[UploadRecord] = deque(maxlen=100_000)
         self.port = 0
         self.base_url = ""
@@ -458,7 +462,9 @@ class Emulator:
             self._tokens[stored.digest] = _Token(
                 stored.user, stored.device_id, stored.idle_seconds, now
             )
-        app = web.Application()
+        app = web.Application(
+            middlewares=[] if self.config.network.is_direct else [self.network.middleware]
+        )
         if self.config.request_log is not None:
             self.request_log = RequestLog(Path(self.config.request_log))
             app.router.add_route("*", "/{tail:.*}", self._logged_dispatch)
@@ -528,6 +534,10 @@ class Emulator:
     ) -> web.Response:
         fields: dict[str, str | int] = {**extra, "errorCode": status, "errorString": message}
         return self._reply(fmt, root, fields, status=status)
+
+    def _busy(self, request: web.Request) -> web.Response:
+        fmt = protocol.negotiate(_header(request, "Accept"), self.config.json_dialect)
+        return self._error(fmt, protocol.GENERIC_RESP, 503, "server busy: too many requests")
 
     def _denied(self, fmt: protocol.Format) -> web.Response:
         self._counters.unauthorized += 1

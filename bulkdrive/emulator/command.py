@@ -13,6 +13,7 @@ import click
 from bulkdrive import protocol
 from bulkdrive.emulator.app import EmulatorConfig, Share, User, running_emulator
 from bulkdrive.emulator.faults import parse_kinds
+from bulkdrive.emulator.network import NetworkModel, parse_duration, parse_rate
 
 DEMO_USER = User("demo", "demo")
 _SHARE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -42,6 +43,20 @@ def _parse_share(text: str) -> Share:
             param_hint="--share",
         )
     return Share(parts[0], parts[1], public=flags["public"], readonly=flags["readonly"])
+
+
+def _network(latency: str, max_active: int | None, bandwidth: str | None) -> NetworkModel:
+    try:
+        seconds = parse_duration(latency)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--latency") from None
+    rate: int | None = None
+    if bandwidth is not None:
+        try:
+            rate = parse_rate(bandwidth)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--bandwidth") from None
+    return NetworkModel(latency=seconds, max_active=max_active, bandwidth=rate)
 
 
 def _print_line(text: str) -> None:
@@ -141,6 +156,25 @@ async def _serve(config: EmulatorConfig, announce: list[str]) -> None:
     help="Append one JSON line per request to FILE "
     "(time, method, path, query, status, bytes, duration).",
 )
+@click.option(
+    "--latency",
+    default="0",
+    metavar="DURATION",
+    help="Answer each request no sooner than this after it arrived, e.g. 20ms.",
+)
+@click.option(
+    "--max-active",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Beyond N requests being processed, answer 503 with Retry-After.",
+)
+@click.option(
+    "--bandwidth",
+    default=None,
+    metavar="RATE",
+    help="Read request bodies at most at RATE bytes/s in total, e.g. 100MB/s.",
+)
 def serve(
     host: str,
     port: int,
@@ -159,6 +193,9 @@ def serve(
     fault_names: str,
     fault_delay_seconds: float,
     request_log: Path | None,
+    latency: str,
+    max_active: int | None,
+    bandwidth: str | None,
 ) -> None:
     """Run the Edge Drive emulator (a local upload server for tests and benchmarks)."""
     parsed_users = tuple(_parse_user(u) for u in users)
@@ -167,7 +204,14 @@ def serve(
         kinds = parse_kinds([fault_names])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--faults") from None
+    network = _network(latency, max_active, bandwidth)
     announce: list[str] = []
+    if not network.is_direct:
+        announce.append(
+            f"network model: latency {network.latency * 1000:g} ms, "
+            f"max active {network.max_active or 'unlimited'}, "
+            f"bandwidth {f'{network.bandwidth} bytes/s' if network.bandwidth else 'unlimited'}"
+        )
     if not parsed_users:
         parsed_users = (DEMO_USER,)
         # The demo credential belongs to the emulator itself, so showing it is fine.
@@ -196,6 +240,7 @@ def serve(
             faults=kinds,
             fault_delay_seconds=fault_delay_seconds,
             request_log=request_log,
+            network=network,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
