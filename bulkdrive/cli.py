@@ -131,6 +131,13 @@ def _setting_options(
             "--stats-interval", help="Seconds between stat lines off a terminal."
         ),
         "data_dir": click.option("--data-dir", help="Storage of the embedded emulator."),
+        "shard": click.option("--shard", help="K/N: upload only this shard of the tree."),
+        "cluster": click.option(
+            "--cluster", help="Spread the files over Dask workers: local:N or tcp://HOST:8786."
+        ),
+        "worker_path": click.option(
+            "--worker-path", help="Where the cluster's workers see SOURCE (default: its path)."
+        ),
     }
     for setting in reversed(SETTINGS):
         if only is None or setting.key in only:
@@ -317,21 +324,27 @@ def bench(ctx: click.Context) -> None:
 
 @main.command()
 @click.argument("source", required=False, type=click.Path(path_type=Path))
-@click.option("--journal", "journal_path", help="Journal to read.")
+@click.option(
+    "--journal", "journal_paths", multiple=True, help="Journal to read (repeat to sum several)."
+)
 @click.option("--url", help="Server root the job uploaded to.")
 @click.option("--share", help="Share id of the job.")
 @click.option("--to", "remote_folder", default="\\", help="Remote folder of the job.")
+@click.option(
+    "--shards", type=click.IntRange(min=1), help="Sum the N journals of a job run as --shard K/N."
+)
 def status(
     source: Path | None,
-    journal_path: str | None,
+    journal_paths: tuple[str, ...],
     url: str | None,
     share: str | None,
     remote_folder: str,
+    shards: int | None,
 ) -> None:
-    """Show a job's progress from its resume journal."""
+    """Show a job's progress from its resume journal (or the sum of several)."""
     from bulkdrive.job import print_status
 
     try:
-        print_status(Console(), source, journal_path, url, share, remote_folder)
+        print_status(Console(), source, journal_paths, url, share, remote_folder, shards)
     except errors.BulkdriveError as exc:
         _fail(str(exc), exc.exit_code)

@@ -47,6 +47,7 @@ from bulkdrive.report import (
     write_json_report,
 )
 from bulkdrive.scheduler import RunPlan, TreeUpload
+from bulkdrive.shard import Shard, shard_journal_path
 from bulkdrive.walk import WalkFilters, read_exclude_from
 
 log = logging.getLogger("bulkdrive.job")
@@ -80,6 +81,12 @@ class Target:
     journal_url: str  # stable across runs, unlike the embedded emulator's port
 
 
+def job_journal_path(key: JobKey, shard: Shard | None) -> Path:
+    """The job's default journal; with --shard K/N each shard's own."""
+    path = default_journal_path(key)
+    return path if shard is None else shard_journal_path(path, shard)
+
+
 def filters_from(settings: Settings) -> WalkFilters:
     exclude = tuple(settings["exclude"])
     if settings["exclude_from"]:
@@ -90,6 +97,7 @@ def filters_from(settings: Settings) -> WalkFilters:
         min_size=settings["min_size"] or None,
         max_size=settings["max_size"] or None,
         follow_symlinks=settings["follow_symlinks"],
+        shard=settings["shard"],
     )
 
 
@@ -329,7 +337,7 @@ async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSu
         journal_path = (
             Path(settings["journal"]).expanduser()
             if settings["journal"]
-            else default_journal_path(key)
+            else job_journal_path(key, settings["shard"])
         )
         journal = await stack.enter_async_context(
             Journal.open(journal_path, key, exclusive=not request.dry_run)
@@ -419,50 +427,64 @@ def _remote_parts(folder: str) -> tuple[str, ...]:
 def print_status(
     console: Console,
     source: Path | None,
-    journal_path: str | None,
+    journal_paths: tuple[str, ...],
     url: str | None,
     share: str | None,
     remote_folder: str,
+    shards: int | None = None,
 ) -> None:
-    if journal_path:
-        path = Path(journal_path)
-    elif source is not None:
+    """One job's journal, or the sum of several (`--shards N`: the N shards' default journals;
+    or `--journal` given more than once)."""
+    paths = [Path(p) for p in journal_paths]
+    if not paths and source is not None:
         key = JobKey(
             url=url or f"embedded:{Path('bulkdrive-data').resolve()}",
             share=share or (EMBEDDED_SHARE if not url else ""),
             remote_folder=join_remote_path(_remote_parts(remote_folder)),
             source=str(source.resolve()),
         )
-        path = default_journal_path(key)
-    else:
+        if shards is None:
+            paths = [default_journal_path(key)]
+        else:
+            paths = [job_journal_path(key, Shard(k, shards)) for k in range(shards)]
+    if not paths:
         raise errors.ConfigError("give --journal PATH, or SOURCE with the job's --url/--share/--to")
-    summary = read_summary(path)
-    # Paths may hold [brackets]: never read them as markup.
-    console.print(f"journal: {path}", markup=False, soft_wrap=True)
-    if summary.key is not None:
-        console.print(
-            f"job: {summary.key.source} → {summary.key.url} share {summary.key.share or '-'} "
-            f"folder {summary.key.remote_folder}",
-            markup=False,
-            soft_wrap=True,
-        )
-    for state, count in summary.files.items():
-        size = summary.bytes.get(state, 0)
-        console.print(f"  {state:<8} {count:>10} files {format_bytes(size):>12}")
-    console.print(
-        f"  {'total':<8} {summary.total_files:>10} files {format_bytes(summary.total_bytes):>12}"
-    )
-    failed = summary.files.get(FileState.FAILED, 0)
-    if failed:
-        console.print(f"failures ({failed}):")
-        shown = 0
-        for record in _failures(path, STATUS_FAILURES_SHOWN):
-            shown += 1
+    summaries = [read_summary(path) for path in paths]
+    for path, summary in zip(paths, summaries, strict=True):
+        # Paths may hold [brackets]: never read them as markup.
+        console.print(f"journal: {path}", markup=False, soft_wrap=True)
+        if summary.key is not None and (len(paths) == 1 or path == paths[0]):
             console.print(
-                f"  {record.relative}: {record.last_error or 'unknown error'}",
+                f"job: {summary.key.source} → {summary.key.url} share {summary.key.share or '-'} "
+                f"folder {summary.key.remote_folder}",
                 markup=False,
                 soft_wrap=True,
             )
+    files: dict[FileState, int] = {}
+    sizes: dict[FileState, int] = {}
+    for summary in summaries:
+        for state, count in summary.files.items():
+            files[state] = files.get(state, 0) + count
+            sizes[state] = sizes.get(state, 0) + summary.bytes.get(state, 0)
+    if len(paths) > 1:
+        console.print(f"sum of {len(paths)} journals:")
+    for state, count in files.items():
+        console.print(f"  {state:<8} {count:>10} files {format_bytes(sizes[state]):>12}")
+    total_files = sum(s.total_files for s in summaries)
+    total_bytes = sum(s.total_bytes for s in summaries)
+    console.print(f"  {'total':<8} {total_files:>10} files {format_bytes(total_bytes):>12}")
+    failed = files.get(FileState.FAILED, 0)
+    if failed:
+        console.print(f"failures ({failed}):")
+        shown = 0
+        for path in paths:
+            for record in _failures(path, STATUS_FAILURES_SHOWN - shown):
+                shown += 1
+                console.print(
+                    f"  {record.relative}: {record.last_error or 'unknown error'}",
+                    markup=False,
+                    soft_wrap=True,
+                )
         if failed > shown:
             console.print(f"  … and {failed - shown} more")
 

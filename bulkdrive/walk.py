@@ -28,6 +28,7 @@ from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
 from bulkdrive.errors import ConfigError, FileFailed, SourceUnreadable, UnreadableFolder, Vanished
+from bulkdrive.shard import Shard
 
 #: Directory entries read (and stat'ed) per thread hop. Bounds memory per level of the path.
 BATCH_SIZE = 512
@@ -104,6 +105,8 @@ class WalkStatistics:
     filtered: int = 0
     stopped: bool = False
     failed: int = 0
+    #: Files, skips and failures left to the other shards of `--shard K/N`.
+    other_shards: int = 0
 
 
 # --- globs --------------------------------------------------------------------------------
@@ -236,13 +239,16 @@ class WalkFilters:
     """What the walk keeps. include/exclude: globs on the path relative to SRC ("/"-separated,
     see `GlobSet`); empty include = everything. A glob matching a folder applies to everything
     under it (exclude prunes it; include keeps all of it). Exclude wins over include.
-    min_size/max_size bound file sizes in bytes, both inclusive."""
+    min_size/max_size bound file sizes in bytes, both inclusive. `shard`: only the paths of
+    this shard (a folder is sent only before a file of the shard, so each shard creates the
+    folders it needs)."""
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     min_size: int | None = None
     max_size: int | None = None
     follow_symlinks: bool = False
+    shard: Shard | None = None
     _include: GlobSet = field(init=False, repr=False, compare=False)
     _exclude: GlobSet = field(init=False, repr=False, compare=False)
 
@@ -263,6 +269,9 @@ class WalkFilters:
     def includes(self, relative: str, *, is_folder: bool) -> bool:
         """True when no include globs are given, or one of them matches."""
         return not self._include or self._include.matches(relative, is_folder=is_folder)
+
+    def in_shard(self, relative: str) -> bool:
+        return self.shard is None or self.shard.owns(relative)
 
     def size_ok(self, size: int) -> bool:
         if self.min_size is not None and size < self.min_size:
@@ -402,6 +411,14 @@ class _Walker:
     skipped: int = 0
     filtered: int = 0
     failed: int = 0
+    other_shards: int = 0
+
+    def theirs(self, relative: str) -> bool:
+        """Another shard's file, skip or failure: counted once, by that shard."""
+        if self.filters.in_shard(relative):
+            return False
+        self.other_shards += 1
+        return True
 
     async def send(self, item: WalkItem) -> None:
         try:
@@ -419,10 +436,14 @@ class _Walker:
             self.on_file(item)
 
     async def skip(self, relative: str, reason: str, kind: str) -> None:
+        if self.theirs(relative or "."):
+            return
         await self.send(SkippedEntry(relative or ".", reason, kind))
         self.skipped += 1
 
     async def fail(self, relative: str, reason: str, error: type[FileFailed]) -> None:
+        if self.theirs(relative or "."):
+            return
         await self.send(WalkFailure(relative or ".", reason, error))
         self.failed += 1
 
@@ -435,6 +456,7 @@ class _Walker:
             self.filtered,
             stopped,
             self.failed,
+            self.other_shards,
         )
 
     def wanted(self, relative: str, *, is_folder: bool, included: bool) -> bool:
@@ -449,6 +471,8 @@ class _Walker:
             st.st_size
         ):
             self.filtered += 1
+            return
+        if self.theirs(name):
             return
         await self.send(FileEntry(os.fspath(root), name, st.st_size, st.st_mtime_ns))
         self.files += 1
@@ -489,6 +513,8 @@ class _Walker:
                         relative, is_folder=False, included=frame.included
                     ) or not self.filters.size_ok(seen.size):
                         self.filtered += 1
+                        continue
+                    if self.theirs(relative):
                         continue
                     # The folders on the path that were not yet sent, from the top.
                     while sent < len(stack) - 1:
