@@ -191,16 +191,6 @@ def _shard(value: object) -> Shard:
     return value if isinstance(value, Shard) else parse_shard(_text(value))
 
 
-_CLUSTER = re.compile(r"^(local:[1-9]\d*|(tcp|tls)://\S+)$")
-
-
-def _cluster(value: object) -> str:
-    text = _text(value).strip()
-    if not _CLUSTER.match(text):
-        raise ValueError(f"not local:N or tcp://HOST:PORT (or tls://): {value!r}")
-    return text
-
-
 def _globs(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         # From the environment: a comma-separated list.
@@ -251,10 +241,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stats_interval", _seconds, 10.0, "seconds between plain stat lines off a terminal"),
     Setting("data_dir", _text, "bulkdrive-data", "embedded emulator's storage folder"),
     Setting("shard", _shard, None, "K/N: only the files whose path hash modulo N is K"),
-    Setting(
-        "cluster", _cluster, None, "local:N worker processes, or a Dask scheduler tcp://HOST:PORT"
-    ),
-    Setting("worker_path", _text, None, "where the cluster's workers see SRC, if not at its path"),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 
