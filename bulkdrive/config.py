@@ -16,7 +16,6 @@ from typing import Any
 
 from bulkdrive.errors import ConfigError
 from bulkdrive.protocol import BLOCK_SIZE
-from bulkdrive.shard import Shard, parse_shard
 
 
 class Secret:
@@ -187,8 +186,18 @@ def _invalid_names(value: object) -> str:
     return text
 
 
-def _shard(value: object) -> Shard:
-    return value if isinstance(value, Shard) else parse_shard(_text(value))
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def _shard(value: object) -> str:
+    """`K/N` (0 ≤ K < N), as "K/N"; `bulkdrive.shard` gives it its meaning."""
+    match = _SHARD.match(_text(value))
+    if match is None:
+        raise ValueError(f"not K/N: {value!r} (e.g. 0/4 for the first of four)")
+    index, count = int(match.group(1)), int(match.group(2))
+    if not 0 <= index < count:
+        raise ValueError(f"{index}/{count}: K must be 0 to N-1, and N at least 1")
+    return f"{index}/{count}"
 
 
 def _globs(value: object) -> tuple[str, ...]:

@@ -47,7 +47,7 @@ from bulkdrive.report import (
     write_json_report,
 )
 from bulkdrive.scheduler import RunPlan, TreeUpload
-from bulkdrive.shard import Shard, shard_journal_path
+from bulkdrive.shard import Shard, parse_shard, shard_journal_path
 from bulkdrive.walk import WalkFilters, read_exclude_from
 
 log = logging.getLogger("bulkdrive.job")
@@ -81,6 +81,11 @@ class Target:
     journal_url: str  # stable across runs, unlike the embedded emulator's port
 
 
+def shard_of_job(settings: Settings) -> Shard | None:
+    text: str | None = settings["shard"]
+    return None if text is None else parse_shard(text)
+
+
 def job_journal_path(key: JobKey, shard: Shard | None) -> Path:
     """The job's default journal; with --shard K/N each shard's own."""
     path = default_journal_path(key)
@@ -97,7 +102,7 @@ def filters_from(settings: Settings) -> WalkFilters:
         min_size=settings["min_size"] or None,
         max_size=settings["max_size"] or None,
         follow_symlinks=settings["follow_symlinks"],
-        shard=settings["shard"],
+        shard=shard_of_job(settings),
     )
 
 
@@ -337,7 +342,7 @@ async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSu
         journal_path = (
             Path(settings["journal"]).expanduser()
             if settings["journal"]
-            else job_journal_path(key, settings["shard"])
+            else job_journal_path(key, shard_of_job(settings))
         )
         journal = await stack.enter_async_context(
             Journal.open(journal_path, key, exclusive=not request.dry_run)

@@ -36,14 +36,17 @@ ROOMS: dict[str, frozenset[str]] = {
         "migration": "cli job client listing check journals protocol",
         "eventlog": "report",
         # -- one job, from settings to exit code
-        "job": "client emulator journal names progress protocol report scheduler walk eventlog",
+        "job": "client emulator journal names progress protocol report scheduler shard walk"
+        " eventlog",
         # -- the run
         "scheduler": "client journal names progress protocol report upload walk check resume",
         "resume": "journal names protocol report walk",
         "check": "client journal listing names protocol walk",
         "journals": "journal",
         "listing": "client protocol",
-        "walk": "",
+        "walk": "shard",
+        # --shard K/N: which paths are this process's; a pure function of the path.
+        "shard": "",
         "names": "",
         "journal": "",
         "progress": "report",
