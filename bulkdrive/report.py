@@ -193,6 +193,8 @@ class RunSummary:
     skipped_by_kind: tuple[tuple[str, int], ...] = ()
     #: Files and folders the filters (--include/--exclude/--min-size/--max-size) left out.
     filtered: int = 0
+    #: Seconds into the run when the total was final (the count-only pass or the walk ended).
+    total_known_seconds: float | None = None
 
 
 class RunTally:
@@ -212,9 +214,15 @@ class RunTally:
         self._failures_omitted = 0
         self._skipped_by_kind: dict[str, int] = {}  # a handful of fixed kinds
         self._filtered = 0
+        self._total_known: float | None = None
 
     def filtered(self, count: int) -> None:
         self._filtered += count
+
+    def total_known(self, seconds: float) -> None:
+        """The total is final `seconds` into the run (the first time counts)."""
+        if self._total_known is None:
+            self._total_known = seconds
 
     def sent_by_unfinished(self, accepted: int) -> None:
         """Bytes the server accepted of a file that never finished (the run was interrupted):
@@ -292,6 +300,7 @@ class RunTally:
             walk_complete=self._walk_complete,
             skipped_by_kind=tuple(sorted(self._skipped_by_kind.items())),
             filtered=self._filtered,
+            total_known_seconds=self._total_known,
             run_error=None
             if run_error is None
             else RunError(
@@ -333,6 +342,9 @@ def summary_to_json(summary: RunSummary) -> dict[str, Any]:
         "walk_complete": summary.walk_complete,
         "skipped_by_kind": dict(summary.skipped_by_kind),
         "filtered": summary.filtered,
+        "total_known_seconds": None
+        if summary.total_known_seconds is None
+        else round(summary.total_known_seconds, 3),
         "run_error": None
         if error is None
         else {"reason": error.reason, "exit_class": error.exit_class, "hint": error.hint},

@@ -140,6 +140,7 @@ class TreeUpload:
         self._walk_scope = anyio.CancelScope()
         self._count_scope = anyio.CancelScope()
         self._total_known_after: float | None = None
+        self._began = 0.0
         self._run_scope = anyio.CancelScope()
         self._listings: OrderedDict[str, dict[str, tuple[int, int]]] = OrderedDict()
         self._started = 0
@@ -180,7 +181,7 @@ class TreeUpload:
         self._run_scope.cancel()
 
     async def run(self) -> RunSummary:
-        started = self._clock()
+        started = self._began = self._clock()
         plan = self._plan
         self._reporter.start(str(plan.source), plan.remote_folder)
         send, receive = anyio.create_memory_object_stream[WalkItem](plan.backlog)
@@ -256,6 +257,7 @@ class TreeUpload:
             except (errors.BulkdriveError, OSError):
                 return  # only a forecast: the upload's own walk reports what goes wrong
             self._total_known_after = self._clock() - started
+            self._tally.total_known(self._total_known_after)
             self._reporter.totals_counted(files, size)
 
     async def _walk(self, send: anyio.abc.ObjectSendStream[WalkItem]) -> None:
@@ -271,6 +273,7 @@ class TreeUpload:
             self._tally.filtered(stats.filtered)
         self._count_scope.cancel()  # the walk is through: the count can tell no more
         if not self._walk_scope.cancel_called:  # a stopped walk's total is not the tree's
+            self._tally.total_known(self._clock() - self._began)
             self._tally.walk_finished()
             self._reporter.walk_finished()
 

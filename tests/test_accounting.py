@@ -171,4 +171,5 @@ async def test_the_count_only_pass_fixes_the_totals_early(
     assert (summary.files.total, summary.bytes.total) == reporter.counted[0]
     # known while the upload's own walk, held back by the uploads, had seen a fraction
     assert 0 <= reporter.found_before_count < 300
-    assert run.statistics().total_known_after is not None
+    known = run.statistics().total_known_after
+    assert known is not None and summary.total_known_seconds == known

@@ -189,6 +189,7 @@ def test_json_report_schema_and_values(tmp_path: Path) -> None:
         "walk_complete",
         "skipped_by_kind",
         "filtered",
+        "total_known_seconds",
         "run_error",
         "failures",
         "failures_omitted",
@@ -220,6 +221,7 @@ def test_json_report_schema_and_values(tmp_path: Path) -> None:
     assert data["failures_omitted"] == 0
     assert data["skipped_by_kind"] == {"already on the server": 1}
     assert data["filtered"] == 3
+    assert data["total_known_seconds"] is None  # the tally was never told
 
 
 def test_json_report_carries_the_run_error(tmp_path: Path) -> None:

@@ -160,9 +160,11 @@ async def raw_upload(job: Job) -> tuple[int, int]:
             login_body(job.user, job.password),
         )
         token = _reply_field(reply, "token")
-        for folder in folders(job):
-            if folder == "\\":
-                continue
+        # Each folder is created once, just before the first file that needs it (its parents
+        # first), by whichever worker gets there first; the others wait for it.
+        made: dict[str, asyncio.Future[None]] = {}
+
+        async def create(folder: str) -> None:
             _, body = folder_request(folder)
             url = f"{job.url}/drive/share/{job.share}/action/createfolder"
             async with http_session.post(
@@ -178,12 +180,30 @@ async def raw_upload(job: Job) -> tuple[int, int]:
                 if resp.status not in (200, 201, 409):
                     raise RuntimeError(f"createfolder {folder}: HTTP {resp.status}")
 
+        async def ensure_folder(folder: str) -> None:
+            if folder in ("", "\\"):
+                return
+            future = made.get(folder)
+            if future is not None:
+                await future
+                return
+            made[folder] = future = loop.create_future()
+            try:
+                await ensure_folder(folder.rpartition("\\")[0])
+                await create(folder)
+            except BaseException as exc:
+                future.set_exception(exc)
+                future.exception()  # retrieved: the waiters, if any, raise it too
+                raise
+            future.set_result(None)
+
         async def read(fh: object, size: int) -> bytes:
             if size <= BLOCKING_READ_LIMIT:
                 return fh.read(size)  # type: ignore[attr-defined, no-any-return]
             return await loop.run_in_executor(None, fh.read, size)  # type: ignore[attr-defined]
 
         async def send(f: LocalFile) -> None:
+            await ensure_folder(f.parent)
             with open(f.path, "rb", buffering=0) as fh:
                 first = await read(fh, min(job.chunk_size, f.size))
                 offset = len(first)

@@ -5,12 +5,15 @@
     python -m bulkdrive.bench.workloads large DIR      # 8 × 256 MiB
     python -m bulkdrive.bench.workloads mixed DIR      # a realistic spread of sizes
     python -m bulkdrive.bench.workloads quick DIR      # 4 × 8 MiB + 200 × 4 KiB, the smoke run
+    python -m bulkdrive.bench.workloads tree DIR       # 50 000 files in ~9 000 folders
+    python -m bulkdrive.bench.workloads tree-flat DIR  # the same files in one folder
 
 A tree that exists already is left as it is, so repeated runs reuse it.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 from collections.abc import Iterator
@@ -70,13 +73,64 @@ def quick_files() -> Iterator[tuple[str, int]]:
     yield from small_files(count=200)
 
 
+#: The shape of a real source tree (a copy of a Python installation's standard library holds
+#: 50 724 files in 8 702 folders): file count, folder count, deepest level, median file size.
+TREE_FILES = 50_000
+TREE_FOLDERS = 9_000
+TREE_DEPTH = 10
+TREE_FANOUT_DECAY = 0.65  # a folder at depth d takes a new subfolder with odds 0.65**d
+TREE_MEDIAN = 4 * KiB
+TREE_SIGMA = 1.2  # log-normal spread: mean ~8 KiB, a few files of a few MiB
+TREE_SMALL_MAX = 8 * MiB
+TREE_LARGE = (16 * MiB, 24 * MiB, 40 * MiB)  # a few files of tens of MiB
+
+
+def _tree_sizes(rng: random.Random, count: int) -> list[int]:
+    mu = math.log(TREE_MEDIAN)
+    sizes = [min(int(rng.lognormvariate(mu, TREE_SIGMA)), TREE_SMALL_MAX) for _ in range(count)]
+    for i, size in enumerate(TREE_LARGE):  # spread over the run, not all at its end
+        sizes[(i + 1) * count // (len(TREE_LARGE) + 1)] = size
+    return sizes
+
+
+def tree_files(seed: int = 12) -> Iterator[tuple[str, int]]:
+    """A tree shaped like a real one, deterministic from `seed`: each folder hangs off a
+    random earlier folder, shallow ones more likely (most folders 3 to 6 levels down, none
+    deeper than TREE_DEPTH), each file lands in a random folder, sizes are log-normal around a
+    4 KiB median, plus a few files of tens of MiB."""
+    rng = random.Random(seed)
+    paths = [""]
+    depths = [0]
+    for i in range(TREE_FOLDERS):
+        parent = rng.randrange(len(paths))
+        # Deeper folders take fewer subfolders: most of a real tree sits 3 to 6 levels down.
+        while depths[parent] >= TREE_DEPTH or rng.random() >= TREE_FANOUT_DECAY ** depths[parent]:
+            parent = rng.randrange(len(paths))
+        paths.append(f"{paths[parent]}d{i:04d}/")
+        depths.append(depths[parent] + 1)
+    homes = [rng.randrange(len(paths)) for _ in range(TREE_FILES)]
+    for i, size in enumerate(_tree_sizes(rng, TREE_FILES)):
+        yield f"{paths[homes[i]]}f{i:05d}.dat", size
+
+
+def tree_flat_files(seed: int = 12) -> Iterator[tuple[str, int]]:
+    """`tree`'s files, same count and sizes in the same order, all in one folder."""
+    for i, (_, size) in enumerate(tree_files(seed)):
+        yield f"flat/f{i:05d}.dat", size
+
+
 WORKLOADS = {
     "sample": sample_files,
     "small": small_files,
     "large": large_files,
     "mixed": mixed_files,
     "quick": quick_files,
+    "tree": tree_files,
+    "tree-flat": tree_flat_files,
 }
+#: Workloads measured on an emulator that refuses uploads into missing folders
+#: (`serve --strict-parents`): every folder must be created by the contender.
+STRICT_PARENTS = frozenset({"tree", "tree-flat"})
 
 
 def build(name: str, root: Path, seed: int = 1) -> Path:
