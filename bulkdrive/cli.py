@@ -90,7 +90,17 @@ def _setting_options(
             help="User name; password from BULKDRIVE_PASSWORD, --password-file or a prompt.",
         ),
         "password_file": click.option("--password-file", help="File holding the password."),
-        "transfers": click.option("--transfers", help="Files in flight (default 8)."),
+        "transfers": click.option(
+            "--transfers",
+            help="Files in flight (default 8), or auto: tuned while the run goes.",
+        ),
+        "max_transfers": click.option(
+            "--max-transfers", help="Under --transfers auto, the most files in flight (256)."
+        ),
+        "max_memory": click.option(
+            "--max-memory",
+            help="Under --transfers auto, file data in memory: transfers x 2 x chunk (1GiB).",
+        ),
         "chunk_size": click.option(
             "--chunk-size", help="Chunk size, e.g. 4MiB (needs --no-verify unless 4MiB)."
         ),

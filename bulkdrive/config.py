@@ -77,7 +77,10 @@ class RetryPolicy:
 class TransferConfig:
     """Limits of one run. File data in memory ≤ transfers × 2 × chunk_size."""
 
+    #: Files in flight; under `auto_transfers`, the most the tuner may reach.
     transfers: int = 8
+    #: `--transfers auto`: start small and let the tuner choose, up to `transfers`.
+    auto_transfers: bool = False
     chunk_size: int = BLOCK_SIZE
     verify: bool = True
     bwlimit: int | None = None
@@ -143,13 +146,21 @@ def _positive_int(value: object) -> int:
 #: More files in flight than this buys nothing (one server, one link) and costs memory
 #: (transfers × 2 × chunk size) and sockets.
 MAX_TRANSFERS = 1024
+#: `--transfers auto`.
+AUTO = "auto"
 
 
-def _transfers(value: object) -> int:
+def _transfer_count(value: object) -> int:
     number = _positive_int(value)
     if number > MAX_TRANSFERS:
         raise ValueError(f"must be at most {MAX_TRANSFERS}, not {number}")
     return number
+
+
+def _transfers(value: object) -> int | str:
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    return _transfer_count(value)
 
 
 def _seconds(value: object) -> float:
@@ -224,7 +235,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("to", _text, "\\", "remote folder to upload into, backslash path"),
     Setting("user", _text, None, "user name for Login"),
     Setting("password_file", _text, None, "file whose first line is the password"),
-    Setting("transfers", _transfers, 8, "files in flight; memory <= transfers x 2 x chunk_size"),
+    Setting(
+        "transfers",
+        _transfers,
+        8,
+        'files in flight, or "auto"; memory <= transfers x 2 x chunk_size',
+    ),
+    Setting("max_transfers", _transfer_count, 256, "the most files in flight under transfers auto"),
+    Setting("max_memory", parse_size, 1024**3, "file data in memory under transfers auto"),
     Setting("chunk_size", parse_size, BLOCK_SIZE, "bytes per request; 4MiB unless verify is off"),
     Setting("verify", _bool, True, "block-level SHA-256 integrity check (off for V11 SP8 servers)"),
     Setting("retries", _positive_int, 10, "attempts in a row without progress, per file"),
@@ -346,8 +364,20 @@ def transfer_config(settings: Settings) -> TransferConfig:
         )
     if chunk < 1:
         raise ConfigError("--chunk-size: must be at least 1 byte")
+    transfers = settings["transfers"]
+    auto = transfers == AUTO
+    if auto:
+        # The memory bound holds at any limit the tuner reaches.
+        by_memory = settings["max_memory"] // (2 * chunk)
+        if by_memory < 1:
+            raise ConfigError(
+                f"--max-memory: {settings['max_memory']} bytes cannot hold one transfer "
+                f"(2 x chunk size = {2 * chunk} bytes)"
+            )
+        transfers = min(settings["max_transfers"], by_memory)
     return TransferConfig(
-        transfers=settings["transfers"],
+        transfers=transfers,
+        auto_transfers=auto,
         chunk_size=chunk,
         verify=settings["verify"],
         bwlimit=settings["bwlimit"] or None,

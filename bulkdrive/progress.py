@@ -79,6 +79,9 @@ class Reporter(Protocol):
 
     def file_finished(self, outcome: FileOutcome) -> None: ...
 
+    def transfers_changed(self, limit: int) -> None:
+        """`--transfers auto` set the limit of files in flight (the live display shows it)."""
+
     def message(self, text: str, *, level: int = logging.INFO) -> None:
         """A line for people. Shown from WARNING up by default, INFO up with -v, DEBUG up
         with -vv, ERROR up with -q."""
@@ -164,6 +167,14 @@ class Figures:
     retries: int
     resumes: int
     bytes_failed: int = 0  # sizes of the failed files: not processed, and not to wait for
+    #: The tuner's current limit under --transfers auto, else None.
+    transfers_limit: int | None = None
+
+    @property
+    def in_flight_text(self) -> str:
+        if self.transfers_limit is None:
+            return f"{self.in_flight:,}"
+        return f"{self.in_flight:,} (auto limit {self.transfers_limit:,})"
 
     @property
     def files_finished(self) -> int:
@@ -203,6 +214,7 @@ class _Counters:
         self.retries = 0
         self.resumes = 0
         self.transfers: dict[str, _Transfer] = {}
+        self.transfers_limit: int | None = None
 
     def found(self, size: int) -> None:
         self.files_found += 1
@@ -294,6 +306,7 @@ class _Counters:
             retries=self.retries,
             resumes=self.resumes,
             bytes_failed=self.failed_bytes,
+            transfers_limit=self.transfers_limit,
         )
 
 
@@ -337,7 +350,7 @@ def stat_line(fig: Figures) -> str:
         f"({fig.uploaded:,} uploaded, {fig.resumed:,} resumed, {fig.skipped:,} skipped, "
         f"{fig.failed:,} failed)"
     )
-    parts.append(f"{fig.in_flight} in flight")
+    parts.append(f"{fig.in_flight_text} in flight")
     parts.append(f"retries {fig.retries:,}")
     parts.append(f"resumes {fig.resumes:,}")
     parts.append(f"elapsed {format_duration(fig.elapsed)}")
@@ -398,6 +411,9 @@ class NullReporter:
         pass
 
     def file_finished(self, outcome: FileOutcome) -> None:
+        pass
+
+    def transfers_changed(self, limit: int) -> None:
         pass
 
     def message(self, text: str, *, level: int = logging.INFO) -> None:
@@ -477,6 +493,9 @@ class _CountingReporter:
             return
         if self.verbosity >= 1 or outcome.outcome is Outcome.FAILED:
             self._emit(finished_line(outcome))
+
+    def transfers_changed(self, limit: int) -> None:
+        self._counters.transfers_limit = limit
 
     def message(self, text: str, *, level: int = logging.INFO) -> None:
         if level >= self._threshold:
@@ -704,7 +723,7 @@ def render_figures(
     )
     files.append(f"{fig.failed:,} failed", style="bold red" if fig.failed else "")
     counters = Text(
-        f"retries {fig.retries:,}  resumes {fig.resumes:,}  in flight {fig.in_flight:,}"
+        f"retries {fig.retries:,}  resumes {fig.resumes:,}  in flight {fig.in_flight_text}"
     )
 
     transfers = Table.grid(padding=(0, 1))

@@ -176,6 +176,16 @@ class RunError:
 
 
 @dataclass(frozen=True)
+class TransfersUsed:
+    """`--transfers auto`: the most files in flight the tuner allowed, and the limit's mean
+    over the run's time."""
+
+    peak: int
+    mean: float
+    changes: int
+
+
+@dataclass(frozen=True)
 class RunSummary:
     files: FileCounts
     bytes: ByteCounts
@@ -195,6 +205,8 @@ class RunSummary:
     filtered: int = 0
     #: Seconds into the run when the total was final (the count-only pass or the walk ended).
     total_known_seconds: float | None = None
+    #: Under `--transfers auto`; None with a fixed number.
+    transfers: TransfersUsed | None = None
 
 
 class RunTally:
@@ -345,6 +357,13 @@ def summary_to_json(summary: RunSummary) -> dict[str, Any]:
         "total_known_seconds": None
         if summary.total_known_seconds is None
         else round(summary.total_known_seconds, 3),
+        "transfers_auto": None
+        if summary.transfers is None
+        else {
+            "peak": summary.transfers.peak,
+            "mean": round(summary.transfers.mean, 2),
+            "changes": summary.transfers.changes,
+        },
         "run_error": None
         if error is None
         else {"reason": error.reason, "exit_class": error.exit_class, "hint": error.hint},
@@ -513,6 +532,15 @@ def render_summary(summary: RunSummary, console: Console) -> None:
         ),
         soft_wrap=True,
     )
+    if summary.transfers is not None:
+        used = summary.transfers
+        console.print(
+            Text(
+                f"transfers auto: peak {used.peak}, time-weighted mean {used.mean:.1f}, "
+                f"{used.changes} change(s)"
+            ),
+            soft_wrap=True,
+        )
     listed = [failure for failure in summary.failures if not failure.stopped_run]
     if listed:
         console.print(Text(f"failed files ({files.failed:,}):", style="bold red"), soft_wrap=True)

@@ -18,14 +18,14 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from bulkdrive import errors
+from bulkdrive import errors, tuner
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import TransferConfig
 from bulkdrive.journal import FileRecord, FileState, Journal
@@ -38,6 +38,7 @@ from bulkdrive.report import (
     Outcome,
     RunSummary,
     RunTally,
+    TransfersUsed,
     outcome_to_json,
 )
 from bulkdrive.upload import (
@@ -71,6 +72,11 @@ DIGESTS_COPIED_EACH_BLOCK = 64 * 32
 
 #: Remote folder listings kept for --check-remote; files arrive grouped by folder.
 _LISTINGS_KEPT = 4
+
+#: Seconds between two looks of `--transfers auto` at the run's counters.
+TUNE_TICK = 0.25
+#: Under `--transfers auto`, the limit the run starts with.
+AUTO_START = 4
 #: Folders that could not be created, remembered so that their files fail with the folder's
 #: reason without a request each (past this, the oldest are forgotten: the server says).
 _FAILED_FOLDERS_KEPT = 16384
@@ -105,6 +111,11 @@ class SchedulerStatistics:
     folders_created: int
     would_upload_files: int
     would_upload_bytes: int
+    #: The limit of files in flight now (fixed, or the tuner's under --transfers auto).
+    transfers_limit: int
+    #: Under --transfers auto: what the tuner saw (503/429 answers and timeouts) and did.
+    pushbacks: int
+    transfers_changes: int
     #: Seconds from the run's start until the count-only pass fixed the totals (None: not yet,
     #: or the upload's own walk finished first).
     total_known_after: float | None = None
@@ -154,6 +165,18 @@ class TreeUpload:
         self._folders = _Folders()
         self._folder_slots = anyio.CapacityLimiter(max(1, plan.config.transfers))
         self._task_group: anyio.abc.TaskGroup | None = None
+        # --transfers auto: what the tuner measures, and how the limit moved.
+        self._bytes_confirmed = 0
+        self._files_done = 0
+        self._pushbacks = 0
+        self._limit = plan.config.transfers
+        self._limit_peak = 0
+        self._limit_area = 0.0
+        self._limit_since = 0.0
+        self._limit_changes = 0
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._tune_scope = anyio.CancelScope()
+        self._workers_left = 0
 
     # --- public --------------------------------------------------------------------------
 
@@ -172,6 +195,9 @@ class TreeUpload:
             folders_created=self._folders_created,
             would_upload_files=self._would_upload_files,
             would_upload_bytes=self._would_upload_bytes,
+            transfers_limit=self._limit,
+            pushbacks=self._pushbacks,
+            transfers_changes=self._limit_changes,
             total_known_after=self._total_known_after,
         )
 
@@ -187,6 +213,7 @@ class TreeUpload:
         send, receive = anyio.create_memory_object_stream[WalkItem](plan.backlog)
         self._backlog_used = lambda: receive.statistics().current_buffer_used
         self._handout = _Handout()
+        auto = plan.config.auto_transfers and not plan.dry_run
         try:
             with self._run_scope:
                 async with anyio.create_task_group() as tg:
@@ -195,8 +222,17 @@ class TreeUpload:
                     tg.start_soon(self._walk, send)
                     if not plan.dry_run:
                         tg.start_soon(self._count, started)
-                    for _ in range(0 if plan.dry_run else plan.config.transfers):
-                        tg.start_soon(self._worker)
+                    workers = 0 if plan.dry_run else plan.config.transfers
+                    self._workers_left = workers
+                    if auto:
+                        settings = tuner.TunerSettings(
+                            start=min(AUTO_START, workers), maximum=workers
+                        )
+                        self._limiter = anyio.CapacityLimiter(settings.start)
+                        self._set_limit(settings.start, started)
+                        tg.start_soon(self._tune, settings)
+                    for _ in range(workers):
+                        tg.start_soon(self._tuned_worker if auto else self._worker)
                     with receive, self._handout:
                         try:
                             if not plan.dry_run:
@@ -220,11 +256,14 @@ class TreeUpload:
             if self._journal is not None:
                 with anyio.CancelScope(shield=True):
                     await self._save(self._journal.flush())
+            ended = self._clock()
             summary = self._tally.summary(
-                self._clock() - started,
+                ended - started,
                 run_error=self._run_error,
                 interrupted=self._interrupted,
             )
+            if auto:
+                summary = replace(summary, transfers=self._transfers_used(started, ended))
             # Also when an error escapes: a live display must never be left running.
             self._reporter.close(summary)
         return summary
@@ -396,6 +435,66 @@ class TreeUpload:
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
             await self._upload(*ready)
+
+    async def _tuned_worker(self) -> None:
+        """A worker under --transfers auto: one of `transfers` (the most the tuner may
+        allow), each file upload holding one of the limiter's tokens."""
+        limiter = self._limiter
+        assert limiter is not None
+        try:
+            while True:
+                async with limiter:
+                    ready = await self._handout.get()
+                    if ready is None:
+                        return
+                    if self._run_error is not None:
+                        continue  # the run is stopping: start nothing new
+                    self._started += 1
+                    self._in_flight += 1
+                    self._max_in_flight = max(self._max_in_flight, self._in_flight)
+                    await self._upload(*ready)
+        finally:
+            self._workers_left -= 1
+            if self._workers_left == 0:
+                self._tune_scope.cancel()  # nothing left to tune
+
+    async def _tune(self, settings: tuner.TunerSettings) -> None:
+        """Feed the tuner the run's counters; apply and explain each change of the limit."""
+        state = tuner.start(settings)
+        with self._tune_scope:
+            while True:
+                await anyio.sleep(TUNE_TICK)
+                now = self._clock()
+                measurement = tuner.Measurement(
+                    now, self._bytes_confirmed, self._files_done, self._pushbacks
+                )
+                state, change = tuner.observe(settings, state, measurement)
+                self._reporter.message(
+                    f"tuner: t={now:.3f} limit={state.limit} bytes={measurement.bytes_done} "
+                    f"files={measurement.files_done} pushbacks={measurement.pushbacks}",
+                    level=logging.DEBUG,
+                )
+                if change is not None:
+                    self._set_limit(change.new, now)
+                    self._reporter.message(
+                        f"transfers {change.old} → {change.new}: {change.reason}"
+                    )
+
+    def _set_limit(self, limit: int, now: float) -> None:
+        if self._limit_peak:  # not the first: account the time at the old limit
+            self._limit_area += self._limit * (now - self._limit_since)
+            self._limit_changes += 1
+        self._limit, self._limit_since = limit, now
+        self._limit_peak = max(self._limit_peak, limit)
+        if self._limiter is not None:
+            self._limiter.total_tokens = limit
+        self._reporter.transfers_changed(limit)
+
+    def _transfers_used(self, started: float, ended: float) -> TransfersUsed:
+        area = self._limit_area + self._limit * (ended - self._limit_since)
+        seconds = ended - started
+        mean = area / seconds if seconds > 0 else float(self._limit)
+        return TransfersUsed(peak=self._limit_peak, mean=mean, changes=self._limit_changes)
 
     async def _skip_reason(
         self, entry: FileEntry, record: FileRecord | None
@@ -695,6 +794,8 @@ class TreeUpload:
                 f": {outcome.reason}" if outcome.reason else "",
                 extra=_log_event(outcome),
             )
+        if outcome.outcome is Outcome.UPLOADED or outcome.outcome is Outcome.RESUMED:
+            self._files_done += 1
         self._tally.finished(outcome)
         self._reporter.file_finished(outcome)
         if self._file_report is not None:
@@ -779,6 +880,13 @@ def _is_stale(record: FileRecord | None, entry: FileEntry) -> bool:
         and record.state in (FileState.PENDING, FileState.PARTIAL, FileState.FAILED)
         and (record.size, record.mtime_ns) != (entry.size, entry.mtime_ns)
     )
+
+
+def _is_pushback(error: errors.BulkdriveError) -> bool:
+    """The server says it has too much to do: 503 or 429, or no answer in time."""
+    if isinstance(error, errors.RequestTimeout):
+        return True
+    return isinstance(error, errors.ServerBusy) and error.status in (429, 503)
 
 
 #: A file handed to a worker: the entry, whether an old session must be discarded first, its
@@ -909,7 +1017,9 @@ class _FileEvents:
         self._server_at(self._entry.size)
 
     def bytes_confirmed(self, n: int) -> None:
-        pass  # the reporter follows offsets, which also go back when a file restarts
+        # The reporter follows offsets, which also go back when a file restarts; the tuner
+        # counts what the server confirmed.
+        self._run._bytes_confirmed += n
 
     def offset_confirmed(self, request_id: str, offset: int) -> None:
         self._server_at(offset)
@@ -930,6 +1040,8 @@ class _FileEvents:
 
     def retrying(self, error: errors.BulkdriveError, attempt: int, wait: float) -> None:
         self.attempts = attempt + 1
+        if _is_pushback(error):
+            self._run._pushbacks += 1
         log.warning("retrying %s in %.1fs (attempt %d): %s", self._relative, wait, attempt, error)
         self._run._tally.retried()
         self._run._reporter.file_retrying(self._relative, str(error), attempt, wait)

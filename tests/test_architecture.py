@@ -39,7 +39,9 @@ ROOMS: dict[str, frozenset[str]] = {
         "job": "client emulator journal names progress protocol report scheduler shard walk"
         " eventlog",
         # -- the run
-        "scheduler": "client journal names progress protocol report upload walk check resume",
+        "scheduler": "client journal names progress protocol report upload walk check resume tuner",
+        # --transfers auto: a pure controller, measurements in, the next limit out.
+        "tuner": "",
         "resume": "journal names protocol report walk",
         "check": "client journal listing names protocol walk",
         "journals": "journal",
@@ -71,7 +73,8 @@ ROOMS: dict[str, frozenset[str]] = {
         "emulator.faults": "",
         # -- the benchmark harness: runs bulkdrive as a program, never imports its engine
         "bench": "",
-        "bench.run": "bench.harness bench.workloads",
+        "bench.run": "bench.harness bench.sweep bench.workloads",
+        "bench.sweep": "bench.harness",
         "bench.harness": "bench.baselines bench.workloads protocol",
         "bench.baselines": "",
         "bench.workloads": "",

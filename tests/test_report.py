@@ -190,6 +190,7 @@ def test_json_report_schema_and_values(tmp_path: Path) -> None:
         "skipped_by_kind",
         "filtered",
         "total_known_seconds",
+        "transfers_auto",
         "run_error",
         "failures",
         "failures_omitted",

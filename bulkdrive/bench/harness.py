@@ -98,6 +98,8 @@ class BenchConfig:
     remote: Server | None = None  # a real server instead of local emulators
     timeout: float = 3600.0  # seconds per contender run
     keep: bool = False  # keep the emulators' stored trees
+    #: More `bulkdrive serve` options, e.g. ("--latency", "0.02s") for the network sweep.
+    emulator_args: tuple[str, ...] = ()
     profile_dir: Path | None = None  # py-spy the bulkdrive contenders into this folder
     #: Where the emulators store uploads. None: a RAM file system (/dev/shm) when it has room,
     #: so the client is measured rather than the disk's write-back; else DATA_DIR/runs.
@@ -220,10 +222,16 @@ _LISTENING = re.compile(r"listening on (\S+)")
 
 @contextlib.contextmanager
 def local_emulator(
-    root: Path, python: str, log_path: Path, *, strict_parents: bool = False
+    root: Path,
+    python: str,
+    log_path: Path,
+    *,
+    strict_parents: bool = False,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[Server]:
     """`bulkdrive serve` on 127.0.0.1 with an ephemeral port and a fresh ROOT; stopped after.
-    With `strict_parents` it refuses uploads into folders that were not created."""
+    With `strict_parents` it refuses uploads into folders that were not created; `extra_args`
+    are more `serve` options (the network sweep's --latency, --max-active)."""
     password = secrets.token_urlsafe(12)
     root.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -242,6 +250,7 @@ def local_emulator(
         "--share",
         f"{BENCH_SHARE}:bench",
         *(["--strict-parents"] if strict_parents else []),
+        *extra_args,
     ]
     with log_path.open("wb") as errors:
         proc = subprocess.Popen(
@@ -433,7 +442,7 @@ def contender_command(
             folder,
             "--no-progress",
             "--transfers",
-            str(transfers),
+            str(transfers) if transfers else "auto",  # 0: --transfers auto (network sweep)
             "--chunk-size",
             str(chunk_size),
             "--journal",
@@ -614,6 +623,7 @@ def measure_one(
                     config.python,
                     run_dir / "emulator.log",
                     strict_parents=workload.name in workloads.STRICT_PARENTS,
+                    extra_args=config.emulator_args,
                 )
             )
         argv, env = contender_command(

@@ -5,6 +5,8 @@
     bulkdrive bench --quick                          # a few seconds: the smoke run
     bulkdrive bench --workload mixed --plot bench-results/sweep.png   # transfers 1..32
     bulkdrive bench --profile bench-results/profiles # + py-spy hot spots of bulkdrive
+    bulkdrive bench --latency 0,2ms,20ms --sweep 4,8,16,32,64,128,auto \\
+        --plot bench-results/network.png             # real networks: see sweep.py
     BULKDRIVE_PASSWORD=… bulkdrive bench --url https://HOST/webconsole/api \\
         --user alice --share 42                                # a real server: bulkdrive and raw
 
@@ -21,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from bulkdrive.bench import harness, workloads
+from bulkdrive.bench import harness, sweep, workloads
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -43,6 +45,20 @@ def _positive(text: str) -> int:
     if len(value) != 1:
         raise argparse.ArgumentTypeError(f"one whole number, not {text!r}")
     return value[0]
+
+
+def _sweep(text: str) -> tuple[int, ...]:
+    try:
+        return sweep.parse_settings(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _latencies(text: str) -> tuple[float, ...]:
+    try:
+        return sweep.parse_latencies(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -80,10 +96,25 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--sweep",
-        type=_ints,
+        type=_sweep,
         default=harness.SWEEP,
         metavar="N,N,…",
-        help="--transfers values of the --plot sweep (default 1,2,4,8,16,32)",
+        help="--transfers values of the --plot sweep (default 1,2,4,8,16,32); with "
+        "--latency, may include auto",
+    )
+    p.add_argument(
+        "--latency",
+        type=_latencies,
+        metavar="D,D,…",
+        help="the network sweep: server latencies (e.g. 0,2ms,20ms); bulkdrive at each "
+        "--sweep setting and the sequential SDK algorithm, per latency "
+        "(default workloads netsmall,netlarge)",
+    )
+    p.add_argument(
+        "--max-active",
+        type=_positive,
+        metavar="N",
+        help="network sweep: the emulator answers 503 beyond N requests at once",
     )
     p.add_argument(
         "--quick",
@@ -160,7 +191,7 @@ def config_from(args: argparse.Namespace) -> harness.BenchConfig:
         workloads=names,
         repeat=1 if args.quick else args.repeat,
         transfers=args.transfers,
-        sweep=tuple(args.sweep) if args.plot else (),
+        sweep=tuple(args.sweep) if args.plot and args.latency is None else (),
         contenders=contenders,
         data_dir=args.data_dir,
         remote=remote,
@@ -173,6 +204,11 @@ def config_from(args: argparse.Namespace) -> harness.BenchConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.latency is None and sweep.AUTO in args.sweep:
+        print("bulkdrive bench: error: --sweep auto needs --latency", file=sys.stderr)
+        return 2
+    if args.latency is not None and args.workload == "large,small,mixed" and not args.quick:
+        args.workload = "netsmall,netlarge"
     try:
         config = config_from(args)
     except ValueError as exc:
@@ -187,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    if args.latency is not None:
+        return _network_sweep(args, config)
     try:
         doc = harness.run_benchmark(config)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -205,6 +243,34 @@ def main(argv: list[str] | None = None) -> int:
         harness.plot(doc, args.plot)
         print(f"plot written to {args.plot}")
     return 0 if all(r["ok"] for r in doc["runs"]) else 1
+
+
+def _network_sweep(args: argparse.Namespace, config: harness.BenchConfig) -> int:
+    settings = sweep.SweepConfig(
+        bench=config,
+        latencies=args.latency,
+        settings=args.sweep if args.sweep != harness.SWEEP else sweep.SETTINGS,
+        max_active=args.max_active,
+        baseline="sdk" in config.contenders,
+    )
+    try:
+        doc = sweep.run_sweep(settings)
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"bulkdrive bench: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bulkdrive bench: interrupted", file=sys.stderr)
+        return 130
+    print(sweep.render(doc))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"\nresults written to {args.json}")
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        sweep.plot(doc, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0 if all(p["measurement"]["ok"] for p in doc["points"]) else 1
 
 
 if __name__ == "__main__":

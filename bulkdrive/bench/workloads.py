@@ -119,6 +119,17 @@ def tree_flat_files(seed: int = 12) -> Iterator[tuple[str, int]]:
         yield f"flat/f{i:05d}.dat", size
 
 
+def net_small_files() -> Iterator[tuple[str, int]]:
+    """The network sweep's small files: enough for `--transfers auto` to settle in a run."""
+    yield from small_files(count=5000)
+
+
+def net_large_files() -> Iterator[tuple[str, int]]:
+    """The network sweep's large files: more files than the largest fixed setting sends at once
+    would not fit in a short run, so 48 of 16 MiB (four chunks each)."""
+    yield from large_files(count=48, size=16 * MiB)
+
+
 WORKLOADS = {
     "sample": sample_files,
     "small": small_files,
@@ -127,6 +138,8 @@ WORKLOADS = {
     "quick": quick_files,
     "tree": tree_files,
     "tree-flat": tree_flat_files,
+    "netsmall": net_small_files,
+    "netlarge": net_large_files,
 }
 #: Workloads measured on an emulator that refuses uploads into missing folders
 #: (`serve --strict-parents`): every folder must be created by the contender.

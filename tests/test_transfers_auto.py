@@ -1,0 +1,90 @@
+"""`--transfers auto` end to end: the tuner backs off a busy server (`serve --max-active`),
+the limit and its reasons are reported, and every file arrives whole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_cli_upload import run_cli, upload_args
+
+from bulkdrive import errors
+from bulkdrive.client import EdgeDriveClient
+from bulkdrive.config import (
+    Credentials,
+    RetryPolicy,
+    Secret,
+    TransferConfig,
+    load_settings,
+    transfer_config,
+)
+from bulkdrive.emulator.network import NetworkModel
+from bulkdrive.scheduler import RunPlan, TreeUpload
+
+from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
+from trees import assert_stored, make_tree
+
+pytestmark = pytest.mark.anyio
+
+CREDENTIALS = Credentials(user=USER, password=Secret(PASSWORD))
+
+
+async def test_auto_backs_off_a_busy_server_and_every_file_arrives(
+    make_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    emulator = await make_emulator(network=NetworkModel(latency=0.02, max_active=6))
+    source = make_tree(tmp_path / "src", small_files=700)
+    config = TransferConfig(
+        transfers=32, auto_transfers=True, retry=RetryPolicy(attempts=20, max_wait=1.0)
+    )
+    plan = RunPlan(source=source, remote_folder="\\auto", config=config)
+    async with EdgeDriveClient.connect(
+        emulator.base_url, CREDENTIALS, share_id=SHARE_ID, config=config
+    ) as client:
+        run = TreeUpload(client, plan)
+        summary = await run.run()
+    stats = run.statistics()
+    assert summary.files.failed == 0
+    assert_stored(source, emulator.config.root / SHARE_ID / "auto")
+    # It climbed past what the server takes, met its 503s, and came back under it.
+    assert emulator.network.statistics().refused > 0 and stats.pushbacks > 0
+    assert summary.transfers is not None and summary.transfers.peak >= 8
+    assert stats.transfers_limit <= 6
+    assert stats.transfers_changes >= 2 and summary.transfers.changes == stats.transfers_changes
+    assert 1 <= summary.transfers.mean <= summary.transfers.peak
+
+
+async def test_cli_auto_logs_each_change_and_reports_peak_and_mean(
+    make_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    emulator = await make_emulator(network=NetworkModel(latency=0.01))
+    source = make_tree(tmp_path / "src", small_files=400)
+    report = tmp_path / "report.json"
+    done = await run_cli(
+        *upload_args(emulator, source, "--transfers", "auto", "-v", "--report", str(report)),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    output = done.stdout.decode() + done.stderr.decode()
+    assert "transfers 4 → 8: starting to measure at 4 in flight" in output
+    used = json.loads(report.read_text())["transfers_auto"]
+    assert used["peak"] >= 8 and 1 <= used["mean"] <= used["peak"]
+    assert "transfers auto: peak" in output
+    assert_stored(source, emulator.config.root / SHARE_ID)
+
+
+def test_auto_is_bounded_by_max_transfers_and_by_memory() -> None:
+    def limit(**flags: str) -> TransferConfig:
+        return transfer_config(load_settings(flags, environ={}))
+
+    assert limit(transfers="auto") == TransferConfig(transfers=128, auto_transfers=True)
+    assert limit(transfers="auto", max_transfers="16").transfers == 16
+    # 64 MiB hold 8 transfers of two 4 MiB chunks.
+    assert limit(transfers="auto", max_memory="64MiB").transfers == 8
+    assert limit(transfers="AUTO", max_transfers="300", max_memory="4GiB").transfers == 300
+    assert limit(transfers="12") == TransferConfig(transfers=12)
+    with pytest.raises(errors.ConfigError, match="--max-memory"):
+        limit(transfers="auto", max_memory="1MiB")
+    with pytest.raises(errors.ConfigError, match="--transfers"):
+        limit(transfers="fast")

@@ -1,0 +1,238 @@
+"""The `--transfers auto` controller, without I/O: synthetic servers and recorded traces."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bulkdrive.tuner import Change, Measurement, TunerSettings, TunerState, observe, start
+
+TICK = 0.25
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server at `latency` seconds that completes at most `capacity` files/s, answering 503
+    to what goes beyond `max_active` requests at once."""
+
+    latency: float
+    capacity: float
+    max_active: int | None = None
+    file_bytes: int = 10_000
+
+    def files_per_second(self, limit: int) -> float:
+        served = limit if self.max_active is None else min(limit, self.max_active)
+        return min(served / self.latency, self.capacity)
+
+    def busy_per_second(self, limit: int) -> float:
+        if self.max_active is None or limit <= self.max_active:
+            return 0.0
+        return (limit - self.max_active) / self.latency
+
+
+@dataclass
+class Run:
+    limits: list[tuple[float, int]]
+    changes: list[Change]
+    done: list[tuple[float, float]]  # (time, files/s) per tick
+    busy: list[tuple[float, float]]  # (time, busy answers/s) per tick
+
+
+def simulate(
+    server_at: Callable[[float], Server],
+    seconds: float,
+    tuner: TunerSettings | None = None,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> Run:
+    """Feed the tuner what a run against `server_at(t)` would measure every TICK seconds."""
+    tuner = tuner or TunerSettings()
+    rng = random.Random(seed)
+    state: TunerState = start(tuner)
+    files = bytes_ = pushbacks = 0.0
+    run = Run([], [], [], [])
+    t = 0.0
+    while t <= seconds:
+        server = server_at(t)
+        rate = server.files_per_second(state.limit) * (1 + rng.uniform(-noise, noise))
+        busy = server.busy_per_second(state.limit)
+        files += rate * TICK
+        bytes_ += rate * TICK * server.file_bytes
+        pushbacks += busy * TICK
+        run.done.append((t, rate))
+        run.busy.append((t, busy))
+        run.limits.append((t, state.limit))
+        state, change = observe(
+            tuner, state, Measurement(t, int(bytes_), int(files), int(pushbacks))
+        )
+        if change is not None:
+            run.changes.append(change)
+            assert change.old != change.new and change.reason
+        t += TICK
+    return run
+
+
+def mean_rate(run: Run, since: float, until: float = float("inf")) -> float:
+    rates = [r for t, r in run.done if since <= t <= until]
+    return sum(rates) / len(rates)
+
+
+def best_fixed(server: Server, limits: tuple[int, ...] = (4, 8, 16, 32, 64, 128)) -> float:
+    return max(server.files_per_second(n) for n in limits)
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        Server(latency=0.0005, capacity=3000),  # loopback: the client's CPU is the limit
+        Server(latency=0.002, capacity=3000),
+        Server(latency=0.020, capacity=3000),
+        Server(latency=0.050, capacity=800),
+    ],
+    ids=["loopback", "2ms", "20ms", "50ms-slow-server"],
+)
+def test_auto_reaches_the_best_fixed_setting(server: Server) -> None:
+    run = simulate(lambda t: server, 40, noise=0.03)
+    assert mean_rate(run, since=15) >= 0.9 * best_fixed(server)
+    # No more in flight than needed: twice the smallest limit that reaches the capacity.
+    needed = server.capacity * server.latency
+    assert run.limits[-1][1] <= max(8, 2 * needed + 1)
+
+
+def test_auto_backs_off_a_server_that_answers_busy() -> None:
+    server = Server(latency=0.002, capacity=20_000, max_active=16)
+    run = simulate(lambda t: server, 60, noise=0.03)
+    assert mean_rate(run, since=10) >= 0.9 * best_fixed(server)
+    late = [limit for t, limit in run.limits if t >= 10]
+    # Above the server's limit only while a rare probe finds the edge again.
+    assert sum(limit > 16 for limit in late) <= 0.1 * len(late)
+    # Busy answers after the first 5 s: at most 1 % of the requests.
+    busy = sum(b for t, b in run.busy if t >= 5)
+    done = sum(r for t, r in run.done if t >= 5)
+    assert busy <= 0.01 * (busy + done)
+    assert any("pushed back" in c.reason for c in run.changes)
+
+
+def test_auto_recovers_when_the_server_gets_slower_mid_run() -> None:
+    fast = Server(latency=0.002, capacity=3000)
+    slow = Server(latency=0.020, capacity=3000)
+    run = simulate(lambda t: fast if t < 30 else slow, 60, noise=0.03)
+    assert mean_rate(run, since=40) >= 0.8 * best_fixed(slow)
+    assert any("conditions changed" in c.reason for c in run.changes if c.at >= 30)
+
+
+def test_auto_stays_within_the_maximum_and_the_memory_bound() -> None:
+    server = Server(latency=0.2, capacity=100_000)  # would take 20 000 in flight
+    run = simulate(lambda t: server, 30, tuner=TunerSettings(maximum=48))
+    assert max(limit for _, limit in run.limits) == 48
+    assert run.limits[-1][1] == 48
+
+
+def test_growth_without_gain_goes_back_and_says_why() -> None:
+    server = Server(latency=0.001, capacity=1000)  # 1 in flight already reaches it
+    run = simulate(lambda t: server, 10, tuner=TunerSettings(start=4))
+    first = run.changes[:2]
+    assert [(c.old, c.new) for c in first] == [(4, 8), (8, 4)]
+    assert "latency grew, throughput did not" in first[1].reason
+
+
+#: Recorded (bulkdrive upload -vv, the "tuner:" lines) from a real run of 5000 × 4 KiB files
+#: against `serve --latency 2ms --max-active 16` on the shared 2-core machine: seconds,
+#: bytes, files and push-backs so far, and the limit the run then had.
+RECORDED_MAX_ACTIVE_16 = (
+    (0.000, 278528, 68, 0, 4),
+    (0.254, 512000, 125, 0, 4),
+    (0.507, 1056768, 258, 0, 8),
+    (0.764, 1683456, 411, 0, 16),
+    (1.023, 2314240, 565, 0, 8),
+    (1.289, 2674688, 653, 0, 8),
+    (1.541, 3104768, 758, 0, 8),
+    (1.791, 3891200, 950, 0, 8),
+    (2.042, 4902912, 1197, 0, 8),
+    (2.297, 5775360, 1410, 0, 8),
+    (2.548, 6533120, 1595, 0, 8),
+    (2.798, 7532544, 1839, 0, 8),
+    (3.048, 8450048, 2063, 0, 8),
+    (3.299, 9154560, 2235, 0, 8),
+    (3.552, 10027008, 2448, 0, 8),
+    (3.805, 10506240, 2565, 0, 8),
+    (4.058, 11382784, 2779, 0, 8),
+    (4.310, 12066816, 2946, 0, 8),
+    (4.561, 12623872, 3082, 0, 8),
+    (4.814, 13316096, 3251, 0, 8),
+    (5.077, 14008320, 3420, 0, 8),
+    (5.336, 14647296, 3576, 0, 8),
+    (5.588, 15298560, 3735, 0, 8),
+    (5.850, 16031744, 3914, 0, 8),
+    (6.102, 17010688, 4153, 0, 10),
+    (6.354, 17641472, 4307, 0, 8),
+    (6.606, 18128896, 4426, 0, 8),
+    (6.864, 18452480, 4505, 0, 8),
+    (7.118, 18796544, 4589, 0, 8),
+    (7.373, 19173376, 4681, 0, 16),
+    (7.622, 19673088, 4803, 0, 16),
+    (7.891, 20082688, 4903, 0, 32),
+    (8.142, 20447232, 4992, 8, 32),
+    (8.393, 20447232, 4992, 8, 32),
+    (8.649, 20447232, 4992, 8, 32),
+    (8.900, 20447232, 4992, 8, 16),
+)
+
+
+def test_a_recorded_run_replays_to_the_same_limits_and_ends_under_the_server_cap() -> None:
+    tuner = TunerSettings(start=4, maximum=128)
+    state = start(tuner)
+    limits = []
+    for at, nbytes, files, pushbacks, _ in RECORDED_MAX_ACTIVE_16:
+        state, _ = observe(tuner, state, Measurement(at, nbytes, files, pushbacks))
+        limits.append(state.limit)
+    assert limits == [limit for *_, limit in RECORDED_MAX_ACTIVE_16]
+    assert max(limits) > 16 and limits[-1] <= 16  # it met the 503s and went back under
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0.05, 3.0),
+            st.integers(0, 10**9),
+            st.integers(0, 10_000),
+            st.integers(0, 50),
+        ),
+        max_size=60,
+    ),
+    st.integers(1, 8),
+    st.integers(8, 300),
+)
+def test_any_trace_keeps_the_limit_within_bounds(
+    steps: list[tuple[float, int, int, int]], minimum: int, maximum: int
+) -> None:
+    tuner = TunerSettings(start=4, minimum=minimum, maximum=maximum)
+    state = start(tuner)
+    at = 0.0
+    nbytes = files = busy = 0
+    for dt, more_bytes, more_files, more_busy in steps:
+        at += dt
+        nbytes += more_bytes
+        files += more_files
+        busy += more_busy
+        before = state.limit
+        state, change = observe(tuner, state, Measurement(at, nbytes, files, busy))
+        assert minimum <= state.limit <= maximum
+        assert (change is None) == (state.limit == before)
+        if change is not None:
+            assert (change.old, change.new) == (before, state.limit)
+
+
+def test_a_short_run_climbs_in_quarter_second_windows() -> None:
+    # 20 ms away, 3000 files/s at most: 64 in flight are needed, and a run of a few seconds
+    # must not spend a second at each step on the way there.
+    server = Server(latency=0.020, capacity=3000)
+    run = simulate(lambda t: server, 3)
+    reached = next(t for t, limit in run.limits if limit >= 64)
+    assert reached <= 1.5
