@@ -20,6 +20,7 @@ import argparse
 import importlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -109,6 +110,14 @@ def parser() -> argparse.ArgumentParser:
         help="the network sweep: server latencies (e.g. 0,2ms,20ms); bulkdrive at each "
         "--sweep setting and the sequential SDK algorithm, per latency "
         "(default workloads netsmall,netlarge)",
+    )
+    p.add_argument(
+        "--midrun",
+        type=_latencies,
+        metavar="D,D",
+        help="restart the emulator mid-run from the first latency to the second (e.g. "
+        "2ms,20ms): how soon --transfers auto is back to 0.8x the best of --sweep's fixed "
+        "settings (default 32,64,128) at the second (default workload small)",
     )
     p.add_argument(
         "--max-active",
@@ -209,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.latency is not None and args.workload == "large,small,mixed" and not args.quick:
         args.workload = "netsmall,netlarge"
+    if args.midrun is not None and args.workload == "large,small,mixed" and not args.quick:
+        args.workload = "small"
     try:
         config = config_from(args)
     except ValueError as exc:
@@ -223,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    if args.midrun is not None:
+        return _midrun(args, config)
     if args.latency is not None:
         return _network_sweep(args, config)
     try:
@@ -243,6 +256,32 @@ def main(argv: list[str] | None = None) -> int:
         harness.plot(doc, args.plot)
         print(f"plot written to {args.plot}")
     return 0 if all(r["ok"] for r in doc["runs"]) else 1
+
+
+def _midrun(args: argparse.Namespace, config: harness.BenchConfig) -> int:
+    if len(args.midrun) != 2:
+        print("bulkdrive bench: error: --midrun takes two latencies: BEFORE,AFTER", file=sys.stderr)
+        return 2
+    fixed = tuple(s for s in args.sweep if s != sweep.AUTO)
+    settings = sweep.MidrunConfig(
+        bench=config,
+        before=args.midrun[0],
+        after=args.midrun[1],
+        reference=fixed if args.sweep != harness.SWEEP else (32, 64, 128),
+    )
+    try:
+        doc = sweep.run_midrun(settings)
+    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
+        print(f"bulkdrive bench: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bulkdrive bench: interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(doc, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0 if doc["ok"] else 1
 
 
 def _network_sweep(args: argparse.Namespace, config: harness.BenchConfig) -> int:
