@@ -67,9 +67,13 @@ ROOMS: dict[str, frozenset[str]] = {
         # -- the emulator: a second program, sharing only the wire contract and the errors
         "emulator": "emulator.app",
         "emulator.command": "emulator.app emulator.faults emulator.network protocol",
-        "emulator.app": "emulator.faults emulator.network emulator.store protocol",
+        "emulator.app": "emulator.database emulator.faults emulator.network emulator.refusals "
+        "emulator.store protocol",
         "emulator.network": "",
-        "emulator.store": "protocol",
+        "emulator.store": "emulator.database emulator.disk emulator.refusals protocol",
+        "emulator.disk": "emulator.refusals protocol",
+        "emulator.database": "",
+        "emulator.refusals": "",
         "emulator.faults": "",
         # -- the benchmark harness: runs bulkdrive as a program, never imports its engine
         "bench": "",

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from bulkdrive import protocol
 from bulkdrive.emulator import Emulator
 from bulkdrive.emulator.app import _flat_json
-from bulkdrive.emulator.store import INLINE_WRITE_BYTES, _Database
+from bulkdrive.emulator.database import Database
+from bulkdrive.emulator.disk import INLINE_WRITE_BYTES
 
 import edge_raw as er
 from conftest import EmulatorFactory
@@ -169,7 +170,7 @@ async def test_guids_of_small_files_survive_a_restart(
 
 def test_many_guid_rows_in_one_batch(tmp_path: Path) -> None:
     """More rows than one multi-row INSERT holds, with a path written twice (last wins)."""
-    db = _Database(tmp_path / "state.sqlite3")
+    db = Database(tmp_path / "state.sqlite3")
     try:
         rows = [("1", f"d/f{i}", f"{i:032x}") for i in range(1001)]
         db.save_guids(rows)

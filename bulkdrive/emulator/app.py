@@ -30,17 +30,11 @@ from aiohttp import web
 
 from bulkdrive import protocol
 from bulkdrive.emulator import faults as fault_kinds
+from bulkdrive.emulator.database import StoredToken
 from bulkdrive.emulator.faults import FaultInjector
 from bulkdrive.emulator.network import Network, NetworkModel
-from bulkdrive.emulator.store import (
-    BUSY_SESSION,
-    BodyIncomplete,
-    Session,
-    Store,
-    StoredToken,
-    StoreError,
-    Target,
-)
+from bulkdrive.emulator.refusals import BUSY_SESSION, BodyIncomplete, StoreError
+from bulkdrive.emulator.store import Session, Store, Target
 
 PREFIXES = (("webconsole", "api"), ("commandcenter", "api"), ("searchsvc", "cvwebservice.svc"))
 DEFAULT_TOKEN_IDLE_SECONDS = 1800.0

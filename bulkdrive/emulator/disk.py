@@ -1,0 +1,377 @@
+"""The emulator's files on disk: path safety (no symbolic link, no escape from a target's
+folder), placing a finished file, the small-file write policy, and the plain I/O helpers that
+run on the store's I/O pool."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bulkdrive import protocol
+from bulkdrive.emulator.refusals import NO_FOLDER, NO_PARENT, NOTHING_THERE, StoreError
+
+try:
+    import resource
+
+    _RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
+except ImportError:  # not a Unix
+    _RUSAGE_THREAD = None
+
+
+def voluntary_waits() -> int | None:
+    """How often this thread has waited in the kernel so far; None where unknown."""
+    if _RUSAGE_THREAD is None:
+        return None
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
+
+
+#: Bytes gathered from the socket before one write on the I/O pool (bounds memory per request).
+WRITE_BATCH = 1024 * 1024
+
+
+_IOV_MAX = 512
+
+
+#: A whole file up to this size that arrives in one request is checked, written and renamed on
+#: the event loop itself. Measured on this machine kind: open + write + futimens + close +
+#: rename of 4 KiB costs ~20-40 us of CPU (64 KiB: about 20 us more for the copy), while one hop
+#: to the I/O pool costs ~50-100 us (queue, futex wake-ups, the loop's self-pipe) and was most
+#: of the emulator's CPU per small file. Above 64 KiB the copy starts to hold up other
+#: connections while the hop becomes cheap next to the body, so larger bodies keep the pool.
+INLINE_WRITE_BYTES = 64 * 1024
+
+
+#: Page-cache writes may still stall (dirty-page throttling, a slow disk). An inline write that
+#: takes longer than this sends the following ones to the I/O pool for INLINE_PAUSE_SECONDS, so
+#: a stalling disk blocks the event loop once, briefly, and then never again while it stalls.
+INLINE_SLOW_SECONDS = 0.005
+
+
+INLINE_PAUSE_SECONDS = 5.0
+
+
+_GUID_NAMESPACE = uuid.UUID("6b1f3c2e-0d44-4f8e-9a55-2b0c8f3e7d10")
+
+
+_FULL_DISK = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_full_disk(exc: OSError) -> bool:
+    return exc.errno in _FULL_DISK
+
+
+def write_batch(fd: int, pieces: list[bytes], offset: int, hasher: Any) -> None:
+    for start in range(0, len(pieces), _IOV_MAX):
+        group = pieces[start : start + _IOV_MAX]
+        if hasher is not None:
+            for piece in group:
+                hasher.update(piece)
+        views = [memoryview(p) for p in group]
+        while views:
+            done = os.pwritev(fd, views, offset)
+            offset += done
+            while views and done >= len(views[0]):
+                done -= len(views[0])
+                views.pop(0)
+            if views and done:
+                views[0] = views[0][done:]
+
+
+def truncate_and_close(fd: int, length: int) -> None:
+    try:
+        os.ftruncate(fd, length)
+    finally:
+        os.close(fd)
+
+
+def hash_file(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(WRITE_BATCH):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def _inside(real: str, directory: Path) -> bool:
+    base = str(directory)
+    return real == base or real.startswith(base + os.sep)
+
+
+def _lstat_component(path: str | Path) -> os.stat_result | None:
+    """lstat one component of a stored path: None when it does not exist; 400 for a file in
+    the middle of the path or a symbolic link anywhere in it."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError as exc:
+        raise StoreError(400, "a component of the path is a file, not a folder") from exc
+    except OSError as exc:
+        raise StoreError(400, f"invalid path: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise StoreError(400, "the path goes through a symbolic link, which is refused")
+    return st
+
+
+def safe_path(directory: Path, parts: tuple[str, ...]) -> Path:
+    """The on-disk path of `parts` under `directory`, refusing symlinks and escapes (400)."""
+    current = directory
+    for part in parts:
+        current = current / part
+        if _lstat_component(current) is None:
+            break
+    path = directory.joinpath(*parts)
+    if not _inside(os.path.realpath(path), directory):
+        raise StoreError(400, "the path leaves the share")
+    return path
+
+
+def lstat_path(directory: str, parts: tuple[str, ...]) -> tuple[str, os.stat_result | None, int]:
+    """The path of `parts` under `directory`, the lstat of its last component and how many
+    components exist; refuses symlinks and files in the middle (400) exactly as safe_path does.
+
+    No realpath: `parts` come from protocol.split_remote_path (no `..`, `.`, empty or NUL
+    components) and this function contains no separator in a component, so when no component
+    is a symlink the path resolves inside `directory` as long as `directory` itself does —
+    which RootCheck verifies (see there).
+    """
+    path = directory
+    st: os.stat_result | None = None
+    existing = 0
+    missing = False
+    for part in parts:
+        if os.sep in part or part in ("", ".", ".."):
+            raise StoreError(400, "the path leaves the share")
+        path = path + os.sep + part
+        if missing:
+            continue
+        st = _lstat_component(path)
+        if st is None:
+            missing = True
+            continue
+        existing += 1
+    return path, st, existing
+
+
+def folder_exists(directory: Path, parts: tuple[str, ...]) -> bool:
+    path = safe_path(directory, parts)
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def ensure_folder(directory: Path, parts: tuple[str, ...], strict: bool) -> Path:
+    """The folder `parts`, created with its parents unless `strict` (then 404 if missing)."""
+    path = safe_path(directory, parts)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if strict:
+            raise StoreError(404, NO_PARENT) from None
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as exc:
+            raise StoreError(400, "a component of the path is a file, not a folder") from exc
+        except NotADirectoryError as exc:
+            raise StoreError(400, "a component of the path is a file, not a folder") from exc
+        # A symlink could have appeared while the folders were created.
+        safe_path(directory, parts)
+        return path
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(400, f"{protocol.join_remote_path(parts)} is a file, not a folder")
+    return path
+
+
+def rename_into(
+    directory: Path, parent: tuple[str, ...], name: str, source: Path, strict: bool
+) -> int:
+    """Move a finished file to its place in the share; returns the old version's size."""
+    ensure_folder(directory, parent, strict)
+    final = safe_path(directory, (*parent, name))
+    try:
+        st = os.lstat(final)
+    except FileNotFoundError:
+        old = 0
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            raise StoreError(400, f"{protocol.join_remote_path((*parent, name))} is a folder")
+        old = st.st_size if stat.S_ISREG(st.st_mode) else 0
+    os.replace(source, final)
+    return old
+
+
+def directory_usage(directory: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(directory):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
+def resource_fields(parts: tuple[str, ...], st: os.stat_result, guid: str) -> dict[str, str | int]:
+    fields: dict[str, str | int] = {
+        "name": parts[-1] if parts else "",
+        "GUID": guid,
+        "path": protocol.join_remote_path(parts),
+        "parentPath": protocol.join_remote_path(parts[:-1]),
+        "modifiedTime": int(st.st_mtime),
+    }
+    if stat.S_ISDIR(st.st_mode):
+        fields["directory"] = 1
+        fields["sizeinBytes"] = 0
+    else:
+        fields["file"] = 1
+        fields["sizeinBytes"] = st.st_size
+    return fields
+
+
+def derived_guid(target: str, parts: tuple[str, ...]) -> str:
+    """A stable GUID for a path that has no recorded one (folders, files put there by hand)."""
+    return uuid.uuid5(_GUID_NAMESPACE, f"{target}\x00{'/'.join(parts)}").hex
+
+
+def replace_checked(final: str, parent: tuple[str, ...], name: str, partial: str) -> int:
+    """Rename into an existing folder; the final name is looked at again right before (it
+    may have changed while the body was written), as rename_into does."""
+    try:
+        st = os.lstat(final)
+    except FileNotFoundError:
+        old = 0
+    except NotADirectoryError as exc:
+        raise StoreError(400, "a component of the path is a file, not a folder") from exc
+    except OSError as exc:
+        raise StoreError(400, f"invalid path: {exc.strerror}") from exc
+    else:
+        if stat.S_ISLNK(st.st_mode):
+            raise StoreError(400, "the path goes through a symbolic link, which is refused")
+        if stat.S_ISDIR(st.st_mode):
+            raise StoreError(400, f"{protocol.join_remote_path((*parent, name))} is a folder")
+        old = st.st_size if stat.S_ISREG(st.st_mode) else 0
+    os.replace(partial, final)
+    return old
+
+
+def make_folder(
+    directory: Path, parent: tuple[str, ...], name: str, strict: bool
+) -> os.stat_result:
+    """Create the folder `name` in `parent` (parents too unless `strict`); 409 if it exists."""
+    ensure_folder(directory, parent, strict)
+    path = safe_path(directory, (*parent, name))
+    try:
+        path.mkdir()
+    except FileExistsError:
+        raise StoreError(409, "a file or folder with this name exists already") from None
+    return os.lstat(path)
+
+
+def look_up(directory: Path, parts: tuple[str, ...]) -> os.stat_result:
+    """The lstat of a stored file or folder; 404 when neither is there."""
+    path = safe_path(directory, parts)
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise StoreError(404, NOTHING_THERE) from None
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise StoreError(404, NOTHING_THERE)
+    return st
+
+
+def scan_folder(
+    directory: Path, parts: tuple[str, ...], offset: int, limit: int
+) -> tuple[int, list[tuple[str, os.stat_result]]]:
+    """How many entries a folder holds, and the names and lstats of one page of them."""
+    path = safe_path(directory, parts)
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise StoreError(404, NO_FOLDER) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(404, NO_FOLDER)
+    # Names only (the directory entry's type needs no stat): a page of a folder of
+    # 100 000 entries then costs one sort of names and `limit` stat calls, not a
+    # stat of every entry for every page.
+    with os.scandir(path) as it:
+        names = [
+            entry.name
+            for entry in it
+            if entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)
+        ]
+    names.sort()
+    page: list[tuple[str, os.stat_result]] = []
+    for name in names[offset : offset + limit]:
+        try:
+            page.append((name, os.lstat(os.path.join(path, name))))
+        except FileNotFoundError:
+            continue  # removed since the listing was read
+    return len(names), page
+
+
+class InlineWrites:
+    """The policy for whole small files: written on the event loop itself (no hop to the I/O
+    pool) when at most INLINE_WRITE_BYTES, unless a recent inline write waited on the disk;
+    then the pool takes them for INLINE_PAUSE_SECONDS (measured costs: benchmarks/README.md)."""
+
+    def __init__(self) -> None:
+        self._paused_until = 0.0
+
+    def allows(self, size: int) -> bool:
+        return size <= INLINE_WRITE_BYTES and time.monotonic() >= self._paused_until
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        """Pause inline writes when one was slow because the thread waited in the kernel
+        (a voluntary context switch: the disk), not because the CPU was busy elsewhere (then
+        the I/O pool would only add work). Where waits are unknown, slow is enough."""
+        started = time.perf_counter()
+        waits = voluntary_waits()
+        try:
+            yield
+        finally:
+            if time.perf_counter() - started > INLINE_SLOW_SECONDS and (
+                waits is None or voluntary_waits() != waits
+            ):
+                self._paused_until = time.monotonic() + INLINE_PAUSE_SECONDS
+
+
+class RootCheck:
+    """Refuses (400) a target folder that no longer resolves to itself, cheaply."""
+
+    def __init__(self) -> None:
+        self._verified: dict[str, tuple[int, int]] = {}
+
+    def check(self, directory: str) -> None:
+        """Refuse (400) when a target's folder no longer resolves to itself (an ancestor was
+        replaced by a symlink), without a realpath per request.
+
+        realpath costs one lstat per component of the absolute path, in Python. The result
+        only changes when some ancestor is swapped for a link or another folder, and that
+        changes which inode the path leads to: so realpath runs when the (device, inode)
+        reached by the path differs from the one last verified, and the cache is per target
+        folder. A missing folder is verified every time (it is recreated on upload).
+        """
+        try:
+            st = os.stat(directory)
+        except OSError:
+            ident = None
+        else:
+            ident = (st.st_dev, st.st_ino)
+            if self._verified.get(directory) == ident:
+                return
+        if os.path.realpath(directory) != directory:
+            raise StoreError(400, "the path leaves the share")
+        if ident is not None:
+            self._verified[directory] = ident
