@@ -3,10 +3,16 @@ and tokens (hashed). Every call runs on the store's one database thread."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+#: GUID rows of stored files are gathered this long before one database hop writes them all.
+GUID_FLUSH_DELAY_SECONDS = 0.05
 
 
 class SessionRow(Protocol):
@@ -152,3 +158,50 @@ class Database:
 
     def delete_token(self, digest: str) -> None:
         self.conn.execute("DELETE FROM tokens WHERE digest = ?", (digest,))
+
+
+class GuidBook:
+    """The GUIDs of stored files: rows are written in batches, one database hop for the files
+    of the next moment rather than one per file; lookups see the rows not yet written."""
+
+    def __init__(
+        self,
+        on_db: Callable[..., Awaitable[Any]],
+        database: Callable[[], Database],
+    ) -> None:
+        self._on_db = on_db
+        self._database = database
+        self._pending: dict[tuple[str, str], str] = {}
+        self._flush: asyncio.Task[None] | None = None
+
+    def remember(self, target: str, path: str, guid: str) -> None:
+        self._pending[(target, path)] = guid
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().create_task(self._write())
+
+    async def flushed(self) -> None:
+        if self._flush is not None:
+            await self._flush
+
+    async def _write(self) -> None:
+        try:
+            while self._pending:
+                await asyncio.sleep(GUID_FLUSH_DELAY_SECONDS)
+                rows = [(t, p, g) for (t, p), g in self._pending.items()]
+                with contextlib.suppress(sqlite3.Error):
+                    await self._on_db(self._database().save_guids, rows)
+                for t, p, g in rows:
+                    if self._pending.get((t, p)) == g:
+                        del self._pending[(t, p)]
+        finally:
+            self._flush = None
+
+    async def look_up(self, target: str, paths: list[str]) -> dict[str, str]:
+        found: dict[str, str] = (
+            await self._on_db(self._database().file_guids, target, paths) if paths else {}
+        )
+        for path in paths:
+            pending = self._pending.get((target, path))
+            if pending is not None:
+                found[path] = pending
+        return found

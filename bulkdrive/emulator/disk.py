@@ -4,13 +4,14 @@ run on the store's I/O pool."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -320,6 +321,64 @@ def scan_folder(
     return len(names), page
 
 
+def check_destination(directory: Path, parent: tuple[str, ...], name: str, strict: bool) -> None:
+    """Refuse a new file where it cannot go: a missing parent (404 when `strict`), a folder."""
+    path = safe_path(directory, (*parent, name))
+    if strict and not folder_exists(directory, parent):
+        raise StoreError(404, NO_PARENT)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(400, f"invalid path: {exc.strerror}") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise StoreError(400, f"{protocol.join_remote_path((*parent, name))} is a folder")
+
+
+def write_small(
+    directory: str,
+    root: Path,
+    partial: str,
+    parent: tuple[str, ...],
+    name: str,
+    body: bytes,
+    mtime: int,
+    strict: bool,
+    verify: Callable[[], bool],
+) -> tuple[int, bool]:
+    """A whole small file written and renamed into `root` (`directory`: its path as text) in one
+    step: the path checked, then `verify` (the integrity check: True when a hash matched),
+    then the bytes written to `partial` and renamed. Returns the old version's size and
+    what `verify` said."""
+    final, st, existing = lstat_path(directory, (*parent, name))
+    if existing < len(parent) and strict:
+        raise StoreError(404, NO_PARENT)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise StoreError(400, f"{protocol.join_remote_path((*parent, name))} is a folder")
+    verified = verify()
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.utime(fd, (mtime, mtime))
+    except BaseException:
+        os.close(fd)
+        os.unlink(partial)
+        raise
+    os.close(fd)
+    try:
+        if existing < len(parent):
+            # Missing folders: the careful path (creates them, checks again after).
+            return rename_into(root, parent, name, Path(partial), strict), verified
+        return replace_checked(final, parent, name, partial), verified
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
 class InlineWrites:
     """The policy for whole small files: written on the event loop itself (no hop to the I/O
     pool) when at most INLINE_WRITE_BYTES, unless a recent inline write waited on the disk;
@@ -375,3 +434,41 @@ class RootCheck:
             raise StoreError(400, "the path leaves the share")
         if ident is not None:
             self._verified[directory] = ident
+
+
+class Partials:
+    """The bytes of unfinished sessions, one file per requestId, never visible in a share."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.prefix = str(directory) + os.sep
+
+    def path(self, request_id: str) -> Path:
+        return self.directory / request_id
+
+    def create(self, request_id: str) -> None:
+        fd = os.open(self.path(request_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+
+    def recover(self, request_id: str, offset: int) -> bool:
+        """Cut a partial file back to its recorded offset; False when it lost bytes."""
+        path = self.path(request_id)
+        try:
+            size = os.lstat(path).st_size
+        except FileNotFoundError:
+            return False
+        if size < offset:
+            return False
+        if size > offset:
+            os.truncate(path, offset)
+        return True
+
+    def remove(self, request_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(request_id))
+
+    def remove_orphans(self, known: set[str]) -> None:
+        for entry in os.scandir(self.directory):
+            if entry.name not in known:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)

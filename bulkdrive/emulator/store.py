@@ -35,30 +35,28 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bulkdrive import protocol
-from bulkdrive.emulator.database import Database, StoredToken
+from bulkdrive.emulator.database import Database, GuidBook, StoredToken
 from bulkdrive.emulator.disk import (
     WRITE_BATCH,
     InlineWrites,
+    Partials,
     RootCheck,
+    check_destination,
     derived_guid,
     directory_usage,
-    folder_exists,
     hash_file,
     is_full_disk,
     look_up,
-    lstat_path,
     make_folder,
     rename_into,
-    replace_checked,
     resource_fields,
-    safe_path,
     scan_folder,
     truncate_and_close,
     write_batch,
+    write_small,
 )
 from bulkdrive.emulator.refusals import (
     BUSY_SESSION,
-    NO_PARENT,
     BodyIncomplete,
     StoreError,
 )
@@ -67,8 +65,6 @@ T = TypeVar("T")
 
 
 STATE_DIR = ".bulkdrive"
-#: GUID rows of stored files are gathered this long before one database hop writes them all.
-GUID_FLUSH_DELAY_SECONDS = 0.05
 #: The variant (RFC 4122) and version (4) bits that uuid.UUID(version=4) sets.
 _UUID4_KEEP = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
 _UUID4_SET = (0x8000 << 48) | (4 << 76)
@@ -177,7 +173,7 @@ class Store:
         self.session_ttl_seconds = session_ttl_seconds
         self.quota = quota
         self.clock = clock
-        self.partial_dir = root / STATE_DIR / "partial"
+        self.partials = Partials(root / STATE_DIR / "partial")
         self._sessions: dict[str, Session] = {}
         self._by_file: dict[tuple[str, tuple[str, ...], str], Session] = {}
         self._used = 0
@@ -187,9 +183,7 @@ class Store:
         self._db: Database | None = None
         self.tokens: list[StoredToken] = []
         self._ids = _Ids()
-        self._pending_guids: dict[tuple[str, str], str] = {}
-        self._guid_flush: asyncio.Task[None] | None = None
-        self._partial_prefix = str(self.partial_dir) + os.sep
+        self._guid_book = GuidBook(self._on_db, lambda: self.db)
         self._dir_text = {t.key: str(t.directory) for t in self.targets.values()}
         self._roots = RootCheck()
         self._inline = InlineWrites()
@@ -206,9 +200,6 @@ class Store:
     def db(self) -> Database:
         assert self._db is not None, "store is not open"
         return self._db
-
-    def partial_path(self, request_id: str) -> Path:
-        return self.partial_dir / request_id
 
     # -- lifecycle
 
@@ -236,23 +227,22 @@ class Store:
             session.idle.set()
             usable = target in self.targets and now - used <= self.session_ttl_seconds
             if usable:
-                usable = await self._on_io(self._recover_partial, rid, offset)
+                usable = await self._on_io(self.partials.recover, rid, offset)
             if usable and session.verify_block:
                 session.digests = await self._on_db(self.db.load_digests, rid)
             if not usable:
-                await self._on_io(self._remove_partial, rid)
+                await self._on_io(self.partials.remove, rid)
                 await self._on_db(self.db.delete_session, rid)
                 continue
             self._register(session)
-        await self._on_io(self._remove_orphans, set(self._sessions))
+        await self._on_io(self.partials.remove_orphans, set(self._sessions))
         self.tokens = await self._on_db(self.db.load_tokens)
         if self.quota is not None:
             for target in self.targets.values():
                 self._used += await self._on_io(directory_usage, target.directory)
 
     async def close(self) -> None:
-        if self._guid_flush is not None:
-            await self._guid_flush
+        await self._guid_book.flushed()
         if self._db is not None:
             await self._on_db(self.db.conn.close)
             self._db = None
@@ -261,34 +251,11 @@ class Store:
         await asyncio.get_running_loop().run_in_executor(None, self._io.shutdown, True)
 
     def _prepare_dirs(self) -> None:
-        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        self.partials.directory.mkdir(parents=True, exist_ok=True)
         for target in self.targets.values():
             if target.directory.is_symlink():
                 raise ValueError(f"{target.directory} is a symbolic link; refusing to serve it")
             target.directory.mkdir(parents=True, exist_ok=True)
-
-    def _recover_partial(self, request_id: str, offset: int) -> bool:
-        """Cut a partial file back to its recorded offset; False when it lost bytes."""
-        path = self.partial_path(request_id)
-        try:
-            size = os.lstat(path).st_size
-        except FileNotFoundError:
-            return False
-        if size < offset:
-            return False
-        if size > offset:
-            os.truncate(path, offset)
-        return True
-
-    def _remove_partial(self, request_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.partial_path(request_id))
-
-    def _remove_orphans(self, known: set[str]) -> None:
-        for entry in os.scandir(self.partial_dir):
-            if entry.name not in known:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
 
     # -- sessions
 
@@ -350,7 +317,7 @@ class Store:
         register: bool = True,
     ) -> Session:
         """A new session with an empty partial file; `register=False` for full-file uploads."""
-        await self._on_io(self._check_destination, target, parent, name, strict_parents)
+        await self._on_io(check_destination, target.directory, parent, name, strict_parents)
         self.check_quota(size)
         now = self.clock()
         session = Session(
@@ -386,7 +353,7 @@ class Store:
         else:
             self._reserved += size
         try:
-            await self._on_io(self._create_partial, session.request_id)
+            await self._on_io(self.partials.create, session.request_id)
         except OSError as exc:
             self._release(session, register)
             session.busy = False
@@ -399,25 +366,6 @@ class Store:
             self._unregister(session)
         else:
             self._reserved -= session.size
-
-    def _create_partial(self, request_id: str) -> None:
-        fd = os.open(self.partial_path(request_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.close(fd)
-
-    def _check_destination(
-        self, target: Target, parent: tuple[str, ...], name: str, strict: bool
-    ) -> None:
-        path = safe_path(target.directory, (*parent, name))
-        if strict and not folder_exists(target.directory, parent):
-            raise StoreError(404, NO_PARENT)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise StoreError(400, f"invalid path: {exc.strerror}") from exc
-        if stat.S_ISDIR(st.st_mode):
-            raise StoreError(400, f"{protocol.join_remote_path((*parent, name))} is a folder")
 
     @staticmethod
     def _disk_error(exc: OSError) -> StoreError:
@@ -443,7 +391,7 @@ class Store:
         """
         base = session.offset
         hasher = hashlib.sha256() if want_digest else None
-        path = self.partial_path(session.request_id)
+        path = self.partials.path(session.request_id)
         try:
             fd = await self._on_io(os.open, path, os.O_WRONLY)
         except OSError as exc:
@@ -494,7 +442,7 @@ class Store:
 
     async def rollback(self, session: Session) -> None:
         """Cut the partial file back to the session's offset (a body that was refused late)."""
-        await self._on_io(os.truncate, self.partial_path(session.request_id), session.offset)
+        await self._on_io(os.truncate, self.partials.path(session.request_id), session.offset)
 
     async def commit(
         self, session: Session, appended: int, digest: bytes | None, *, persist: bool = True
@@ -528,7 +476,7 @@ class Store:
     async def discard(self, session: Session, *, registered: bool = True) -> None:
         """Forget a session: its requestId, bytes and row (the old requestId then gets 404)."""
         self._release(session, registered)
-        await self._on_io(self._remove_partial, session.request_id)
+        await self._on_io(self.partials.remove, session.request_id)
         if session.persisted:
             session.persisted = False
             await self._on_db(self.db.delete_session, session.request_id)
@@ -548,7 +496,7 @@ class Store:
                 session.digests if session.verify_block else None, block_hash, None, None
             )
             if full_hash is not None:
-                actual = await self._on_io(hash_file, self.partial_path(session.request_id))
+                actual = await self._on_io(hash_file, self.partials.path(session.request_id))
                 verified = integrity_verified(None, None, actual, full_hash) or verified
         except StoreError:
             await self.discard(session, registered=registered)
@@ -565,13 +513,15 @@ class Store:
         if session.persisted:
             with contextlib.suppress(sqlite3.Error):
                 await self._on_db(self.db.delete_session, session.request_id)
-        self._remember_guid(session.target, "/".join((*session.parent, session.name)), session.guid)
+        self._guid_book.remember(
+            session.target, "/".join((*session.parent, session.name)), session.guid
+        )
         session.persisted = False
         return Completed(session.guid, session.size, verified)
 
     def _place(self, target: Target, session: Session, strict: bool) -> int:
         """Rename the partial file to its final name; returns the size of the old version."""
-        partial = self.partial_path(session.request_id)
+        partial = self.partials.path(session.request_id)
         os.utime(partial, (session.mtime, session.mtime))
         return rename_into(target.directory, session.parent, session.name, partial, strict)
 
@@ -623,37 +573,8 @@ class Store:
             raise self._disk_error(exc) from exc
         self._used += size - old
         completed = Completed(guid or self._ids.guid(), size, verified)
-        self._remember_guid(target.key, "/".join((*parent, name)), completed.guid)
+        self._guid_book.remember(target.key, "/".join((*parent, name)), completed.guid)
         return request_id, completed
-
-    def _remember_guid(self, target: str, path: str, guid: str) -> None:
-        """Record a stored file's GUID; rows are written in batches, one thread hop for many
-        files (lookups see the pending ones)."""
-        self._pending_guids[(target, path)] = guid
-        if self._guid_flush is None:
-            self._guid_flush = asyncio.get_running_loop().create_task(self._flush_guids())
-
-    async def _flush_guids(self) -> None:
-        try:
-            while self._pending_guids:
-                # One database hop for the files of the next moment, not one per file.
-                await asyncio.sleep(GUID_FLUSH_DELAY_SECONDS)
-                rows = [(t, p, g) for (t, p), g in self._pending_guids.items()]
-                with contextlib.suppress(sqlite3.Error):
-                    await self._on_db(self.db.save_guids, rows)
-                for t, p, g in rows:
-                    if self._pending_guids.get((t, p)) == g:
-                        del self._pending_guids[(t, p)]
-        finally:
-            self._guid_flush = None
-
-    async def _guids(self, target: str, paths: list[str]) -> dict[str, str]:
-        found = await self._on_db(self.db.file_guids, target, paths) if paths else {}
-        for path in paths:
-            pending = self._pending_guids.get((target, path))
-            if pending is not None:
-                found[path] = pending
-        return found
 
     def _write_small(
         self,
@@ -668,40 +589,20 @@ class Store:
         full_hash: str | None,
         strict: bool,
     ) -> tuple[int, bool]:
+        def verify() -> bool:
+            return integrity_verified(
+                ([hashlib.sha256(body).digest()] if body else []) if verify_block else None,
+                block_hash,
+                hashlib.sha256(body).hexdigest() if full_hash is not None else None,
+                full_hash,
+            )
+
         directory = self._dir_text[target.key]
         self._roots.check(directory)
-        final, st, existing = lstat_path(directory, (*parent, name))
-        if existing < len(parent) and strict:
-            raise StoreError(404, NO_PARENT)
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            raise StoreError(400, f"{protocol.join_remote_path((*parent, name))} is a folder")
-        verified = integrity_verified(
-            ([hashlib.sha256(body).digest()] if body else []) if verify_block else None,
-            block_hash,
-            hashlib.sha256(body).hexdigest() if full_hash is not None else None,
-            full_hash,
+        partial = self.partials.prefix + request_id
+        return write_small(
+            directory, target.directory, partial, parent, name, body, mtime, strict, verify
         )
-        partial = self._partial_prefix + request_id
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.utime(fd, (mtime, mtime))
-        except BaseException:
-            os.close(fd)
-            os.unlink(partial)
-            raise
-        os.close(fd)
-        try:
-            if existing < len(parent):
-                # Missing folders: the careful path (creates them, checks again after).
-                return rename_into(target.directory, parent, name, Path(partial), strict), verified
-            return replace_checked(final, parent, name, partial), verified
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(partial)
-            raise
 
     # -- folders and properties
 
@@ -716,7 +617,7 @@ class Store:
         st = await self._on_io(look_up, target.directory, parts)
         guid = derived_guid(target.key, parts)
         if stat.S_ISREG(st.st_mode):
-            found = await self._guids(target.key, ["/".join(parts)])
+            found = await self._guid_book.look_up(target.key, ["/".join(parts)])
             guid = found.get("/".join(parts), guid)
         return resource_fields(parts, st, guid)
 
@@ -725,7 +626,7 @@ class Store:
     ) -> tuple[int, list[protocol.Fields]]:
         total, page = await self._on_io(scan_folder, target.directory, parts, offset, limit)
         keys = ["/".join((*parts, name)) for name, est in page if stat.S_ISREG(est.st_mode)]
-        guids = await self._guids(target.key, keys)
+        guids = await self._guid_book.look_up(target.key, keys)
         items: list[protocol.Fields] = []
         for name, est in page:
             child = (*parts, name)
