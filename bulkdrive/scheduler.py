@@ -488,6 +488,8 @@ class TreeUpload:
         self._limit_peak = max(self._limit_peak, limit)
         if self._limiter is not None:
             self._limiter.total_tokens = limit
+            # Folder creations meet the same server: they follow the same limit.
+            self._folder_slots.total_tokens = limit
         self._reporter.transfers_changed(limit)
 
     def _transfers_used(self, started: float, ended: float) -> TransfersUsed:

@@ -4,6 +4,7 @@ the limit and its reasons are reported, and every file arrives whole."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,13 @@ CREDENTIALS = Credentials(user=USER, password=Secret(PASSWORD))
 async def test_auto_backs_off_a_busy_server_and_every_file_arrives(
     make_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    emulator = await make_emulator(network=NetworkModel(latency=0.02, max_active=6))
-    source = make_tree(tmp_path / "src", small_files=700)
+    # 50 ms away, each transfer completes ~20 files/s: going from 4 to 8 to 16 in flight
+    # pays, and 16 is more than the server takes at once.
+    emulator = await make_emulator(network=NetworkModel(latency=0.05, max_active=10))
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(700):
+        (source / f"f{i:03d}.bin").write_bytes(os.urandom(64 + i))
     config = TransferConfig(
         transfers=32, auto_transfers=True, retry=RetryPolicy(attempts=20, max_wait=1.0)
     )
@@ -49,8 +55,8 @@ async def test_auto_backs_off_a_busy_server_and_every_file_arrives(
     assert_stored(source, emulator.config.root / SHARE_ID / "auto")
     # It climbed past what the server takes, met its 503s, and came back under it.
     assert emulator.network.statistics().refused > 0 and stats.pushbacks > 0
-    assert summary.transfers is not None and summary.transfers.peak >= 8
-    assert stats.transfers_limit <= 6
+    assert summary.transfers is not None and summary.transfers.peak > 10
+    assert stats.transfers_limit <= 10
     assert stats.transfers_changes >= 2 and summary.transfers.changes == stats.transfers_changes
     assert 1 <= summary.transfers.mean <= summary.transfers.peak
 
