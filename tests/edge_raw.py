@@ -1,4 +1,4 @@
-"""Raw Edge Drive requests for the emulator conformance tests (spec edge-drive-api.md).
+"""Raw Edge Drive requests for the emulator conformance tests (docs/edge-drive-api.md).
 
 Thin wrappers over aiohttp.ClientSession and bulkdrive.protocol: they build the headers and URLs
 the spec describes and hand back the status and the parsed body, without any retry or recovery,
