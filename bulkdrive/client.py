@@ -651,6 +651,10 @@ class EdgeDriveClient:
 
 
 def _ssl_setting(config: TransferConfig) -> ssl.SSLContext | bool:
+    """How server certificates are checked: not at all (--insecure), against the CAs of
+    --ca-bundle, or against the system's trust store — the OS's own store on Windows and
+    macOS, OpenSSL's default paths elsewhere (truststore), so a company CA installed the
+    system's way is trusted without flags."""
     if not config.verify_tls:
         return False
     if config.ca_bundle:
@@ -658,7 +662,9 @@ def _ssl_setting(config: TransferConfig) -> ssl.SSLContext | bool:
             return ssl.create_default_context(cafile=config.ca_bundle)
         except (OSError, ssl.SSLError) as exc:
             raise errors.ConfigError(f"cannot read CA bundle {config.ca_bundle!r}: {exc}") from None
-    return True
+    import truststore  # only for runs that check certificates
+
+    return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 #: Bytes of a chunk handed to the transport at a time: what the transport may have to copy

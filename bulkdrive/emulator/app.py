@@ -16,6 +16,7 @@ import json
 import re
 import secrets
 import socket
+import ssl
 import struct
 import time
 import uuid
@@ -97,6 +98,9 @@ class EmulatorConfig:
     fault_delay_seconds: float = 0.5
     #: A file that gets one JSON line per request (method, path, status, bytes, duration).
     request_log: Path | None = None
+    #: Serve HTTPS with this certificate chain and private key (PEM files), both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     #: How long a re-initiate waits for a request in flight on the same session before it is
     #: refused as busy (409 without requestId).
     busy_wait_seconds: float = 30.0
@@ -136,6 +140,8 @@ def check_config(config: EmulatorConfig) -> None:
     if not 0.0 <= config.fault_rate <= 1.0:
         raise ValueError(f"fault rate must be between 0 and 1, not {config.fault_rate}")
     fault_kinds.parse_kinds(config.faults)
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ValueError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
     if config.fault_delay_seconds < 0:
         raise ValueError("fault delay must not be negative")
     if config.busy_wait_seconds < 0:
@@ -425,7 +431,8 @@ class Emulator:
     # -- public interface
 
     def url(self, prefix: str = "/webconsole/api") -> str:
-        return f"http://{self.config.host}:{self.port}{prefix}"
+        scheme = "https" if self.config.tls_cert is not None else "http"
+        return f"{scheme}://{self.config.host}:{self.port}{prefix}"
 
     def statistics(self) -> EmulatorStatistics:
         c = self._counters
@@ -468,12 +475,24 @@ class Emulator:
             app, access_log=None, handle_signals=False, shutdown_timeout=2.0
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        site = web.TCPSite(
+            self._runner, self.config.host, self.config.port, ssl_context=self._tls_context()
+        )
         await site.start()
         address = self._runner.addresses[0]
         self.port = int(address[1])
         self.base_url = self.url()
         self._sweeper = asyncio.create_task(self._sweep())
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self.config.tls_cert is None or self.config.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot use --tls-cert/--tls-key: {exc}") from None
+        return context
 
     async def stop(self) -> None:
         if self._sweeper is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import signal
 import sys
@@ -57,6 +58,15 @@ def _network(latency: str, max_active: int | None, bandwidth: str | None) -> Net
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--bandwidth") from None
     return NetworkModel(latency=seconds, max_active=max_active, bandwidth=rate)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any address
 
 
 def _print_line(text: str) -> None:
@@ -175,6 +185,18 @@ async def _serve(config: EmulatorConfig, announce: list[str]) -> None:
     metavar="RATE",
     help="Read request bodies at most at RATE bytes/s in total, e.g. 100MB/s.",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The PEM private key of --tls-cert.",
+)
 def serve(
     host: str,
     port: int,
@@ -196,6 +218,8 @@ def serve(
     latency: str,
     max_active: int | None,
     bandwidth: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
     """Run the Edge Drive emulator (a local upload server for tests and benchmarks)."""
     parsed_users = tuple(_parse_user(u) for u in users)
@@ -216,6 +240,13 @@ def serve(
         parsed_users = (DEMO_USER,)
         # The demo credential belongs to the emulator itself, so showing it is fine.
         announce.append(f"demo user: {DEMO_USER.name} (password: {DEMO_USER.password})")
+        if not _is_loopback(host):
+            click.echo(
+                f"bulkdrive: warning: serving on {host} with the demo user "
+                f"{DEMO_USER.name}:{DEMO_USER.password}: anyone who reaches this address can "
+                "log in and upload; give --user NAME:PASSWORD",
+                err=True,
+            )
     if not parsed_shares:
         parsed_shares = (DEMO_SHARE,)
         announce.append(f"demo share: id {DEMO_SHARE.share_id} ({DEMO_SHARE.name})")
@@ -241,6 +272,8 @@ def serve(
             fault_delay_seconds=fault_delay_seconds,
             request_log=request_log,
             network=network,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
