@@ -73,9 +73,35 @@ class RetryPolicy:
     max_wait: float = 30.0
 
 
+#: More files in flight than this buys nothing (one server, one link) and costs memory
+#: (transfers × 2 × chunk size) and sockets.
+MAX_TRANSFERS = 1024
+#: Files up to this size are read ahead of their upload, a batch of SMALL_FILE_BATCH at a time
+#: (one thread hop for the batch instead of one per file); at most two batches are held.
+SMALL_FILE_READ_AHEAD = 128 * 1024
+SMALL_FILE_BATCH = 64
+
+
 @dataclass(frozen=True)
 class TransferConfig:
-    """Limits of one run. File data in memory ≤ transfers × 2 × chunk_size."""
+    """Limits of one run, checked when the object is made (ConfigError names the knob).
+
+    What each knob bounds:
+
+    - `transfers` (1 … MAX_TRANSFERS): files in flight, each with its own upload session and
+      connection; under `auto_transfers` the most the tuner may reach.
+    - `chunk_size` (bytes, ≥ 1): the body of one upload request. With `verify` on it must be
+      exactly 4 MiB (the block of the integrity hash; spec §6).
+    - `verify`: the block-level SHA-256 check of every file by the server.
+    - `bwlimit` (bytes per second, ≥ 1, or None): the whole run's upload rate.
+    - `retry`: attempts in a row without progress per file, and the waits between them.
+    - `timeouts` (seconds, > 0): to connect, to read a reply, to read the last chunk's reply.
+    - `verify_tls`, `ca_bundle`: whose certificates are trusted.
+
+    Memory for file data stays below transfers × 2 × chunk_size (the chunk being sent and the
+    next one read) plus the small-file read-ahead: 2 × SMALL_FILE_BATCH × SMALL_FILE_READ_AHEAD
+    (16 MiB); none of it grows with the number or size of the files.
+    """
 
     #: Files in flight; under `auto_transfers`, the most the tuner may reach.
     transfers: int = 8
@@ -88,6 +114,44 @@ class TransferConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     verify_tls: bool = True
     ca_bundle: str | None = None
+
+    def __post_init__(self) -> None:
+        for problem in _transfer_problems(self):
+            raise ConfigError(problem)
+
+    @property
+    def memory_bound(self) -> int:
+        """Bytes of file data a run holds at most (see the class's docstring)."""
+        read_ahead = 2 * SMALL_FILE_BATCH * SMALL_FILE_READ_AHEAD
+        return self.transfers * 2 * self.chunk_size + read_ahead
+
+
+def _transfer_problems(config: TransferConfig) -> list[str]:
+    problems = []
+    if not 1 <= config.transfers <= MAX_TRANSFERS:
+        problems.append(f"transfers must be 1 to {MAX_TRANSFERS}, not {config.transfers}")
+    if config.chunk_size < 1:
+        problems.append(f"chunk_size must be at least 1 byte, not {config.chunk_size}")
+    elif config.verify and config.chunk_size != BLOCK_SIZE:
+        problems.append(
+            f"chunk_size must be {BLOCK_SIZE} (4 MiB) while integrity checks are on; "
+            "turn verification off (verify=False, --no-verify) to use another chunk size"
+        )
+    if config.bwlimit is not None and config.bwlimit < 1:
+        problems.append(f"bwlimit must be at least 1 byte per second or None, not {config.bwlimit}")
+    for name in ("connect", "read", "final_read"):
+        seconds = getattr(config.timeouts, name)
+        if not seconds > 0:
+            problems.append(f"timeouts.{name} must be more than 0 seconds, not {seconds}")
+    retry = config.retry
+    if retry.attempts < 1:
+        problems.append(f"retry.attempts must be at least 1, not {retry.attempts}")
+    if not 0 <= retry.initial_wait <= retry.max_wait:
+        problems.append(
+            f"retry waits must satisfy 0 <= initial_wait <= max_wait, not "
+            f"{retry.initial_wait} and {retry.max_wait}"
+        )
+    return problems
 
 
 # --- settings: flags > environment > TOML file > defaults ---------------------------------
@@ -143,9 +207,6 @@ def _positive_int(value: object) -> int:
     return number
 
 
-#: More files in flight than this buys nothing (one server, one link) and costs memory
-#: (transfers × 2 × chunk size) and sockets.
-MAX_TRANSFERS = 1024
 #: `--transfers auto`.
 AUTO = "auto"
 

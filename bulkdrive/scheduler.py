@@ -27,7 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from bulkdrive import errors, tuner
 from bulkdrive.client import EdgeDriveClient
-from bulkdrive.config import TransferConfig
+from bulkdrive.config import SMALL_FILE_BATCH, SMALL_FILE_READ_AHEAD, TransferConfig
 from bulkdrive.journal import FileRecord, FileState, Journal
 from bulkdrive.names import InvalidNames, check_name, remote_name
 from bulkdrive.progress import NullReporter, Reporter
@@ -62,10 +62,7 @@ log = logging.getLogger("bulkdrive.run")
 
 #: Walk items handed out together: one journal read, one read of the small files and one
 #: journal commit serve them all.
-DISPATCH_BATCH = 64
-#: Files up to this size are read in batches ahead of their upload (≤ DISPATCH_BATCH × this
-#: in memory), saving a thread hop per file.
-SMALL_FILE_BYTES = 128 * 1024
+DISPATCH_BATCH = SMALL_FILE_BATCH
 
 #: Block digests (bytes) below which the journal gets them after every block.
 DIGESTS_COPIED_EACH_BLOCK = 64 * 32
@@ -136,9 +133,6 @@ class TreeUpload:
     ) -> None:
         if client is None and not plan.dry_run:
             raise ValueError("a client is needed unless this is a dry run")
-        if plan.config.transfers < 1 and not plan.dry_run:
-            # No worker would ever take a file: the run would wait for ever.
-            raise errors.ConfigError(f"transfers must be at least 1, not {plan.config.transfers}")
         self._client = client
         self._plan = plan
         self._reporter = reporter or NullReporter()
@@ -402,11 +396,11 @@ class TreeUpload:
                 if not stale:
                     await self._mark_started(entry, record)
                 chosen.append((entry, stale, record))
-        small = [e for e, stale, _ in chosen if not stale and e.size <= SMALL_FILE_BYTES]
+        small = [e for e, stale, _ in chosen if not stale and e.size <= SMALL_FILE_READ_AHEAD]
         contents: dict[str, LocalContent | None] = {}
         if small:
             read = await anyio.to_thread.run_sync(
-                read_small_files, [e.path for e in small], SMALL_FILE_BYTES
+                read_small_files, [e.path for e in small], SMALL_FILE_READ_AHEAD
             )
             contents = {e.relative: c for e, c in zip(small, read, strict=True)}
         if self._journal is not None and chosen:

@@ -400,7 +400,6 @@ async def upload_file(
     events = events or NullEvents()
     path = os.fspath(local_path)
     name = os.path.basename(path) if remote_name is None else remote_name
-    _check_chunking(config)
     folder, remote_path = _remote_target(remote_folder, name)
     if content is not None and content.size <= config.chunk_size:
         source = Source.of_content(path, content)
@@ -460,16 +459,6 @@ async def upload_file(
         restarts=state.restarts,
         integrity_verified=state.integrity_verified,
     )
-
-
-def _check_chunking(config: TransferConfig) -> None:
-    if config.chunk_size <= 0:
-        raise errors.ConfigError(f"chunk_size must be positive, not {config.chunk_size}")
-    if config.verify and config.chunk_size != BLOCK_SIZE:
-        raise errors.ConfigError(
-            f"chunk_size must be {BLOCK_SIZE} (4 MiB) while integrity checks are on; "
-            "turn verification off (--no-verify) to use another chunk size"
-        )
 
 
 def _remote_target(remote_folder: str, name: str) -> tuple[str, str]:

@@ -42,7 +42,7 @@ DEFAULT_TOKEN_IDLE_SECONDS = 1800.0
 #: Largest Login / RenewLoginToken / createfolder body read.
 SMALL_BODY_LIMIT = 64 * 1024
 #: Whole files up to this size that arrive in one request are stored in one step.
-SMALL_FILE_BYTES = 1024 * 1024
+ONE_STEP_FILE_BYTES = 1024 * 1024
 #: Distinct request paths whose route is remembered (a bound: clients choose the paths).
 ROUTE_CACHE_SIZE = 4096
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -1023,7 +1023,7 @@ class Emulator:
                     chunkOffset=existing.offset,
                 )
             await self.store.discard(existing)
-        if eof and length is not None and length <= SMALL_FILE_BYTES:
+        if eof and length is not None and length <= ONE_STEP_FILE_BYTES:
             return await self._small_file(
                 request,
                 fmt,
