@@ -77,9 +77,17 @@ ROOMS: dict[str, frozenset[str]] = {
         "emulator.faults": "",
         # -- the benchmark harness: runs bulkdrive as a program, never imports its engine
         "bench": "",
-        "bench.run": "bench.harness bench.sweep bench.workloads",
-        "bench.sweep": "bench.harness",
-        "bench.harness": "bench.baselines bench.workloads protocol",
+        "bench.run": "bench.contenders bench.harness bench.output bench.processes bench.sweep "
+        "bench.workloads",
+        "bench.sweep": "bench.contenders bench.harness bench.processes bench.results bench.verify",
+        "bench.harness": "bench.baselines bench.contenders bench.processes bench.profiling "
+        "bench.results bench.verify bench.workloads",
+        "bench.contenders": "bench.baselines bench.processes",
+        "bench.processes": "",
+        "bench.verify": "bench.baselines bench.processes bench.results protocol",
+        "bench.results": "bench.contenders",
+        "bench.output": "bench.contenders bench.results",
+        "bench.profiling": "",
         "bench.baselines": "",
         "bench.workloads": "",
     }.items()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bulkdrive.bench import harness
+from bulkdrive.bench import harness, processes, verify
 
 CONTENDERS = ("bulkdrive", "bulkdrive-noverify", "raw", "curl", "sdk")
 
@@ -62,28 +62,28 @@ def test_checker_catches_corrupt_missing_and_extra_files(tmp_path: Path) -> None
         (root / "d").mkdir(parents=True)
         (root / "d" / "small.bin").write_bytes(b"abc" * 1000)
         (root / "big.bin").write_bytes(bytes(range(256)) * 40_000)  # more than one block
-    assert harness.verify_local(source, stored) == ""
+    assert verify.verify_local(source, stored) == ""
 
     big = bytearray((stored / "big.bin").read_bytes())
     big[9_000_001] ^= 0xFF
     (stored / "big.bin").write_bytes(bytes(big))
-    assert "differ" in harness.verify_local(source, stored)
+    assert "differ" in verify.verify_local(source, stored)
     (stored / "big.bin").write_bytes((source / "big.bin").read_bytes())
 
     (stored / "d" / "extra.bin").write_bytes(b"x")
-    assert "expected 2" in harness.verify_local(source, stored)
+    assert "expected 2" in verify.verify_local(source, stored)
     (stored / "d" / "extra.bin").unlink()
     (stored / "d" / "small.bin").unlink()
-    assert "not stored" in harness.verify_local(source, stored)
+    assert "not stored" in verify.verify_local(source, stored)
 
 
 def test_launcher_reports_the_childs_own_memory(tmp_path: Path) -> None:
     # A child allocating 64 MiB shows it; the harness's own memory is not counted in.
     hog = "b = bytearray(64 * 2**20); b[::4096] = b'x' * (len(b) // 4096)"
-    big = harness.run_measured(
+    big = processes.run_measured(
         [sys.executable, "-c", hog], {}, tmp_path, tmp_path / "o", tmp_path / "e", 60
     )
-    small = harness.run_measured(
+    small = processes.run_measured(
         [sys.executable, "-c", "pass"], {}, tmp_path, tmp_path / "o", tmp_path / "e", 60
     )
     assert big.exit_code == 0 and small.exit_code == 0
@@ -106,7 +106,7 @@ def test_precompile_leaves_bytecode_for_every_module(tmp_path: Path) -> None:
     python = tmp_path / "python"
     python.write_text(f'#!/bin/sh\nPYTHONPATH={package.parent} exec {sys.executable} "$@"\n')
     python.chmod(0o755)
-    harness.precompile(str(python))
+    processes.precompile(str(python))
     compiled = {p.name.split(".")[0] for p in (package / "__pycache__").glob("*.pyc")}
     assert compiled == {"__init__", "mod"}
 

@@ -24,7 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bulkdrive.bench import harness, sweep, workloads
+from bulkdrive.bench import harness, output, processes, sweep, workloads
+from bulkdrive.bench.contenders import CONTENDERS
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -85,8 +86,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--contenders",
-        default=",".join(harness.CONTENDERS),
-        help=f"comma list of {', '.join(harness.CONTENDERS)} (default: all)",
+        default=",".join(CONTENDERS),
+        help=f"comma list of {', '.join(CONTENDERS)} (default: all)",
     )
     p.add_argument("--json", type=Path, metavar="FILE", help="write every result to FILE")
     p.add_argument(
@@ -177,19 +178,18 @@ def config_from(args: argparse.Namespace) -> harness.BenchConfig:
             f"{', '.join(workloads.WORKLOADS)}"
         )
     contenders = _csv(args.contenders)
-    bad = [c for c in contenders if c not in harness.CONTENDERS]
+    bad = [c for c in contenders if c not in CONTENDERS]
     if bad or not contenders:
         raise ValueError(
-            f"--contenders: unknown {', '.join(bad) or '(none)'}; known: "
-            f"{', '.join(harness.CONTENDERS)}"
+            f"--contenders: unknown {', '.join(bad) or '(none)'}; known: {', '.join(CONTENDERS)}"
         )
     remote = None
     if args.url:
         password = os.environ.get("BULKDRIVE_PASSWORD")
         if not args.user or not args.share or password is None:
             raise ValueError("--url needs --user, --share and the password in BULKDRIVE_PASSWORD")
-        remote = harness.Server(args.url.rstrip("/"), args.user, args.share, password)
-        dropped = [c for c in contenders if not harness.CONTENDERS[c].remote_ok]
+        remote = processes.Server(args.url.rstrip("/"), args.user, args.share, password)
+        dropped = [c for c in contenders if not CONTENDERS[c].remote_ok]
         if dropped:
             print(
                 f"against a real server only bulkdrive and raw run; leaving out "
@@ -246,14 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bulkdrive bench: interrupted", file=sys.stderr)
         return 130
-    print(harness.format_table(doc))
+    print(output.format_table(doc))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"\nresults written to {args.json}")
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
-        harness.plot(doc, args.plot)
+        output.plot(doc, args.plot)
         print(f"plot written to {args.plot}")
     return 0 if all(r["ok"] for r in doc["runs"]) else 1
 

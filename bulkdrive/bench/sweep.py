@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bulkdrive.bench import harness
+from bulkdrive.bench import contenders, harness, processes, results, verify
 
 #: `auto` among the sweep's settings.
 AUTO = 0
@@ -101,7 +101,7 @@ class SweepPoint:
     latency: float
     contender: str
     setting: int  # AUTO for --transfers auto
-    measurement: harness.Measurement
+    measurement: results.Measurement
     auto_peak: int | None = None
     auto_mean: float | None = None
     #: Share of requests answered 503 after the first BUSY_GRACE_SECONDS (with --max-active).
@@ -119,7 +119,7 @@ def run_sweep(config: SweepConfig, log: harness.Log = harness._stderr_log) -> di
     bench.data_dir.mkdir(parents=True, exist_ok=True)
     run_root = harness._unique(bench.data_dir / "runs" / time.strftime("sweep-%Y%m%d-%H%M%S"))
     prepared = [harness.prepare_workload(n, bench.data_dir, log) for n in bench.workloads]
-    harness.precompile(bench.python)
+    processes.precompile(bench.python)
     if bench.server_dir is None:
         bench = replace(
             bench, server_dir=harness.default_server_dir(max(w.bytes for w in prepared))
@@ -135,7 +135,7 @@ def run_sweep(config: SweepConfig, log: harness.Log = harness._stderr_log) -> di
             for latency in config.latencies:
                 log(
                     f"workload {workload.name} at {latency_label(latency)}: "
-                    f"{workload.files} files, {workload.bytes / harness.MB:.1f} MB; "
+                    f"{workload.files} files, {workload.bytes / results.MB:.1f} MB; "
                     f"settings {', '.join(setting_label(s) for s in config.settings)}"
                 )
                 for repetition in range(bench.repeat):
@@ -248,7 +248,7 @@ def summarize(points: Sequence[SweepPoint]) -> list[dict[str, Any]]:
                 "failed": len(ps) - len(good),
                 "mb_per_s": _median([p.measurement.mb_per_s for p in good]),
                 "files_per_s": _median([p.measurement.files_per_s for p in good]),
-                "peak_rss_mib": _median([p.measurement.peak_rss_bytes / harness.MiB for p in good]),
+                "peak_rss_mib": _median([p.measurement.peak_rss_bytes / results.MiB for p in good]),
                 "auto_peak": _median([p.auto_peak for p in good if p.auto_peak is not None]),
                 "auto_mean": _median([p.auto_mean for p in good if p.auto_mean is not None]),
                 "busy_share": _median([p.busy_share for p in good if p.busy_share is not None]),
@@ -442,7 +442,7 @@ def run_midrun(config: MidrunConfig, log: harness.Log = harness._stderr_log) -> 
     bench = replace(config.bench, data_dir=config.bench.data_dir.resolve())
     (name,) = bench.workloads[:1] or ("small",)
     workload = harness.prepare_workload(name, bench.data_dir, log)
-    harness.precompile(bench.python)
+    processes.precompile(bench.python)
     harness.warm_page_cache(workload.source)
     run_root = harness._unique(bench.data_dir / "runs" / time.strftime("midrun-%Y%m%d-%H%M%S"))
     run_root.mkdir(parents=True)
@@ -497,9 +497,11 @@ def _switching_run(
     run_dir.mkdir()
     after_log = run_root / "after.requests.ndjson"
 
-    def emulator(latency: float, *extra: str) -> contextlib.AbstractContextManager[harness.Server]:
+    def emulator(
+        latency: float, *extra: str
+    ) -> contextlib.AbstractContextManager[processes.Server]:
         args = ("--port", str(port), "--latency", f"{latency}s", *extra)
-        return harness.local_emulator(
+        return processes.local_emulator(
             server_root, bench.python, run_dir / f"emulator-{latency}.log", extra_args=args
         )
 
@@ -507,7 +509,7 @@ def _switching_run(
     with (run_dir / "stdout.txt").open("wb") as out, (run_dir / "stderr.txt").open("wb") as err:
         try:
             with emulator(config.before) as server:
-                argv, env = harness.contender_command(
+                argv, env = contenders.contender_command(
                     "bulkdrive",
                     workload.source,
                     server,
@@ -528,8 +530,8 @@ def _switching_run(
             if upload is not None and upload.poll() is None:
                 upload.kill()
                 upload.wait()
-    stored = (server.storage or server_root / harness.BENCH_SHARE) / "midrun"
-    error = harness.verify_local(workload.source, stored) if code == 0 else f"exit {code}"
+    stored = (server.storage or server_root / processes.BENCH_SHARE) / "midrun"
+    error = verify.verify_local(workload.source, stored) if code == 0 else f"exit {code}"
     changes = [
         line.strip()
         for line in (run_dir / "stderr.txt").read_text(errors="replace").splitlines()
