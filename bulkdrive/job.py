@@ -401,7 +401,10 @@ def setup_logging(
     formatter = event_formatter(log_format)
     if log_file is not None:
         try:
-            handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
+            # A name that is not UTF-8 is logged escaped (\udcXX), never a logging error.
+            handler: logging.Handler = logging.FileHandler(
+                log_file, encoding="utf-8", errors="backslashreplace"
+            )
         except OSError as exc:
             raise errors.ConfigError(
                 f"--log-file: cannot write {log_file}: {exc.strerror}"

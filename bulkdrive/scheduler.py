@@ -15,6 +15,7 @@ backlog, plus a constant.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -55,6 +56,7 @@ from bulkdrive.walk import (
     WalkFailure,
     WalkFilters,
     WalkItem,
+    count_files,
     walk,
 )
 
@@ -265,33 +267,24 @@ class TreeUpload:
     # --- the producer --------------------------------------------------------------------
 
     async def _count(self, started: float) -> None:
-        """The count-only pass: a second walk of SRC, with the same filters, that only counts
-        (nothing is kept per file, so memory stays flat) and runs far ahead of the upload's
-        walk, which the uploads hold back; it fixes the totals the progress shows early."""
-        files = size = 0
-
-        def counted(entry: FileEntry) -> None:
-            nonlocal files, size
-            files += 1
-            size += entry.size
-
-        send, receive = anyio.create_memory_object_stream[WalkItem](DISPATCH_BATCH * 4)
-
-        async def drain() -> None:
-            with receive:
-                async for _ in receive:
-                    pass
-
+        """The count-only pass: `count_files` in a worker thread, with the same filters; it
+        keeps nothing per file (memory stays flat) and runs far ahead of the upload's walk,
+        which the uploads hold back, so the totals the progress shows are final early."""
+        stop = threading.Event()
         with self._count_scope:
             try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(drain)
-                    await walk(self._plan.source, self._plan.filters, send, on_file=counted)
-            except (errors.BulkdriveError, OSError):
+                counted = await anyio.to_thread.run_sync(
+                    count_files, self._plan.source, self._plan.filters, stop, abandon_on_cancel=True
+                )
+            except OSError:
                 return  # only a forecast: the upload's own walk reports what goes wrong
+            finally:
+                stop.set()  # a cancelled count ends at its next folder
+            if counted is None:
+                return
             self._total_known_after = self._clock() - started
             self._tally.total_known(self._total_known_after)
-            self._reporter.totals_counted(files, size)
+            self._reporter.totals_counted(*counted)
 
     async def _walk(self, send: anyio.abc.ObjectSendStream[WalkItem]) -> None:
         on_folder = None if self._plan.dry_run else self._folder_found

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -565,6 +566,56 @@ class _Walker:
             for frame in stack:
                 if frame.batch.listing is not None:
                     frame.batch.listing.close()
+
+
+def count_files(
+    root: Path, filters: WalkFilters, stop: threading.Event | None = None
+) -> tuple[int, int] | None:
+    """The files and bytes `walk` would send, counted in one pass that keeps nothing per file
+    and sends nothing: the count-only pass that fixes a run's totals early. Blocking: run it
+    in a worker thread. About a tenth of `walk`'s CPU per file. What cannot be read is left out
+    (the walk itself reports it). None when SRC is not a folder or symbolic links are followed
+    (then only the walk knows), or when `stop` is set (checked at each folder)."""
+    if filters.follow_symlinks or not os.path.isdir(root):
+        return None
+    plain = not (filters.include or filters.exclude or filters.shard is not None)
+    files = size = 0
+    stack: list[tuple[str, str, bool]] = [(os.fspath(root), "", not filters.include)]
+    while stack:
+        if stop is not None and stop.is_set():
+            return None
+        path, relative, included = stack.pop()
+        try:
+            with os.scandir(path) as listing:
+                for entry in listing:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            if plain:
+                                stack.append((entry.path, "", True))
+                                continue
+                            folder = _join(relative, entry.name)
+                            if not filters.excludes(folder, is_folder=True):
+                                inside = included or filters.includes(folder, is_folder=True)
+                                stack.append((entry.path, folder, inside))
+                        elif entry.is_file(follow_symlinks=False):
+                            bytes_ = entry.stat(follow_symlinks=False).st_size
+                            if not filters.size_ok(bytes_):
+                                continue
+                            if not plain:
+                                name = _join(relative, entry.name)
+                                if (
+                                    filters.excludes(name, is_folder=False)
+                                    or not (included or filters.includes(name, is_folder=False))
+                                    or not filters.in_shard(name)
+                                ):
+                                    continue
+                            files += 1
+                            size += bytes_
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return files, size
 
 
 async def walk(

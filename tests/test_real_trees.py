@@ -192,6 +192,8 @@ async def test_odd_tree_everything_stored_or_named(
                     "-m",
                     "bulkdrive",
                     *upload_args(emulator, src, *common, "-v", "--report", str(rerun_report)),
+                    "--log-file",
+                    str(tmp_path / "run.log"),
                 ]
             ),
             tmp_path,
@@ -207,6 +209,9 @@ async def test_odd_tree_everything_stored_or_named(
         assert again["skipped_by_kind"] == {"unchanged since the last run": len(GOOD)}
         assert again["bytes"]["sent"] == 0
         assert_good_stored(stored)
+        log_text = (tmp_path / "run.log").read_text(encoding="utf-8")
+        assert "win/a?b.txt" in log_text and "m\\xe9.txt" in log_text
+        assert b"Logging error" not in rerun.stderr
 
         # 4. status reads the journal, names not UTF-8 included.
         status = await run_cli(

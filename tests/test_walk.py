@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -35,6 +36,7 @@ from bulkdrive.walk import (
     WalkItem,
     WalkStatistics,
     compile_globs,
+    count_files,
     read_exclude_from,
     walk,
 )
@@ -685,3 +687,34 @@ async def test_memory_stays_flat_for_100_000_files(scratch: Path) -> None:
     assert most_buffered == bound  # the walker filled the backlog and was held back by it
     assert list_bytes > 20_000_000
     assert walk_memory.growth < list_bytes / 5, (walk_memory.growth, list_bytes)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        WalkFilters(),
+        WalkFilters(exclude=("*.log", "skip/")),
+        WalkFilters(include=("keep/**", "*.txt"), min_size=2),
+        WalkFilters(max_size=3, exclude=("deep/a",)),
+    ],
+)
+async def test_count_files_counts_what_the_walk_sends(tmp_path: Path, filters: WalkFilters) -> None:
+    src = tmp_path / "src"
+    for relative, data in {
+        "a.txt": b"1",
+        "b.log": b"22",
+        "keep/x.bin": b"333",
+        "keep/y.log": b"4444",
+        "skip/z.txt": b"55555",
+        "deep/a/b/c.txt": b"666666",
+        "deep/d.txt": b"77",
+    }.items():
+        write(src / relative, data)
+    os.symlink("a.txt", src / "link")  # not followed: neither sent nor counted
+    os.mkfifo(src / "pipe")
+    items, stats = await collect(src, filters)
+    assert count_files(src, filters) == (stats.files, stats.bytes)
+    assert stats.files == len(files_of(items))
+    stop = threading.Event()
+    stop.set()
+    assert count_files(src, filters, stop) is None  # a stopped count claims nothing
