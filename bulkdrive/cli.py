@@ -30,6 +30,7 @@ from bulkdrive.config import (
     Secret,
     Settings,
     load_settings,
+    parse_size,
 )
 
 
@@ -92,7 +93,7 @@ def _setting_options(
         "password_file": click.option("--password-file", help="File holding the password."),
         "transfers": click.option(
             "--transfers",
-            help="Files in flight (default 8), or auto: tuned while the run goes.",
+            help="Files in flight, or auto: tuned while the run goes.",
         ),
         "max_transfers": click.option(
             "--max-transfers", help="Under --transfers auto, the most files in flight (256)."
@@ -107,9 +108,12 @@ def _setting_options(
         "verify": click.option(
             "--verify/--no-verify",
             default=None,
-            help="Block-level SHA-256 integrity check (default on).",
+            help="Block-level SHA-256 integrity check.",
         ),
-        "retries": click.option("--retries", help="Recoveries per file (default 10)."),
+        "retries": click.option(
+            "--retries",
+            help="Attempts in a row without progress before a file is reported failed.",
+        ),
         "bwlimit": click.option("--bwlimit", help="Bytes per second for the run, e.g. 50MiB."),
         "include": click.option("--include", multiple=True, help="Only paths matching GLOB."),
         "exclude": click.option("--exclude", multiple=True, help="Skip paths matching GLOB."),
@@ -146,7 +150,72 @@ def _setting_options(
     for setting in reversed(SETTINGS):
         if only is None or setting.key in only:
             func = flags[setting.key](func)
+    _describe_values(func)
     return func
+
+
+#: What each setting's value is, in --help (the values are parsed by `config`, so click sees
+#: text): the type people type, and the default in their words.
+_METAVARS = {
+    "url": "URL",
+    "share": "ID",
+    "to": "FOLDER",
+    "user": "NAME",
+    "password_file": "PATH",
+    "transfers": "INTEGER|auto",
+    "max_transfers": "INTEGER",
+    "max_memory": "SIZE",
+    "chunk_size": "SIZE",
+    "retries": "INTEGER",
+    "bwlimit": "RATE",
+    "include": "GLOB",
+    "exclude": "GLOB",
+    "exclude_from": "PATH",
+    "min_size": "SIZE",
+    "max_size": "SIZE",
+    "ca_bundle": "PATH",
+    "journal": "PATH",
+    "connect_timeout": "SECONDS",
+    "read_timeout": "SECONDS",
+    "stats_interval": "SECONDS",
+    "data_dir": "PATH",
+    "shard": "K/N",
+}
+_DEFAULTS = {
+    "url": "none: a local emulator, to try bulkdrive out",
+    "share": "the user's own drive",
+    "to": "\\",
+    "chunk_size": "4MiB",
+    "bwlimit": "unlimited",
+    "max_size": "no limit",
+    "verify": "on",
+    "journal": "one per job, in the state folder",
+    "ca_bundle": "the system's trust store",
+}
+
+
+def _size_text(size: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def _describe_values(func: Callable[..., Any]) -> None:
+    by_key = {setting.key: setting for setting in SETTINGS}
+    for param in getattr(func, "__click_params__", ()):
+        setting = by_key.get(param.name or "")
+        if setting is None or not isinstance(param, click.Option):
+            continue
+        if setting.key in _METAVARS:
+            param.metavar = _METAVARS[setting.key]
+        default = _DEFAULTS.get(setting.key)
+        if default is None and setting.default not in (None, (), False, 0, ""):
+            default = (
+                _size_text(setting.default) if setting.parse is parse_size else str(setting.default)
+            )
+        if default is not None and param.help and "default" not in param.help.lower():
+            param.help = f"{param.help}  [default: {default}]"
 
 
 @main.command()

@@ -388,6 +388,7 @@ class EdgeDriveClient:
             headers=headers,
             data=body,
             final=eof,
+            paced=True,
         )
         if response.status == 409:
             reply = UploadReply.from_node(response.node)
@@ -416,6 +417,7 @@ class EdgeDriveClient:
             headers=headers,
             data=body,
             final=eof,
+            paced=True,
         )
         return self._upload_reply(response, what=what, in_session=True)
 
@@ -581,6 +583,7 @@ class EdgeDriveClient:
         json_body: Mapping[str, Any] | None = None,
         auth: bool = True,
         final: bool = False,
+        paced: bool = False,
     ) -> _Response:
         """One HTTP request. A 401 renews the token before it is raised as TokenExpired."""
         request_headers = {"Accept": "application/json"}
@@ -589,7 +592,9 @@ class EdgeDriveClient:
         if auth and self._token is not None:
             request_headers[protocol.AUTHTOKEN] = self._token.reveal()
         sent = len(data) if data is not None else 0
-        if self.bandwidth is not None and sent:
+        # --bwlimit paces file data only: a folder, a login or a metadata question never
+        # waits behind the chunks queued before it
+        if paced and self.bandwidth is not None and sent:
             await self.bandwidth.spend(sent)
         self._requests += 1
         self._bytes_sent += sent

@@ -9,21 +9,14 @@ last name and `path` is null.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
-from bulkdrive.report import one_line
+from bulkdrive.report import one_line, utc_stamp
 
 LOG_FORMATS = ("text", "json")
-
-
-def utc_stamp(seconds: float) -> str:
-    """`2026-11-29T16:09:49.123Z`: ISO-8601, UTC, milliseconds."""
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class TextFormatter(logging.Formatter):

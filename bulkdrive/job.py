@@ -32,6 +32,7 @@ from bulkdrive.journal import (
     JobKey,
     Journal,
     default_journal_path,
+    read_held,
     read_summary,
 )
 from bulkdrive.names import InvalidNames
@@ -77,8 +78,13 @@ class JobRequest:
 class Target:
     url: str
     share: str | None
-    credentials: Credentials
+    credentials_from: Callable[[], Credentials]
     journal_url: str  # stable across runs, unlike the embedded emulator's port
+
+    @property
+    def credentials(self) -> Credentials:
+        """Asked for only when a login is needed: a dry run never prompts for a password."""
+        return self.credentials_from()
 
 
 def shard_of_job(settings: Settings) -> Shard | None:
@@ -145,7 +151,7 @@ async def open_target(
 ) -> AsyncIterator[Target]:
     """The configured server, or an emulator started in this process on 127.0.0.1."""
     if settings["url"]:
-        yield Target(settings["url"], settings["share"], credentials_from(), settings["url"])
+        yield Target(settings["url"], settings["share"], credentials_from, settings["url"])
         return
     check_target(settings)
     from bulkdrive.emulator import EmulatorConfig, Share, User, running_emulator
@@ -165,12 +171,8 @@ async def open_target(
                 f"{emulator.base_url}, files stored in {data_dir / EMBEDDED_SHARE}",
                 file=sys.stderr,
             )
-        yield Target(
-            emulator.base_url,
-            EMBEDDED_SHARE,
-            Credentials(user=EMBEDDED_USER, password=Secret(password)),
-            f"embedded:{data_dir}",
-        )
+        credentials = Credentials(user=EMBEDDED_USER, password=Secret(password))
+        yield Target(emulator.base_url, EMBEDDED_SHARE, lambda: credentials, f"embedded:{data_dir}")
 
 
 def error_line(error: BaseException) -> str:
@@ -362,9 +364,11 @@ async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSu
             console=console,
             is_terminal=console.is_terminal,
             quiet=request.quiet,
-            no_progress=request.no_progress,
-            verbosity=request.verbosity,
+            no_progress=request.no_progress or request.dry_run,
+            # a dry run lists what it would upload and skip, one line each (-q: counts only)
+            verbosity=max(request.verbosity, 1) if request.dry_run else request.verbosity,
             stats_interval=settings["stats_interval"],
+            summary=not request.dry_run,  # nothing was uploaded: no "upload finished" table
         )
         run = TreeUpload(client, plan, reporter=reporter, journal=journal, file_report=file_report)
         state.run = run
@@ -374,9 +378,11 @@ async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSu
         stats = run.statistics()
         console.print(
             f"dry run: would upload {stats.would_upload_files} files "
-            f"({stats.would_upload_bytes} bytes), skip {summary.files.skipped} files "
-            f"({summary.bytes.skipped} bytes); nothing was sent",
+            f"({format_bytes(stats.would_upload_bytes)}), skip {summary.files.skipped} files "
+            f"({format_bytes(summary.bytes.skipped)}), {summary.filtered} left out by the "
+            "filters; nothing was sent",
             soft_wrap=True,
+            markup=False,
         )
     return summary
 
@@ -481,6 +487,7 @@ def print_status(
     total_files = sum(s.total_files for s in summaries)
     total_bytes = sum(s.total_bytes for s in summaries)
     console.print(f"  {'total':<8} {total_files:>10} files {format_bytes(total_bytes):>12}")
+    _print_held(console, paths)
     failed = files.get(FileState.FAILED, 0)
     if failed:
         console.print(f"failures ({failed}):")
@@ -495,6 +502,29 @@ def print_status(
                 )
         if failed > shown:
             console.print(f"  … and {failed - shown} more")
+
+
+def _print_held(console: Console, paths: list[Path]) -> None:
+    """Partial files: how much of each the server holds, from the journal."""
+    held = [read_held(path, STATUS_FAILURES_SHOWN) for path in paths]
+    count = sum(h.files for h in held)
+    if not count:
+        return
+    console.print(
+        f"partial ({count}): the server holds {format_bytes(sum(h.held for h in held))} "
+        f"of {format_bytes(sum(h.size for h in held))}; a re-run continues from there",
+        soft_wrap=True,
+    )
+    shown = [record for h in held for record in h.first][:STATUS_FAILURES_SHOWN]
+    for record in shown:
+        console.print(
+            f"  {record.relative}: {format_bytes(record.offset)} of "
+            f"{format_bytes(record.size)} held",
+            markup=False,
+            soft_wrap=True,
+        )
+    if count > len(shown):
+        console.print(f"  … and {count - len(shown)} more")
 
 
 def _failures(path: Path, limit: int) -> list[FileRecord]:

@@ -231,6 +231,10 @@ _LOOKUP_MANY = f"SELECT {_COLUMNS} FROM files WHERE relative IN"
 _IN_LIMIT = 500  # parameters per query, well under SQLITE_MAX_VARIABLE_NUMBER
 _FAILURES = f"SELECT {_COLUMNS} FROM files WHERE state = 'failed' ORDER BY relative"
 _AGGREGATE = "SELECT state, count(*), total(size) FROM files GROUP BY state"
+#: Files a run left unfinished with bytes on the server: what `bulkdrive status` shows of them.
+_HELD_WHERE = "state IN ('pending', 'partial') AND confirmed_offset > 0"
+_HELD = f"SELECT count(*), total(confirmed_offset), total(size) FROM files WHERE {_HELD_WHERE}"
+_HELD_FILES = f"SELECT {_COLUMNS} FROM files WHERE {_HELD_WHERE} ORDER BY relative LIMIT ?"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -473,6 +477,32 @@ def read_summary(path: Path) -> JournalSummary:
         if conn is not None:
             conn.close()
     return JournalSummary(files, sizes, sum(files.values()), sum(sizes.values()), key, updated_at)
+
+
+@dataclass(frozen=True)
+class HeldBytes:
+    """Unfinished files whose first bytes the server holds, as the journal last heard it: a
+    re-run continues them from there (the server's offset is asked for again first)."""
+
+    files: int
+    held: int  # bytes the server confirmed, summed
+    size: int  # the same files' sizes, summed
+    first: tuple[FileRecord, ...]  # the first few, by path
+
+
+def read_held(path: Path, limit: int) -> HeldBytes:
+    """The partial files of a journal on disk (bounded: counts, and the first `limit`)."""
+    conn = None
+    try:
+        conn = _connect(path, create=False)
+        count, held, size = conn.execute(_HELD).fetchone()
+        first = tuple(_row_to_record(row) for row in conn.execute(_HELD_FILES, (limit,)))
+    except (sqlite3.Error, ValueError) as exc:
+        raise ConfigError(f"cannot read journal {path}: {_one_line(exc)}") from exc
+    finally:
+        if conn is not None:
+            conn.close()
+    return HeldBytes(int(count), int(held), int(size), first)
 
 
 # --- the journal -------------------------------------------------------------------------------

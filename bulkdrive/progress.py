@@ -41,6 +41,7 @@ from bulkdrive.report import (
     one_line,
     printable,
     render_summary,
+    utc_stamp,
 )
 
 Clock = Callable[[], float]
@@ -517,9 +518,14 @@ class PlainReporter(_CountingReporter):
         verbosity: int = 0,
         clock: Clock = time.monotonic,
         heartbeat: float | None = 1.0,
+        timestamps: bool = False,
+        summary: bool = True,
     ) -> None:
         super().__init__(console, verbosity=verbosity, clock=clock)
         self.stats_interval = stats_interval
+        # off a terminal with -v: each event line starts with its ISO-8601 UTC time
+        self.timestamps = timestamps
+        self.summary = summary
         self.lines_printed = 0
         self._heartbeat = heartbeat
         self._out = threading.Lock()
@@ -535,6 +541,8 @@ class PlainReporter(_CountingReporter):
             self.lines_printed += 1
 
     def _emit(self, line: Text) -> None:
+        if self.timestamps:
+            line = Text(f"{utc_stamp(time.time())} {line.plain}")
         self._print(line)
         self._maybe_stat()
 
@@ -590,8 +598,9 @@ class PlainReporter(_CountingReporter):
         self._next_due = math.inf
         if self.stats_interval is not None:
             self._stat()
-        with self._out:
-            render_summary(summary, self.console)
+        if self.summary:
+            with self._out:
+                render_summary(summary, self.console)
 
 
 def _with_rate(fig: Figures, rate: float | None) -> Figures:
@@ -617,8 +626,10 @@ class RichReporter(_CountingReporter):
         transfers_shown: int = DEFAULT_TRANSFERS_SHOWN,
         auto_refresh: bool = True,
         rate_window: float = 10.0,
+        summary: bool = True,
     ) -> None:
         super().__init__(console, verbosity=verbosity, clock=clock)
+        self.summary = summary
         self.renders = 0
         self.transfers_shown = transfers_shown
         self._refresh_per_second = refresh_per_second
@@ -687,7 +698,8 @@ class RichReporter(_CountingReporter):
                 self._flush_lines()
         finally:
             self._live.stop()
-        render_summary(summary, self.console)
+        if self.summary:
+            render_summary(summary, self.console)
 
 
 def render_figures(
@@ -756,13 +768,31 @@ def make_reporter(
     verbosity: int,
     stats_interval: float,
     clock: Clock = time.monotonic,
+    summary: bool = True,
 ) -> Reporter:
     """-q wins (failures only); --no-progress keeps the per-file lines and the summary but
-    shows no progress; otherwise a live display on a terminal, stat lines elsewhere."""
+    shows no progress; otherwise a live display on a terminal, stat lines elsewhere. Off a
+    terminal, -v lines carry their ISO-8601 UTC time. `summary=False` (a dry run) leaves the
+    end-of-run table out."""
     if quiet:
         return QuietReporter(console)
+    stamped = not is_terminal and verbosity >= 1
     if no_progress:
-        return PlainReporter(console, stats_interval=None, verbosity=verbosity, clock=clock)
+        return PlainReporter(
+            console,
+            stats_interval=None,
+            verbosity=verbosity,
+            clock=clock,
+            timestamps=stamped,
+            summary=summary,
+        )
     if is_terminal:
-        return RichReporter(console, verbosity=verbosity, clock=clock)
-    return PlainReporter(console, stats_interval=stats_interval, verbosity=verbosity, clock=clock)
+        return RichReporter(console, verbosity=verbosity, clock=clock, summary=summary)
+    return PlainReporter(
+        console,
+        stats_interval=stats_interval,
+        verbosity=verbosity,
+        clock=clock,
+        timestamps=stamped,
+        summary=summary,
+    )

@@ -10,6 +10,7 @@ read at the end).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import enum
 import errno
 import json
@@ -102,6 +103,12 @@ def _escape(match: re.Match[str]) -> str:
 def printable(text: str) -> str:
     """`text` with every control, bidi and surrogate character escaped (`\\n`, `\\x1b`, ...)."""
     return _UNSAFE.sub(_escape, text)
+
+
+def utc_stamp(seconds: float) -> str:
+    """`2026-11-29T16:09:49.123Z`: ISO-8601, UTC, milliseconds — the time of log lines."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def one_line(text: str) -> str:

@@ -338,6 +338,8 @@ async def test_verbose_lines_off_a_terminal_are_plain_events(
     for line in detail:
         assert ISO_UTC.match(line), line  # 2026-11-29T16:09:49.123Z DEBUG bulkdrive.client: ...
     assert any(len(line) > 100 for line in detail)  # never wrapped at 80 columns
+    # the -v lines (one per file) carry their time too
+    assert any(ISO_UTC.match(line) and " uploaded " in line for line in out), out
     assert not any(line.startswith("[") for line in out)
 
 
@@ -361,3 +363,91 @@ async def test_log_format_json(emulator: Emulator, tmp_path: Path) -> None:
     assert detail == []  # JSON off a terminal: the protocol detail is JSON too
     assert any(json.loads(line)["level"] == "debug" for line in done.stdout.decode().splitlines()
                if line.startswith("{"))  # fmt: skip
+
+
+# --- dry run, help, --bwlimit -------------------------------------------------------------------
+
+
+async def test_dry_run_lists_files_asks_for_no_password_and_uploads_nothing(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    source = one_file(tmp_path)
+    first = await run_cli(*upload_args(emulator, source), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr.decode()
+    (source / "new.txt").write_bytes(b"new")
+    (source / "noise.log").write_bytes(b"log")
+    env = cli_env(home=tmp_path)
+    del env["BULKDRIVE_PASSWORD"]  # and no terminal: asking would fail the run
+    logins = emulator.statistics().logins
+    dry = await run_cli(
+        *upload_args(emulator, source, "--dry-run", "--exclude", "*.log"), cwd=tmp_path, env=env
+    )
+    assert dry.returncode == 0, dry.stderr.decode()
+    out = dry.stdout.decode()
+    assert "would upload new.txt (3 bytes)" in out
+    assert "skipped f.txt: unchanged since the last run" in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("dry run: would upload 1 files") and "1 left out by the filters" in last
+    assert "upload finished" not in out
+    assert emulator.statistics().logins == logins  # no login, no password asked for
+    assert not stored(emulator, "new.txt").exists()
+
+    quiet = await run_cli(*upload_args(emulator, source, "--dry-run", "-q"), cwd=tmp_path, env=env)
+    assert quiet.returncode == 0, quiet.stderr.decode()
+    (only,) = quiet.stdout.decode().strip().splitlines()
+    assert only.startswith("dry run: would upload 2 files")
+
+
+async def test_help_shows_types_and_defaults_and_matches_the_readme(tmp_path: Path) -> None:
+    env = {**cli_env(home=tmp_path), "COLUMNS": "200"}
+    done = await run_cli("upload", "--help", cwd=tmp_path, env=env)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.decode().split())
+    expected = ["--transfers INTEGER", "--chunk-size SIZE", "--bwlimit RATE", "--journal PATH"]
+    expected += ["--connect-timeout SECONDS", "[default: 8]", "[default: 4MiB]", "local emulator"]
+    for word in expected:
+        assert word in text, word
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    retries_row = next(line for line in readme.splitlines() if line.startswith("| `--retries"))
+    described = retries_row.split("|")[3].strip()
+    assert described.lower().rstrip(".") in text.lower()
+    version = await run_cli("-V", cwd=tmp_path, env=env)
+    assert version.returncode == 0 and re.search(rb"\d+\.\d+", version.stdout)
+
+
+async def test_bwlimit_paces_file_data_only(emulator: Emulator, tmp_path: Path) -> None:
+    from bulkdrive import Credentials, EdgeDriveClient, Secret, TransferConfig, upload_file
+
+    from conftest import PASSWORD
+
+    data = tmp_path / "a.bin"
+    data.write_bytes(os.urandom(1000))
+    config = TransferConfig(bwlimit=1024 * 1024)
+    credentials = Credentials(USER, Secret(PASSWORD))
+    async with EdgeDriveClient.connect(
+        emulator.base_url, credentials, share_id=SHARE_ID, config=config
+    ) as client:
+        assert client.bandwidth is not None
+        assert await client.create_folder("\\", "folder") is True
+        assert await client.metadata("\\folder") is not None
+        assert client.bandwidth.statistics().bytes_granted == 0  # nothing queued behind chunks
+        await upload_file(client, data, "\\folder")
+        assert client.bandwidth.statistics().bytes_granted == 1000
+    assert stored(emulator, "folder", "a.bin").read_bytes() == data.read_bytes()
+
+
+async def test_status_shows_what_the_server_holds_of_partial_files(tmp_path: Path) -> None:
+    from bulkdrive.journal import FileRecord, FileState, Journal
+
+    journal = tmp_path / "job.sqlite"
+    async with Journal.open(journal, exclusive=True) as writer:
+        await writer.record(
+            FileRecord("big.bin", 4096, 1, FileState.PARTIAL, request_id="7", offset=1024)
+        )
+        await writer.record(FileRecord("done.txt", 5, 1, FileState.DONE, offset=5))
+        await writer.flush()
+    done = await run_cli("status", "--journal", str(journal), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    out = done.stdout.decode()
+    assert "partial (1): the server holds 1.0 KiB of 4.0 KiB" in out
+    assert "big.bin: 1.0 KiB of 4.0 KiB held" in out

@@ -606,6 +606,7 @@ async def test_untrusted_certificate_is_one_line(tmp_path: Path) -> None:
 
 
 FILE_LINE = re.compile(r"^(uploaded|resumed|skipped) .+ \(.+ in .+\)$")
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
 
 
 async def test_quiet_verbose_and_no_progress(emulator: Emulator, tmp_path: Path) -> None:
@@ -633,10 +634,12 @@ async def test_quiet_verbose_and_no_progress(emulator: Emulator, tmp_path: Path)
     (line,) = out.splitlines()
     assert line.startswith(f"FAILED {BAD_NAME}: ") and "(Rejected); " in line
 
-    # -v: a line per file; --no-progress: no stat lines, the summary still
+    # -v: a line per file (off a terminal each starts with its ISO-8601 UTC time);
+    # --no-progress: no stat lines, the summary still
     code, out, err = await upload("-v", "--no-progress", "--to", "\\verbose")
     assert code == 1, out + err
-    lines = out.splitlines()
+    assert any(STAMP.match(line) for line in out.splitlines())
+    lines = [STAMP.sub("", line) for line in out.splitlines()]
     for path in good:
         assert sum(line.startswith(f"uploaded {path} (") for line in lines) == 1, (path, out)
     assert sum(line.startswith(f"FAILED {BAD_NAME}: ") for line in lines) == 2  # live, summary
@@ -644,7 +647,7 @@ async def test_quiet_verbose_and_no_progress(emulator: Emulator, tmp_path: Path)
     assert summary_rows(out) == expect_rows(tree, uploaded=set(good), failed={BAD_NAME})
 
     code, out, err = await upload("-v", "--no-progress", "--to", "\\verbose")
-    lines = out.splitlines()
+    lines = [STAMP.sub("", line) for line in out.splitlines()]
     for path in good:
         assert f"skipped {path}: unchanged since the last run (journal)" in lines, (path, out)
 
