@@ -378,8 +378,8 @@ async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSu
         stats = run.statistics()
         console.print(
             f"dry run: would upload {stats.would_upload_files} files "
-            f"({format_bytes(stats.would_upload_bytes)}), skip {summary.files.skipped} files "
-            f"({format_bytes(summary.bytes.skipped)}), {summary.filtered} left out by the "
+            f"({stats.would_upload_bytes} bytes), skip {summary.files.skipped} files "
+            f"({summary.bytes.skipped} bytes), {summary.filtered} left out by the "
             "filters; nothing was sent",
             soft_wrap=True,
             markup=False,
