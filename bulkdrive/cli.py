@@ -41,7 +41,7 @@ class _Commands(click.Group):
     lazy: ClassVar[dict[str, tuple[str, str]]] = {
         "serve": ("bulkdrive.emulator.command", "serve"),
         # The commands of a migration besides the upload itself.
-        **{name: ("bulkdrive.migration", name) for name in ("shares", "ls")},
+        **{name: ("bulkdrive.migration", name) for name in ("shares", "ls", "check")},
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -138,6 +138,12 @@ def _setting_options(
         "journal": click.option("--journal", help="Resume journal path."),
         "check_remote": click.option(
             "--check-remote", is_flag=True, default=None, help="Skip files the server already has."
+        ),
+        "create_empty_folders": click.option(
+            "--create-empty-folders",
+            is_flag=True,
+            default=None,
+            help="Create folders that hold no files remotely too.",
         ),
         "connect_timeout": click.option("--connect-timeout", help="Seconds to connect."),
         "read_timeout": click.option("--read-timeout", help="Seconds to wait for a response."),

@@ -324,6 +324,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ca_bundle", _text, None, "PEM file of CA certificates to trust"),
     Setting("journal", _text, None, "resume journal; default: derived from url, share, to, SRC"),
     Setting("check_remote", _bool, False, "skip files the remote folder already has (size+mtime)"),
+    Setting(
+        "create_empty_folders",
+        _bool,
+        False,
+        "create remote folders that hold no files too (as rclone's --create-empty-src-dirs)",
+    ),
     Setting("connect_timeout", _seconds, 30.0, "seconds to connect"),
     Setting("read_timeout", _seconds, 120.0, "seconds to wait for a response"),
     Setting("stats_interval", _seconds, 10.0, "seconds between plain stat lines off a terminal"),

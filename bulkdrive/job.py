@@ -109,6 +109,7 @@ def filters_from(settings: Settings) -> WalkFilters:
         max_size=settings["max_size"] or None,
         follow_symlinks=settings["follow_symlinks"],
         shard=shard_of_job(settings),
+        empty_folders=settings["create_empty_folders"],
     )
 
 
@@ -244,6 +245,22 @@ def log_summary(summary: RunSummary) -> None:
     )
 
 
+def job_key(target: Target, remote_folder: str, source: Path) -> JobKey:
+    return JobKey(
+        url=target.journal_url,
+        share=target.share or "",
+        remote_folder=remote_folder,
+        source=str(source.resolve()),
+    )
+
+
+def journal_path_of(settings: Settings, key: JobKey) -> Path:
+    """--journal, or the job's own journal in the state folder (`check` reads the same one)."""
+    if settings["journal"]:
+        return Path(settings["journal"]).expanduser()
+    return job_journal_path(key, shard_of_job(settings))
+
+
 async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
     """The whole job, and its exit code. Whatever ends it (the last file, a refused login, an
     unknown share, SIGINT while connecting, a bug), the --report is written, --log-file ends
@@ -335,17 +352,8 @@ async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSu
         target = await stack.enter_async_context(
             open_target(settings, request.credentials_from, quiet=request.quiet)
         )
-        key = JobKey(
-            url=target.journal_url,
-            share=target.share or "",
-            remote_folder=remote_folder,
-            source=str(request.source.resolve()),
-        )
-        journal_path = (
-            Path(settings["journal"]).expanduser()
-            if settings["journal"]
-            else job_journal_path(key, shard_of_job(settings))
-        )
+        key = job_key(target, remote_folder, request.source)
+        journal_path = journal_path_of(settings, key)
         journal = await stack.enter_async_context(
             Journal.open(journal_path, key, exclusive=not request.dry_run)
         )

@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 DIGEST_SIZE = 32
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Per connection, in KiB (negative = KiB for SQLite): what bounds the journal's memory.
 CACHE_KIB = 2048
 BUSY_TIMEOUT_MS = 5000
@@ -90,6 +90,9 @@ class FileRecord:
     last_error: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    #: The upload completed with the server's integrity check matching (`bulkdrive check`
+    #: reports such files as "verified").
+    verified: bool = False
 
     def __post_init__(self) -> None:
         if len(self.digests) % DIGEST_SIZE:
@@ -193,7 +196,7 @@ def default_journal_path(
 
 _COLUMNS = (
     "relative, size, mtime_ns, state, request_id, confirmed_offset, digests, file_guid,"
-    " attempts, last_error, created_at, updated_at"
+    " attempts, last_error, created_at, updated_at, verified"
 )
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value);
@@ -216,15 +219,19 @@ CREATE TABLE files (
 CREATE INDEX files_by_state ON files (state, size);
 """
 # user_version the file has → script that brings it one version further, in one transaction.
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+_MIGRATIONS: dict[int, str] = {
+    0: _SCHEMA_V1,
+    1: "ALTER TABLE files ADD COLUMN verified INTEGER NOT NULL DEFAULT 0",
+}
 
 _UPSERT = f"""
-INSERT INTO files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (relative) DO UPDATE SET
     size = excluded.size, mtime_ns = excluded.mtime_ns, state = excluded.state,
     request_id = excluded.request_id, confirmed_offset = excluded.confirmed_offset,
     digests = excluded.digests, file_guid = excluded.file_guid, attempts = excluded.attempts,
-    last_error = excluded.last_error, updated_at = excluded.updated_at
+    last_error = excluded.last_error, updated_at = excluded.updated_at,
+    verified = excluded.verified
 """
 _LOOKUP = f"SELECT {_COLUMNS} FROM files WHERE relative = ?"
 _LOOKUP_MANY = f"SELECT {_COLUMNS} FROM files WHERE relative IN"
@@ -281,6 +288,7 @@ def _row_to_record(row: tuple[Any, ...]) -> FileRecord:
         last_error=row[9],
         created_at=row[10],
         updated_at=row[11],
+        verified=bool(row[12]),
     )
 
 
@@ -298,6 +306,7 @@ def _record_to_row(r: FileRecord) -> tuple[Any, ...]:
         _text(r.last_error),
         r.created_at,
         r.updated_at,
+        int(r.verified),
     )
 
 
@@ -651,6 +660,7 @@ class Journal:
             record.last_error,
             created_at,
             now,
+            record.verified,
         )
         self._records_queued += 1
         if not self._has_pending.is_set():

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -418,6 +419,22 @@ def write_json_report(path: Path, summary: RunSummary) -> None:
 
     Raises OSError if the folder cannot be written."""
     data = json.dumps(summary_to_json(summary), indent=2) + "\n"
+    fd, tmp_name = _temporary_beside(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_json_document(path: Path, document: Mapping[str, Any]) -> None:
+    """Any JSON report, written atomically as `write_json_report` writes the run's."""
+    data = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     fd, tmp_name = _temporary_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as tmp:

@@ -27,6 +27,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from bulkdrive import errors, tuner
+from bulkdrive.check import Version, difference
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import SMALL_FILE_BATCH, SMALL_FILE_READ_AHEAD, TransferConfig
 from bulkdrive.journal import FileRecord, FileState, Journal
@@ -149,7 +150,7 @@ class TreeUpload:
         self._total_known_after: float | None = None
         self._began = 0.0
         self._run_scope = anyio.CancelScope()
-        self._listings: OrderedDict[str, dict[str, tuple[int, int]]] = OrderedDict()
+        self._listings: OrderedDict[str, dict[str, Version]] = OrderedDict()
         self._started = 0
         self._in_flight = 0
         self._max_in_flight = 0
@@ -497,7 +498,7 @@ class TreeUpload:
         if self._plan.check_remote:
             listing = await self._remote_listing(self._remote_folder(entry.relative))
             remote = listing.get(remote_name(_name_of(entry.relative)))
-            if remote == (entry.size, mtime_seconds(entry.mtime_ns)):
+            if difference(Version.local(entry.size, entry.mtime_ns), remote) is None:
                 return "the server has it already (same size and modified time)", SKIP_ON_SERVER
         return None
 
@@ -515,8 +516,11 @@ class TreeUpload:
         if (
             resource is None
             or resource.is_directory
-            or (resource.size, resource.modified_time)
-            != (entry.size, mtime_seconds(entry.mtime_ns))
+            or difference(
+                Version.local(entry.size, entry.mtime_ns),
+                Version(resource.size, resource.modified_time),
+            )
+            is not None
         ):
             return False
         if self._journal is not None and not self._plan.dry_run:
@@ -530,7 +534,7 @@ class TreeUpload:
             )
         return True
 
-    async def _remote_listing(self, folder: str) -> dict[str, tuple[int, int]]:
+    async def _remote_listing(self, folder: str) -> dict[str, Version]:
         listing = self._listings.get(folder)
         if listing is not None:
             self._listings.move_to_end(folder)
@@ -540,7 +544,7 @@ class TreeUpload:
         try:
             async for resource in self._client.list_folder(folder):
                 if not resource.is_directory:
-                    listing[resource.name] = (resource.size, resource.modified_time)
+                    listing[resource.name] = Version(resource.size, resource.modified_time)
         except (errors.FolderNotFound, errors.SessionGone):
             pass  # nothing there yet: every file is new
         except errors.RunFailed:
@@ -687,6 +691,7 @@ class TreeUpload:
                         offset=entry.size,
                         file_guid=result.file_guid,
                         attempts=result.attempts,
+                        verified=result.integrity_verified,
                     )
                 )
             )

@@ -7,7 +7,8 @@ uploads drain it while the walk goes on, and memory holds at most one batch per 
 current path plus the stream's buffer, however many files the tree has.
 
 A folder is sent lazily, just before the first file inside it, so empty folders and folders
-whose files are all filtered out are never created remotely. Only the current path is kept
+whose files are all filtered out are never created remotely (unless `empty_folders` asks for
+them: then a folder not sent yet is sent as the walk leaves it). Only the current path is kept
 (its open listings, the folders on it that were already sent, and with `--follow-symlinks`
 the (st_dev, st_ino) of its folders for loop detection); nothing grows with the tree's size.
 """
@@ -242,7 +243,8 @@ class WalkFilters:
     under it (exclude prunes it; include keeps all of it). Exclude wins over include.
     min_size/max_size bound file sizes in bytes, both inclusive. `shard`: only the paths of
     this shard (a folder is sent only before a file of the shard, so each shard creates the
-    folders it needs)."""
+    folders it needs). `empty_folders` keeps the folders that hold no (kept) files too: they
+    are sent when the walk leaves them, by the shard that owns the folder's path."""
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -250,6 +252,7 @@ class WalkFilters:
     max_size: int | None = None
     follow_symlinks: bool = False
     shard: Shard | None = None
+    empty_folders: bool = False
     _include: GlobSet = field(init=False, repr=False, compare=False)
     _exclude: GlobSet = field(init=False, repr=False, compare=False)
 
@@ -436,6 +439,12 @@ class _Walker:
         if self.on_file is not None and isinstance(item, FileEntry):
             self.on_file(item)
 
+    async def send_path(self, stack: list[_Frame], sent: int) -> None:
+        """The folders on the path that were not yet sent (`stack[sent + 1 :]`), from the top."""
+        for frame in stack[sent + 1 :]:
+            await self.send(FolderEntry(frame.relative))
+            self.folders += 1
+
     async def skip(self, relative: str, reason: str, kind: str) -> None:
         if self.theirs(relative or "."):
             return
@@ -500,6 +509,13 @@ class _Walker:
                     if batch.error:
                         await self.fail(frame.relative, batch.error, UnreadableFolder)
                     if batch.listing is None:
+                        if (
+                            self.filters.empty_folders
+                            and frame.included
+                            and self.filters.in_shard(frame.relative)  # one shard makes it
+                        ):
+                            await self.send_path(stack, sent)
+                            sent = len(stack) - 1
                         stack.pop()
                         sent = min(sent, len(stack) - 1)
                         continue
