@@ -442,7 +442,10 @@ class _Walker:
     async def send_path(self, stack: list[_Frame], sent: int) -> None:
         """The folders on the path that were not yet sent (`stack[sent + 1 :]`), from the top."""
         for frame in stack[sent + 1 :]:
-            await self.send(FolderEntry(frame.relative))
+            folder = FolderEntry(frame.relative)
+            if self.on_folder is not None:
+                self.on_folder(folder)
+            await self.send(folder)
             self.folders += 1
 
     async def skip(self, relative: str, reason: str, kind: str) -> None:
