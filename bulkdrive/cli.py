@@ -41,7 +41,7 @@ class _Commands(click.Group):
     lazy: ClassVar[dict[str, tuple[str, str]]] = {
         "serve": ("bulkdrive.emulator.command", "serve"),
         # The commands of a migration besides the upload itself.
-        **{name: ("bulkdrive.migration", name) for name in ("shares", "ls", "check")},
+        **{name: ("bulkdrive.migration", name) for name in ("shares", "ls", "check", "journals")},
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

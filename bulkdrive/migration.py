@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -29,10 +30,12 @@ from bulkdrive.check import DIFFERENT, CheckPlan, CheckSummary, Finding, Status,
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Settings, load_settings, transfer_config
 from bulkdrive.job import Target, filters_from, job_key, journal_path_of, open_target
-from bulkdrive.journal import Journal
+from bulkdrive.journal import FileState, Journal
+from bulkdrive.journals import JournalInfo, inventory, journals_folder, parse_age
+from bulkdrive.journals import prune as prune_journals
 from bulkdrive.listing import DEFAULT_CONCURRENCY, RemoteEntry, TreeListing
 from bulkdrive.protocol import ShareInfo, join_remote_path, split_remote_path
-from bulkdrive.report import check_writable, write_json_document
+from bulkdrive.report import check_writable, format_bytes, write_json_document
 
 #: The settings that reach a server: every command here takes these.
 CONNECTION = (
@@ -468,3 +471,117 @@ def _print_summary(
             else ""
         )
         console.print(f"{summary.differences} differences{unlisted} ({summary.seconds:.1f}s)")
+
+
+# --- bulkdrive journals -------------------------------------------------------------------
+
+
+def journal_json(info: JournalInfo) -> dict[str, Any]:
+    key = info.key
+    return {
+        "journal": str(info.path),
+        "source": key.source if key else None,
+        "url": info.url or None,
+        "share": key.share if key else None,
+        "remote_folder": key.remote_folder if key else None,
+        "last_run": datetime.fromtimestamp(info.last_run, UTC).isoformat(timespec="seconds"),
+        "files": {str(state): n for state, n in info.files.items()},
+        "total_files": info.total_files,
+        "total_bytes": info.total_bytes,
+        "size_on_disk": info.size_on_disk,
+        "running": info.running,
+        **({"error": info.error} if info.error else {}),
+    }
+
+
+@click.command()
+@click.option("--prune", is_flag=True, help="Delete the journals of jobs not run for a while.")
+@click.option(
+    "--older-than",
+    "older_than",
+    help="Only journals last run longer ago than this, e.g. 30d, 12h (with --prune: 30d).",
+)
+@click.option("--dry-run", is_flag=True, help="With --prune: say what would go; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array instead of a table.")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    help="bulkdrive's state folder (default: $BULKDRIVE_STATE_DIR or the platform's).",
+)
+def journals(
+    prune: bool, older_than: str | None, dry_run: bool, as_json: bool, state_dir: Path | None
+) -> None:
+    """List the resume journals of past jobs (job, last run, counts, size on disk), or delete
+    old ones with --prune. A journal that a running upload holds is never deleted.
+
+    Journals given with --journal elsewhere are not in the state folder, so not listed."""
+    if dry_run and not prune:
+        cli._fail("--dry-run goes with --prune", 2)
+    folder = (state_dir / "journals") if state_dir else journals_folder()
+
+    async def work() -> int:
+        age = parse_age(older_than) if older_than else (30 * 86400.0 if prune else 0.0)
+        now = time.time()
+        if prune:
+            return _prune(folder, age, now, dry_run, as_json)
+        infos = [i for i in inventory(folder) if now - i.last_run >= age]
+        if as_json:
+            click.echo(json.dumps([journal_json(i) for i in infos], indent=2, ensure_ascii=False))
+            return 0
+        _print_journals(folder, infos)
+        return 0
+
+    run_command(work)
+
+
+def _print_journals(folder: Path, infos: list[JournalInfo]) -> None:
+    """A block per journal: plain lines, so that long paths never squeeze a table."""
+    if not infos:
+        click.echo(f"no journals in {folder}")
+        return
+    click.echo(f"journals in {folder}:")
+    for info in infos:
+        click.echo(f"{info.path.name}{'  (running)' if info.running else ''}")
+        if info.key is None:
+            click.echo(f"  not readable: {info.error}")
+            continue
+        key = info.key
+        folder_name = "\\" + key.remote_folder.strip("\\/").replace("/", "\\")
+        click.echo(f"  job: {key.source} → {info.url} share {key.share or '-'} {folder_name}")
+        done = info.files.get(FileState.DONE, 0)
+        failed = info.files.get(FileState.FAILED, 0)
+        click.echo(
+            f"  last run {_when(int(info.last_run))} UTC · {done} done, {failed} failed, "
+            f"{info.total_files - done - failed} other ({format_bytes(info.total_bytes)}) · "
+            f"{format_bytes(info.size_on_disk)} on disk"
+        )
+
+
+def _prune(folder: Path, age: float, now: float, dry_run: bool, as_json: bool) -> int:
+    outcomes = list(prune_journals(folder, age, now=now, dry_run=dry_run))
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {**journal_json(o.info), "removed": o.removed, "kept": o.reason or None}
+                    for o in outcomes
+                ],
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return 0
+    freed = 0
+    for outcome in outcomes:
+        name = outcome.info.path.name
+        if outcome.reason:
+            click.echo(f"{name}: {outcome.reason}")
+            continue
+        freed += outcome.info.size_on_disk
+        click.echo(f"{'would delete' if dry_run else 'deleted'} {name}")
+    went = [o for o in outcomes if not o.reason]
+    click.echo(
+        f"{'would free' if dry_run else 'freed'} {format_bytes(freed)} in {len(went)} journals; "
+        f"{len(outcomes) - len(went)} kept"
+    )
+    return 0
