@@ -20,7 +20,8 @@ from __future__ import annotations
 import enum
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -217,6 +218,16 @@ def _open_db() -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = OFF")
     conn.executescript(_SCHEMA)
     return conn
+
+
+@asynccontextmanager
+async def journal_if_any(path: Path) -> AsyncIterator[Journal | None]:
+    """The job's journal, read beside a run that may hold it; None when the job has none."""
+    if not path.is_file():
+        yield None
+        return
+    async with Journal.open(path) as journal:
+        yield journal
 
 
 def _insert(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:

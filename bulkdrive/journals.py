@@ -49,6 +49,14 @@ class JournalInfo:
     error: str = ""
 
     @property
+    def done(self) -> int:
+        return self.files.get(FileState.DONE, 0)
+
+    @property
+    def failed(self) -> int:
+        return self.files.get(FileState.FAILED, 0)
+
+    @property
     def url(self) -> str:
         """The job's server, without any user:password a URL might carry."""
         if self.key is None:

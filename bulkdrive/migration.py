@@ -26,11 +26,18 @@ from rich.console import Console
 from rich.table import Table
 
 from bulkdrive import cli, errors
-from bulkdrive.check import DIFFERENT, CheckPlan, CheckSummary, Finding, Status, TreeCheck
+from bulkdrive.check import (
+    DIFFERENT,
+    CheckPlan,
+    CheckSummary,
+    Finding,
+    Status,
+    TreeCheck,
+    journal_if_any,
+)
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Settings, load_settings, transfer_config
 from bulkdrive.job import Target, filters_from, job_key, journal_path_of, open_target
-from bulkdrive.journal import FileState, Journal
 from bulkdrive.journals import JournalInfo, inventory, journals_folder, parse_age
 from bulkdrive.journals import prune as prune_journals
 from bulkdrive.listing import DEFAULT_CONCURRENCY, RemoteEntry, TreeListing
@@ -339,7 +346,8 @@ def check(
 
 async def run_check(request: CheckRequest) -> int:
     settings = request.settings
-    filters = filters_from(settings)
+    # The whole tree, whatever --shard a config or the environment sets for uploads.
+    filters = dataclasses.replace(filters_from(settings), shard=None)
     remote_folder = remote_folder_of(settings["to"], "--to")
     for flag, path in (("--report", request.report), ("--report-files", request.report_files)):
         if path is not None:
@@ -363,9 +371,7 @@ async def run_check(request: CheckRequest) -> int:
             connected(settings, concurrency=request.concurrency)
         )
         journal_path = journal_path_of(settings, job_key(target, remote_folder, request.source))
-        journal = None
-        if journal_path.is_file():
-            journal = await stack.enter_async_context(Journal.open(journal_path))
+        journal = await stack.enter_async_context(journal_if_any(journal_path))
         ndjson: TextIO | None = None
         if request.report_files is not None:
             ndjson = stack.enter_context(request.report_files.open("w", encoding="utf-8"))
@@ -548,8 +554,7 @@ def _print_journals(folder: Path, infos: list[JournalInfo]) -> None:
         key = info.key
         folder_name = "\\" + key.remote_folder.strip("\\/").replace("/", "\\")
         click.echo(f"  job: {key.source} → {info.url} share {key.share or '-'} {folder_name}")
-        done = info.files.get(FileState.DONE, 0)
-        failed = info.files.get(FileState.FAILED, 0)
+        done, failed = info.done, info.failed
         click.echo(
             f"  last run {_when(int(info.last_run))} UTC · {done} done, {failed} failed, "
             f"{info.total_files - done - failed} other ({format_bytes(info.total_bytes)}) · "

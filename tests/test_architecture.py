@@ -33,7 +33,8 @@ ROOMS: dict[str, frozenset[str]] = {
         "__main__": "cli",
         "cli": "job bench.run",
         # The commands besides upload (shares, ls, check…): the CLI's room, reusing its helpers.
-        "migration": "cli job client listing check journals protocol",
+        # It writes --report files as `job` does (report).
+        "migration": "cli job client listing check journals protocol report",
         "eventlog": "report",
         # -- one job, from settings to exit code
         "job": "client emulator journal names progress protocol report scheduler shard walk"
