@@ -152,6 +152,12 @@ def _setting_options(
         ),
         "data_dir": click.option("--data-dir", help="Storage of the embedded emulator."),
         "shard": click.option("--shard", help="K/N: upload only this shard of the tree."),
+        "cluster": click.option(
+            "--cluster", help="Spread the files over Dask workers: local:N or tcp://HOST:8786."
+        ),
+        "worker_path": click.option(
+            "--worker-path", help="Where the cluster's workers see SOURCE (default: its path)."
+        ),
     }
     for setting in reversed(SETTINGS):
         if only is None or setting.key in only:

@@ -192,7 +192,8 @@ class EdgeDriveClient:
         self._credentials = credentials
         self.share_id = share_id
         self.config = config
-        self._device_id = uuid.uuid4().hex
+        device = credentials.device_id
+        self._device_id = device.reveal() if device is not None else uuid.uuid4().hex
         self._token: Secret | None = credentials.token
         self._owns_token = False  # a token we got from Login/Renew, so ours to log out
         self._generation = 0
@@ -243,6 +244,15 @@ class EdgeDriveClient:
             finally:
                 with anyio.CancelScope(shield=True):
                     await client._logout()
+
+    def handoff(self) -> Credentials:
+        """This client's token and deviceId, for other processes of the run (`--cluster`
+        workers): they use the token and can renew it, and never see the password."""
+        if self._token is None:
+            raise errors.LoginFailed("not logged in: no token to hand to the workers")
+        return Credentials(
+            user=self._credentials.user, token=self._token, device_id=Secret(self._device_id)
+        )
 
     def statistics(self) -> ClientStatistics:
         return ClientStatistics(

@@ -43,11 +43,13 @@ class Secret:
 
 @dataclass(frozen=True)
 class Credentials:
-    """Either a user name with a password, or a ready token (`QSDK …`)."""
+    """Either a user name with a password, or a ready token (`QSDK …`); a token with the
+    `device_id` of its Login can also be renewed (what `--cluster` hands its workers)."""
 
     user: str = ""
     password: Secret | None = None
     token: Secret | None = None
+    device_id: Secret | None = None
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,16 @@ def _shard(value: object) -> str:
     return f"{index}/{count}"
 
 
+_CLUSTER = re.compile(r"^(local:[1-9]\d*|(tcp|tls)://\S+)$")
+
+
+def _cluster(value: object) -> str:
+    text = _text(value).strip()
+    if not _CLUSTER.match(text):
+        raise ValueError(f"not local:N or tcp://HOST:PORT (or tls://): {value!r}")
+    return text
+
+
 def _globs(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         # From the environment: a comma-separated list.
@@ -335,6 +347,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stats_interval", _seconds, 10.0, "seconds between plain stat lines off a terminal"),
     Setting("data_dir", _text, "bulkdrive-data", "embedded emulator's storage folder"),
     Setting("shard", _shard, None, "K/N: only the files whose path hash modulo N is K"),
+    Setting("cluster", _cluster, None, "local:N worker processes, or a Dask scheduler's address"),
+    Setting("worker_path", _text, None, "where the cluster's workers see SRC, if not at its path"),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 

@@ -378,7 +378,27 @@ async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSu
             stats_interval=settings["stats_interval"],
             summary=not request.dry_run,  # nothing was uploaded: no "upload finished" table
         )
-        run = TreeUpload(client, plan, reporter=reporter, journal=journal, file_report=file_report)
+        engine = None
+        if settings["cluster"] and client is not None and not request.dry_run:
+            from bulkdrive.cluster import ClusterOptions, open_cluster
+
+            options = ClusterOptions(
+                address=settings["cluster"],
+                source=request.source,
+                worker_path=settings["worker_path"],
+                verbose=request.verbosity >= 1,
+            )
+            engine = await stack.enter_async_context(
+                open_cluster(options, client, target.url, config, reporter)
+            )
+        run = TreeUpload(
+            client,
+            plan,
+            reporter=reporter,
+            journal=journal,
+            file_report=file_report,
+            engine=engine,
+        )
         state.run = run
         summary = await run.run()
         state.run_error = run.run_error

@@ -194,6 +194,18 @@ class TransfersUsed:
 
 
 @dataclass(frozen=True)
+class WorkerFigures:
+    """What one worker process of a `--cluster` run did: files it finished (uploaded or
+    failed), bytes the server accepted from it, seconds from its first batch to its last."""
+
+    address: str
+    files: int
+    bytes: int
+    seconds: float
+    batches: int
+
+
+@dataclass(frozen=True)
 class RunSummary:
     files: FileCounts
     bytes: ByteCounts
@@ -215,6 +227,8 @@ class RunSummary:
     total_known_seconds: float | None = None
     #: Under `--transfers auto`; None with a fixed number.
     transfers: TransfersUsed | None = None
+    #: Per worker process, in a `--cluster` run.
+    workers: tuple[WorkerFigures, ...] = ()
 
 
 class RunTally:
@@ -387,6 +401,16 @@ def summary_to_json(summary: RunSummary) -> dict[str, Any]:
             for failure in summary.failures
         ],
         "failures_omitted": summary.failures_omitted,
+        "workers": [
+            {
+                "address": w.address,
+                "files": w.files,
+                "bytes": w.bytes,
+                "seconds": round(w.seconds, 3),
+                "batches": w.batches,
+            }
+            for w in summary.workers
+        ],
     }
 
 
@@ -556,6 +580,14 @@ def render_summary(summary: RunSummary, console: Console) -> None:
         ),
         soft_wrap=True,
     )
+    for worker in summary.workers:
+        console.print(
+            Text(
+                f"worker {worker.address}: {worker.files:,} files, {format_bytes(worker.bytes)} "
+                f"in {format_duration(worker.seconds)} ({worker.batches:,} batches)"
+            ),
+            soft_wrap=True,
+        )
     if summary.transfers is not None:
         used = summary.transfers
         console.print(

@@ -21,7 +21,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -46,6 +46,7 @@ from bulkdrive.report import (
 from bulkdrive.upload import (
     LocalContent,
     ResumePoint,
+    UploadEvents,
     UploadResult,
     read_small_files,
     upload_file,
@@ -83,6 +84,27 @@ _FAILED_FOLDERS_KEPT = 16384
 
 SKIP_UNCHANGED = "unchanged since the last run"
 SKIP_ON_SERVER = "already on the server"
+
+
+class FileEngine(Protocol):
+    """Where the files' uploads run when not in this process (`--cluster`): `upload` does
+    what `upload_file` does for one file of the walk, and tells `events` the same; `slots`
+    files may wait on it at once (it groups them); `summarize` adds its own figures."""
+
+    slots: int
+
+    async def upload(
+        self,
+        entry: FileEntry,
+        remote_folder: str,
+        *,
+        remote_name: str,
+        events: UploadEvents,
+        resume: ResumePoint | None,
+        known_digests: bytes,
+    ) -> UploadResult: ...
+
+    def summarize(self, summary: RunSummary) -> RunSummary: ...
 
 
 @dataclass(frozen=True)
@@ -133,6 +155,7 @@ class TreeUpload:
         journal: Journal | None = None,
         file_report: FileReportWriter | None = None,
         clock: Callable[[], float] = time.monotonic,
+        engine: FileEngine | None = None,
     ) -> None:
         if client is None and not plan.dry_run:
             raise ValueError("a client is needed unless this is a dry run")
@@ -142,6 +165,7 @@ class TreeUpload:
         self._journal = journal
         self._file_report = file_report
         self._clock = clock
+        self._engine = engine
         self._tally = RunTally()
         self._run_error: errors.RunFailed | None = None
         self._interrupted = False
@@ -206,11 +230,13 @@ class TreeUpload:
     async def run(self) -> RunSummary:
         started = self._began = self._clock()
         plan = self._plan
+        engine = self._engine
         self._reporter.start(str(plan.source), plan.remote_folder)
         send, receive = anyio.create_memory_object_stream[WalkItem](plan.backlog)
         self._backlog_used = lambda: receive.statistics().current_buffer_used
         self._handout = _Handout()
-        auto = plan.config.auto_transfers and not plan.dry_run
+        # Under --cluster the workers' own limits hold; the coordinator only hands out.
+        auto = plan.config.auto_transfers and not plan.dry_run and engine is None
         try:
             with self._run_scope:
                 async with anyio.create_task_group() as tg:
@@ -219,7 +245,8 @@ class TreeUpload:
                     tg.start_soon(self._walk, send)
                     if not plan.dry_run:
                         tg.start_soon(self._count, started)
-                    workers = 0 if plan.dry_run else plan.config.transfers
+                    workers = plan.config.transfers if engine is None else engine.slots
+                    workers = 0 if plan.dry_run else workers
                     self._workers_left = workers
                     if auto:
                         settings = tuner.TunerSettings(
@@ -261,6 +288,8 @@ class TreeUpload:
             )
             if auto:
                 summary = replace(summary, transfers=self._transfers_used(started, ended))
+            if engine is not None:
+                summary = engine.summarize(summary)
             # Also when an error escapes: a live display must never be left running.
             self._reporter.close(summary)
         return summary
@@ -390,7 +419,11 @@ class TreeUpload:
                 if not stale:
                     await self._mark_started(entry, record)
                 chosen.append((entry, stale, record))
-        small = [e for e, stale, _ in chosen if not stale and e.size <= SMALL_FILE_READ_AHEAD]
+        small = [
+            e
+            for e, stale, _ in chosen
+            if not stale and e.size <= SMALL_FILE_READ_AHEAD and self._engine is None
+        ]
         contents: dict[str, LocalContent | None] = {}
         if small:
             read = await anyio.to_thread.run_sync(
@@ -618,17 +651,27 @@ class TreeUpload:
                 await self._mark_started(entry, None)
                 if self._journal is not None:
                     await self._journal.flush()
-            result = await upload_file(
-                self._client,
-                entry.path,
-                self._remote_folder(entry.relative),
-                remote_name=remote_name(_name_of(entry.relative)),
-                config=self._plan.config,
-                events=events,
-                content=content,
-                resume=resume,
-                known_digests=known,
-            )
+            if self._engine is not None:
+                result = await self._engine.upload(
+                    entry,
+                    self._remote_folder(entry.relative),
+                    remote_name=remote_name(_name_of(entry.relative)),
+                    events=events,
+                    resume=resume,
+                    known_digests=known,
+                )
+            else:
+                result = await upload_file(
+                    self._client,
+                    entry.path,
+                    self._remote_folder(entry.relative),
+                    remote_name=remote_name(_name_of(entry.relative)),
+                    config=self._plan.config,
+                    events=events,
+                    content=content,
+                    resume=resume,
+                    known_digests=known,
+                )
         except errors.BulkdriveError as exc:
             if isinstance(exc, errors.RunFailed):
                 self._stop(exc)

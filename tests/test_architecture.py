@@ -37,12 +37,14 @@ ROOMS: dict[str, frozenset[str]] = {
         "migration": "cli job client listing check journals protocol report",
         "eventlog": "report",
         # -- one job, from settings to exit code
-        "job": "client emulator journal names progress protocol report scheduler shard walk"
-        " eventlog",
+        "job": "client cluster emulator journal names progress protocol report scheduler shard"
+        " walk eventlog",
         # -- the run
         "scheduler": "client journal names progress protocol report upload walk check resume tuner",
         # --transfers auto: a pure controller, measurements in, the next limit out.
         "tuner": "",
+        # --cluster: the run's files uploaded by Dask workers with the same per-file engine.
+        "cluster": "client progress protocol report session upload walk",
         "resume": "journal names protocol report walk",
         "check": "client journal listing names protocol walk",
         "journals": "journal",

@@ -194,7 +194,9 @@ def test_json_report_schema_and_values(tmp_path: Path) -> None:
         "run_error",
         "failures",
         "failures_omitted",
+        "workers",
     }
+    assert data["workers"] == []
     assert data["files"] == {"uploaded": 2, "resumed": 1, "skipped": 1, "failed": 1, "total": 5}
     assert data["bytes"] == {
         "uploaded": 400,

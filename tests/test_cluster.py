@@ -1,0 +1,267 @@
+"""`--cluster`: one run across Dask worker processes, with the guarantees of one process.
+
+One LocalCluster of 2 worker processes (nannies: a killed worker comes back) serves the whole
+module; the coordinator is `bulkdrive upload --cluster tcp://…` in a subprocess, or the run
+itself in this process where a test inspects what reaches the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from test_cli_upload import cli_env, run_cli, stored, upload_args
+from test_resume import (
+    STARTS,
+    applied,
+    completed,
+    journals,
+    started,
+    tree_size,
+    wait_quiet,
+    write_random,
+)
+
+from bulkdrive.client import EdgeDriveClient
+from bulkdrive.cluster import ClusterOptions, open_cluster
+from bulkdrive.config import Credentials, Secret, TransferConfig
+from bulkdrive.emulator import Emulator
+from bulkdrive.emulator.app import UploadRecord
+from bulkdrive.scheduler import RunPlan, TreeUpload
+
+from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
+from trees import assert_stored, make_tree
+
+distributed = pytest.importorskip("distributed")
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def dask_cluster() -> Iterator[Any]:
+    """Two worker processes of two threads, on loopback, for every test of the module."""
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=2,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        memory_limit=0,
+        silence_logs=logging.ERROR,
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def worker_pids(cluster: Any) -> dict[str, int]:
+    with distributed.Client(cluster) as client:
+        pids: dict[str, int] = client.run(os.getpid)
+        return pids
+
+
+def all_stored_once(records: Iterable[UploadRecord], source: Path) -> None:
+    """Every byte the server stored was sent once: per file, the bodies it applied start
+    where the last one ended (no chunk the server had accepted was sent again), and they add
+    up to the file's size; a file was completed once."""
+    by_path: dict[str, list[UploadRecord]] = {}
+    for r in records:
+        if r.status == 200 and r.body_bytes and r.path:
+            by_path.setdefault(r.path, []).append(r)
+    for path, mine in by_path.items():
+        offset = 0
+        for r in mine:
+            assert r.offset_before == offset, f"{path}: a chunk stored twice ({r})"
+            offset += r.body_bytes
+        local = source.joinpath(*path.strip("\\").split("\\"))
+        assert offset == local.stat().st_size, path
+    done = Counter(r.path for r in records if r.eof and r.status == 200)
+    assert all(n == 1 for n in done.values()), [p for p, n in done.items() if n > 1]
+
+
+def cluster_args(emulator: Emulator, source: Path, cluster: Any, *extra: str) -> list[str]:
+    return upload_args(emulator, source, "--cluster", cluster.scheduler_address, *extra)
+
+
+async def test_two_workers_upload_a_tree_byte_identical(
+    dask_cluster: Any, emulator: Emulator, tmp_path: Path
+) -> None:
+    source = make_tree(tmp_path / "src", small_files=300, large=(9 * MiB + 7,))
+    report = tmp_path / "report.json"
+    done = await run_cli(
+        *cluster_args(emulator, source, dask_cluster, "--report", str(report), "-v"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    files = assert_stored(source, stored(emulator))
+    records = list(emulator.upload_log)
+    all_stored_once(records, source)
+    assert sum(applied(records).values()) == tree_size(source)
+    data = json.loads(report.read_text())
+    assert data["files"]["uploaded"] == files
+    workers = data["workers"]
+    assert len(workers) == 2, workers  # both processes took batches
+    assert sum(w["files"] for w in workers) == files
+    assert sum(w["bytes"] for w in workers) == data["bytes"]["sent"] == tree_size(source)
+    assert all(w["address"].startswith("tcp://127.0.0.1:") for w in workers)
+    text = done.stdout.decode()
+    assert "worker tcp://127.0.0.1:" in text  # -v: a line per batch, and the summary's lines
+
+
+async def test_a_worker_killed_mid_run_costs_nothing(
+    dask_cluster: Any, make_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    # Every upload request waits 20 ms: the kill lands while both workers are busy.
+    emulator = await make_emulator(fault_rate=1.0, faults=("delay",), fault_delay_seconds=0.02)
+    source = make_tree(tmp_path / "src", small_files=200)
+    for i in range(2):
+        write_random(source / f"big-{i}.bin", 24 * MiB + 1)
+    args = cluster_args(emulator, source, dask_cluster, "--transfers", "4")
+    log_path = tmp_path / "run.log"
+    with log_path.open("wb") as run_log, anyio.fail_after(120):
+        process = await anyio.open_process(
+            [sys.executable, "-m", "bulkdrive", *args],
+            cwd=tmp_path,
+            env=cli_env(home=tmp_path),
+            stdout=run_log,
+            stderr=run_log,
+        )
+        async with process:
+            while True:
+                records = list(emulator.upload_log)
+                big_started = sum(1 for p, n in applied(records).items() if "big" in p and n)
+                if len(completed(records)) >= 30 and big_started:
+                    break
+                assert process.returncode is None, log_path.read_text()
+                await anyio.sleep(0.02)
+            busy = [w.address for w in dask_cluster.scheduler.workers.values() if w.processing]
+            assert busy
+            os.kill(worker_pids(dask_cluster)[busy[0]], signal.SIGKILL)
+            code = await process.wait()
+    assert code == 0, log_path.read_text()
+    assert_stored(source, stored(emulator))
+    records = list(emulator.upload_log)
+    all_stored_once(records, source)
+    assert sum(applied(records).values()) == tree_size(source)
+
+
+async def test_the_coordinator_killed_then_rerun_resumes(
+    dask_cluster: Any, make_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    emulator = await make_emulator(fault_rate=1.0, faults=("delay",), fault_delay_seconds=0.02)
+    source = make_tree(tmp_path / "src", small_files=400)
+    args = cluster_args(emulator, source, dask_cluster, "--transfers", "2")
+    env = cli_env(home=tmp_path)
+    with anyio.fail_after(60):
+        process = await anyio.open_process(
+            [sys.executable, "-m", "bulkdrive", *args], cwd=tmp_path, env=env
+        )
+        async with process:
+            try:
+                while len(completed(emulator.upload_log)) < 40:
+                    assert process.returncode is None
+                    await anyio.sleep(0.02)
+            finally:
+                process.kill()
+            assert await process.wait() == -signal.SIGKILL
+    # The batches out when it died end on the workers (or stop starting files): let them.
+    await wait_quiet(emulator, settle=1.0, limit=30)
+    first = list(emulator.upload_log)
+    done_first = completed(first)
+    assert journals(tmp_path)
+    again = await run_cli(*args, "--report", "r2.json", cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr.decode()
+    assert_stored(source, stored(emulator))
+    second = list(emulator.upload_log)[len(first) :]
+    assert second, "the re-run sent nothing: the kill came too late"
+    assert not started(second) & done_first  # done files are not initiated again
+    all_stored_once(list(emulator.upload_log), source)
+
+
+class _CaptureSpecs(distributed.SchedulerPlugin):  # type: ignore[misc]
+    """A scheduler plugin (in this process) that keeps every task's spec, pickled: what the
+    scheduler sends the workers to run."""
+
+    name = "bulkdrive-test-capture"
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.specs: list[bytes] = []
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if finish == "processing":
+            task = self.scheduler.tasks.get(key)
+            if task is not None and task.run_spec is not None:
+                import cloudpickle
+
+                self.specs.append(cloudpickle.dumps(task.run_spec))
+
+
+def _held_by_worker(dask_worker: Any) -> bytes:
+    """What the run gave this worker besides the tasks: its data and its plugins."""
+    import cloudpickle
+
+    plugins = [p for name, p in dask_worker.plugins.items() if name.startswith("bulkdrive")]
+    held = [*dask_worker.data.values(), *plugins]
+    return b"".join(cloudpickle.dumps(value) for value in held)
+
+
+def _log_everything(dask_worker: Any) -> None:
+    logger = logging.getLogger("bulkdrive")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(dask_worker._deque_handler)
+
+
+async def test_the_password_never_reaches_the_workers(
+    dask_cluster: Any, emulator: Emulator, tmp_path: Path
+) -> None:
+    source = make_tree(tmp_path / "src", small_files=60)
+    capture = _CaptureSpecs(dask_cluster.scheduler)
+    dask_cluster.scheduler.add_plugin(capture, name=capture.name)
+    config = TransferConfig(transfers=4)
+    credentials = Credentials(user=USER, password=Secret(PASSWORD))
+    secrets = [PASSWORD.encode(), __import__("base64").b64encode(PASSWORD.encode())]
+    try:
+        async with (
+            EdgeDriveClient.connect(
+                emulator.base_url, credentials, share_id=SHARE_ID, config=config
+            ) as client,
+            open_cluster(
+                ClusterOptions(address=dask_cluster.scheduler_address, source=source),
+                client,
+                emulator.base_url,
+                config,
+            ) as engine,
+        ):
+            dask = engine._dask
+            await dask.run(_log_everything)
+            plan = RunPlan(source=source, config=config)
+            summary = await TreeUpload(client, plan, engine=engine).run()
+            held = await dask.run(_held_by_worker)
+            logs = await dask.get_worker_logs()
+    finally:
+        dask_cluster.scheduler.remove_plugin(name=capture.name)
+    assert summary.files.failed == 0 and summary.files.uploaded > 60
+    assert_stored(source, stored(emulator))
+    assert capture.specs, "no task seen"
+    sent = b"".join(capture.specs) + b"".join(held.values())
+    for secret in secrets:
+        assert secret not in sent
+    # Sensitive enough to see a secret: the workers do hold the run's token.
+    assert all(b"QSDK " in data for data in held.values())
+    text = repr(logs)
+    assert "bulkdrive" in text or logs  # the workers' logs were read
+    assert PASSWORD not in text and secrets[1].decode() not in text
+    assert STARTS  # (the kinds of upload that start a session, as test_resume counts them)
