@@ -431,6 +431,7 @@ class ClusterEngine:
         *,
         in_flight: int,
         path_map: tuple[str, str] | None = None,
+        task: Callable[..., Any] | None = None,
         reporter: Reporter | None = None,
         verbose: bool = False,
         batch_files: int = BATCH_FILES,
@@ -440,6 +441,8 @@ class ClusterEngine:
         self._run_id = run_id
         self._in_flight = max(1, in_flight)
         self._path_map = path_map
+        #: The Dask task that uploads a batch (a benchmark gives a stub).
+        self._task = task or upload_batch
         self._reporter = reporter
         self._verbose = verbose
         self._batch_files = batch_files
@@ -538,7 +541,7 @@ class ClusterEngine:
         future = None
         try:
             future = self._dask.submit(
-                upload_batch,
+                self._task,
                 self._run_id,
                 batch_id,
                 [w.file for w in batch],
@@ -591,11 +594,15 @@ class ClusterEngine:
             )
 
     def _worker_path(self, local_path: str) -> str:
+        """The file's path on the workers: SRC as the walk spelled it (maybe relative to the
+        coordinator's folder) becomes `--worker-path`, or else SRC's absolute path."""
         if self._path_map is None:
-            return local_path
+            return os.path.abspath(local_path)
         source, prefix = self._path_map
         tail = local_path[len(source) :]
-        return prefix.rstrip("/\\") + tail if tail else prefix
+        if tail and tail[0] not in "/\\":  # SRC given as "src/": "src/a" leaves "a"
+            tail = os.sep + tail
+        return prefix + tail
 
 
 def _rebuild(name: str, message: str) -> Exception:
@@ -713,8 +720,11 @@ async def open_cluster(
             config=config,
         )
         await dask.register_plugin(AccessPlugin(access))
-        source = os.path.abspath(options.source)
-        path_map = (source, options.worker_path) if options.worker_path else None
+        # The walk's paths start with SRC as given; the workers get them absolute, or under
+        # --worker-path.
+        given = os.fspath(options.source)
+        prefix = options.worker_path or os.path.abspath(given)
+        path_map = (given, prefix.rstrip("/\\"))
         engine = ClusterEngine(
             dask,
             run_id,

@@ -67,6 +67,7 @@ log = logging.getLogger("bulkdrive.run")
 #: Walk items handed out together: one journal read, one read of the small files and one
 #: journal commit serve them all.
 DISPATCH_BATCH = SMALL_FILE_BATCH
+CLUSTER_DISPATCH_BATCH = 512
 
 #: Block digests (bytes) below which the journal gets them after every block.
 DIGESTS_COPIED_EACH_BLOCK = 64 * 32
@@ -237,6 +238,9 @@ class TreeUpload:
         self._handout = _Handout()
         # Under --cluster the workers' own limits hold; the coordinator only hands out.
         auto = plan.config.auto_transfers and not plan.dry_run and engine is None
+        # An engine groups files by the hundred: hand them out (one journal read and commit
+        # each) in groups as large.
+        dispatch_batch = DISPATCH_BATCH if engine is None else CLUSTER_DISPATCH_BATCH
         try:
             with self._run_scope:
                 async with anyio.create_task_group() as tg:
@@ -265,7 +269,7 @@ class TreeUpload:
                             self._folders.finish("", None)
                         while self._run_error is None:
                             self._max_backlog = max(self._max_backlog, self._backlog_used())
-                            batch = await _next_batch(receive)
+                            batch = await _next_batch(receive, dispatch_batch)
                             if not batch:
                                 break
                             try:
@@ -931,13 +935,15 @@ def _is_pushback(error: errors.BulkdriveError) -> bool:
 _Ready = tuple[FileEntry, bool, LocalContent | None, ResumePoint | None, bytes]
 
 
-async def _next_batch(receive: MemoryObjectReceiveStream[WalkItem]) -> list[WalkItem]:
-    """Wait for one walk item, then take what else the backlog holds, up to DISPATCH_BATCH."""
+async def _next_batch(
+    receive: MemoryObjectReceiveStream[WalkItem], most: int = DISPATCH_BATCH
+) -> list[WalkItem]:
+    """Wait for one walk item, then take what else the backlog holds, up to `most`."""
     try:
         batch = [await receive.receive()]
     except anyio.EndOfStream:
         return []
-    while len(batch) < DISPATCH_BATCH:
+    while len(batch) < most:
         try:
             batch.append(receive.receive_nowait())
         except (anyio.WouldBlock, anyio.EndOfStream):
@@ -990,7 +996,9 @@ class _Handout:
     def __init__(self) -> None:
         self._files: deque[_Ready] = deque()
         self._closed = False
-        self._filled = anyio.Event()
+        # One event per waiting worker, woken one per file: with thousands of workers (a
+        # --cluster run's slots) a shared event would wake them all for every batch.
+        self._waiters: deque[anyio.Event] = deque()
         self._emptied = anyio.Event()
         self._emptied.set()
 
@@ -999,24 +1007,30 @@ class _Handout:
         self._files.extend(files)
         if self._files:
             self._emptied = anyio.Event()
-            self._filled.set()
+            self._wake(len(self._files))
 
     async def get(self) -> _Ready | None:
         """The next file, or None once the hand-out is closed and empty."""
         while not self._files:
             if self._closed:
                 return None
-            await self._filled.wait()
+            waiter = anyio.Event()
+            self._waiters.append(waiter)
+            await waiter.wait()
         ready = self._files.popleft()
         if not self._files:
-            self._filled = anyio.Event()
             self._emptied.set()
         return ready
+
+    def _wake(self, count: int) -> None:
+        while count > 0 and self._waiters:
+            self._waiters.popleft().set()
+            count -= 1
 
     def close(self) -> None:
         """No more batches: the workers end once the files handed out are taken."""
         self._closed = True
-        self._filled.set()
+        self._wake(len(self._waiters))
 
     def __enter__(self) -> _Handout:
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections import Counter
@@ -267,3 +268,25 @@ async def test_the_password_never_reaches_the_workers(
     assert "bulkdrive" in text or logs  # the workers' logs were read
     assert PASSWORD not in text and secrets[1].decode() not in text
     assert STARTS  # (the kinds of upload that start a session, as test_resume counts them)
+
+
+async def test_workers_read_src_under_worker_path(
+    dask_cluster: Any, emulator: Emulator, tmp_path: Path
+) -> None:
+    source = make_tree(tmp_path / "src", small_files=20)
+    # The workers' view of SRC: a copy (same sizes and times) whose one file differs, so that
+    # what the server stores shows which of the two the workers read.
+    mount = tmp_path / "mnt" / "projects"
+    shutil.copytree(source, mount, copy_function=shutil.copy2)
+    changed = mount / "a" / "b" / "c" / "deep.txt"
+    times = changed.stat()
+    changed.write_bytes(b"DEEP")
+    os.utime(changed, ns=(times.st_atime_ns, times.st_mtime_ns))
+    # SRC relative to the coordinator's folder, with a trailing slash: the workers' current
+    # folder is another one, so only the mapping finds the files.
+    args = cluster_args(emulator, Path("src/"), dask_cluster, "--worker-path", str(mount))
+    args[1] = "src/"
+    done = await run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    assert assert_stored(mount, stored(emulator)) > 20
+    assert stored(emulator, "a", "b", "c", "deep.txt").read_bytes() == b"DEEP"

@@ -1,0 +1,337 @@
+"""`--cluster` measured: the engine's overhead, the coordinator's ceiling, and the gain against a
+latency-bound server. Benchmarks, not tests: the machine is shared, so take the ratios (each
+measured within one run, medians of `--repeat`) and not the absolute numbers.
+
+    python benchmarks/cluster.py overhead [--repeat 3]   # --cluster local:1 vs one process
+    python benchmarks/cluster.py latency [--repeat 3]    # local:2 vs one process, 5 ms server
+    python benchmarks/cluster.py coordinator [--files 200000]  # stub workers: files/s, memory
+
+`overhead` and `latency` run `bulkdrive upload` as a program against `bulkdrive serve` (its own
+process, a fresh root per run) and compare the run's own `elapsed_seconds` from `--report`:
+the time from the start of the walk to the last outcome, without the few seconds a LocalCluster
+takes to start its worker processes (paid once per command, whatever the tree's size).
+`coordinator` runs the whole coordinator (walk, journal, batches through Dask, outcomes) in this
+process with workers whose task returns "uploaded" at once, and reports files/s and the
+process's peak RSS at two tree sizes (flat memory: the same peak for 4× the files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+KiB, MiB = 1024, 1024 * 1024
+USER, PASSWORD, SHARE = "bench", "bench-pass", "1"
+
+
+# --- trees --------------------------------------------------------------------------------
+
+
+def make_tree(root: Path, count: int, size: int, per_folder: int = 100) -> Path:
+    """`count` files of `size` random-ish bytes, `per_folder` to a folder; built once."""
+    done = root / ".complete"
+    if done.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    block = os.urandom(max(size, 1))
+    for i in range(count):
+        folder = root / f"d{i // per_folder:05d}"
+        if i % per_folder == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        # Different bytes per file without the cost of os.urandom per small file.
+        data = i.to_bytes(8, "big") + block[8:size] if size >= 8 else block[:size]
+        (folder / f"f{i:07d}.bin").write_bytes(data)
+    done.write_text("")
+    return root
+
+
+def large_tree(root: Path, count: int, size: int) -> Path:
+    done = root / ".complete"
+    if done.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for i in range(count):
+        with (root / f"large-{i}.bin").open("wb") as out:
+            for _ in range(size // MiB):
+                out.write(os.urandom(MiB))
+    done.write_text("")
+    return root
+
+
+# --- one upload against a fresh emulator --------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _server_root() -> Path:
+    shm = Path("/dev/shm")
+    if shm.is_dir() and shutil.disk_usage(shm).free > 3 * 1024 * MiB:
+        return Path(tempfile.mkdtemp(prefix="bulkdrive-cluster-bench-", dir=shm))
+    return Path(tempfile.mkdtemp(prefix="bulkdrive-cluster-bench-"))
+
+
+def upload_once(source: Path, extra: list[str], serve_extra: list[str]) -> dict[str, Any]:
+    """One `bulkdrive upload` against a fresh `bulkdrive serve`; its --report, plus wall time."""
+    port = _free_port()
+    root = _server_root()
+    work = Path(tempfile.mkdtemp(prefix="bulkdrive-cluster-run-"))
+    bulkdrive = [sys.executable, "-m", "bulkdrive"]
+    server = subprocess.Popen(
+        [
+            *bulkdrive,
+            "serve",
+            "--port",
+            str(port),
+            "--root",
+            str(root),
+            "--user",
+            f"{USER}:{PASSWORD}",
+            "--share",
+            f"{SHARE}:bench",
+            *serve_extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        env = {**os.environ, "BULKDRIVE_PASSWORD": PASSWORD, "BULKDRIVE_STATE_DIR": str(work)}
+        report = work / "report.json"
+        command = [
+            *bulkdrive,
+            "upload",
+            str(source),
+            "--url",
+            f"http://127.0.0.1:{port}",
+            "--user",
+            USER,
+            "--share",
+            SHARE,
+            "--no-progress",
+            "-q",
+            "--journal",
+            str(work / "journal.sqlite"),
+            "--report",
+            str(report),
+            *extra,
+        ]
+        began = time.monotonic()
+        done = subprocess.run(command, env=env, capture_output=True, check=False)
+        wall = time.monotonic() - began
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(extra)}: exit {done.returncode}: {done.stderr!r}")
+        data: dict[str, Any] = json.loads(report.read_text())
+        data["wall_seconds"] = wall
+        return data
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def compare(
+    name: str,
+    source: Path,
+    contenders: dict[str, list[str]],
+    serve_extra: list[str],
+    repeat: int,
+    unit: str,
+) -> dict[str, float]:
+    """Medians of `repeat` runs per contender, interleaved (a noisy neighbour hurts all alike)."""
+    seconds: dict[str, list[float]] = {c: [] for c in contenders}
+    walls: dict[str, list[float]] = {c: [] for c in contenders}
+    amount = 0.0
+    for _ in range(repeat):
+        for contender, extra in contenders.items():
+            data = upload_once(source, extra, serve_extra)
+            seconds[contender].append(data["elapsed_seconds"])
+            walls[contender].append(data["wall_seconds"])
+            amount = data["files"]["uploaded"] if unit == "files" else data["bytes"]["sent"]
+    medians = {c: statistics.median(s) for c, s in seconds.items()}
+    for contender in contenders:
+        rate = amount / medians[contender]
+        shown = f"{rate:,.0f} files/s" if unit == "files" else f"{rate / 1e6:,.0f} MB/s"
+        print(
+            f"{name:<14} {contender:<22} run {medians[contender]:7.2f} s  {shown:>14}"
+            f"   (wall {statistics.median(walls[contender]):.2f} s; runs "
+            + ", ".join(f"{s:.2f}" for s in seconds[contender])
+            + ")"
+        )
+    return medians
+
+
+def overhead(data_dir: Path, repeat: int) -> None:
+    large = large_tree(data_dir / "cluster-large", 8, 128 * MiB)
+    small = make_tree(data_dir / "cluster-small", 10_000, 4 * KiB)
+    for name, source, unit in (("large", large, "bytes"), ("small", small, "files")):
+        flags = ["--transfers", "8"] + (["--no-verify"] if name == "large" else [])
+        m = compare(
+            name,
+            source,
+            {"one process": flags, "--cluster local:1": [*flags, "--cluster", "local:1"]},
+            [],
+            repeat,
+            unit,
+        )
+        print(f"{name}: --cluster local:1 at {m['one process'] / m['--cluster local:1']:.2f}×")
+
+
+def latency(data_dir: Path, repeat: int) -> None:
+    small = make_tree(data_dir / "cluster-small", 10_000, 4 * KiB)
+    delay = ["--faults", "delay", "--fault-rate", "1", "--fault-delay-seconds", "0.005"]
+    flags = ["--transfers", "8"]
+    m = compare(
+        "5 ms server",
+        small,
+        {"one process": flags, "--cluster local:2": [*flags, "--cluster", "local:2"]},
+        delay,
+        repeat,
+        "files",
+    )
+    print(f"5 ms server: --cluster local:2 at {m['one process'] / m['--cluster local:2']:.2f}×")
+
+
+# --- the coordinator alone, with stub workers ----------------------------------------------
+
+
+def stub_batch(run_id: str, batch_id: int, files: list[Any]) -> Any:
+    """A worker that uploads nothing: every file "uploaded" at once."""
+    from distributed import get_worker
+
+    from bulkdrive.cluster import BatchReport, FileReport
+
+    now = time.time()
+    done = FileReport(ok=True, file_guid="0" * 32)
+    return BatchReport(
+        worker=get_worker().address,
+        files=(done,) * len(files),
+        started=now,
+        ended=now,
+        accepted=sum(f.size for f in files),
+        rerun=False,
+    )
+
+
+async def _coordinate(source: Path, journal_path: Path) -> tuple[int, float]:
+    import distributed
+
+    from bulkdrive.client import EdgeDriveClient
+    from bulkdrive.cluster import ClusterEngine
+    from bulkdrive.config import Credentials, Secret, TransferConfig
+    from bulkdrive.emulator import EmulatorConfig, Share, User, running_emulator
+    from bulkdrive.journal import JobKey, Journal
+    from bulkdrive.scheduler import RunPlan, TreeUpload
+
+    root = Path(tempfile.mkdtemp(prefix="bulkdrive-coordinator-bench-"))
+    config = EmulatorConfig(
+        root=root, users=(User(USER, PASSWORD),), shares=(Share(SHARE, "bench"),), port=0
+    )
+    try:
+        async with (
+            running_emulator(config) as emulator,
+            distributed.LocalCluster(
+                n_workers=2,
+                threads_per_worker=2,
+                processes=True,
+                asynchronous=True,
+                dashboard_address=None,
+                host="127.0.0.1",
+            ) as cluster,
+            distributed.Client(cluster, asynchronous=True) as dask,
+            EdgeDriveClient.connect(
+                emulator.base_url,
+                Credentials(USER, Secret(PASSWORD)),
+                share_id=SHARE,
+                config=TransferConfig(),
+            ) as client,
+            Journal.open(
+                journal_path, JobKey.of(emulator.base_url, SHARE, "", source), exclusive=True
+            ) as journal,
+        ):
+            engine = ClusterEngine(dask, "bench", in_flight=6, task=stub_batch)
+            run = TreeUpload(client, RunPlan(source=source), journal=journal, engine=engine)
+            import anyio
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(engine.run)
+                summary = await run.run()
+                tg.cancel_scope.cancel()
+            return summary.files.uploaded, summary.elapsed_seconds
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def coordinator_child(source: Path) -> None:
+    import anyio
+
+    work = Path(tempfile.mkdtemp(prefix="bulkdrive-coordinator-journal-"))
+    try:
+        files, seconds = anyio.run(_coordinate, source, work / "journal.sqlite")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"files": files, "seconds": seconds, "peak_rss_mib": peak}))
+
+
+def coordinator(data_dir: Path, files: int) -> None:
+    for count in (files // 4, files):
+        source = make_tree(data_dir / f"cluster-stub-{count}", count, 0, per_folder=500)
+        done = subprocess.run(
+            [sys.executable, __file__, "coordinator-child", str(source)],
+            capture_output=True,
+            check=True,
+        )
+        result = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        rate = result["files"] / result["seconds"]
+        print(
+            f"coordinator, stub workers: {result['files']:,} files in {result['seconds']:.1f} s"
+            f" = {rate:,.0f} files/s; peak RSS {result['peak_rss_mib']:.0f} MiB"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["overhead", "latency", "coordinator", "coordinator-child"])
+    parser.add_argument("source", nargs="?", type=Path)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--files", type=int, default=200_000)
+    parser.add_argument("--data-dir", type=Path, default=Path("bench-data"))
+    args = parser.parse_args()
+    if args.what == "coordinator-child":
+        coordinator_child(args.source)
+    elif args.what == "coordinator":
+        coordinator(args.data_dir, args.files)
+    elif args.what == "overhead":
+        overhead(args.data_dir, args.repeat)
+    else:
+        latency(args.data_dir, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
