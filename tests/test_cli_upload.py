@@ -220,7 +220,10 @@ async def test_sigint_stops_cleanly_with_130(
             env=cli_env(home=tmp_path),
         )
         async with process:
-            await anyio.sleep(2.0)
+            # Signal only once the run is under way (login, share check, then uploads): a
+            # fixed sleep raced the interpreter's start-up on a busy machine.
+            while emulator.statistics().requests < 3 and process.returncode is None:
+                await anyio.sleep(0.05)
             process.send_signal(signal.SIGINT)
             code = await process.wait()
             assert process.stderr is not None
