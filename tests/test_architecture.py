@@ -68,10 +68,16 @@ ROOMS: dict[str, frozenset[str]] = {
         "errors": "",
         "config": "protocol",
         # -- the emulator: a second program, sharing only the wire contract and the errors
-        "emulator": "emulator.app",
-        "emulator.command": "emulator.app emulator.faults emulator.network protocol",
-        "emulator.app": "emulator.database emulator.faults emulator.network emulator.refusals "
-        "emulator.store protocol",
+        "emulator": "emulator.app emulator.config emulator.wire",
+        "emulator.command": "emulator.app emulator.config emulator.faults emulator.network "
+        "protocol",
+        "emulator.app": "emulator.auth emulator.config emulator.faults emulator.network "
+        "emulator.refusals emulator.store emulator.uploads emulator.wire protocol",
+        "emulator.auth": "emulator.config emulator.database emulator.wire protocol",
+        "emulator.uploads": "emulator.faults emulator.refusals emulator.store emulator.wire "
+        "protocol",
+        "emulator.wire": "emulator.config emulator.faults emulator.store protocol",
+        "emulator.config": "emulator.faults emulator.network protocol",
         "emulator.network": "",
         "emulator.store": "emulator.database emulator.disk emulator.refusals protocol",
         "emulator.disk": "emulator.refusals protocol",

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from bulkdrive import protocol
 from bulkdrive.emulator import Emulator
-from bulkdrive.emulator.app import _flat_json
 from bulkdrive.emulator.database import Database
 from bulkdrive.emulator.disk import INLINE_WRITE_BYTES
+from bulkdrive.emulator.wire import flat_json
 
 import edge_raw as er
 from conftest import EmulatorFactory
@@ -188,4 +188,4 @@ def test_flat_json_replies_are_the_bytes_protocol_render_makes(
     fields: dict[str, str | int | bool],
 ) -> None:
     expected = protocol.render(protocol.Format.JSON, protocol.UPLOAD_RESP, fields)
-    assert _flat_json(fields) == expected
+    assert flat_json(fields) == expected

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, Secret
 from bulkdrive.emulator import Emulator
-from bulkdrive.emulator.app import windows_name_problem
+from bulkdrive.emulator.wire import windows_name_problem
 from bulkdrive.errors import InvalidName, NameRefused
 from bulkdrive.journal import FileRecord, FileState, Journal
 from bulkdrive.names import InvalidNames, check_name, is_utf8, local_name, remote_name

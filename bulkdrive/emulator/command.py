@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from bulkdrive import protocol
-from bulkdrive.emulator.app import EmulatorConfig, Share, User, running_emulator
+from bulkdrive.emulator.app import running_emulator
+from bulkdrive.emulator.config import EmulatorConfig, Share, User
 from bulkdrive.emulator.faults import parse_kinds
 from bulkdrive.emulator.network import NetworkModel, parse_duration, parse_rate
 

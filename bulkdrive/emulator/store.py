@@ -28,7 +28,7 @@ import secrets
 import sqlite3
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +102,18 @@ class Session:
     @property
     def path(self) -> str:
         return protocol.join_remote_path((*self.parent, self.name))
+
+    @contextlib.contextmanager
+    def receiving(self) -> Iterator[None]:
+        """Busy while a request's body is received and applied: a re-initiate of the file
+        waits for `idle` (up to busy_wait_seconds) and a second writer is refused (409)."""
+        self.busy = True
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.busy = False
+            self.idle.set()
 
 
 @dataclass(frozen=True)
