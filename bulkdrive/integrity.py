@@ -91,11 +91,6 @@ def block_level_hash(data: Buffer, block_size: int = BLOCK_SIZE) -> str:
     return hasher.hexdigest()
 
 
-def full_file_hash(data: Buffer) -> str:
-    """FullFileHash of a whole file held in memory."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def extended(hasher: BlockHasher, data: Buffer) -> BlockHasher:
     """A new hasher for the prefix followed by `data`; `hasher` itself is left as it was."""
     twin = hasher.copy()

@@ -42,7 +42,6 @@ MAX_MTIME_SECONDS = 32_503_680_000
 
 UPLOAD_RESP = "DM2ContentIndexing_UploadFileResp"
 LOGIN_RESP = "DM2ContentIndexing_CheckCredentialResp"
-LOGIN_REQ = "DM2ContentIndexing_CheckCredentialReq"
 FILE_RESOURCE_RESP = "App_FileResourceResponse"
 FILE_RESOURCE_INFO = "App_FileResourceInfo"
 SHARES_RESP = "App_GetSharedFoldersResp"

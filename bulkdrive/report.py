@@ -61,31 +61,6 @@ class FileOutcome:
     stopped_run: bool = False
 
 
-def failed_outcome(
-    relative: str,
-    remote_path: str,
-    size: int,
-    error: BulkdriveError,
-    *,
-    attempts: int = 0,
-    seconds: float = 0.0,
-    bytes_sent: int = 0,
-) -> FileOutcome:
-    """The FAILED outcome for `error`: its one-line message, class name and hint."""
-    return FileOutcome(
-        relative=relative,
-        remote_path=remote_path,
-        size=size,
-        outcome=Outcome.FAILED,
-        attempts=attempts,
-        seconds=seconds,
-        bytes_sent=bytes_sent,
-        reason=one_line(str(error)) or type(error).__name__,
-        exit_class=type(error).__name__,
-        hint=error.hint or None,
-    )
-
-
 # --- text safe for a terminal or a CI log ---------------------------------------------------
 
 # C0/C1 controls, DEL, lone surrogates (undecodable file names) and the bidi overrides that can

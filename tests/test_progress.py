@@ -9,6 +9,7 @@ import re
 import threading
 import time
 
+from outcomes import failed_outcome
 from rich.console import Console
 
 from bulkdrive.errors import SourceChanged
@@ -20,7 +21,7 @@ from bulkdrive.progress import (
     RichReporter,
     make_reporter,
 )
-from bulkdrive.report import FileOutcome, Outcome, RunSummary, RunTally, failed_outcome
+from bulkdrive.report import FileOutcome, Outcome, RunSummary, RunTally
 
 CONTROL = re.compile(r"[\x1b\r]")
 STAT = re.compile(

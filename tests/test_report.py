@@ -11,6 +11,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from outcomes import failed_outcome
 from rich.console import Console
 
 from bulkdrive.errors import LoginFailed, QuotaExceeded, SourceChanged
@@ -20,7 +21,6 @@ from bulkdrive.report import (
     Outcome,
     RunSummary,
     RunTally,
-    failed_outcome,
     format_bytes,
     format_duration,
     format_rate,

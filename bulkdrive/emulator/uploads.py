@@ -20,7 +20,6 @@ from bulkdrive.emulator.wire import (
     UploadRecord,
     drop_connection,
     header,
-    is_eof,
     query_params,
 )
 
@@ -48,7 +47,7 @@ class UploadRoutes(Routes):
         request_id = queries.get("requestid") if upload_type == "chunkedfile" else None
         kind = "fullFile" if upload_type == "fullfile" else "chunk" if request_id else "initiate"
         share = ctx.share_id or ""
-        eof = is_eof(header(request, protocol.FILE_EOF))
+        eof = protocol.is_true(header(request, protocol.FILE_EOF))
         fault = self.faults.draw()
         if fault is not None:
             self._counters.faults[fault] += 1
@@ -139,7 +138,7 @@ class UploadRoutes(Routes):
             self._counters.initiates += 1
         name, parent, size, mtime, guid = self._file_headers(request)
         path = protocol.join_remote_path((*parent, name))
-        eof = True if full_file else is_eof(header(request, protocol.FILE_EOF))
+        eof = True if full_file else protocol.is_true(header(request, protocol.FILE_EOF))
         length = request.content_length
         force = protocol.is_true(queries.get("forcerestart"))
         verify = protocol.is_true(queries.get("verifyblocklevelfileintegrity"))
@@ -336,7 +335,7 @@ class UploadRoutes(Routes):
     ) -> web.Response:
         root = protocol.UPLOAD_RESP
         self._counters.chunks += 1
-        eof = is_eof(header(request, protocol.FILE_EOF))
+        eof = protocol.is_true(header(request, protocol.FILE_EOF))
         session = await self.store.find(request_id)
         if session is None or session.target != target.key:
             self._record("chunk", target.key, "", request_id, 0, 0, 404, eof, fault)

@@ -180,10 +180,6 @@ def windows_name_problem(name: str) -> str | None:
     return None
 
 
-def is_eof(raw: str | None) -> bool:
-    return raw is not None and raw.strip().lower() in ("1", "true")
-
-
 #: How a fault ended a request without an answer ("reset" or "closed"), for the request log.
 DROPPED = web.RequestKey("bulkdrive.dropped", str)
 
