@@ -28,7 +28,7 @@ from bulkdrive.emulator.config import EmulatorConfig
 from bulkdrive.emulator.faults import FaultInjector
 from bulkdrive.emulator.network import Network
 from bulkdrive.emulator.refusals import StoreError
-from bulkdrive.emulator.store import Store, Target
+from bulkdrive.emulator.store import Store, StoreTarget
 from bulkdrive.emulator.uploads import UploadRoutes
 from bulkdrive.emulator.wire import (
     DIGITS,
@@ -87,10 +87,10 @@ class Emulator(AuthRoutes, UploadRoutes):
         self.shares = {s.share_id: s for s in config.shares}
         self.users = {u.name: u for u in config.users}
         targets = [
-            Target(s.share_id, root / s.share_id, f"share {s.share_id}") for s in config.shares
+            StoreTarget(s.share_id, root / s.share_id, f"share {s.share_id}") for s in config.shares
         ]
         targets += [
-            Target(f"drive:{u.name}", root / "drive" / u.name, f"the drive of {u.name}")
+            StoreTarget(f"drive:{u.name}", root / "drive" / u.name, f"the drive of {u.name}")
             for u in config.users
         ]
         self.store = Store(

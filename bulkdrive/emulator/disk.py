@@ -42,11 +42,10 @@ _IOV_MAX = 512
 
 
 #: A whole file up to this size that arrives in one request is checked, written and renamed on
-#: the event loop itself. Measured on this machine kind: open + write + futimens + close +
-#: rename of 4 KiB costs ~20-40 us of CPU (64 KiB: about 20 us more for the copy), while one hop
-#: to the I/O pool costs ~50-100 us (queue, futex wake-ups, the loop's self-pipe) and was most
-#: of the emulator's CPU per small file. Above 64 KiB the copy starts to hold up other
-#: connections while the hop becomes cheap next to the body, so larger bodies keep the pool.
+#: the event loop itself: the hop to the I/O pool costs more than the write of a small file
+#: (the measurements: benchmarks/README.md, "Measured choices"). Above it the copy would hold
+#: up other connections while the hop becomes cheap next to the body, so larger bodies keep
+#: the pool.
 INLINE_WRITE_BYTES = 64 * 1024
 
 

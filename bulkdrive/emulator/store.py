@@ -28,6 +28,7 @@ import secrets
 import sqlite3
 import stat
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,13 +66,10 @@ T = TypeVar("T")
 
 
 STATE_DIR = ".bulkdrive"
-#: The variant (RFC 4122) and version (4) bits that uuid.UUID(version=4) sets.
-_UUID4_KEEP = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
-_UUID4_SET = (0x8000 << 48) | (4 << 76)
 
 
 @dataclass(frozen=True)
-class Target:
+class StoreTarget:
     """Where uploads go: a share (`key` = shareId) or a user's own drive (`drive:<user>`)."""
 
     key: str
@@ -135,9 +133,8 @@ class _Ids:
         return str(self._random.getrandbits(140) | (1 << 139))
 
     def guid(self) -> str:
-        """uuid.UUID(int=…, version=4).hex, without building the UUID object."""
-        bits = self._random.getrandbits(128) & _UUID4_KEEP | _UUID4_SET
-        return f"{bits:032x}"
+        """A version-4 UUID's 32 hex digits."""
+        return uuid.UUID(int=self._random.getrandbits(128), version=4).hex
 
 
 def block_level_hash(digests: Iterable[bytes]) -> str:
@@ -174,7 +171,7 @@ class Store:
     def __init__(
         self,
         root: Path,
-        targets: Iterable[Target],
+        targets: Iterable[StoreTarget],
         *,
         session_ttl_seconds: float,
         quota: int | None,
@@ -317,7 +314,7 @@ class Store:
 
     async def begin(
         self,
-        target: Target,
+        target: StoreTarget,
         parent: tuple[str, ...],
         name: str,
         *,
@@ -531,7 +528,7 @@ class Store:
         session.persisted = False
         return Completed(session.guid, session.size, verified)
 
-    def _place(self, target: Target, session: Session, strict: bool) -> int:
+    def _place(self, target: StoreTarget, session: Session, strict: bool) -> int:
         """Rename the partial file to its final name; returns the size of the old version."""
         partial = self.partials.path(session.request_id)
         os.utime(partial, (session.mtime, session.mtime))
@@ -539,7 +536,7 @@ class Store:
 
     async def store_small(
         self,
-        target: Target,
+        target: StoreTarget,
         parent: tuple[str, ...],
         name: str,
         body: bytes,
@@ -590,7 +587,7 @@ class Store:
 
     def _write_small(
         self,
-        target: Target,
+        target: StoreTarget,
         parent: tuple[str, ...],
         name: str,
         body: bytes,
@@ -619,13 +616,13 @@ class Store:
     # -- folders and properties
 
     async def create_folder(
-        self, target: Target, parent: tuple[str, ...], name: str, strict: bool
+        self, target: StoreTarget, parent: tuple[str, ...], name: str, strict: bool
     ) -> dict[str, str | int]:
         parts = (*parent, name)
         st = await self._on_io(make_folder, target.directory, parent, name, strict)
         return resource_fields(parts, st, derived_guid(target.key, parts))
 
-    async def metadata(self, target: Target, parts: tuple[str, ...]) -> dict[str, str | int]:
+    async def metadata(self, target: StoreTarget, parts: tuple[str, ...]) -> dict[str, str | int]:
         st = await self._on_io(look_up, target.directory, parts)
         guid = derived_guid(target.key, parts)
         if stat.S_ISREG(st.st_mode):
@@ -634,7 +631,7 @@ class Store:
         return resource_fields(parts, st, guid)
 
     async def list_folder(
-        self, target: Target, parts: tuple[str, ...], offset: int, limit: int
+        self, target: StoreTarget, parts: tuple[str, ...], offset: int, limit: int
     ) -> tuple[int, list[protocol.Fields]]:
         total, page = await self._on_io(scan_folder, target.directory, parts, offset, limit)
         keys = ["/".join((*parts, name)) for name, est in page if stat.S_ISREG(est.st_mode)]

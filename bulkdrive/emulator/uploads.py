@@ -12,7 +12,7 @@ from aiohttp import web
 from bulkdrive import protocol
 from bulkdrive.emulator import faults as fault_kinds
 from bulkdrive.emulator.refusals import BUSY_SESSION, BodyIncomplete, StoreError
-from bulkdrive.emulator.store import Session, Target
+from bulkdrive.emulator.store import Session, StoreTarget
 from bulkdrive.emulator.wire import (
     Ctx,
     Refusal,
@@ -124,7 +124,7 @@ class UploadRoutes(Routes):
         self,
         request: web.Request,
         fmt: protocol.Format,
-        target: Target,
+        target: StoreTarget,
         queries: Mapping[str, str],
         *,
         full_file: bool,
@@ -263,7 +263,7 @@ class UploadRoutes(Routes):
         self,
         request: web.Request,
         fmt: protocol.Format,
-        target: Target,
+        target: StoreTarget,
         parent: tuple[str, ...],
         name: str,
         *,
@@ -329,7 +329,7 @@ class UploadRoutes(Routes):
         self,
         request: web.Request,
         fmt: protocol.Format,
-        target: Target,
+        target: StoreTarget,
         request_id: str,
         fault: str | None,
     ) -> web.Response:

@@ -25,7 +25,7 @@ from aiohttp import web
 from bulkdrive import protocol
 from bulkdrive.emulator.config import EmulatorConfig, Share, User
 from bulkdrive.emulator.faults import FaultInjector
-from bulkdrive.emulator.store import Store, Target
+from bulkdrive.emulator.store import Store, StoreTarget
 
 DIGITS = re.compile(r"^[0-9]+$")
 
@@ -312,10 +312,10 @@ class Routes:
                 node = only[0]
         return dict(node.fields)
 
-    def _share_target(self, share_id: str) -> Target:
+    def _share_target(self, share_id: str) -> StoreTarget:
         return self.store.targets[share_id]
 
-    def _resolve_share(self, share_id: str | None, *, upload: bool) -> Target:
+    def _resolve_share(self, share_id: str | None, *, upload: bool) -> StoreTarget:
         share = self.shares.get(share_id or "")
         if share is None:
             raise Refusal(404, f"share {share_id} does not exist")
@@ -325,7 +325,7 @@ class Routes:
 
     def _authorized_target(
         self, request: web.Request, ctx: Ctx, *, upload: bool
-    ) -> Target | web.Response:
+    ) -> StoreTarget | web.Response:
         user = self._user_of(request)
         if user is None:
             return self._denied(ctx.fmt)

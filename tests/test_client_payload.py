@@ -1,0 +1,74 @@
+"""`client._ChunkPayload` writes chunks from a memoryview through aiohttp's BytesPayload
+internals (`_value`, `write_with_length`), measured on the aiohttp range pyproject.toml pins.
+These tests fail loudly when an aiohttp release moves what it relies on."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bulkdrive import client
+
+pytestmark = pytest.mark.anyio
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def test_the_installed_aiohttp_is_in_the_pinned_range() -> None:
+    dependencies = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]["dependencies"]
+    (spec,) = [d for d in dependencies if d.startswith("aiohttp")]
+    lower = re.search(r">=\s*([\d.]+)", spec)
+    upper = re.search(r"<\s*([\d.]+)", spec)
+    assert lower and upper, f"aiohttp must be pinned to a range in pyproject.toml: {spec}"
+    installed = _version(aiohttp.__version__)
+    assert _version(lower.group(1)) <= installed < _version(upper.group(1))
+
+
+def test_the_payload_keeps_the_chunk_it_was_given_without_a_copy() -> None:
+    chunk = bytes(range(256)) * 8192  # 2 MiB: more than one slice
+    payload = client._payload(chunk)
+    assert isinstance(payload, client._ChunkPayload)
+    assert payload._value is chunk  # aiohttp's private attribute, read by write_with_length
+    assert payload.size == len(chunk)
+
+
+async def test_aiohttp_sends_the_chunk_through_our_slices() -> None:
+    received: list[bytes] = []
+
+    async def store(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app.router.add_post("/", store)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    slices: list[int] = []
+
+    class Counted(client._ChunkPayload):
+        async def write_with_length(self, writer, content_length):  # type: ignore[no-untyped-def]
+            slices.append(len(self._value))
+            await super().write_with_length(writer, content_length)
+
+    chunk = bytes(range(256)) * 12_288  # 3 MiB
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{port}/"
+            async with session.post(url, data=Counted(chunk)) as response:
+                assert response.status == 200
+    finally:
+        await runner.cleanup()
+    assert slices == [len(chunk)], "aiohttp no longer writes the body through write_with_length"
+    assert received == [chunk]
