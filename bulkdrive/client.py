@@ -41,7 +41,7 @@ from tenacity import (
 )
 from yarl import URL
 
-from bulkdrive import errors, protocol
+from bulkdrive import errors, protocol, server_errors
 from bulkdrive.bandwidth import BandwidthBudget
 from bulkdrive.config import Credentials, RetryPolicy, Secret, TransferConfig
 from bulkdrive.protocol import FileResource, LoginReply, Node, ShareInfo, UploadReply
@@ -650,7 +650,7 @@ class EdgeDriveClient:
         self, response: _Response, *, what: str, in_session: bool = False
     ) -> errors.BulkdriveError:
         self._count_failure()
-        return protocol.error_for(
+        return server_errors.error_for(
             response.status,
             response.node,
             what=what,

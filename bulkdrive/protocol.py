@@ -19,8 +19,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bulkdrive import errors
-
 # --- headers and fixed values -------------------------------------------------------------
 
 AUTHTOKEN = "Authtoken"
@@ -390,7 +388,6 @@ def retry_after_seconds(raw: str | None, now: float | None = None) -> float | No
 
 
 #: How servers say that a name is refused (the emulator's --windows-names says "not allowed").
-_REFUSED_NAME = re.compile(r"not allowed|invalid|illegal|reserved")
 
 
 #: The longest piece of a response body that goes into a message (an HTML error page would
@@ -408,58 +405,3 @@ def short_text(text: str) -> str:
         text = _TAG.sub(" ", text)
     line = " ".join(text.split())
     return line if len(line) <= SHORT_TEXT else line[: SHORT_TEXT - 1] + "…"
-
-
-_QUOTA_WORDS = ("quota", "space", "storage", "capacity", "full")
-_SIZE_WORDS = ("larger", "too large", "too big", "size limit", "length", "request body", "entity")
-
-
-def _too_large(node: Node, message: str) -> errors.BulkdriveError:
-    """The two 413s of spec §4, told apart by the errorString: the share's quota, or a request
-    body over the server's limit. A 413 without the API's errorString comes from the web server
-    in front of the API, which knows nothing of quotas: a body over its limit."""
-    said = (node.get("errorString") or node.get("errorMessage") or "").lower()
-    if any(word in said for word in _QUOTA_WORDS):
-        return errors.QuotaExceeded(f"{message} (the share's quota)", status=413)
-    if not said or any(word in said for word in _SIZE_WORDS):
-        return errors.RequestTooLarge(
-            f"{message} (a request is larger than the server accepts)", status=413
-        )
-    return errors.QuotaExceeded(message, status=413)
-
-
-def error_for(
-    status: int,
-    node: Node,
-    *,
-    what: str,
-    in_session: bool = False,
-    retry_after: float | None = None,
-) -> errors.BulkdriveError:
-    """The error that a non-success status stands for. `what` names the request for people."""
-    server_says = short_text(
-        node.get("errorString") or node.get("errorMessage") or node.text or "no message"
-    )
-    message = f"{what}: HTTP {status}: {server_says}"
-    if status == 401:
-        return errors.TokenExpired(message, status=status)
-    if status == 403:
-        return errors.PermissionDenied(message, status=status)
-    if status == 404:
-        if in_session:
-            return errors.SessionGone(message, status=status)
-        if "share" in server_says.lower():
-            return errors.ShareNotFound(message, status=status)
-        return errors.FolderNotFound(message, status=status)
-    if status == 409:
-        return errors.SessionBusy(message, chunk_offset=node.int("chunkOffset", 0))
-    if status == 413:
-        return _too_large(node, message)
-    if status in TRANSIENT_STATUSES:
-        return errors.ServerBusy(message, status=status, retry_after=retry_after)
-    lowered = server_says.lower()
-    if status == 400 and "integrity" in lowered:
-        return errors.IntegrityMismatch(message, status=status)
-    if status == 400 and "name" in lowered and _REFUSED_NAME.search(lowered):
-        return errors.NameRefused(message, status=status)
-    return errors.Rejected(message, status=status)

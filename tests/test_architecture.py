@@ -62,7 +62,9 @@ ROOMS: dict[str, frozenset[str]] = {
         "source": "",
         "integrity": "protocol",
         # -- the wire
-        "client": "bandwidth protocol",
+        "client": "bandwidth protocol server_errors",
+        # What error replies mean: the client's side of the boundary, not shared.
+        "server_errors": "protocol",
         "bandwidth": "",
         "protocol": "",
         "errors": "",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bulkdrive import protocol
-from bulkdrive.emulator.refusals import NO_FOLDER, NO_PARENT, NOTHING_THERE, StoreError
+from bulkdrive.emulator.refusals import StoreError, Why
 
 try:
     import resource
@@ -113,11 +113,11 @@ def _lstat_component(path: str | Path) -> os.stat_result | None:
     except FileNotFoundError:
         return None
     except NotADirectoryError as exc:
-        raise StoreError(400, "a component of the path is a file, not a folder") from exc
+        raise StoreError(Why.FILE_IN_PATH) from exc
     except OSError as exc:
-        raise StoreError(400, f"invalid path: {exc.strerror}") from exc
+        raise StoreError(Why.INVALID_PATH, exc.strerror) from exc
     if stat.S_ISLNK(st.st_mode):
-        raise StoreError(400, "the path goes through a symbolic link, which is refused")
+        raise StoreError(Why.LINK_IN_PATH)
     return st
 
 
@@ -130,7 +130,7 @@ def safe_path(directory: Path, parts: tuple[str, ...]) -> Path:
             break
     path = directory.joinpath(*parts)
     if not _inside(os.path.realpath(path), directory):
-        raise StoreError(400, "the path leaves the share")
+        raise StoreError(Why.LEAVES_SHARE)
     return path
 
 
@@ -149,7 +149,7 @@ def lstat_path(directory: str, parts: tuple[str, ...]) -> tuple[str, os.stat_res
     missing = False
     for part in parts:
         if os.sep in part or part in ("", ".", ".."):
-            raise StoreError(400, "the path leaves the share")
+            raise StoreError(Why.LEAVES_SHARE)
         path = path + os.sep + part
         if missing:
             continue
@@ -176,18 +176,18 @@ def ensure_folder(directory: Path, parts: tuple[str, ...], strict: bool) -> Path
         st = os.lstat(path)
     except FileNotFoundError:
         if strict:
-            raise StoreError(404, NO_PARENT) from None
+            raise StoreError(Why.NO_PARENT) from None
         try:
             path.mkdir(parents=True, exist_ok=True)
         except FileExistsError as exc:
-            raise StoreError(400, "a component of the path is a file, not a folder") from exc
+            raise StoreError(Why.FILE_IN_PATH) from exc
         except NotADirectoryError as exc:
-            raise StoreError(400, "a component of the path is a file, not a folder") from exc
+            raise StoreError(Why.FILE_IN_PATH) from exc
         # A symlink could have appeared while the folders were created.
         safe_path(directory, parts)
         return path
     if not stat.S_ISDIR(st.st_mode):
-        raise StoreError(400, f"{protocol.join_remote_path(parts)} is a file, not a folder")
+        raise StoreError(Why.NOT_A_FOLDER, protocol.join_remote_path(parts))
     return path
 
 
@@ -203,7 +203,7 @@ def rename_into(
         old = 0
     else:
         if stat.S_ISDIR(st.st_mode):
-            raise StoreError(400, f"{protocol.join_remote_path((*parent, name))} is a folder")
+            raise StoreError(Why.IS_A_FOLDER, protocol.join_remote_path((*parent, name)))
         old = st.st_size if stat.S_ISREG(st.st_mode) else 0
     os.replace(source, final)
     return old
@@ -252,14 +252,14 @@ def replace_checked(final: str, parent: tuple[str, ...], name: str, partial: str
     except FileNotFoundError:
         old = 0
     except NotADirectoryError as exc:
-        raise StoreError(400, "a component of the path is a file, not a folder") from exc
+        raise StoreError(Why.FILE_IN_PATH) from exc
     except OSError as exc:
-        raise StoreError(400, f"invalid path: {exc.strerror}") from exc
+        raise StoreError(Why.INVALID_PATH, exc.strerror) from exc
     else:
         if stat.S_ISLNK(st.st_mode):
-            raise StoreError(400, "the path goes through a symbolic link, which is refused")
+            raise StoreError(Why.LINK_IN_PATH)
         if stat.S_ISDIR(st.st_mode):
-            raise StoreError(400, f"{protocol.join_remote_path((*parent, name))} is a folder")
+            raise StoreError(Why.IS_A_FOLDER, protocol.join_remote_path((*parent, name)))
         old = st.st_size if stat.S_ISREG(st.st_mode) else 0
     os.replace(partial, final)
     return old
@@ -274,7 +274,7 @@ def make_folder(
     try:
         path.mkdir()
     except FileExistsError:
-        raise StoreError(409, "a file or folder with this name exists already") from None
+        raise StoreError(Why.EXISTS) from None
     return os.lstat(path)
 
 
@@ -284,9 +284,9 @@ def look_up(directory: Path, parts: tuple[str, ...]) -> os.stat_result:
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
-        raise StoreError(404, NOTHING_THERE) from None
+        raise StoreError(Why.NOTHING_THERE) from None
     if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-        raise StoreError(404, NOTHING_THERE)
+        raise StoreError(Why.NOTHING_THERE)
     return st
 
 
@@ -298,9 +298,9 @@ def scan_folder(
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
-        raise StoreError(404, NO_FOLDER) from None
+        raise StoreError(Why.NO_FOLDER) from None
     if not stat.S_ISDIR(st.st_mode):
-        raise StoreError(404, NO_FOLDER)
+        raise StoreError(Why.NO_FOLDER)
     # Names only (the directory entry's type needs no stat): a page of a folder of
     # 100 000 entries then costs one sort of names and `limit` stat calls, not a
     # stat of every entry for every page.
@@ -324,15 +324,15 @@ def check_destination(directory: Path, parent: tuple[str, ...], name: str, stric
     """Refuse a new file where it cannot go: a missing parent (404 when `strict`), a folder."""
     path = safe_path(directory, (*parent, name))
     if strict and not folder_exists(directory, parent):
-        raise StoreError(404, NO_PARENT)
+        raise StoreError(Why.NO_PARENT)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise StoreError(400, f"invalid path: {exc.strerror}") from exc
+        raise StoreError(Why.INVALID_PATH, exc.strerror) from exc
     if stat.S_ISDIR(st.st_mode):
-        raise StoreError(400, f"{protocol.join_remote_path((*parent, name))} is a folder")
+        raise StoreError(Why.IS_A_FOLDER, protocol.join_remote_path((*parent, name)))
 
 
 def write_small(
@@ -352,9 +352,9 @@ def write_small(
     what `verify` said."""
     final, st, existing = lstat_path(directory, (*parent, name))
     if existing < len(parent) and strict:
-        raise StoreError(404, NO_PARENT)
+        raise StoreError(Why.NO_PARENT)
     if st is not None and stat.S_ISDIR(st.st_mode):
-        raise StoreError(400, f"{protocol.join_remote_path((*parent, name))} is a folder")
+        raise StoreError(Why.IS_A_FOLDER, protocol.join_remote_path((*parent, name)))
     verified = verify()
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -430,7 +430,7 @@ class RootCheck:
             if self._verified.get(directory) == ident:
                 return
         if os.path.realpath(directory) != directory:
-            raise StoreError(400, "the path leaves the share")
+            raise StoreError(Why.LEAVES_SHARE)
         if ident is not None:
             self._verified[directory] = ident
 

@@ -56,11 +56,7 @@ from bulkdrive.emulator.disk import (
     write_batch,
     write_small,
 )
-from bulkdrive.emulator.refusals import (
-    BUSY_SESSION,
-    BodyIncomplete,
-    StoreError,
-)
+from bulkdrive.emulator.refusals import BodyIncomplete, StoreError, Why
 
 T = TypeVar("T")
 
@@ -156,9 +152,9 @@ def integrity_verified(
     if digests is not None and (
         block_hash is None or block_level_hash(digests) != block_hash.lower()
     ):
-        raise StoreError(400, "file integrity check failed")
+        raise StoreError(Why.INTEGRITY)
     if full_hash is not None and actual_full_hash != full_hash.lower():
-        raise StoreError(400, "file integrity check failed")
+        raise StoreError(Why.INTEGRITY)
     return digests is not None or full_hash is not None
 
 
@@ -310,7 +306,7 @@ class Store:
 
     def check_quota(self, size: int) -> None:
         if self.quota is not None and self._used + self._reserved + size > self.quota:
-            raise StoreError(413, f"the quota of {self.quota} bytes would be exceeded")
+            raise StoreError(Why.QUOTA, self.quota)
 
     async def begin(
         self,
@@ -350,11 +346,10 @@ class Store:
             # Another initiate for the same file may have won while this one waited on disk.
             other = self._by_file.get((target.key, parent, name))
             if other is not None and other.busy:
-                raise StoreError(409, BUSY_SESSION)
+                raise StoreError(Why.SESSION_BUSY)
             if other is not None:
                 raise StoreError(
-                    409,
-                    "an unfinished upload session exists for this file",
+                    Why.SESSION_EXISTS,
                     request_id=other.request_id,
                     chunk_offset=other.offset,
                 )
@@ -379,8 +374,8 @@ class Store:
     @staticmethod
     def _disk_error(exc: OSError) -> StoreError:
         if is_full_disk(exc):
-            return StoreError(413, "the server's disk is full")
-        return StoreError(500, f"the server could not write the file: {exc.strerror}")
+            return StoreError(Why.DISK_FULL)
+        return StoreError(Why.WRITE_FAILED, exc.strerror)
 
     async def write_body(
         self,
@@ -420,9 +415,9 @@ class Store:
                 total = written + batch_len + len(piece)
                 # Without Content-Length (chunked encoding) the limits are only seen here.
                 if total > max_bytes:
-                    raise StoreError(413, "the body is larger than the largest accepted request")
+                    raise StoreError(Why.BODY_TOO_LARGE)
                 if total > limit:
-                    raise StoreError(400, "the body would take the file past its FileSize")
+                    raise StoreError(Why.PAST_FILE_SIZE)
                 batch.append(piece)
                 batch_len += len(piece)
                 if batch_len >= WRITE_BATCH:
@@ -478,8 +473,8 @@ class Store:
             if session.verify_block and digest is not None and appended > 0:
                 session.digests.pop()
             await self.rollback(session)
-            status = 413 if "full" in str(exc).lower() else 500
-            raise StoreError(status, f"the server could not record the upload: {exc}") from exc
+            why = Why.RECORD_FULL if "full" in str(exc).lower() else Why.RECORD_FAILED
+            raise StoreError(why, exc) from exc
         session.persisted = True
 
     async def discard(self, session: Session, *, registered: bool = True) -> None:

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from bulkdrive import protocol
 from bulkdrive.emulator import faults as fault_kinds
-from bulkdrive.emulator.refusals import BUSY_SESSION, BodyIncomplete, StoreError
+from bulkdrive.emulator.refusals import BUSY_SESSION, BodyIncomplete, StoreError, Why
 from bulkdrive.emulator.store import Session, StoreTarget
 from bulkdrive.emulator.wire import (
     Ctx,
@@ -227,7 +227,7 @@ class UploadRoutes(Routes):
                     want_digest=verify,
                 )
                 if eof and applied != size:
-                    raise StoreError(400, "FileEOF is 1 but the total differs from FileSize")
+                    raise StoreError(Why.EOF_SIZE_DIFFERS)
                 await self.store.commit(session, applied, digest, persist=not eof)
             except (StoreError, BodyIncomplete) as exc:
                 await self.store.discard(session, registered=not full_file)
@@ -299,7 +299,7 @@ class UploadRoutes(Routes):
                 strict_parents=self.config.strict_parents,
             )
         except StoreError as exc:
-            if "integrity" in exc.message:
+            if exc.why is Why.INTEGRITY:
                 self._counters.integrity_failures += 1
             self._record(kind, target.key, path, "", 0, 0, exc.status, True, fault)
             return self._error(fmt, root, exc.status, exc.message)
@@ -387,7 +387,7 @@ class UploadRoutes(Routes):
                 )
                 if eof and applied != remaining:
                     await self.store.rollback(session)
-                    raise StoreError(400, "FileEOF is 1 but the total differs from FileSize")
+                    raise StoreError(Why.EOF_SIZE_DIFFERS)
                 await self.store.commit(session, applied, digest, persist=not eof)
             except (StoreError, BodyIncomplete) as exc:
                 status = exc.status if isinstance(exc, StoreError) else 400
@@ -451,7 +451,7 @@ class UploadRoutes(Routes):
                 registered=registered,
             )
         except StoreError as exc:
-            if "integrity" in exc.message:
+            if exc.why is Why.INTEGRITY:
                 self._counters.integrity_failures += 1
             done(exc.status)
             return self._error(fmt, root, exc.status, exc.message)
