@@ -305,9 +305,9 @@ class EdgeDriveClient:
         self._logins += 1
         reply = LoginReply.from_node(response.node)
         if response.status != 200 or reply.token is None:
-            self._count_failure()
             if response.status in protocol.TRANSIENT_STATUSES:
-                raise self._error(response, what="login")
+                raise self._error(response, what="login")  # counted there
+            self._count_failure()
             if not _speaks_edge_drive(response):
                 raise errors.NotEdgeDrive(
                     f"{self._base} is not an Edge Drive web-service root: its Login answered "
@@ -643,13 +643,20 @@ class EdgeDriveClient:
         if status == 401 and auth:
             self._count_failure()
             await self._reauthenticate(generation)
-            raise self._error(response, what=what)
+            raise self._reply_error(response, what=what)  # counted once, above
         return response
 
     def _error(
         self, response: _Response, *, what: str, in_session: bool = False
     ) -> errors.BulkdriveError:
+        """The error a failed reply stands for, counted in failed_requests."""
         self._count_failure()
+        return self._reply_error(response, what=what, in_session=in_session)
+
+    @staticmethod
+    def _reply_error(
+        response: _Response, *, what: str, in_session: bool = False
+    ) -> errors.BulkdriveError:
         return server_errors.error_for(
             response.status,
             response.node,

@@ -153,6 +153,20 @@ async def test_expired_token_is_renewed_once_for_all_concurrent_calls(
 
 
 @pytest.mark.anyio
+async def test_a_refused_token_counts_one_failed_request(make_emulator: EmulatorFactory) -> None:
+    emulator = await make_emulator(token_idle_seconds=0.3)
+    async with EdgeDriveClient.connect(
+        emulator.base_url, GOOD, share_id=SHARE_ID, config=FAST
+    ) as client:
+        await client.create_folder("\\", "once")
+        assert client.statistics().failed_requests == 0
+        await anyio.sleep(0.5)  # the token is idle for longer than it lives
+        assert await client.metadata("\\once") is not None  # a 401, renewed, sent again
+        assert emulator.statistics().unauthorized == 1
+        assert client.statistics().failed_requests == 1
+
+
+@pytest.mark.anyio
 async def test_ready_token_refused_falls_back_to_password_login(
     make_emulator: EmulatorFactory,
 ) -> None:
