@@ -301,6 +301,9 @@ class Setting:
     help: str
 
 
+#: The defaults of the options that set a TransferConfig come from the dataclasses themselves.
+_DEFAULT = TransferConfig()
+
 #: Every option of `bulkdrive upload`, in the order config.example.toml documents them.
 SETTINGS: tuple[Setting, ...] = (
     Setting("url", _text, None, "server root, https://HOST/webconsole/api; none: local emulator"),
@@ -311,14 +314,29 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "transfers",
         _transfers,
-        8,
+        _DEFAULT.transfers,
         'files in flight, or "auto"; memory <= transfers x 2 x chunk_size',
     ),
     Setting("max_transfers", _transfer_count, 256, "the most files in flight under transfers auto"),
     Setting("max_memory", parse_size, 1024**3, "file data in memory under transfers auto"),
-    Setting("chunk_size", parse_size, BLOCK_SIZE, "bytes per request; 4MiB unless verify is off"),
-    Setting("verify", _bool, True, "block-level SHA-256 integrity check (off for V11 SP8 servers)"),
-    Setting("retries", _positive_int, 10, "attempts in a row without progress, per file"),
+    Setting(
+        "chunk_size",
+        parse_size,
+        _DEFAULT.chunk_size,
+        "bytes per request; 4MiB unless verify is off",
+    ),
+    Setting(
+        "verify",
+        _bool,
+        _DEFAULT.verify,
+        "block-level SHA-256 integrity check (off for V11 SP8 servers)",
+    ),
+    Setting(
+        "retries",
+        _positive_int,
+        _DEFAULT.retry.attempts,
+        "attempts in a row without progress, per file",
+    ),
     Setting("bwlimit", parse_size, 0, "bytes per second for the whole run, 0 = unlimited"),
     Setting("include", _globs, (), "only upload paths matching these globs (** spans folders)"),
     Setting("exclude", _globs, (), "skip paths matching these globs"),
@@ -342,8 +360,8 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "create remote folders that hold no files too (as rclone's --create-empty-src-dirs)",
     ),
-    Setting("connect_timeout", _seconds, 30.0, "seconds to connect"),
-    Setting("read_timeout", _seconds, 120.0, "seconds to wait for a response"),
+    Setting("connect_timeout", _seconds, _DEFAULT.timeouts.connect, "seconds to connect"),
+    Setting("read_timeout", _seconds, _DEFAULT.timeouts.read, "seconds to wait for a response"),
     Setting("stats_interval", _seconds, 10.0, "seconds between plain stat lines off a terminal"),
     Setting("data_dir", _text, "bulkdrive-data", "embedded emulator's storage folder"),
     Setting("shard", _shard, None, "K/N: only the files whose path hash modulo N is K"),
