@@ -646,21 +646,22 @@ class Journal:
         previous = self._pending.get(relative) or self._inflight.get(relative)
         now = time.time()
         created_at = previous.created_at if previous is not None else record.created_at or now
-        # Built field by field: dataclasses.replace costs three times as much, on every file.
+        # Built field by field: dataclasses.replace costs three times as much, on every file
+        # (benchmarks/README.md). Keywords, so that a new field cannot land in the wrong place.
         self._pending[relative] = FileRecord(
-            relative,
-            record.size,
-            record.mtime_ns,
-            record.state,
-            record.request_id,
-            record.offset,
-            record.digests,
-            record.file_guid,
-            record.attempts,
-            record.last_error,
-            created_at,
-            now,
-            record.verified,
+            relative=relative,
+            size=record.size,
+            mtime_ns=record.mtime_ns,
+            state=record.state,
+            request_id=record.request_id,
+            offset=record.offset,
+            digests=record.digests,
+            file_guid=record.file_guid,
+            attempts=record.attempts,
+            last_error=record.last_error,
+            created_at=created_at,
+            updated_at=now,
+            verified=record.verified,
         )
         self._records_queued += 1
         if not self._has_pending.is_set():
