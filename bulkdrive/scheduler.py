@@ -43,6 +43,15 @@ from bulkdrive.report import (
     TransfersUsed,
     outcome_to_json,
 )
+from bulkdrive.resume import (
+    SKIP_ON_SERVER,
+    SKIP_UNCHANGED,
+    ReadyFile,
+    is_stale,
+    journal_record,
+    ready_file,
+    was_in_flight,
+)
 from bulkdrive.upload import (
     LocalContent,
     ResumePoint,
@@ -82,9 +91,6 @@ AUTO_START = 4
 #: Folders that could not be created, remembered so that their files fail with the folder's
 #: reason without a request each (past this, the oldest are forgotten: the server says).
 _FAILED_FOLDERS_KEPT = 16384
-
-SKIP_UNCHANGED = "unchanged since the last run"
-SKIP_ON_SERVER = "already on the server"
 
 
 class FileEngine(Protocol):
@@ -419,7 +425,7 @@ class TreeUpload:
                 self._would_upload_bytes += entry.size
                 self._reporter.message(f"would upload {entry.relative} ({entry.size} bytes)")
             else:
-                stale = _is_stale(record, entry)
+                stale = is_stale(record, entry)
                 if not stale:
                     await self._mark_started(entry, record)
                 chosen.append((entry, stale, record))
@@ -437,17 +443,10 @@ class TreeUpload:
         if self._journal is not None and chosen:
             # The in-flight marks are on disk before the first request of any of these files.
             await self._journal.flush()
-        ready: list[_Ready] = []
-        for entry, stale, record in chosen:
-            content = contents.get(entry.relative)
-            if record is not None and _same_version(record, entry):
-                resume = None
-                if record.request_id or _was_in_flight(record, entry):
-                    # An earlier run sent this version: its session is ours to continue.
-                    resume = ResumePoint(record.request_id or "", record.offset)
-                ready.append((entry, stale, content, resume, record.digests))
-            else:
-                ready.append((entry, stale, content, None, b""))
+        ready = [
+            ready_file(entry, stale, contents.get(entry.relative), record)
+            for entry, stale, record in chosen
+        ]
         if ready:
             await self._handout.put(ready)
 
@@ -530,7 +529,7 @@ class TreeUpload:
         if record is not None:
             if record.is_done_for(entry.size, entry.mtime_ns):
                 return "unchanged since the last run (journal)", SKIP_UNCHANGED
-            if _was_in_flight(record, entry) and await self._completed_remotely(entry):
+            if was_in_flight(record, entry) and await self._completed_remotely(entry):
                 return "completed on the server before the last run stopped", SKIP_ON_SERVER
         if self._plan.check_remote:
             listing = await self._remote_listing(self._remote_folder(entry.relative))
@@ -562,7 +561,7 @@ class TreeUpload:
             return False
         if self._journal is not None and not self._plan.dry_run:
             await self._journal.record(
-                _record(
+                journal_record(
                     entry,
                     FileState.DONE,
                     offset=entry.size,
@@ -697,9 +696,9 @@ class TreeUpload:
         If the run is killed after the server completed the file but before its DONE record
         was committed, the re-run finds the mark and asks the server (`_completed_remotely`)
         instead of sending the file again."""
-        if self._journal is None or _was_in_flight(record, entry):
+        if self._journal is None or was_in_flight(record, entry):
             return
-        await self._journal.record(_record(entry, FileState.PENDING))
+        await self._journal.record(journal_record(entry, FileState.PENDING))
 
     async def _discard_stale_session(self, entry: FileEntry) -> None:
         """The last run left this file unfinished, and it changed since: an unfinished session
@@ -732,7 +731,7 @@ class TreeUpload:
         if self._journal is not None:
             await self._save(
                 self._journal.record(
-                    _record(
+                    journal_record(
                         entry,
                         FileState.DONE,
                         offset=entry.size,
@@ -773,7 +772,7 @@ class TreeUpload:
         if self._journal is not None and journaled:
             await self._save(
                 self._journal.record(
-                    _record(
+                    journal_record(
                         entry,
                         FileState.FAILED,
                         request_id=events.request_id,
@@ -875,17 +874,6 @@ def _log_event(outcome: FileOutcome) -> dict[str, Any]:
     }
 
 
-def _record(entry: FileEntry, state: FileState, **fields: Any) -> FileRecord:
-    """The journal's record of this version of the file."""
-    return FileRecord(
-        relative=entry.relative,
-        size=entry.size,
-        mtime_ns=entry.mtime_ns,
-        state=state,
-        **fields,
-    )
-
-
 def _parts(relative: str) -> list[str]:
     """The names along a "/"-separated path relative to SRC ("." is SRC itself)."""
     return [] if relative in ("", ".") else relative.split("/")
@@ -900,39 +888,11 @@ def _parent_of(relative: str) -> str:
     return relative.rpartition("/")[0]
 
 
-def _same_version(record: FileRecord | None, entry: FileEntry) -> bool:
-    return record is not None and (record.size, record.mtime_ns) == (entry.size, entry.mtime_ns)
-
-
-def _was_in_flight(record: FileRecord | None, entry: FileEntry) -> bool:
-    """The journal saw this very version of the file start, and not end."""
-    return (
-        record is not None
-        and record.state in (FileState.PENDING, FileState.PARTIAL)
-        and (record.size, record.mtime_ns) == (entry.size, entry.mtime_ns)
-    )
-
-
-def _is_stale(record: FileRecord | None, entry: FileEntry) -> bool:
-    """Another version of the file was left unfinished: the server may hold a session of it."""
-    return (
-        entry.size > 0
-        and record is not None
-        and record.state in (FileState.PENDING, FileState.PARTIAL, FileState.FAILED)
-        and (record.size, record.mtime_ns) != (entry.size, entry.mtime_ns)
-    )
-
-
 def _is_pushback(error: errors.BulkdriveError) -> bool:
     """The server says it has too much to do: 503 or 429, or no answer in time."""
     if isinstance(error, errors.RequestTimeout):
         return True
     return isinstance(error, errors.ServerBusy) and error.status in (429, 503)
-
-
-#: A file handed to a worker: the entry, whether an old session must be discarded first, its
-#: content when it was read ahead, and the session and block digests the journal kept of it.
-_Ready = tuple[FileEntry, bool, LocalContent | None, ResumePoint | None, bytes]
 
 
 async def _next_batch(
@@ -994,7 +954,7 @@ class _Handout:
     """
 
     def __init__(self) -> None:
-        self._files: deque[_Ready] = deque()
+        self._files: deque[ReadyFile] = deque()
         self._closed = False
         # One event per waiting worker, woken one per file: with thousands of workers (a
         # --cluster run's slots) a shared event would wake them all for every batch.
@@ -1002,14 +962,14 @@ class _Handout:
         self._emptied = anyio.Event()
         self._emptied.set()
 
-    async def put(self, files: Iterable[_Ready]) -> None:
+    async def put(self, files: Iterable[ReadyFile]) -> None:
         await self._emptied.wait()
         self._files.extend(files)
         if self._files:
             self._emptied = anyio.Event()
             self._wake(len(self._files))
 
-    async def get(self) -> _Ready | None:
+    async def get(self) -> ReadyFile | None:
         """The next file, or None once the hand-out is closed and empty."""
         while not self._files:
             if self._closed:
@@ -1079,7 +1039,7 @@ class _FileEvents:
         journal = self._run._journal
         if journal is not None and offset < self._entry.size:
             journal.note(
-                _record(
+                journal_record(
                     self._entry,
                     FileState.PARTIAL,
                     request_id=request_id,

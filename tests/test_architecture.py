@@ -45,7 +45,7 @@ ROOMS: dict[str, frozenset[str]] = {
         "tuner": "",
         # --cluster: the run's files uploaded by Dask workers with the same per-file engine.
         "cluster": "client progress protocol report session upload walk",
-        "resume": "journal names protocol report walk",
+        "resume": "journal source upload walk",
         "check": "client journal listing names protocol walk",
         "journals": "journal",
         "listing": "client protocol",

@@ -451,3 +451,50 @@ async def test_status_lists_counts_bytes_and_failures(emulator: Emulator, tmp_pa
     assert missing.returncode == 2
     assert missing.stderr.decode().count("\n") == 1 and b"Traceback" not in missing.stderr
     assert b"nope.sqlite" in missing.stderr
+
+
+# --- the policy itself, without a server (bulkdrive/resume.py) ------------------------------
+
+from bulkdrive.journal import FileRecord, FileState  # noqa: E402
+from bulkdrive.resume import is_stale, ready_file, was_in_flight  # noqa: E402
+from bulkdrive.upload import ResumePoint  # noqa: E402
+from bulkdrive.walk import FileEntry  # noqa: E402
+
+ENTRY = FileEntry(path="/src/a.bin", relative="a.bin", size=10 * 2**20, mtime_ns=7_000_000_000)
+DIGEST = b"\x01" * 32
+
+
+def kept(state: FileState, *, size: int = ENTRY.size, request_id: str | None = None) -> FileRecord:
+    return FileRecord(
+        relative="a.bin",
+        size=size,
+        mtime_ns=ENTRY.mtime_ns,
+        state=state,
+        request_id=request_id,
+        offset=4 * 2**20 if size >= 4 * 2**20 else 0,
+        digests=DIGEST if size >= 4 * 2**20 else b"",
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "in_flight", "stale", "resume"),
+    [
+        (None, False, False, None),
+        (kept(FileState.PENDING), True, False, ResumePoint("", 4 * 2**20)),
+        (kept(FileState.PARTIAL, request_id="77"), True, False, ResumePoint("77", 4 * 2**20)),
+        (kept(FileState.DONE, request_id="77"), False, False, ResumePoint("77", 4 * 2**20)),
+        (kept(FileState.FAILED), False, False, None),
+        (kept(FileState.PARTIAL, size=3, request_id="77"), False, True, None),  # another version
+        (kept(FileState.FAILED, size=3), False, True, None),
+        (kept(FileState.DONE, size=3), False, False, None),
+    ],
+)
+def test_what_the_journal_kept_decides_the_resume(
+    record: FileRecord | None, in_flight: bool, stale: bool, resume: ResumePoint | None
+) -> None:
+    assert was_in_flight(record, ENTRY) is in_flight
+    assert is_stale(record, ENTRY) is stale
+    ready = ready_file(ENTRY, stale, None, record)
+    assert ready.resume == resume
+    same_version = record is not None and record.size == ENTRY.size
+    assert ready.digests == (record.digests if record is not None and same_version else b"")
