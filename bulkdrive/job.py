@@ -36,7 +36,7 @@ from bulkdrive.journal import (
     read_summary,
 )
 from bulkdrive.names import InvalidNames
-from bulkdrive.progress import make_reporter
+from bulkdrive.progress import NullReporter, make_reporter
 from bulkdrive.protocol import join_remote_path, split_remote_path
 from bulkdrive.report import (
     FileReportWriter,
@@ -368,15 +368,19 @@ async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSu
         file_report = None
         if request.report_files is not None:
             file_report = stack.enter_context(FileReportWriter(request.report_files))
-        reporter = make_reporter(
-            console=console,
-            is_terminal=console.is_terminal,
-            quiet=request.quiet,
-            no_progress=request.no_progress or request.dry_run,
-            # a dry run lists what it would upload and skip, one line each (-q: counts only)
-            verbosity=max(request.verbosity, 1) if request.dry_run else request.verbosity,
-            stats_interval=settings["stats_interval"],
-            summary=not request.dry_run,  # nothing was uploaded: no "upload finished" table
+        reporter = (
+            NullReporter()
+            if json_screen(console, request.log_format)
+            else make_reporter(
+                console=console,
+                is_terminal=console.is_terminal,
+                quiet=request.quiet,
+                no_progress=request.no_progress or request.dry_run,
+                # a dry run lists what it would upload and skip, one line each (-q: counts only)
+                verbosity=max(request.verbosity, 1) if request.dry_run else request.verbosity,
+                stats_interval=settings["stats_interval"],
+                summary=not request.dry_run,  # nothing was uploaded: no "upload finished" table
+            )
         )
         engine = None
         if settings["cluster"] and client is not None and not request.dry_run:
@@ -446,7 +450,16 @@ def setup_logging(
         handler.setFormatter(formatter)
         handler.setLevel(detail)
         logger.addHandler(handler)
-    if verbosity >= 2:
+    if json_screen(console, log_format):
+        # stdout is one JSON object per line: the events (per file with -v, protocol detail
+        # with -vv), warnings and errors, and the summary last; the reporter prints nothing
+        screen_json = logging.StreamHandler(console.file)
+        screen_json.setFormatter(formatter)
+        screen_json.setLevel(logging.DEBUG)
+        screen_json.addFilter(_screen_events(verbosity))
+        logger.addHandler(screen_json)
+        logger.setLevel(min(logger.level, logging.INFO))
+    elif verbosity >= 2:
         # Protocol detail; per-file lines come from the reporter itself.
         if console.is_terminal and log_format == "text":
             # through the reporter's console, so that log lines never tear the live display
@@ -457,6 +470,22 @@ def setup_logging(
         screen.setLevel(logging.DEBUG)
         screen.addFilter(logging.Filter("bulkdrive.client"))
         logger.addHandler(screen)
+
+
+def json_screen(console: Console, log_format: str) -> bool:
+    """--log-format json off a terminal: stdout carries JSON lines only."""
+    return log_format == "json" and not console.is_terminal
+
+
+def _screen_events(verbosity: int) -> Callable[[logging.LogRecord], bool]:
+    def keep(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING or getattr(record, "event", None) == "summary":
+            return True
+        if record.name.startswith("bulkdrive.client"):
+            return verbosity >= 2
+        return verbosity >= 1 and record.levelno >= logging.INFO
+
+    return keep
 
 
 def _remote_parts(folder: str) -> tuple[str, ...]:

@@ -451,3 +451,27 @@ async def test_status_shows_what_the_server_holds_of_partial_files(tmp_path: Pat
     out = done.stdout.decode()
     assert "partial (1): the server holds 1.0 KiB of 4.0 KiB" in out
     assert "big.bin: 1.0 KiB of 4.0 KiB held" in out
+
+
+async def test_log_format_json_makes_stdout_json_lines(emulator: Emulator, tmp_path: Path) -> None:
+    source = one_file(tmp_path)
+    (source / "bad\\name.txt").write_bytes(b"x")  # no server stores a backslash: one failure
+    done = await run_cli(*upload_args(emulator, source, "-v", "--log-format", "json"), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr.decode()
+    entries = [json.loads(line) for line in done.stdout.decode().splitlines()]  # JSON only
+    events = [(e["event"], e["path"]) for e in entries]
+    assert ("uploaded", "f.txt") in events
+    assert ("failed", "bad\\name.txt") in events
+    assert entries[-1]["event"] == "summary"
+    assert entries[-1]["fields"]["exit_code"] == 1 == done.returncode
+    quiet = await run_cli(*upload_args(emulator, source, "--log-format", "json"), cwd=tmp_path)
+    lines = [json.loads(line) for line in quiet.stdout.decode().splitlines()]
+    assert {e["event"] for e in lines} <= {"failed", "summary"}  # no per-file lines without -v
+
+
+async def test_bench_help_in_click_style(tmp_path: Path) -> None:
+    done = await run_cli("bench", "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    out = done.stdout.decode()
+    assert out.startswith("Usage: bulkdrive bench [OPTIONS]")
+    assert "Options:" in out and "--workload" in out and "-h, --help" in out
