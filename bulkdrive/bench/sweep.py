@@ -264,7 +264,9 @@ def _throughput_key(workload_rows: Sequence[dict[str, Any]]) -> str:
     return "files_per_s" if per_file < 1.0 else "mb_per_s"
 
 
-def table_rows(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def table_rows(
+    summary: Sequence[dict[str, Any]], chunk_size: int = harness.CHUNK_SIZE
+) -> list[dict[str, Any]]:
     """One row per (workload, latency): each setting's throughput, best fixed, auto, SDK."""
     out = []
     for workload in dict.fromkeys(r["workload"] for r in summary):
@@ -291,6 +293,12 @@ def table_rows(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     "auto_peak": auto["auto_peak"] if auto else None,
                     "auto_mean": auto["auto_mean"] if auto else None,
                     "auto_rss_mib": auto["peak_rss_mib"] if auto else None,
+                    # The memory bound at the highest limit auto reached (+80 MB of runtime).
+                    "auto_rss_bound_mib": (
+                        (auto["auto_peak"] * 2 * chunk_size + 80 * harness.MB) / harness.MiB
+                        if auto and auto["auto_peak"] is not None
+                        else None
+                    ),
                     "busy_share": auto["busy_share"] if auto else None,
                     "sdk": sdk,
                     "auto_vs_best": auto[key] / fixed[best] if auto and best else None,
@@ -317,7 +325,7 @@ def document(config: SweepConfig, points: Sequence[SweepPoint], seconds: float) 
         "seconds": round(seconds, 1),
         "points": [p.to_json() for p in points],
         "summary": summary,
-        "table": table_rows(summary),
+        "table": table_rows(summary, config.bench.chunk_size),
     }
 
 
@@ -339,6 +347,7 @@ def render(doc: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"{workload} ({rows[0]['unit']})")
         head = ["latency", *settings, "auto", "mean/peak", "best", "auto/best", "sdk", "auto/sdk"]
+        head.append("auto rss/bound MiB")
         if doc["config"]["max_active"]:
             head.append("503 after 5s")
         table = [head]
@@ -353,6 +362,7 @@ def render(doc: dict[str, Any]) -> str:
             cells.append(_fmt(r["auto_vs_best"], 2))
             cells.append(_fmt(r["sdk"], 1))
             cells.append(_fmt(r["auto_vs_sdk"], 1))
+            cells.append(f"{_fmt(r['auto_rss_mib'])}/{_fmt(r['auto_rss_bound_mib'])}")
             if doc["config"]["max_active"]:
                 share = r["busy_share"]
                 cells.append("-" if share is None else f"{share:.2%}")
