@@ -119,6 +119,8 @@ class TunerState:
     windows_held: int = 0
     #: The window after a back-off is not judged.
     cooling: bool = False
+    #: Why the tuner started measuring afresh, said with the next change.
+    note: str = ""
 
 
 def start(settings: TunerSettings) -> TunerState:
@@ -145,6 +147,10 @@ def observe(
         return replace(state, cooling=False), None
     if pushbacks > 0:
         return _back_off(settings, state, now.at, pushbacks, seconds)
+    if rates.files == 0 and rates.bytes_per_second == 0:
+        # Nothing finished at all (the server restarting, every transfer waiting to retry):
+        # no limit can be judged on that, and no reference must be taken from it.
+        return state, None
     if state.phase is Phase.GROWING:
         return _grow(settings, state, now.at, rates)
     if state.phase is Phase.PROBING:
@@ -199,11 +205,11 @@ def _grow(
         state = replace(state, phase=Phase.HOLDING, before=rates, windows_held=0)
         return state, None
     reason = (
-        "starting to measure"
+        f"{state.note}starting to measure"
         if before is None
         else f"throughput rose {rates.gain_over(before, settings.min_files):+.0%}"
     )
-    state = replace(state, before=rates, before_limit=state.limit)
+    state = replace(state, before=rates, before_limit=state.limit, note="")
     return _moved(state, at, new, f"{reason} at {state.limit} in flight")
 
 
@@ -233,14 +239,11 @@ def _hold(
     if reference is None:
         return replace(state, before=rates, before_limit=state.limit, windows_held=1), None
     if rates.gain_over(reference, settings.min_files) <= -settings.drop:
-        # Same limit, far less done: the server or the path changed. Measure afresh.
-        state = replace(state, phase=Phase.GROWING, before=rates, before_limit=state.limit)
-        new = _within(settings, state, state.limit * 2)
-        reason = (
-            f"throughput fell {rates.gain_over(reference, settings.min_files):+.0%} "
-            f"at {state.limit} in flight: conditions changed"
-        )
-        return _moved(state, at, new, reason) if new > state.limit else (state, None)
+        # Same limit, far less done: the server or the path changed. The window that saw the
+        # fall may straddle the change: the next one, at this limit, is the new reference.
+        fall = rates.gain_over(reference, settings.min_files)
+        note = f"throughput fell {fall:+.0%} at {state.limit} in flight: conditions changed; "
+        return replace(state, phase=Phase.GROWING, before=None, note=note), None
     held = state.windows_held + 1
     # Follow slow drifts of the reference, so that a fall is measured against the recent past.
     blended = Rates(

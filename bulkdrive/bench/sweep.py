@@ -295,7 +295,7 @@ def table_rows(
                     "auto_rss_mib": auto["peak_rss_mib"] if auto else None,
                     # The memory bound at the highest limit auto reached (+80 MB of runtime).
                     "auto_rss_bound_mib": (
-                        (auto["auto_peak"] * 2 * chunk_size + 80 * harness.MB) / harness.MiB
+                        (auto["auto_peak"] * 2 * chunk_size + 80 * results.MB) / results.MiB
                         if auto and auto["auto_peak"] is not None
                         else None
                     ),
