@@ -530,7 +530,7 @@ def _switching_run(
                     bench.python,
                 )
                 upload = subprocess.Popen(
-                    [*argv, "-vv"], env=env, stdout=out, stderr=err, cwd=run_dir
+                    [*argv, "-v"], env=env, stdout=out, stderr=err, cwd=run_dir
                 )
                 time.sleep(config.switch_after)
             log(f"  midrun: emulator restarted at {config.after * 1000:g} ms latency")
