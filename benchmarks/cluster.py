@@ -127,7 +127,7 @@ def upload_once(source: Path, extra: list[str], serve_extra: list[str]) -> dict[
             "upload",
             str(source),
             "--url",
-            f"http://127.0.0.1:{port}",
+            f"http://127.0.0.1:{port}/webconsole/api",
             "--user",
             USER,
             "--share",
