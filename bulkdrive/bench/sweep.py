@@ -161,8 +161,10 @@ def run_sweep(config: SweepConfig, log: harness.Log = harness._stderr_log) -> di
         if not bench.keep:
             shutil.rmtree(run_root, ignore_errors=True)
             if bench.server_dir is not None:
-                for latency in config.latencies:
-                    where = harness._server_root(bench, _latency_root(run_root, latency), "x")
+                # The pre-faulted folder of the whole sweep, and each latency's storage.
+                roots = [run_root, *(_latency_root(run_root, lat) for lat in config.latencies)]
+                for root in roots:
+                    where = harness._server_root(bench, root, "x")
                     shutil.rmtree(where.parent, ignore_errors=True)
     return document(config, points, time.time() - started)
 
