@@ -478,6 +478,9 @@ def run_midrun(config: MidrunConfig, log: harness.Log = harness._stderr_log) -> 
     finally:
         if not bench.keep:
             shutil.rmtree(run_root, ignore_errors=True)
+            if bench.server_dir is not None:
+                where = harness._server_root(bench, run_root, "x").parent
+                shutil.rmtree(where, ignore_errors=True)
     per_second = auto["rates_after_switch"]
     target = config.recover_share * best
     recovered = next((i + 1 for i, r in enumerate(per_second) if r >= target), None)
