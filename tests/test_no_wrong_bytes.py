@@ -12,13 +12,19 @@ stored bytes and the emulator's upload log (the record of what the server applie
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import sqlite3
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 import anyio
 import pytest
+from test_cli_upload import cli_env, run_cli, upload_args
+from test_cli_upload import stored as stored_cli
 
 from bulkdrive import protocol
 from bulkdrive.client import EdgeDriveClient
@@ -166,3 +172,77 @@ async def test_a_chunk_refused_as_busy_does_not_claim_the_other_writers_bytes(
         ("chunk", 200, 4 * MiB),
     ]
     assert not [r for r in log if r.status == 200 and r.eof and r.body_bytes == 0]
+
+
+# --- 1. resume after an in-place edit that keeps size and mtime ----------------------------------
+
+
+def journaled_blocks(home: Path, relative: str) -> int:
+    """Block digests the job's journal holds for a partial file (0 until it has some)."""
+    found = sorted((home / "state" / "journals").glob("*.sqlite"))
+    if not found:
+        return 0
+    with contextlib.closing(sqlite3.connect(found[0])) as db:
+        try:
+            row = db.execute(
+                "SELECT length(digests) FROM files WHERE relative = ? AND state = 'partial'",
+                (relative,),
+            ).fetchone()
+        except sqlite3.Error:
+            return 0  # not created yet
+    return int(row[0] or 0) // 32 if row else 0
+
+
+@pytest.mark.parametrize("verify", [True, False], ids=["integrity", "no-verify"])
+async def test_resume_after_an_edit_in_place_that_keeps_size_and_mtime(
+    emulator: Emulator, tmp_path: Path, verify: bool
+) -> None:
+    """Issue 11 §1: interrupted mid-file, the first MiB rewritten in place with size and
+    mtime kept (as `cp -p`, `rsync -t` or an editor's save in place leave them), re-run.
+    Before, the re-run continued the session and the stored file kept the old first MiB
+    (exit 0). Now the prefix the session holds is read back from the local file, its
+    digests differ from the journal's, and the file starts over."""
+    source = tmp_path / "src"
+    source.mkdir()
+    big = source / "big.bin"
+    big.write_bytes(random.Random(1).randbytes(40 * MiB))
+    extra = [] if verify else ["--no-verify"]
+    args = [sys.executable, "-m", "bulkdrive", *upload_args(emulator, source, *extra)]
+    env = cli_env(home=tmp_path)
+    with (tmp_path / "run1.log").open("wb") as out, anyio.fail_after(60):
+        process = await anyio.open_process(
+            [*args, "--bwlimit", "8MiB"], cwd=tmp_path, env=env, stdout=out, stderr=out
+        )
+        async with process:
+            try:
+                # Past the first chunk: the resume then continues from an offset that the
+                # re-run's own first chunk does not reach.
+                await until(
+                    lambda: (
+                        journaled_blocks(tmp_path, "big.bin") >= 2 or process.returncode is not None
+                    ),
+                    "the journal holds two block digests of big.bin",
+                    timeout=50,
+                )
+            finally:
+                process.kill()
+            await process.wait()
+    first = len(emulator.upload_log)
+    held = sum(r.body_bytes for r in emulator.upload_log if r.status == 200)
+    assert 0 < held < big.stat().st_size, "the kill did not land mid-file"
+
+    st = big.stat()
+    with big.open("r+b") as f:
+        f.write(random.Random(2).randbytes(MiB))
+    os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (big.stat().st_size, big.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+    again = await run_cli(*args[3:], cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr.decode()
+    assert stored_cli(emulator, "big.bin").read_bytes() == big.read_bytes()
+    # The re-run asked for the session with an empty initiate, then started over with
+    # forceRestart (a 200 for an initiate carrying the first chunk) and sent the whole file.
+    rerun = [r for r in list(emulator.upload_log)[first:] if r.path in ("\\big.bin", "")]
+    assert (rerun[0].kind, rerun[0].status, rerun[0].body_bytes) == ("initiate", 409, 0)
+    assert (rerun[1].kind, rerun[1].status, rerun[1].body_bytes) == ("initiate", 200, 4 * MiB)
+    assert sum(r.body_bytes for r in rerun if r.status == 200) == big.stat().st_size
