@@ -114,6 +114,10 @@ def _setting_options(
             "--retries",
             help="Attempts in a row without progress before a file is reported failed.",
         ),
+        "give_up_after": click.option(
+            "--give-up-after",
+            help="Stop when every request failed (no connection, 5xx) this long.",
+        ),
         "bwlimit": click.option("--bwlimit", help="Bytes per second for the run, e.g. 50MiB."),
         "include": click.option("--include", multiple=True, help="Only paths matching GLOB."),
         "exclude": click.option("--exclude", multiple=True, help="Skip paths matching GLOB."),

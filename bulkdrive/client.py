@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import logging
 import ssl
+import time
 import uuid
 import warnings
 import xml.etree.ElementTree as ET
@@ -43,6 +44,7 @@ from yarl import URL
 
 from bulkdrive import errors, protocol, server_errors
 from bulkdrive.bandwidth import BandwidthBudget
+from bulkdrive.breaker import Breaker
 from bulkdrive.config import Credentials, RetryPolicy, Secret, TransferConfig
 from bulkdrive.protocol import FileResource, LoginReply, Node, ShareInfo, UploadReply
 
@@ -58,6 +60,11 @@ FIRST_LOGIN_MAX_WAIT = 2.0
 #: Login replies of an Edge Drive server carry one of these (spec §2); a page without any is
 #: some other web server.
 _LOGIN_FIELDS = ("token", "errorCode", "errorMessage", "errorString", "userName")
+#: A 401 after at least this many idle seconds teaches the client the server's idle limit;
+#: shorter ones are other causes (a restarted server, a revoked token).
+MIN_LEARNED_IDLE = 1.0
+#: Renew before a request once the token has been idle this share of the limit learned.
+IDLE_RENEWAL_SHARE = 0.5
 
 log = logging.getLogger("bulkdrive.client")
 
@@ -79,16 +86,28 @@ class _AttemptsWithoutProgress:
         self._progress = progress
         self._mark = progress() if progress is not None else 0
         self._base = 0
+        # Attempts that failed only because another request had replaced the token: free.
+        self._free: set[int] = set()
 
     def __call__(self, retry_state: RetryCallState) -> RetryCallState:
+        number = retry_state.attempt_number
         if self._progress is not None:
             now = self._progress()
             if now > self._mark:
                 self._mark = now
-                self._base = retry_state.attempt_number - 1
+                self._base = number - 1
+                self._free.clear()
+        if _replaced_token(retry_state):
+            self._free.add(number)
         counted = copy.copy(retry_state)
-        counted.attempt_number = retry_state.attempt_number - self._base
+        counted.attempt_number = max(1, number - self._base - len(self._free))
         return counted
+
+
+def _replaced_token(retry_state: RetryCallState) -> bool:
+    outcome = retry_state.outcome
+    error = outcome.exception() if outcome is not None else None
+    return isinstance(error, errors.TokenExpired) and error.replaced
 
 
 class _Stop:
@@ -109,6 +128,8 @@ class _Wait:
         self._counted = counted
 
     def __call__(self, retry_state: RetryCallState) -> float:
+        if _replaced_token(retry_state):
+            return 0.0  # the new token is there already
         wait = float(self._jitter(self._counted(retry_state)))
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None else None
@@ -198,6 +219,9 @@ class EdgeDriveClient:
         self._owns_token = False  # a token we got from Login/Renew, so ours to log out
         self._generation = 0
         self._auth_lock = anyio.Lock()
+        self._token_used_at = time.monotonic()
+        self._idle_limit: float | None = None  # seconds of idleness a token was refused after
+        self.breaker = Breaker(config.retry.give_up_after)
         # Plain counters: bumped on every request, frozen into ClientStatistics on demand.
         self._requests = self._bytes_sent = self._logins = self._renewals = self._failed = 0
         self.bandwidth = BandwidthBudget(config.bwlimit) if config.bwlimit else None
@@ -321,6 +345,7 @@ class EdgeDriveClient:
             )
         self._token = Secret(reply.token)
         self._owns_token = True
+        self._token_used_at = time.monotonic()
 
     async def _renew(self) -> bool:
         """RenewLoginToken with the Login's deviceId; False when the server refuses it."""
@@ -335,6 +360,7 @@ class EdgeDriveClient:
             return False
         self._token = Secret(token)
         self._owns_token = True
+        self._token_used_at = time.monotonic()
         self._renewals += 1
         return True
 
@@ -399,6 +425,7 @@ class EdgeDriveClient:
             data=body,
             final=eof,
             paced=True,
+            upload=True,
         )
         if response.status == 409:
             reply = UploadReply.from_node(response.node)
@@ -428,6 +455,7 @@ class EdgeDriveClient:
             data=body,
             final=eof,
             paced=True,
+            upload=True,
         )
         return self._upload_reply(response, what=what, in_session=True)
 
@@ -594,18 +622,27 @@ class EdgeDriveClient:
         auth: bool = True,
         final: bool = False,
         paced: bool = False,
+        upload: bool = False,
     ) -> _Response:
-        """One HTTP request. A 401 renews the token before it is raised as TokenExpired."""
+        """One HTTP request. A 401 renews the token before it is raised as TokenExpired.
+        Uploads (initiates and chunks) count for the run's breaker: a server that takes no
+        writes is failing even when it still answers reads."""
+        self.breaker.check()
         request_headers = {"Accept": "application/json"}
         request_headers.update(headers or {})
-        generation = self._generation
-        if auth and self._token is not None:
-            request_headers[protocol.AUTHTOKEN] = self._token.reveal()
         sent = len(data) if data is not None else 0
         # --bwlimit paces file data only: a folder, a login or a metadata question never
         # waits behind the chunks queued before it
         if paced and self.bandwidth is not None and sent:
             await self.bandwidth.spend(sent)
+        # The token is taken now, after the wait for bandwidth, not before: a token read
+        # before a long wait arrives idle, or already replaced by another request's renewal.
+        idle = 0.0
+        if auth:
+            idle = await self._token_in_use()
+        generation = self._generation
+        if auth and self._token is not None:
+            request_headers[protocol.AUTHTOKEN] = self._token.reveal()
         self._requests += 1
         self._bytes_sent += sent
         try:
@@ -624,7 +661,9 @@ class EdgeDriveClient:
                 retry_after = protocol.retry_after_seconds(resp.headers.get("Retry-After"))
         except TimeoutError:
             self._count_failure()
-            raise errors.RequestTimeout(f"{what}: no answer in time") from None
+            raise self._transport_failed(
+                errors.RequestTimeout(f"{what}: no answer in time"), upload=upload
+            ) from None
         except aiohttp.ClientConnectorCertificateError as exc:
             self._count_failure()
             raise errors.CertificateRejected(f"{what}: {_describe(exc)}") from None
@@ -633,18 +672,58 @@ class EdgeDriveClient:
             raise errors.ServerUnreachable(f"{what}: {_describe(exc)}") from None
         except aiohttp.ClientConnectorError as exc:
             self._count_failure()
-            raise errors.NetworkError(f"{what}: cannot connect: {_describe(exc)}") from None
+            raise self._transport_failed(
+                errors.NetworkError(f"{what}: cannot connect: {_describe(exc)}"), upload=upload
+            ) from None
         except (aiohttp.ClientError, OSError) as exc:
             self._count_failure()
-            raise errors.NetworkError(f"{what}: {_describe(exc)}") from None
+            raise self._transport_failed(
+                errors.NetworkError(f"{what}: {_describe(exc)}"), upload=upload
+            ) from None
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s %s → %d (%d bytes sent)", method, path, params or {}, status, sent)
+        if upload:
+            if status < 500:
+                self.breaker.succeeded()
+            elif stop := self.breaker.failed(
+                errors.ServerBusy(f"{what}: HTTP {status}", status=status)
+            ):
+                raise stop
         response = _Response(status, protocol.parse_body(raw), retry_after, generation)
         if status == 401 and auth:
             self._count_failure()
+            if generation != self._generation:
+                # Another request replaced the token while this one was out: not this
+                # request's fault, and nothing to renew. Send again with the new token.
+                raise errors.TokenExpired(
+                    f"{what}: HTTP 401 for a token already replaced", replaced=True
+                )
+            if idle >= MIN_LEARNED_IDLE:
+                # Refused after `idle` seconds without use: the server's idle limit is below.
+                self._idle_limit = min(self._idle_limit or idle, idle)
             await self._reauthenticate(generation)
             raise self._reply_error(response, what=what)  # counted once, above
         return response
+
+    def _transport_failed(
+        self, error: errors.BulkdriveError, *, upload: bool
+    ) -> errors.BulkdriveError:
+        """A request that reached no answer: an upload's counts for the breaker, whose error
+        replaces it once tripped."""
+        return (self.breaker.failed(error) if upload else None) or error
+
+    async def _token_in_use(self) -> float:
+        """Renew the token first when it has been idle about as long as a token was once
+        refused for idleness (the server's limit is unknown until then); note the use.
+        Returns how long the token had been idle."""
+        now = time.monotonic()
+        idle = now - self._token_used_at
+        if self._idle_limit is not None and idle >= IDLE_RENEWAL_SHARE * self._idle_limit:
+            await self._reauthenticate(self._generation)
+            now = time.monotonic()
+            idle = 0.0
+        self._token_used_at = now
+        return idle
 
     def _error(
         self, response: _Response, *, what: str, in_session: bool = False

@@ -73,6 +73,9 @@ class RetryPolicy:
     attempts: int = 10
     initial_wait: float = 0.5
     max_wait: float = 30.0
+    #: The run stops (ServerFailing) once every request of the run, for this many seconds,
+    #: failed to connect, timed out or got a 5xx: the server is gone, not flaky.
+    give_up_after: float = 60.0
 
 
 #: More files in flight than this buys nothing (one server, one link) and costs memory
@@ -337,6 +340,12 @@ SETTINGS: tuple[Setting, ...] = (
         _DEFAULT.retry.attempts,
         "attempts in a row without progress, per file",
     ),
+    Setting(
+        "give_up_after",
+        _seconds,
+        _DEFAULT.retry.give_up_after,
+        "stop the run when every request failed (no connection, 5xx) for this many seconds",
+    ),
     Setting("bwlimit", parse_size, 0, "bytes per second for the whole run, 0 = unlimited"),
     Setting("include", _globs, (), "only upload paths matching these globs (** spans folders)"),
     Setting("exclude", _globs, (), "skip paths matching these globs"),
@@ -480,7 +489,7 @@ def transfer_config(settings: Settings) -> TransferConfig:
         chunk_size=chunk,
         verify=settings["verify"],
         bwlimit=settings["bwlimit"] or None,
-        retry=RetryPolicy(attempts=settings["retries"]),
+        retry=RetryPolicy(attempts=settings["retries"], give_up_after=settings["give_up_after"]),
         timeouts=Timeouts(connect=settings["connect_timeout"], read=settings["read_timeout"]),
         verify_tls=not settings["insecure"],
         ca_bundle=settings["ca_bundle"],

@@ -34,6 +34,7 @@ and the exit code the CLI ends with.
         ├── RequestTooLarge         413: a request is over the server's limit exit 2
         ├── NotEdgeDrive            the URL answers, but not as Edge Drive    exit 2
         ├── ServerUnreachable       no connection: refused, DNS, TLS handshake exit 5
+        │   ├── ServerFailing       every upload failed for --give-up-after s  exit 5
         │   └── CertificateRejected TLS verification failed                   exit 5
         └── JournalFailed           the resume journal cannot be written      exit 1
 
@@ -116,7 +117,11 @@ class ServerBusy(OutcomeUnknown):
 
 
 class TokenExpired(OutcomeUnknown):
-    pass
+    def __init__(self, message: str, *, status: int | None = 401, replaced: bool = False) -> None:
+        super().__init__(message, status=status)
+        #: Sent with a token another request had already replaced: send again with the new
+        #: one, without counting an attempt or waiting.
+        self.replaced = replaced
 
 
 class SessionBusy(OutcomeUnknown):
@@ -238,6 +243,13 @@ class NotEdgeDrive(RunFailed):
 class ServerUnreachable(RunFailed):
     exit_code = EXIT_UNREACHABLE
     hint = "check --url and that the server is up and reachable"
+
+
+class ServerFailing(ServerUnreachable):
+    hint = (
+        "the server could not be reached (or answered 5xx) for the whole --give-up-after "
+        "window; once it is back, re-run the same command: files resume where they stopped"
+    )
 
 
 class CertificateRejected(ServerUnreachable):

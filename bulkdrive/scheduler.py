@@ -764,6 +764,10 @@ class TreeUpload:
         stopped_run = isinstance(exc, errors.RunFailed)
         if isinstance(exc, errors.FolderNotCreated):
             reason, exit_class, hint = str(exc), type(exc).__name__, exc.folder_hint
+        elif isinstance(exc, errors.ServerFailing):
+            # The run's one line says why; the file only stopped with it.
+            reason = "not finished: the run stopped, the server is failing"
+            exit_class, hint = type(exc).__name__, "re-run the same command to resume it"
         elif isinstance(exc, errors.BulkdriveError):
             reason, exit_class, hint = str(exc), type(exc).__name__, exc.hint
         else:

@@ -29,12 +29,12 @@ from test_cli_upload import stored as stored_cli
 from bulkdrive import protocol
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, RetryPolicy, Secret, TransferConfig
-from bulkdrive.emulator import Emulator
+from bulkdrive.emulator import Emulator, running_emulator
 from bulkdrive.emulator.app import UploadRecord
 from bulkdrive.upload import UploadResult, upload_file
 
 import edge_raw as er
-from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
+from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory, emulator_config
 
 pytestmark = pytest.mark.anyio
 
@@ -246,3 +246,113 @@ async def test_resume_after_an_edit_in_place_that_keeps_size_and_mtime(
     assert (rerun[0].kind, rerun[0].status, rerun[0].body_bytes) == ("initiate", 409, 0)
     assert (rerun[1].kind, rerun[1].status, rerun[1].body_bytes) == ("initiate", 200, 4 * MiB)
     assert sum(r.body_bytes for r in rerun if r.status == 200) == big.stat().st_size
+
+
+# --- 3. a server that is gone for good ------------------------------------------------------------
+
+
+async def test_a_server_gone_for_good_stops_the_run_then_the_rerun_resumes(
+    tmp_path: Path,
+) -> None:
+    """Issue 11 §3: the server is stopped mid-run and not restarted. The run stops once every
+    request has failed for the (short) --give-up-after window, with one line and exit 3,
+    instead of failing the files one at a time over half an hour; files in flight keep
+    their server-side sessions, and the re-run, once a server is back, resumes them."""
+    root = tmp_path / "server"
+    source = tmp_path / "src"
+    source.mkdir()
+    sizes = {f"big-{i}.bin": 12 * MiB for i in range(3)}
+    for i, (name, size) in enumerate(sizes.items()):
+        (source / name).write_bytes(random.Random(10 + i).randbytes(size))
+    env = cli_env(home=tmp_path)
+    async with running_emulator(emulator_config(root)) as emulator:
+        port = emulator.port
+        base = [*upload_args(emulator, source, "--give-up-after", "1", "--transfers", "3")]
+        args = [sys.executable, "-m", "bulkdrive", *base, "--bwlimit", "6MiB"]
+        log_path, err_path = tmp_path / "run1.log", tmp_path / "run1.err"
+        with log_path.open("wb") as out, err_path.open("wb") as err:
+            process = await anyio.open_process(args, cwd=tmp_path, env=env, stdout=out, stderr=err)
+            await until(
+                lambda: (
+                    sum(r.body_bytes for r in emulator.upload_log if r.status == 200) >= 6 * 4 * MiB
+                ),
+                "some chunks of each file are stored",
+            )
+    # The server is gone (its port refuses connections) and stays gone.
+    async with process:
+        with anyio.fail_after(60):
+            code = await process.wait()
+    output, stderr = log_path.read_text(), err_path.read_text()
+    assert code == 3, output + stderr
+    assert "Traceback" not in output + stderr
+    # One line on stderr: what happened, the last error, how to resume.
+    (stop,) = stderr.splitlines()
+    assert "failed every request" in stop and "cannot connect" in stop, stderr
+    assert "re-run the same command" in stop, stderr
+    # The files in flight stopped with the run, each said so in a few words.
+    assert output.count("not finished: the run stopped, the server is failing") >= 1
+
+    async with running_emulator(emulator_config(root, port=port)) as emulator:
+        again = await run_cli(*base, cwd=tmp_path, env=env)
+        assert again.returncode == 0, again.stderr.decode()
+        for name in sizes:
+            assert stored_cli(emulator, name).read_bytes() == (source / name).read_bytes()
+        # Every file continued its session: the re-run's first request for each was the
+        # empty initiate that found it, and nothing was sent again from offset 0.
+        for name in sizes:
+            mine = [r for r in emulator.upload_log if r.path == f"\\{name}"]
+            assert (mine[0].kind, mine[0].status, mine[0].body_bytes) == ("initiate", 409, 0)
+            assert all(r.offset_before > 0 for r in mine if r.body_bytes)
+
+
+async def test_a_server_answering_500_to_every_write_stops_the_run(
+    make_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """A full disk behind a proxy: every upload request gets a 500. One line, exit 3."""
+    emulator = await make_emulator(fault_rate=1.0, faults=("500",))
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(20):
+        (source / f"f{i}.txt").write_bytes(b"x" * (1000 + i))
+    done = await run_cli(
+        *upload_args(emulator, source, "--give-up-after", "1"), cwd=tmp_path, timeout=60
+    )
+    output = done.stdout.decode() + done.stderr.decode()
+    assert done.returncode == 3, output
+    assert "Traceback" not in output
+    (stop,) = done.stderr.decode().splitlines()
+    assert "failed every request" in stop and "HTTP 500" in stop, output
+    assert not list(emulator.root.joinpath(SHARE_ID).rglob("f*.txt"))
+
+
+# --- 4. token expiry under a bandwidth limit ------------------------------------------------
+
+
+@pytest.mark.parametrize("transfers", [1, 4])
+async def test_tokens_idle_out_under_a_bandwidth_limit(
+    make_emulator: EmulatorFactory, tmp_path: Path, transfers: int
+) -> None:
+    """Issue 11 §4: tokens idle out after 1 s; each chunk waits longer than that for its
+    share of the bandwidth. Before, the token was put into the headers before the wait and
+    every chunk was refused (401) until the retries ran out. Now the token is taken after
+    the wait, renewed first once the server's idle limit is known, and a 401 for a token
+    another request already replaced is sent again without counting an attempt."""
+    emulator = await make_emulator(token_idle_seconds=1.0)
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(transfers):
+        (source / f"t{i}.bin").write_bytes(random.Random(40 + i).randbytes(10 * MiB))
+    rate = f"{2 * transfers}MiB"  # about 2 s of waiting per 4 MiB chunk and transfer
+    done = await run_cli(
+        *upload_args(
+            emulator, source, "--transfers", str(transfers), "--bwlimit", rate, "--retries", "4"
+        ),
+        cwd=tmp_path,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    for i in range(transfers):
+        name = f"t{i}.bin"
+        assert stored_cli(emulator, name).read_bytes() == (source / name).read_bytes()
+    # At most one idle refusal teaches the client the limit; renewals do the rest.
+    assert emulator.statistics().unauthorized <= transfers
