@@ -12,6 +12,7 @@ initiating again, and to continue from there, and only from an offset that is pr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Awaitable, Callable, Iterator
@@ -188,6 +189,33 @@ class _Upload:
         self._known_digests = b""
         self._blocks_reported = 0
         self._ahead = None
+
+    async def discard_session(self, error: errors.BulkdriveError) -> None:
+        """The file failed for good (changed, quota, retries): its unfinished session would
+        hold bytes, and count against the quota, until it expires. Replace it with an empty
+        one of size 0 (forceRestart, spec §4: the only way the API offers to drop a session),
+        once, without retries; the error's message says whether that worked."""
+        if not self.state.request_id:
+            return  # no session of ours is known
+        discarded = False
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(self.config.timeouts.connect),
+            contextlib.suppress(errors.BulkdriveError),
+        ):
+            await self.client.initiate(
+                name=self.name,
+                folder=self.folder,
+                size=0,
+                mtime=self.mtime,
+                body=b"",
+                eof=False,
+                verify=False,
+                force_restart=True,
+            )
+            discarded = True
+        outcome = "was discarded" if discarded else "could not be discarded"
+        error.message += f"; its unfinished session on the server {outcome}"
 
     # --- one method per phase -------------------------------------------------------------
 
@@ -444,7 +472,12 @@ async def upload_file(
                         raise replay.pop()
                     await upload.run()
     except RetryError as failure:
-        raise exhausted(failure, f"upload {remote_path}") from None
+        error = exhausted(failure, f"upload {remote_path}")
+        await upload.discard_session(error)
+        raise error from None
+    except (errors.SourceChanged, errors.QuotaExceeded) as error:
+        await upload.discard_session(error)
+        raise
     finally:
         await source.close()
     state = upload.state

@@ -13,6 +13,7 @@ stored bytes and the emulator's upload log (the record of what the server applie
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import sqlite3
@@ -26,12 +27,13 @@ import pytest
 from test_cli_upload import cli_env, run_cli, upload_args
 from test_cli_upload import stored as stored_cli
 
-from bulkdrive import protocol
+from bulkdrive import errors, protocol
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, RetryPolicy, Secret, TransferConfig
 from bulkdrive.emulator import Emulator, running_emulator
 from bulkdrive.emulator.app import UploadRecord
-from bulkdrive.upload import UploadResult, upload_file
+from bulkdrive.emulator.faults import FaultInjector
+from bulkdrive.upload import NullEvents, UploadResult, upload_file
 
 import edge_raw as er
 from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory, emulator_config
@@ -356,3 +358,99 @@ async def test_tokens_idle_out_under_a_bandwidth_limit(
         assert stored_cli(emulator, name).read_bytes() == (source / name).read_bytes()
     # At most one idle refusal teaches the client the limit; renewals do the rest.
     assert emulator.statistics().unauthorized <= transfers
+
+
+# --- 5. smaller: lost final + lost re-initiate; sessions left behind ----------------------------
+
+
+def _seed_for(pattern: list[bool], rate: float, kind: str) -> int:
+    """A fault seed whose first draws (True: a fault) follow `pattern`: the emulator draws
+    once per upload request, in arrival order, from its seeded injector."""
+    for seed in range(100_000):
+        injector = FaultInjector(rate, seed, (kind,), 0.0)
+        if all((injector.draw() is not None) == fault for fault in pattern):
+            return seed
+    raise AssertionError("no seed found")
+
+
+async def test_a_lost_final_response_then_a_lost_recover_response_commit_once(
+    make_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 11 §5: the final chunk is stored but its response lost; the RECOVER initiate
+    opens a new session but its response is lost too. Before, the next RECOVER found that
+    new session at 0 and the whole file was sent and committed again (two fileGUIDs). Now
+    the file's properties are checked first: it is complete, nothing is sent again."""
+    # Requests: initiate (ok), final chunk (lost response), RECOVER (lost), RECOVER (ok).
+    seed = _seed_for([False, True, True, False], 0.5, "lost-response")
+    emulator = await make_emulator(fault_rate=0.5, faults=("lost-response",), fault_seed=seed)
+    path, data = make_file(tmp_path, "twice.bin", 6 * MiB, seed=5)
+    config = TransferConfig(retry=FAST_RETRY)
+    async with EdgeDriveClient.connect(
+        emulator.base_url, GOOD, share_id=SHARE_ID, config=config
+    ) as client:
+        result = await upload_file(client, path, "\\")
+    assert stored(emulator, "\\twice.bin").read_bytes() == data
+    log = list(emulator.upload_log)
+    assert [(r.kind, r.body_bytes, r.fault) for r in log] == [
+        ("initiate", 4 * MiB, None),
+        ("chunk", 2 * MiB, "lost-response"),
+        ("initiate", 0, "lost-response"),  # opened a new, empty session
+        ("initiate", 0, None),  # 409: that session, at 0
+    ]
+    assert emulator.statistics().completed_files == 1  # committed once
+    assert len(result.file_guid) == 32  # the stored file's, from its metadata
+
+
+async def test_a_file_that_changes_during_upload_leaves_no_session_behind(
+    make_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 11 §5: the session of a file that failed for good (here SourceChanged) would
+    reserve the file's size of the quota for a day. It is discarded, and the report says so:
+    a second file that needs that quota is stored."""
+    emulator = await make_emulator(quota=30 * MiB)
+    path, _ = make_file(tmp_path, "growing.bin", 20 * MiB, seed=14)
+    other, other_data = make_file(tmp_path, "next.bin", 20 * MiB, seed=15)
+    config = TransferConfig(retry=FAST_RETRY)
+
+    class Writer(NullEvents):
+        def offset_confirmed(self, request_id: str, offset: int) -> None:
+            if offset == 4 * MiB:
+                with path.open("r+b") as f:  # rewritten in place, same size
+                    f.write(b"changed")
+
+    async with EdgeDriveClient.connect(
+        emulator.base_url, GOOD, share_id=SHARE_ID, config=config
+    ) as client:
+        with pytest.raises(errors.SourceChanged) as caught:
+            await upload_file(client, path, "\\", events=Writer())
+        assert "session on the server was discarded" in str(caught.value)
+        await upload_file(client, other, "\\")
+    assert stored(emulator, "\\next.bin").read_bytes() == other_data
+    assert not stored(emulator, "\\growing.bin").exists()
+
+
+async def test_retries_exhausted_discards_the_session(
+    make_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    # Requests: initiate (ok), chunk, RECOVER, RECOVER (500 each), the discard (ok).
+    seed = _seed_for([False, True, True, True, False], 0.5, "500")
+    emulator = await make_emulator(fault_rate=0.5, faults=("500",), fault_seed=seed, quota=15 * MiB)
+    path, _ = make_file(tmp_path, "flaky.bin", 10 * MiB, seed=16)
+    config = TransferConfig(retry=dataclasses.replace(FAST_RETRY, attempts=3))
+    async with EdgeDriveClient.connect(
+        emulator.base_url, GOOD, share_id=SHARE_ID, config=config
+    ) as client:
+        with pytest.raises(errors.RetriesExhausted) as caught:
+            await upload_file(client, path, "\\")
+    assert "session on the server was discarded" in str(caught.value)
+    discard = list(emulator.upload_log)[-1]
+    assert (discard.kind, discard.status, discard.body_bytes) == ("initiate", 200, 0)
+    assert emulator.statistics().active_sessions == 1  # the empty one of size 0
+    # Its 10 MiB reservation is gone: another 10 MiB fits in the 15 MiB quota.
+    emulator.faults.rate = 0.0
+    again, again_data = make_file(tmp_path, "fits.bin", 10 * MiB, seed=17)
+    async with EdgeDriveClient.connect(
+        emulator.base_url, GOOD, share_id=SHARE_ID, config=config
+    ) as client:
+        await upload_file(client, again, "\\")
+    assert stored(emulator, "\\fits.bin").read_bytes() == again_data
