@@ -257,7 +257,7 @@ async def test_a_server_gone_for_good_stops_the_run_then_the_rerun_resumes(
     tmp_path: Path,
 ) -> None:
     """Issue 11 §3: the server is stopped mid-run and not restarted. The run stops once every
-    request has failed for the (short) --give-up-after window, with one line and exit 3,
+    request has failed for the (short) --give-up-after window, with one line and the exit code of connection failures,
     instead of failing the files one at a time over half an hour; files in flight keep
     their server-side sessions, and the re-run, once a server is back, resumes them."""
     root = tmp_path / "server"
@@ -285,7 +285,7 @@ async def test_a_server_gone_for_good_stops_the_run_then_the_rerun_resumes(
         with anyio.fail_after(60):
             code = await process.wait()
     output, stderr = log_path.read_text(), err_path.read_text()
-    assert code == 3, output + stderr
+    assert code == errors.ServerUnreachable.exit_code, output + stderr
     assert "Traceback" not in output + stderr
     # One line on stderr: what happened, the last error, how to resume.
     (stop,) = stderr.splitlines()
@@ -310,7 +310,7 @@ async def test_a_server_gone_for_good_stops_the_run_then_the_rerun_resumes(
 async def test_a_server_answering_500_to_every_write_stops_the_run(
     make_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    """A full disk behind a proxy: every upload request gets a 500. One line, exit 3."""
+    """A full disk behind a proxy: every upload request gets a 500. One line, the exit code of connection failures."""
     emulator = await make_emulator(fault_rate=1.0, faults=("500",))
     source = tmp_path / "src"
     source.mkdir()
@@ -320,7 +320,7 @@ async def test_a_server_answering_500_to_every_write_stops_the_run(
         *upload_args(emulator, source, "--give-up-after", "1"), cwd=tmp_path, timeout=60
     )
     output = done.stdout.decode() + done.stderr.decode()
-    assert done.returncode == 3, output
+    assert done.returncode == errors.ServerUnreachable.exit_code, output
     assert "Traceback" not in output
     (stop,) = done.stderr.decode().splitlines()
     assert "failed every request" in stop and "HTTP 500" in stop, output
