@@ -257,9 +257,9 @@ async def test_a_server_gone_for_good_stops_the_run_then_the_rerun_resumes(
     tmp_path: Path,
 ) -> None:
     """Issue 11 §3: the server is stopped mid-run and not restarted. The run stops once every
-    request has failed for the (short) --give-up-after window, with one line and the exit code of connection failures,
-    instead of failing the files one at a time over half an hour; files in flight keep
-    their server-side sessions, and the re-run, once a server is back, resumes them."""
+    request has failed for the (short) --give-up-after window, with one line and the exit
+    code of connection failures, instead of failing the files one at a time over half an
+    hour; files in flight keep their server-side sessions, and the re-run resumes them."""
     root = tmp_path / "server"
     source = tmp_path / "src"
     source.mkdir()
@@ -310,7 +310,8 @@ async def test_a_server_gone_for_good_stops_the_run_then_the_rerun_resumes(
 async def test_a_server_answering_500_to_every_write_stops_the_run(
     make_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    """A full disk behind a proxy: every upload request gets a 500. One line, the exit code of connection failures."""
+    """A full disk behind a proxy: every upload request gets a 500. One line, and the exit
+    code of connection failures."""
     emulator = await make_emulator(fault_rate=1.0, faults=("500",))
     source = tmp_path / "src"
     source.mkdir()
