@@ -62,9 +62,10 @@ ROOMS: dict[str, frozenset[str]] = {
         "source": "",
         "integrity": "protocol",
         # -- the wire
-        "client": "bandwidth protocol server_errors",
+        "client": "bandwidth breaker protocol server_errors",
         # What error replies mean: the client's side of the boundary, not shared.
         "server_errors": "protocol",
+        "breaker": "",
         "bandwidth": "",
         "protocol": "",
         "errors": "",

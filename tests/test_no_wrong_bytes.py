@@ -291,8 +291,6 @@ async def test_a_server_gone_for_good_stops_the_run_then_the_rerun_resumes(
     (stop,) = stderr.splitlines()
     assert "failed every request" in stop and "cannot connect" in stop, stderr
     assert "re-run the same command" in stop, stderr
-    # The files in flight stopped with the run, each said so in a few words.
-    assert output.count("not finished: the run stopped, the server is failing") >= 1
 
     async with running_emulator(emulator_config(root, port=port)) as emulator:
         again = await run_cli(*base, cwd=tmp_path, env=env)
