@@ -19,8 +19,11 @@ The rules that keep wrong bytes out (§8):
   offset of that session is its own, and so is any session of the file when the journal saw
   the file start but not its session's id. The driver then checks the prefix against the
   local file (and the journal's block digests) before going on.
-- A session this upload never saw holding bytes is another writer's; an empty one (offset 0)
-  holds nobody's bytes and is taken over.
+- A session this upload never saw holding bytes is another writer's: WAIT (back off), see
+  whether the file is complete (CHECK), then look at the session again; one that did not
+  move is left behind and discarded (forceRestart). Two writers so converge: one finishes,
+  the other finds the file complete. An empty session (offset 0) holds nobody's bytes and
+  is taken over.
 - A lost request that carried the last byte, or a session that vanished (404), may mean the
   file is complete: CHECK its properties before sending anything again.
 """
@@ -46,6 +49,7 @@ __all__ = [
     "recovered",
     "restarted",
     "sending",
+    "waited",
 ]
 
 #: Fresh sessions (forceRestart, or a vanished session) before the file fails.
@@ -70,6 +74,7 @@ class Phase(enum.Enum):
     SEND = "send"  # send the chunk at `offset` to session `request_id`
     RECOVER = "recover"  # an initiate with no body, no requestId, no forceRestart: the offset
     CHECK = "check"  # is the remote file complete already? (metadata)
+    WAIT = "wait"  # another writer's session holds bytes: back off, then look again
     DONE = "done"
 
 
@@ -94,6 +99,9 @@ class SessionState:
     earlier_run: bool = False  # the journal's session: its offset may be past `offset`
     pending_end: int = NO_REQUEST  # where the request in flight, or of unknown outcome, ends
     pending_final: bool = False  # that request carried FileEOF
+    watching: str = ""  # another writer's session, holding bytes, that this upload waits for
+    watched_at: int = 0  # its offset when last seen
+    watched_bytes: int = 0  # how far it moved while watched: the other writer's progress
     file_guid: str = ""
     integrity_verified: bool = False
     resumes: int = 0
@@ -210,6 +218,8 @@ def _found(state: SessionState, reply: UploadReply, *, unknown_end: int) -> Sess
         or (at == unknown_end and (same or may_be_lost_initiate))
         or at == 0
     )
+    if not ours and not same and found:
+        return _other_writer(state, found, at)
     if not ours:
         if state.pending_final and unknown_end != NO_REQUEST:
             # Our last request may have completed the file and a lost RECOVER opened this
@@ -246,6 +256,31 @@ def _found(state: SessionState, reply: UploadReply, *, unknown_end: int) -> Sess
         resumes=state.resumes + (1 if at > 0 else 0),
         restarts=state.restarts,
     )
+
+
+def _other_writer(state: SessionState, found: str, at: int) -> SessionState:
+    """A session this upload did not open holds bytes: another writer's, live or left
+    behind. Taking it over would mix its bytes with ours; discarding it (forceRestart) would
+    break a live writer, who would then break ours. So wait, and look again: a session that
+    moved on is live (the file may soon be complete); one that did not is left behind, and
+    only then is it discarded."""
+    if found == state.watching and at <= state.watched_at:
+        return restarted(state, f"session {found} stayed at {at} bytes: left behind")
+    moved = at - state.watched_at if found == state.watching else 0
+    return SessionState(
+        Phase.WAIT,
+        state.size,
+        watching=found,
+        watched_at=at,
+        watched_bytes=state.watched_bytes + moved,
+        resumes=state.resumes,
+        restarts=state.restarts,
+    )
+
+
+def waited(state: SessionState) -> SessionState:
+    """The wait for another writer is over: first see whether the file is complete."""
+    return replace(state, phase=Phase.CHECK)
 
 
 def failed(state: SessionState, error: errors.BulkdriveError) -> SessionState:
@@ -322,6 +357,8 @@ def checked(state: SessionState, resource: FileResource | None, *, mtime: int) -
     cleared = replace(state, pending_end=NO_REQUEST, pending_final=False)
     if state.request_id and state.offset == 0:
         return replace(cleared, phase=Phase.SEND)  # the empty session a RECOVER opened
+    if state.watching:
+        return replace(cleared, phase=Phase.RECOVER)  # has the other writer moved on?
     return SessionState(
         Phase.INITIATE,
         state.size,

@@ -37,6 +37,7 @@ from bulkdrive.session import (
     opened,
     recovered,
     sending,
+    waited,
 )
 from bulkdrive.source import LocalContent, Source, read_small_files
 
@@ -157,8 +158,9 @@ class _Upload:
         self._restarts_seen = 0
 
     def progress(self) -> int:
-        """The most bytes the server ever confirmed: what the retry budget counts from."""
-        return self._confirmed_high
+        """What the retry budget counts from: the most bytes the server ever confirmed to
+        this upload, plus how far another writer it waits for moved on."""
+        return self._confirmed_high + self.state.watched_bytes
 
     async def run(self) -> None:
         while self.state.phase is not Phase.DONE:
@@ -171,6 +173,8 @@ class _Upload:
                     await self._send_chunks()
                 elif self.state.phase is Phase.RECOVER:
                     await self._recover()
+                elif self.state.phase is Phase.WAIT:
+                    self._wait_for_other_writer()
                 else:
                     await self._check()
             except errors.BulkdriveError as exc:
@@ -275,6 +279,15 @@ class _Upload:
         )
         self.state = recovered(self.state, reply)
         self._heard(reply)
+
+    def _wait_for_other_writer(self) -> None:
+        """Back off (the retry policy's wait) while another writer's session moves on."""
+        state = self.state
+        self.state = waited(state)
+        raise errors.SessionBusy(
+            f"{self.source.path}: another writer is uploading this file (session "
+            f"{state.watching} holds {state.watched_at} bytes); waiting for it"
+        )
 
     async def _check(self) -> None:
         resource = await self.client.metadata(protocol.remote_child(self.folder, self.name))

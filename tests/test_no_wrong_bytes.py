@@ -176,6 +176,34 @@ async def test_a_chunk_refused_as_busy_does_not_claim_the_other_writers_bytes(
     assert not [r for r in log if r.status == 200 and r.eof and r.body_bytes == 0]
 
 
+@pytest.mark.parametrize("verify", [True, False], ids=["integrity", "no-verify"])
+async def test_two_writers_on_one_file_converge_without_failures(
+    emulator: Emulator, tmp_path: Path, verify: bool
+) -> None:
+    """Two uploads of the same file at once, each with its own client (two processes or
+    hosts). Before, they broke each other's sessions (forceRestart, 404) and often both
+    failed with SessionGone; with --no-verify one could store the other's bytes. Now the
+    one that finds the other's session waits for it, sees the file complete, and is done."""
+    path, data = make_file(tmp_path, "both.bin", 16 * MiB, seed=7)
+    config = TransferConfig(retry=FAST_RETRY, verify=verify)
+    results: list[UploadResult] = []
+
+    async def writer() -> None:
+        async with EdgeDriveClient.connect(
+            emulator.base_url, GOOD, share_id=SHARE_ID, config=config
+        ) as client:
+            results.append(await upload_file(client, path, "\\"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer)
+        tg.start_soon(writer)
+    assert stored(emulator, "\\both.bin").read_bytes() == data
+    assert len(results) == 2  # neither failed
+    assert emulator.statistics().integrity_failures == 0
+    # No request of either went to a session the other had discarded.
+    assert not [r for r in emulator.upload_log if r.status == 404]
+
+
 # --- 1. resume after an in-place edit that keeps size and mtime ----------------------------------
 
 

@@ -16,8 +16,11 @@ The rows that keep another writer's bytes out (issue 11 §2):
   ended. Compare `recover lost chunk | 409 R request end | SEND R@8`: there the outcome was
   unknown, so that offset is exactly our chunk.
 - `send | 200 elsewhere | RESTART`: a reply that does not end where our chunk ended.
-- `initiate | 409 X at 4 | RESTART`: a session this upload never saw, holding bytes. Only
-  an earlier run of this job (`resume …`, from the journal) makes such bytes ours.
+- `initiate | 409 X at 4 | WAIT X@4`: a session this upload never saw, holding bytes, is
+  another writer's (only an earlier run of this job, `resume …` from the journal, makes such
+  bytes ours). Neither continued nor discarded at once: wait, CHECK whether the file is
+  complete, then look again: `recover watching X@4 | 409 X at 8 | WAIT X@8` (it moves: a
+  live writer), `… | 409 X at 4 | RESTART` (it did not: left behind, discard it).
 - `recover lost final | 409 X at 0 | CHECK X@0`: the final request may have completed the
   file and a lost RECOVER opened X: look at the file before sending it again (§5).
 """
@@ -44,6 +47,7 @@ from bulkdrive.session import (
     recovered,
     restarted,
     sending,
+    waited,
 )
 
 MiB = 1024 * 1024
@@ -78,6 +82,8 @@ STARTS: dict[str, SessionState] = {
     "recover after busy": SessionState(Phase.RECOVER, SIZE, request_id="R", offset=4 * MiB),
     "resume R@4": opened(SIZE, ResumePoint("R", 4 * MiB)),
     "resume no id": opened(SIZE, ResumePoint("")),
+    # Waited for writer X, seen at 4 MiB, and found the file incomplete: look again.
+    "recover watching X@4": SessionState(Phase.RECOVER, SIZE, watching="X", watched_at=4 * MiB),
 }
 
 
@@ -95,6 +101,7 @@ def _reply(state: SessionState, event: str) -> UploadReply | None:
         "409 R past size": UploadReply(mine, state.size + 1, error_code=409),
         "409 X at 0": UploadReply("X", 0, error_code=409),
         "409 X at 4": UploadReply("X", 4 * MiB, error_code=409),
+        "409 X at 8": UploadReply("X", 8 * MiB, error_code=409),
     }
     return replies.get(event)
 
@@ -126,6 +133,7 @@ REPLIES = (
     "409 R past size",
     "409 X at 0",
     "409 X at 4",
+    "409 X at 8",
 )
 ERRORS = ("400", "401", "403", "404", "409 busy", "413", "500", "503", "lost", "integrity")
 
@@ -139,6 +147,8 @@ def describe(state: SessionState) -> str:
         return "DONE"
     if state.phase is Phase.INITIATE and state.force_restart:
         return "RESTART"
+    if state.phase is Phase.WAIT:
+        return f"WAIT {state.watching}@{_mib(state.watched_at)}"
     text = state.phase.name
     if state.request_id or state.offset:
         text += f" {state.request_id or '-'}@{_mib(state.offset)}"
@@ -176,11 +186,12 @@ initiate              | 200 request end   | SEND N@4
 initiate              | 200 new at 0      | RESTART
 initiate              | 200 elsewhere     | RESTART
 initiate              | 409 R confirmed   | SEND R@0
-initiate              | 409 R request end | RESTART
-initiate              | 409 R beyond      | RESTART
+initiate              | 409 R request end | WAIT R@4
+initiate              | 409 R beyond      | WAIT R@10
 initiate              | 409 R past size   | RESTART
 initiate              | 409 X at 0        | SEND X@0
-initiate              | 409 X at 4        | RESTART
+initiate              | 409 X at 4        | WAIT X@4
+initiate              | 409 X at 8        | WAIT X@8
 initiate              | 400               | raise Rejected
 initiate              | 401               | RECOVER ?4, retry
 initiate              | 403               | raise PermissionDenied
@@ -196,11 +207,12 @@ initiate whole        | 200 complete      | DONE
 initiate whole        | 200 new at 0      | RESTART
 initiate whole        | 200 elsewhere     | RESTART
 initiate whole        | 409 R confirmed   | SEND R@0
-initiate whole        | 409 R request end | RESTART
+initiate whole        | 409 R request end | WAIT R@2
 initiate whole        | 409 R beyond      | RESTART
 initiate whole        | 409 R past size   | RESTART
 initiate whole        | 409 X at 0        | SEND X@0
 initiate whole        | 409 X at 4        | RESTART
+initiate whole        | 409 X at 8        | RESTART
 initiate whole        | 400               | raise Rejected
 initiate whole        | 401               | CHECK ?2F, retry
 initiate whole        | 403               | raise PermissionDenied
@@ -215,11 +227,12 @@ initiate forced       | 200 request end   | SEND N@4
 initiate forced       | 200 new at 0      | RESTART
 initiate forced       | 200 elsewhere     | RESTART
 initiate forced       | 409 R confirmed   | SEND R@0
-initiate forced       | 409 R request end | RESTART
-initiate forced       | 409 R beyond      | RESTART
+initiate forced       | 409 R request end | WAIT R@4
+initiate forced       | 409 R beyond      | WAIT R@10
 initiate forced       | 409 R past size   | RESTART
 initiate forced       | 409 X at 0        | SEND X@0
-initiate forced       | 409 X at 4        | RESTART
+initiate forced       | 409 X at 4        | WAIT X@4
+initiate forced       | 409 X at 8        | WAIT X@8
 initiate forced       | 400               | raise Rejected
 initiate forced       | 401               | RESTART, retry
 initiate forced       | 403               | raise PermissionDenied
@@ -262,7 +275,8 @@ recover lost chunk    | 409 R request end | SEND R@8
 recover lost chunk    | 409 R beyond      | RESTART
 recover lost chunk    | 409 R past size   | RESTART
 recover lost chunk    | 409 X at 0        | SEND X@0
-recover lost chunk    | 409 X at 4        | RESTART
+recover lost chunk    | 409 X at 4        | WAIT X@4
+recover lost chunk    | 409 X at 8        | WAIT X@8
 recover lost chunk    | 400               | raise Rejected
 recover lost chunk    | 401               | RECOVER R@4 ?8, retry
 recover lost chunk    | 403               | raise PermissionDenied
@@ -280,7 +294,8 @@ recover lost final    | 409 R request end | SEND R@12
 recover lost final    | 409 R beyond      | CHECK
 recover lost final    | 409 R past size   | RESTART
 recover lost final    | 409 X at 0        | CHECK X@0
-recover lost final    | 409 X at 4        | CHECK
+recover lost final    | 409 X at 4        | WAIT X@4
+recover lost final    | 409 X at 8        | WAIT X@8
 recover lost final    | 400               | raise Rejected
 recover lost final    | 401               | RECOVER R@8 ?12F, retry
 recover lost final    | 403               | raise PermissionDenied
@@ -295,10 +310,11 @@ recover lost initiate | 200 new at 0      | SEND N@0
 recover lost initiate | 200 elsewhere     | RESTART
 recover lost initiate | 409 R confirmed   | SEND R@0
 recover lost initiate | 409 R request end | SEND R@4
-recover lost initiate | 409 R beyond      | RESTART
+recover lost initiate | 409 R beyond      | WAIT R@10
 recover lost initiate | 409 R past size   | RESTART
 recover lost initiate | 409 X at 0        | SEND X@0
 recover lost initiate | 409 X at 4        | SEND X@4
+recover lost initiate | 409 X at 8        | WAIT X@8
 recover lost initiate | 400               | raise Rejected
 recover lost initiate | 401               | RECOVER ?4, retry
 recover lost initiate | 403               | raise PermissionDenied
@@ -316,7 +332,8 @@ recover after busy    | 409 R request end | RESTART
 recover after busy    | 409 R beyond      | RESTART
 recover after busy    | 409 R past size   | RESTART
 recover after busy    | 409 X at 0        | SEND X@0
-recover after busy    | 409 X at 4        | RESTART
+recover after busy    | 409 X at 4        | WAIT X@4
+recover after busy    | 409 X at 8        | WAIT X@8
 recover after busy    | 400               | raise Rejected
 recover after busy    | 401               | RECOVER R@4, retry
 recover after busy    | 403               | raise PermissionDenied
@@ -334,7 +351,8 @@ resume R@4            | 409 R request end | SEND R@8
 resume R@4            | 409 R beyond      | SEND R@10
 resume R@4            | 409 R past size   | RESTART
 resume R@4            | 409 X at 0        | SEND X@0
-resume R@4            | 409 X at 4        | RESTART
+resume R@4            | 409 X at 4        | WAIT X@4
+resume R@4            | 409 X at 8        | WAIT X@8
 resume R@4            | 400               | RESTART
 resume R@4            | 401               | RECOVER R@4, retry
 resume R@4            | 403               | raise PermissionDenied
@@ -353,6 +371,7 @@ resume no id          | 409 R beyond      | SEND R@10
 resume no id          | 409 R past size   | RESTART
 resume no id          | 409 X at 0        | SEND X@0
 resume no id          | 409 X at 4        | SEND X@4
+resume no id          | 409 X at 8        | SEND X@8
 resume no id          | 400               | RESTART
 resume no id          | 401               | RECOVER, retry
 resume no id          | 403               | raise PermissionDenied
@@ -363,6 +382,25 @@ resume no id          | 500               | RECOVER, retry
 resume no id          | 503               | RECOVER, retry
 resume no id          | lost              | RECOVER, retry
 resume no id          | integrity         | RESTART
+recover watching X@4  | 200 new at 0      | SEND N@0
+recover watching X@4  | 200 elsewhere     | RESTART
+recover watching X@4  | 409 R confirmed   | SEND R@0
+recover watching X@4  | 409 R request end | WAIT R@8
+recover watching X@4  | 409 R beyond      | WAIT R@10
+recover watching X@4  | 409 R past size   | RESTART
+recover watching X@4  | 409 X at 0        | SEND X@0
+recover watching X@4  | 409 X at 4        | RESTART
+recover watching X@4  | 409 X at 8        | WAIT X@8
+recover watching X@4  | 400               | raise Rejected
+recover watching X@4  | 401               | RECOVER, retry
+recover watching X@4  | 403               | raise PermissionDenied
+recover watching X@4  | 404               | raise FolderNotFound
+recover watching X@4  | 409 busy          | RECOVER, retry
+recover watching X@4  | 413               | raise QuotaExceeded
+recover watching X@4  | 500               | RECOVER, retry
+recover watching X@4  | 503               | RECOVER, retry
+recover watching X@4  | lost              | RECOVER, retry
+recover watching X@4  | integrity         | RESTART
 """
 
 
@@ -469,3 +507,18 @@ def test_restart_keeps_counts_and_forgets_the_session() -> None:
         True,
     )
     assert (fresh.resumes, fresh.restarts, fresh.adopted) == (1, 1, False)
+
+
+def test_two_writers_converge_by_waiting() -> None:
+    """Another writer's session X holds bytes: wait, look at the file, look at X again. X
+    moved on: wait again. The file is then complete: done, nothing of ours was sent."""
+    state = initiated(STARTS["initiate"], UploadReply("X", 4 * MiB, error_code=409))
+    assert describe(state) == "WAIT X@4"
+    state = waited(state)
+    assert describe(state) == "CHECK"
+    state = checked(state, None, mtime=MTIME)
+    assert describe(state) == "RECOVER"
+    state = recovered(state, UploadReply("X", 8 * MiB, error_code=409))
+    assert (describe(state), state.watched_bytes) == ("WAIT X@8", 4 * MiB)  # its progress
+    state = checked(waited(state), _resource(SIZE), mtime=MTIME)
+    assert state.phase is Phase.DONE and state.restarts == 0
