@@ -99,7 +99,8 @@ class TransferConfig:
       exactly 4 MiB (the block of the integrity hash; spec §6).
     - `verify`: the block-level SHA-256 check of every file by the server.
     - `bwlimit` (bytes per second, ≥ 1, or None): the whole run's upload rate.
-    - `retry`: attempts in a row without progress per file, and the waits between them.
+    - `retry`: attempts in a row without progress per file, the waits between them, and
+      `give_up_after`: seconds of failing uploads (no connection, 5xx) that stop the run.
     - `timeouts` (seconds, > 0): to connect, to read a reply, to read the last chunk's reply.
     - `verify_tls`, `ca_bundle`: whose certificates are trusted.
 
@@ -151,6 +152,10 @@ def _transfer_problems(config: TransferConfig) -> list[str]:
     retry = config.retry
     if retry.attempts < 1:
         problems.append(f"retry.attempts must be at least 1, not {retry.attempts}")
+    if not retry.give_up_after > 0:
+        problems.append(
+            f"retry.give_up_after must be more than 0 seconds, not {retry.give_up_after}"
+        )
     if not 0 <= retry.initial_wait <= retry.max_wait:
         problems.append(
             f"retry waits must satisfy 0 <= initial_wait <= max_wait, not "
