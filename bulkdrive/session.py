@@ -191,8 +191,10 @@ def recovered(state: SessionState, reply: UploadReply) -> SessionState:
     # server opened a new, empty one.
     if reply.chunk_offset != 0:
         return restarted(state, f"a new session holds {reply.chunk_offset} bytes of nobody's")
+    # After a lost final request, or while another writer's session was watched, the file
+    # may be complete: look before sending it again.
     fresh = SessionState(
-        Phase.CHECK if state.pending_final else Phase.SEND,
+        Phase.CHECK if state.pending_final or state.watching else Phase.SEND,
         state.size,
         request_id=reply.request_id,
         resumes=state.resumes,

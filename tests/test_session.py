@@ -382,7 +382,7 @@ resume no id          | 500               | RECOVER, retry
 resume no id          | 503               | RECOVER, retry
 resume no id          | lost              | RECOVER, retry
 resume no id          | integrity         | RESTART
-recover watching X@4  | 200 new at 0      | SEND N@0
+recover watching X@4  | 200 new at 0      | CHECK N@0
 recover watching X@4  | 200 elsewhere     | RESTART
 recover watching X@4  | 409 R confirmed   | SEND R@0
 recover watching X@4  | 409 R request end | WAIT R@8
