@@ -47,7 +47,7 @@ from bulkdrive.report import (
     summary_to_json,
     write_json_report,
 )
-from bulkdrive.scheduler import RunPlan, TreeUpload
+from bulkdrive.scheduler import RunPlan, SchedulerStatistics, TreeUpload
 from bulkdrive.shard import Shard, parse_shard, shard_journal_path
 from bulkdrive.walk import WalkFilters, read_exclude_from
 
@@ -407,16 +407,31 @@ async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSu
         summary = await run.run()
         state.run_error = run.run_error
     if request.dry_run:
-        stats = run.statistics()
-        console.print(
-            f"dry run: would upload {stats.would_upload_files} files "
-            f"({stats.would_upload_bytes} bytes), skip {summary.files.skipped} files "
-            f"({summary.bytes.skipped} bytes), {summary.filtered} left out by the "
-            "filters; nothing was sent",
-            soft_wrap=True,
-            markup=False,
-        )
+        log_dry_run(run.statistics(), summary, console, request.log_format)
     return summary
+
+
+def log_dry_run(
+    stats: SchedulerStatistics, summary: RunSummary, console: Console, log_format: str
+) -> None:
+    """The dry run's closing line, with exact byte counts (scripts read them): on the screen,
+    a JSON object there in JSON mode, and in --log-file either way."""
+    fields = {
+        "would_upload_files": stats.would_upload_files,
+        "would_upload_bytes": stats.would_upload_bytes,
+        "skipped_files": summary.files.skipped,
+        "skipped_bytes": summary.bytes.skipped,
+        "filtered": summary.filtered,
+    }
+    line = (
+        f"dry run: would upload {stats.would_upload_files} files "
+        f"({stats.would_upload_bytes} bytes), skip {summary.files.skipped} files "
+        f"({summary.bytes.skipped} bytes), {summary.filtered} left out by the "
+        "filters; nothing was sent"
+    )
+    log.info("%s", line, extra={"event": "dry_run", "fields": fields})
+    if not json_screen(console, log_format):  # else the JSON screen handler printed it
+        console.print(line, soft_wrap=True, markup=False)
 
 
 def setup_logging(
@@ -477,9 +492,12 @@ def json_screen(console: Console, log_format: str) -> bool:
     return log_format == "json" and not console.is_terminal
 
 
+CLOSING_EVENTS = ("summary", "dry_run")  # on the JSON screen even with -q
+
+
 def _screen_events(verbosity: int) -> Callable[[logging.LogRecord], bool]:
     def keep(record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING or getattr(record, "event", None) == "summary":
+        if record.levelno >= logging.WARNING or getattr(record, "event", None) in CLOSING_EVENTS:
             return True
         if record.name.startswith("bulkdrive.client"):
             return verbosity >= 2

@@ -398,6 +398,33 @@ async def test_dry_run_lists_files_asks_for_no_password_and_uploads_nothing(
     assert only.startswith("dry run: would upload 2 files")
 
 
+async def test_dry_run_in_json_mode_ends_with_a_json_line(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    source = one_file(tmp_path)  # f.txt, 5 bytes
+    (source / "g.bin").write_bytes(b"1234567")
+    (source / "noise.log").write_bytes(b"log")
+    log = tmp_path / "dry.ndjson"
+    args = ["--dry-run", "--exclude", "*.log", "--log-format", "json", "--log-file", str(log)]
+    for extra in ([], ["-q"]):
+        dry = await run_cli(*upload_args(emulator, source, *args, *extra), cwd=tmp_path)
+        assert dry.returncode == 0, dry.stderr.decode()
+        entries = [json.loads(line) for line in dry.stdout.decode().splitlines()]  # JSON only
+        (closing,) = [e for e in entries if e["event"] == "dry_run"]
+        assert closing["fields"] == {
+            "would_upload_files": 2,
+            "would_upload_bytes": 12,
+            "skipped_files": 0,
+            "skipped_bytes": 0,
+            "filtered": 1,
+        }
+        assert closing["message"].startswith("dry run: would upload 2 files (12 bytes)")
+        logged = [json.loads(line) for line in log.read_text().splitlines()]
+        assert [e["fields"] for e in logged if e["event"] == "dry_run"] == [closing["fields"]]
+        log.unlink()
+    assert not stored(emulator, "f.txt").exists()
+
+
 async def test_help_shows_types_and_defaults_and_matches_the_readme(tmp_path: Path) -> None:
     env = {**cli_env(home=tmp_path), "COLUMNS": "200"}
     done = await run_cli("upload", "--help", cwd=tmp_path, env=env)
