@@ -406,50 +406,11 @@ def _credentials(settings: Settings) -> Credentials:
 @click.pass_context
 def bench(ctx: click.Context) -> None:
     """Measure throughput against baselines (`bulkdrive bench --help`)."""
-    if any(arg in ("-h", "--help") for arg in ctx.args):
-        click.echo(_bench_help())
-        sys.exit(0)
+    # bench.run's own click command parses (and answers --help); imported only here, so
+    # that every other command starts without the harness
     from bulkdrive.bench.run import main as bench_main
 
     sys.exit(bench_main(list(ctx.args)))
-
-
-def _bench_help() -> str:
-    """`bulkdrive bench --help` in click's words, like every other command's: the bench's own
-    options (argparse, shared with benchmarks/run.py) shown as click options."""
-    import argparse
-
-    from bulkdrive.bench.run import parser
-
-    bench_parser = parser()
-    params: list[click.Parameter] = []
-    for action in bench_parser._actions:
-        if not action.option_strings or "-h" in action.option_strings:
-            continue
-        flag = action.nargs == 0
-        default = action.default
-        if default in (None, False, argparse.SUPPRESS) or flag:
-            default = None
-        metavar = action.metavar if isinstance(action.metavar, str) else None
-        params.append(
-            click.Option(
-                list(action.option_strings),
-                is_flag=flag,
-                help=action.help,
-                metavar=None if flag else metavar or action.dest.upper(),
-                default=default,
-                show_default=default is not None and "default" not in (action.help or ""),
-            )
-        )
-    command = click.Command(
-        "bench",
-        params=params,
-        help=bench_parser.description,
-    )
-    with click.Context(
-        command, info_name="bulkdrive bench", help_option_names=["-h", "--help"]
-    ) as ctx:
-        return command.get_help(ctx)
 
 
 @main.command()

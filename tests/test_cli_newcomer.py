@@ -502,3 +502,21 @@ async def test_bench_help_in_click_style(tmp_path: Path) -> None:
     out = done.stdout.decode()
     assert out.startswith("Usage: bulkdrive bench [OPTIONS]")
     assert "Options:" in out and "--workload" in out and "-h, --help" in out
+
+
+async def test_bench_is_a_click_command_with_types_and_defaults(tmp_path: Path) -> None:
+    env = {**cli_env(home=tmp_path), "COLUMNS": "200"}
+    done = await run_cli("bench", "--help", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    text = " ".join(done.stdout.decode().split())
+    expected = ["--repeat INTEGER", "--transfers INTEGER", "--timeout SECONDS", "--json FILE"]
+    expected += ["--data-dir PATH", "[default: 3; x>=1]", "[default: 8; x>=1]"]
+    expected += ["[default: 3600; x>0]", "--sweep N,N,… --transfers values", "--midrun D,D"]
+    expected += ["[default: bench-data]", "[default: large,small,mixed]", "--quick", "--url URL"]
+    for word in expected:
+        assert word in text, word
+    # parsed by click: a bad value is click's one-line usage error, exit 2, nothing measured
+    bad = await run_cli("bench", "--repeat", "0", "--data-dir", "d", cwd=tmp_path, env=env)
+    assert bad.returncode == 2
+    assert "Invalid value for '--repeat'" in bad.stderr.decode()
+    assert "Traceback" not in bad.stderr.decode() and not (tmp_path / "d").exists()

@@ -16,13 +16,16 @@ bulkdrive / baseline and the issue's targets. Exit status: 0, or 1 when a run fa
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
+
+import click
 
 from bulkdrive.bench import harness, output, processes, sweep, workloads
 from bulkdrive.bench.contenders import CONTENDERS
@@ -32,144 +35,172 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in _csv(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of whole numbers: {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"need whole numbers >= 1: {text!r}")
-    return values
-
-
-def _positive(text: str) -> int:
-    value = _ints(text)
-    if len(value) != 1:
-        raise argparse.ArgumentTypeError(f"one whole number, not {text!r}")
-    return value[0]
-
-
-def _sweep(text: str) -> tuple[int, ...]:
+def _sweep_settings(ctx: click.Context, param: click.Parameter, text: str) -> tuple[int, ...]:
     try:
         return sweep.parse_settings(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise click.BadParameter(str(exc).removeprefix("--sweep: ")) from None
 
 
-def _latencies(text: str) -> tuple[float, ...]:
+def _latencies(
+    ctx: click.Context, param: click.Parameter, text: str | None
+) -> tuple[float, ...] | None:
+    if text is None:
+        return None
     try:
         return sweep.parse_latencies(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise click.BadParameter(str(exc).removeprefix("--latency: ")) from None
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="bulkdrive bench",
-        description="Measure bulkdrive against a raw aiohttp sender, parallel curl and the "
-        "sequential SDK algorithm, on the same workloads in one run.",
-    )
-    p.add_argument(
-        "--workload",
-        default="large,small,mixed",
-        help="comma list of workloads: large, small, mixed, quick, sample "
-        "(default: large,small,mixed)",
-    )
-    p.add_argument(
-        "--repeat", type=_positive, default=3, help="repetitions; medians are quoted (default 3)"
-    )
-    p.add_argument(
-        "--transfers",
-        type=_positive,
-        default=8,
-        help="files in flight for every concurrent contender (default 8)",
-    )
-    p.add_argument(
-        "--contenders",
-        default=",".join(CONTENDERS),
-        help=f"comma list of {', '.join(CONTENDERS)} (default: all)",
-    )
-    p.add_argument("--json", type=Path, metavar="FILE", help="write every result to FILE")
-    p.add_argument(
-        "--plot",
-        type=Path,
-        metavar="FILE.png",
-        help="also sweep --transfers and draw MB/s against it (needs matplotlib)",
-    )
-    p.add_argument(
-        "--sweep",
-        type=_sweep,
-        default=harness.SWEEP,
-        metavar="N,N,…",
-        help="--transfers values of the --plot sweep (default 1,2,4,8,16,32); with "
-        "--latency, may include auto",
-    )
-    p.add_argument(
-        "--latency",
-        type=_latencies,
-        metavar="D,D,…",
-        help="the network sweep: server latencies (e.g. 0,2ms,20ms); bulkdrive at each "
-        "--sweep setting and the sequential SDK algorithm, per latency "
-        "(default workloads netsmall,netlarge)",
-    )
-    p.add_argument(
-        "--midrun",
-        type=_latencies,
-        metavar="D,D",
-        help="restart the emulator mid-run from the first latency to the second (e.g. "
-        "2ms,20ms): how soon --transfers auto is back to 0.8x the best of --sweep's fixed "
-        "settings (default 32,64,128) at the second (default workload small)",
-    )
-    p.add_argument(
-        "--max-active",
-        type=_positive,
-        metavar="N",
-        help="network sweep: the emulator answers 503 beyond N requests at once",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="the tiny 'quick' workload (4 x 8 MiB + 200 x 4 KiB), one repetition",
-    )
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path("bench-data"),
-        help="cache of generated workloads and scratch of the runs (default ./bench-data)",
-    )
-    p.add_argument(
-        "--server-dir",
-        type=Path,
-        metavar="DIR",
-        help="where the local emulators store uploads (default: /dev/shm when it "
-        "has room, so the disk's write-back is not measured; else DATA_DIR)",
-    )
-    p.add_argument(
-        "--keep", action="store_true", help="keep what the emulators stored (under DATA_DIR/runs)"
-    )
-    p.add_argument(
-        "--profile",
-        type=Path,
-        metavar="DIR",
-        help="one extra run of bulkdrive per workload under py-spy; hot spots printed",
-    )
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=3600.0,
-        help="seconds allowed per contender run (default 3600)",
-    )
-    p.add_argument(
-        "--url",
-        help="a real server's root (https://HOST/webconsole/api) instead of "
-        "local emulators; password from BULKDRIVE_PASSWORD",
-    )
-    p.add_argument("--user", help="user name on the real server")
-    p.add_argument("--share", help="share id on the real server")
-    return p
+@dataclass(frozen=True)
+class BenchArgs:
+    """What `bulkdrive bench` was asked for (see the options' help)."""
+
+    workload: str
+    repeat: int
+    transfers: int
+    contenders: str
+    json: Path | None
+    plot: Path | None
+    sweep: tuple[int, ...]
+    latency: tuple[float, ...] | None
+    midrun: tuple[float, ...] | None
+    max_active: int | None
+    quick: bool
+    data_dir: Path
+    server_dir: Path | None
+    keep: bool
+    profile: Path | None
+    timeout: float
+    url: str | None
+    user: str | None
+    share: str | None
 
 
-def config_from(args: argparse.Namespace) -> harness.BenchConfig:
+_POSITIVE = click.IntRange(min=1)
+_FILE = click.Path(path_type=Path)
+
+
+@click.command(
+    "bench",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Measure bulkdrive against a raw aiohttp sender, parallel curl and the "
+    "sequential SDK algorithm, on the same workloads in one run.",
+)
+@click.option(
+    "--workload",
+    default="large,small,mixed",
+    show_default=True,
+    metavar="W,W,…",
+    help="Comma list of workloads: large, small, mixed, quick, sample.",
+)
+@click.option(
+    "--repeat",
+    type=_POSITIVE,
+    default=3,
+    show_default=True,
+    help="Repetitions; medians are quoted.",
+)
+@click.option(
+    "--transfers",
+    type=_POSITIVE,
+    default=8,
+    show_default=True,
+    help="Files in flight for every concurrent contender.",
+)
+@click.option(
+    "--contenders",
+    default=",".join(CONTENDERS),
+    show_default=True,
+    metavar="C,C,…",
+    help=f"Comma list of {', '.join(CONTENDERS)}.",
+)
+@click.option("--json", "json_file", type=_FILE, metavar="FILE", help="Write every result to FILE.")
+@click.option(
+    "--plot",
+    type=_FILE,
+    metavar="FILE.png",
+    help="Also sweep --transfers and draw MB/s against it (needs matplotlib).",
+)
+@click.option(
+    "--sweep",
+    "sweep_settings",
+    callback=_sweep_settings,
+    metavar="N,N,…",
+    default=",".join(str(n) for n in harness.SWEEP),
+    show_default=True,
+    help="--transfers values of the --plot sweep; with --latency, may include auto.",
+)
+@click.option(
+    "--latency",
+    callback=_latencies,
+    metavar="D,D,…",
+    help="The network sweep: server latencies (e.g. 0,2ms,20ms); bulkdrive at each "
+    "--sweep setting and the sequential SDK algorithm, per latency "
+    "(default workloads netsmall,netlarge).",
+)
+@click.option(
+    "--midrun",
+    callback=_latencies,
+    metavar="D,D",
+    help="Restart the emulator mid-run from the first latency to the second (e.g. "
+    "2ms,20ms): how soon --transfers auto is back to 0.8x the best of --sweep's fixed "
+    "settings (default 32,64,128) at the second (default workload small).",
+)
+@click.option(
+    "--max-active",
+    type=_POSITIVE,
+    metavar="N",
+    help="Network sweep: the emulator answers 503 beyond N requests at once.",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="The tiny 'quick' workload (4 x 8 MiB + 200 x 4 KiB), one repetition.",
+)
+@click.option(
+    "--data-dir",
+    type=_FILE,
+    default=Path("bench-data"),
+    show_default=True,
+    help="Cache of generated workloads and scratch of the runs.",
+)
+@click.option(
+    "--server-dir",
+    type=_FILE,
+    metavar="DIR",
+    help="Where the local emulators store uploads (default: /dev/shm when it "
+    "has room, so the disk's write-back is not measured; else DATA_DIR).",
+)
+@click.option("--keep", is_flag=True, help="Keep what the emulators stored (under DATA_DIR/runs).")
+@click.option(
+    "--profile",
+    type=_FILE,
+    metavar="DIR",
+    help="One extra run of bulkdrive per workload under py-spy; hot spots printed.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3600,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds allowed per contender run.",
+)
+@click.option(
+    "--url",
+    metavar="URL",
+    help="A real server's root (https://HOST/webconsole/api) instead of "
+    "local emulators; password from BULKDRIVE_PASSWORD.",
+)
+@click.option("--user", metavar="NAME", help="User name on the real server.")
+@click.option("--share", metavar="ID", help="Share id on the real server.")
+def command(json_file: Path | None, sweep_settings: tuple[int, ...], **options: Any) -> int:
+    return run(BenchArgs(json=json_file, sweep=sweep_settings, **options))
+
+
+def config_from(args: BenchArgs) -> harness.BenchConfig:
     names = ("quick",) if args.quick else _csv(args.workload)
     unknown = [w for w in names if w not in workloads.WORKLOADS]
     if unknown or not names:
@@ -212,14 +243,26 @@ def config_from(args: argparse.Namespace) -> harness.BenchConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """`bulkdrive bench ARGS` (and benchmarks/run.py): the exit status, never a traceback."""
+    try:
+        status = command.main(args=argv, prog_name="bulkdrive bench", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        print("bulkdrive bench: interrupted", file=sys.stderr)
+        return 130
+    return status if isinstance(status, int) else 0
+
+
+def run(args: BenchArgs) -> int:
     if args.latency is None and sweep.AUTO in args.sweep:
         print("bulkdrive bench: error: --sweep auto needs --latency", file=sys.stderr)
         return 2
     if args.latency is not None and args.workload == "large,small,mixed" and not args.quick:
-        args.workload = "netsmall,netlarge"
+        args = replace(args, workload="netsmall,netlarge")
     if args.midrun is not None and args.workload == "large,small,mixed" and not args.quick:
-        args.workload = "small"
+        args = replace(args, workload="small")
     try:
         config = config_from(args)
     except ValueError as exc:
@@ -235,9 +278,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     if args.midrun is not None:
-        return _midrun(args, config)
+        return _midrun(args, config, args.midrun)
     if args.latency is not None:
-        return _network_sweep(args, config)
+        return _network_sweep(args, config, args.latency)
     try:
         doc = harness.run_benchmark(config)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -258,15 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r["ok"] for r in doc["runs"]) else 1
 
 
-def _midrun(args: argparse.Namespace, config: harness.BenchConfig) -> int:
-    if len(args.midrun) != 2:
+def _midrun(args: BenchArgs, config: harness.BenchConfig, midrun: tuple[float, ...]) -> int:
+    if len(midrun) != 2:
         print("bulkdrive bench: error: --midrun takes two latencies: BEFORE,AFTER", file=sys.stderr)
         return 2
     fixed = tuple(s for s in args.sweep if s != sweep.AUTO)
     settings = sweep.MidrunConfig(
         bench=config,
-        before=args.midrun[0],
-        after=args.midrun[1],
+        before=midrun[0],
+        after=midrun[1],
         reference=fixed if args.sweep != harness.SWEEP else (32, 64, 128),
     )
     try:
@@ -284,10 +327,12 @@ def _midrun(args: argparse.Namespace, config: harness.BenchConfig) -> int:
     return 0 if doc["ok"] else 1
 
 
-def _network_sweep(args: argparse.Namespace, config: harness.BenchConfig) -> int:
+def _network_sweep(
+    args: BenchArgs, config: harness.BenchConfig, latencies: tuple[float, ...]
+) -> int:
     settings = sweep.SweepConfig(
         bench=config,
-        latencies=args.latency,
+        latencies=latencies,
         settings=args.sweep if args.sweep != harness.SWEEP else sweep.SETTINGS,
         max_active=args.max_active,
         baseline="sdk" in config.contenders,
