@@ -406,6 +406,11 @@ async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSu
         state.run = run
         summary = await run.run()
         state.run_error = run.run_error
+        if not request.dry_run:
+            skips = dict(summary.skipped_by_kind)
+            if summary.filtered:
+                skips[FILTERED] = summary.filtered
+            await journal.note_run_skips(skips)
     if request.dry_run:
         log_dry_run(run.statistics(), summary, console, request.log_format)
     return summary
@@ -492,6 +497,7 @@ def json_screen(console: Console, log_format: str) -> bool:
     return log_format == "json" and not console.is_terminal
 
 
+FILTERED = "left out by filters"  # with the skip kinds in the journal's last-run counts
 CLOSING_EVENTS = ("summary", "dry_run")  # on the JSON screen even with -q
 
 
@@ -563,6 +569,13 @@ def print_status(
     total_bytes = sum(s.total_bytes for s in summaries)
     console.print(f"  {'total':<8} {total_files:>10} files {format_bytes(total_bytes):>12}")
     _print_held(console, paths)
+    skips: dict[str, int] = {}
+    for summary in summaries:
+        for kind, count in summary.last_run_skips.items():
+            skips[kind] = skips.get(kind, 0) + count
+    if skips:
+        counted = ", ".join(f"{count} {kind}" for kind, count in sorted(skips.items()))
+        console.print(f"last run skipped: {counted}", markup=False, soft_wrap=True)
     failed = files.get(FileState.FAILED, 0)
     if failed:
         console.print(f"failures ({failed}):")

@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -148,6 +148,8 @@ class JournalSummary:
     total_bytes: int
     key: JobKey | None
     updated_at: float
+    # the last finished run's skips, counted by kind (no row per skipped file): kind → files
+    last_run_skips: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -480,12 +482,16 @@ def read_summary(path: Path) -> JournalSummary:
         _check_version(conn, path)
         files, sizes, updated_at = _summarize(conn)
         key = _stored_key(conn)
+        skips = conn.execute("SELECT value FROM meta WHERE key = 'last_run_skips'").fetchone()
+        last_run_skips = {str(k): int(v) for k, v in json.loads(skips[0]).items()} if skips else {}
     except (sqlite3.Error, ValueError) as exc:
         raise ConfigError(f"cannot read journal {path}: {_one_line(exc)}") from exc
     finally:
         if conn is not None:
             conn.close()
-    return JournalSummary(files, sizes, sum(files.values()), sum(sizes.values()), key, updated_at)
+    return JournalSummary(
+        files, sizes, sum(files.values()), sum(sizes.values()), key, updated_at, last_run_skips
+    )
 
 
 @dataclass(frozen=True)
@@ -725,6 +731,21 @@ class Journal:
             self._committed_through = sequence
             self._batches_committed += 1
             self._rows_written += len(batch)
+
+    async def note_run_skips(self, skips: Mapping[str, int]) -> None:
+        """The run's skipped files counted by kind, in the run metadata (replacing the last
+        run's): a few numbers, however many files were skipped."""
+        async with self._commit_lock:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._write_run_skips, json.dumps(dict(skips)))
+
+    def _write_run_skips(self, skips: str) -> None:
+        try:  # one statement in autocommit mode: atomic
+            self._writer.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_run_skips', ?)", (skips,)
+            )
+        except sqlite3.Error as exc:
+            raise JournalFailed(f"cannot write journal {self.path}: {_one_line(exc)}") from exc
 
     def _write_batch(self, batch: list[FileRecord]) -> None:
         conn = self._writer

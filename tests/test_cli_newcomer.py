@@ -520,3 +520,30 @@ async def test_bench_is_a_click_command_with_types_and_defaults(tmp_path: Path) 
     assert bad.returncode == 2
     assert "Invalid value for '--repeat'" in bad.stderr.decode()
     assert "Traceback" not in bad.stderr.decode() and not (tmp_path / "d").exists()
+
+
+async def test_status_counts_every_kind_of_skip_of_the_last_run(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    source = one_file(tmp_path)
+    (source / "noise.log").write_bytes(b"log")
+    os.symlink(source / "f.txt", source / "link.txt")
+    journal = tmp_path / "job.sqlite"
+    args = ["--journal", str(journal), "--exclude", "*.log"]
+    first = await run_cli(*upload_args(emulator, source, *args), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr.decode()
+    report = tmp_path / "r.json"
+    again = await run_cli(
+        *upload_args(emulator, source, *args, "--report", str(report)), cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr.decode()
+    kinds = json.loads(report.read_text())["skipped_by_kind"]
+    assert sum(kinds.values()) == 2, kinds  # unchanged f.txt, the symlink
+    done = await run_cli("status", "--journal", str(journal), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    line = next(x for x in done.stdout.decode().splitlines() if x.startswith("last run skipped"))
+    for kind, count in kinds.items():
+        assert f"{count} {kind}" in line, line
+    assert "1 left out by filters" in line
+    # counts only: the journal holds no row per skipped file
+    assert "noise.log" not in done.stdout.decode() and "link.txt" not in done.stdout.decode()
