@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -281,24 +282,13 @@ def run(args: BenchArgs) -> int:
         return _midrun(args, config, args.midrun)
     if args.latency is not None:
         return _network_sweep(args, config, args.latency)
-    try:
-        doc = harness.run_benchmark(config)
-    except (OSError, RuntimeError, ValueError) as exc:
-        print(f"bulkdrive bench: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bulkdrive bench: interrupted", file=sys.stderr)
-        return 130
-    print(output.format_table(doc))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"\nresults written to {args.json}")
-    if args.plot:
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
-        output.plot(doc, args.plot)
-        print(f"plot written to {args.plot}")
-    return 0 if all(r["ok"] for r in doc["runs"]) else 1
+    return _measure(
+        args,
+        lambda: harness.run_benchmark(config),
+        render=output.format_table,
+        plot=output.plot,
+        ok=lambda doc: all(r["ok"] for r in doc["runs"]),
+    )
 
 
 def _midrun(args: BenchArgs, config: harness.BenchConfig, midrun: tuple[float, ...]) -> int:
@@ -312,19 +302,13 @@ def _midrun(args: BenchArgs, config: harness.BenchConfig, midrun: tuple[float, .
         after=midrun[1],
         reference=fixed if args.sweep != harness.SWEEP else (32, 64, 128),
     )
-    try:
-        doc = sweep.run_midrun(settings)
-    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
-        print(f"bulkdrive bench: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bulkdrive bench: interrupted", file=sys.stderr)
-        return 130
-    print(json.dumps(doc, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
-    return 0 if doc["ok"] else 1
+    return _measure(
+        args,
+        lambda: sweep.run_midrun(settings),
+        render=lambda doc: json.dumps(doc, indent=2),
+        plot=None,
+        ok=lambda doc: bool(doc["ok"]),
+    )
 
 
 def _network_sweep(
@@ -337,24 +321,42 @@ def _network_sweep(
         max_active=args.max_active,
         baseline="sdk" in config.contenders,
     )
+    return _measure(
+        args,
+        lambda: sweep.run_sweep(settings),
+        render=sweep.render,
+        plot=sweep.plot,
+        ok=lambda doc: all(p["measurement"]["ok"] for p in doc["points"]),
+    )
+
+
+def _measure(
+    args: BenchArgs,
+    measure: Callable[[], dict[str, Any]],
+    *,
+    render: Callable[[dict[str, Any]], str],
+    plot: Callable[[dict[str, Any], Path], None] | None,
+    ok: Callable[[dict[str, Any]], bool],
+) -> int:
+    """Run one kind of measurement, print it, write --json and --plot: the exit status."""
     try:
-        doc = sweep.run_sweep(settings)
-    except (OSError, RuntimeError, ValueError) as exc:
+        doc = measure()
+    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
         print(f"bulkdrive bench: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("bulkdrive bench: interrupted", file=sys.stderr)
         return 130
-    print(sweep.render(doc))
+    print(render(doc))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"\nresults written to {args.json}")
-    if args.plot:
+    if args.plot and plot is not None:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
-        sweep.plot(doc, args.plot)
+        plot(doc, args.plot)
         print(f"plot written to {args.plot}")
-    return 0 if all(p["measurement"]["ok"] for p in doc["points"]) else 1
+    return 0 if ok(doc) else 1
 
 
 if __name__ == "__main__":
