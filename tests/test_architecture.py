@@ -40,7 +40,19 @@ ROOMS: dict[str, frozenset[str]] = {
         "job": "client cluster emulator journal names progress protocol report scheduler shard"
         " walk eventlog",
         # -- the run
-        "scheduler": "client journal names progress protocol report upload walk check resume tuner",
+        "scheduler": "auto_transfers client dispatch file_events journal names outcomes progress "
+        "protocol remote_folders report resume source upload walk",
+        # The run's rooms: the dispatcher (skips, in-flight marks, read-ahead, hand-out)...
+        "dispatch": "check client journal names outcomes progress remote_folders report resume "
+        "source upload walk",
+        # ...a finished file accounted once (journal, tally, progress, --report-files)...
+        "outcomes": "file_events journal progress remote_folders report resume upload walk",
+        # ...a file's upload events, and the counters --transfers auto measures...
+        "file_events": "journal progress report resume walk",
+        # ...the remote folders, created ahead of their files...
+        "remote_folders": "client names progress protocol",
+        # ...and the --transfers auto driver loop around the pure tuner.
+        "auto_transfers": "file_events progress report tuner",
         # --transfers auto: a pure controller, measurements in, the next limit out.
         "tuner": "",
         # --cluster: the run's files uploaded by Dask workers with the same per-file engine.

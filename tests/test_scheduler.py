@@ -5,10 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
 
-import anyio
-import anyio.lowlevel
 import pytest
 
 from bulkdrive import errors
@@ -16,7 +13,7 @@ from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, Secret, TransferConfig
 from bulkdrive.emulator import Emulator
 from bulkdrive.report import Outcome
-from bulkdrive.scheduler import RunPlan, TreeUpload, _Handout, upload_tree
+from bulkdrive.scheduler import RunPlan, TreeUpload, upload_tree
 from bulkdrive.walk import WalkFilters
 
 from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
@@ -163,41 +160,6 @@ async def test_bandwidth_limit_paces_the_whole_run(emulator: Emulator, tmp_path:
     assert stats.bytes_granted == 6 * 300 * 1024
     assert stats.seconds_waited > 0
     assert_stored(source, emulator.config.root / SHARE_ID)
-
-
-async def test_handout_gives_each_file_once_and_holds_the_next_batch_back() -> None:
-    """The workers' hand-out: every file to exactly one worker, in order; a second batch waits
-    until the first is taken (at most two batches of read-ahead content in memory); closing
-    ends the workers once what was handed out is taken."""
-    handout = _Handout()
-    taken: list[tuple[int, object]] = []
-    second_put_done = anyio.Event()
-
-    def ready(n: int) -> Any:
-        return (f"file{n}", False, None, b"")
-
-    async def worker(number: int) -> None:
-        while (item := await handout.get()) is not None:
-            taken.append((number, item[0]))
-            await anyio.lowlevel.checkpoint()
-
-    async def dispatcher() -> None:
-        await handout.put([ready(n) for n in range(10)])
-        await handout.put([ready(n) for n in range(10, 20)])
-        second_put_done.set()
-        handout.close()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(dispatcher)
-        await anyio.lowlevel.checkpoint()
-        # Before any worker runs, the first batch is out and the second is held back.
-        assert not second_put_done.is_set()
-        for number in range(3):
-            tg.start_soon(worker, number)
-    names = [name for _, name in taken]
-    assert names == [f"file{n}" for n in range(20)]
-    assert len({number for number, _ in taken}) == 3  # all workers took a share
-    assert await handout.get() is None
 
 
 def test_no_transfers_is_refused_rather_than_waiting_for_ever() -> None:

@@ -1,0 +1,305 @@
+"""The dispatcher: walk items in batches from the backlog; what to skip (journal, server);
+the in-flight marks; the small files read ahead; the hand-out to the workers.
+
+A batch costs one journal read, one read of all its small files and one journal commit,
+rather than a thread hop each per file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from bulkdrive import errors
+from bulkdrive.check import Version, difference
+from bulkdrive.client import EdgeDriveClient
+from bulkdrive.config import SMALL_FILE_BATCH, SMALL_FILE_READ_AHEAD
+from bulkdrive.journal import FileRecord, FileState, Journal
+from bulkdrive.names import remote_name
+from bulkdrive.outcomes import RunOutcomes
+from bulkdrive.progress import Reporter
+from bulkdrive.remote_folders import RemotePaths, name_of
+from bulkdrive.report import FileOutcome, Outcome
+from bulkdrive.resume import (
+    SKIP_ON_SERVER,
+    SKIP_UNCHANGED,
+    ReadyFile,
+    is_stale,
+    journal_record,
+    ready_file,
+    was_in_flight,
+)
+from bulkdrive.source import LocalContent
+from bulkdrive.upload import read_small_files
+from bulkdrive.walk import FileEntry, SkippedEntry, WalkFailure, WalkItem
+
+#: Walk items handed out together: one journal read, one read of the small files and one
+#: journal commit serve them all.
+DISPATCH_BATCH = SMALL_FILE_BATCH
+#: Remote folder listings kept for --check-remote; files arrive grouped by folder.
+_LISTINGS_KEPT = 4
+
+
+async def next_batch(
+    receive: MemoryObjectReceiveStream[WalkItem], most: int = DISPATCH_BATCH
+) -> list[WalkItem]:
+    """Wait for one walk item, then take what else the backlog holds, up to `most`."""
+    try:
+        batch = [await receive.receive()]
+    except anyio.EndOfStream:
+        return []
+    while len(batch) < most:
+        try:
+            batch.append(receive.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            break
+    return batch
+
+
+class Handout:
+    """The files of one dispatched batch, taken by the workers one at a time.
+
+    A zero-buffer memory stream costs a rendezvous per file (a checkpoint, an event and a task
+    switch on whichever side waits): a tenth of the run's CPU with small files. Here a worker
+    takes the next file from a deque without waiting, and waits only when the batch is used
+    up; the dispatcher puts the next batch out once the last one is taken (so at most two
+    batches of read-ahead content are held: the one handed out and the one in preparation).
+    """
+
+    def __init__(self) -> None:
+        self._files: deque[ReadyFile] = deque()
+        self._closed = False
+        # One event per waiting worker, woken one per file: with thousands of workers (a
+        # --cluster run's slots) a shared event would wake them all for every batch.
+        self._waiters: deque[anyio.Event] = deque()
+        self._emptied = anyio.Event()
+        self._emptied.set()
+
+    async def put(self, files: Iterable[ReadyFile]) -> None:
+        await self._emptied.wait()
+        self._files.extend(files)
+        if self._files:
+            self._emptied = anyio.Event()
+            self._wake(len(self._files))
+
+    async def get(self) -> ReadyFile | None:
+        """The next file, or None once the hand-out is closed and empty."""
+        while not self._files:
+            if self._closed:
+                return None
+            waiter = anyio.Event()
+            self._waiters.append(waiter)
+            await waiter.wait()
+        ready = self._files.popleft()
+        if not self._files:
+            self._emptied.set()
+        return ready
+
+    def _wake(self, count: int) -> None:
+        while count > 0 and self._waiters:
+            self._waiters.popleft().set()
+            count -= 1
+
+    def close(self) -> None:
+        """No more batches: the workers end once the files handed out are taken."""
+        self._closed = True
+        self._wake(len(self._waiters))
+
+    def __enter__(self) -> Handout:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Dispatcher:
+    """Decides, batch by batch, what each file of the walk needs: skipped (with the reason),
+    listed for a dry run, or marked in flight and handed out."""
+
+    def __init__(
+        self,
+        *,
+        client: EdgeDriveClient | None,
+        journal: Journal | None,
+        paths: RemotePaths,
+        outcomes: RunOutcomes,
+        reporter: Reporter,
+        handout: Callable[[list[ReadyFile]], Awaitable[None]],
+        dry_run: bool,
+        check_remote: bool,
+        read_ahead: bool,
+    ) -> None:
+        self._client = client
+        self._journal = journal
+        self._paths = paths
+        self._outcomes = outcomes
+        self._reporter = reporter
+        self._handout = handout
+        self._dry_run = dry_run
+        self._check_remote = check_remote
+        self._read_ahead = read_ahead
+        self._listings: OrderedDict[str, dict[str, Version]] = OrderedDict()
+        self.would_upload_files = 0
+        self.would_upload_bytes = 0
+
+    async def dispatch(self, batch: list[WalkItem]) -> None:
+        """Hand out a batch of walk items: folders first (they precede their files in the
+        stream), then the files, with one journal read, one read of all small files and one
+        journal commit for the whole batch rather than a thread hop each per file."""
+        files: list[FileEntry] = []
+        for item in batch:
+            if isinstance(item, FileEntry):
+                files.append(item)
+            elif isinstance(item, SkippedEntry):
+                self._outcomes.finish(
+                    FileOutcome(
+                        relative=item.relative,
+                        remote_path=self._paths.path_of(item.relative),
+                        size=0,
+                        outcome=Outcome.SKIPPED,
+                        reason=item.reason,
+                        skip_kind=item.kind,
+                    )
+                )
+            elif isinstance(item, WalkFailure):
+                self._outcomes.finish(
+                    FileOutcome(
+                        relative=item.relative,
+                        remote_path=self._paths.path_of(item.relative),
+                        size=0,
+                        outcome=Outcome.FAILED,
+                        reason=item.reason,
+                        exit_class=item.error.__name__,
+                        hint=item.error.hint,
+                    )
+                )
+            # A FolderEntry: its creation started when the walk found it.
+        if not files:
+            return
+        records: dict[str, FileRecord] = {}
+        if self._journal is not None:
+            records = await self._journal.lookup_many(f.relative for f in files)
+        chosen: list[tuple[FileEntry, bool, FileRecord | None]] = []
+        for entry in files:
+            record = records.get(entry.relative)
+            skip = await self._skip_reason(entry, record)
+            if skip is not None:
+                reason, kind = skip
+                self._outcomes.finish(
+                    self._outcomes.outcome(entry, Outcome.SKIPPED, reason=reason, skip_kind=kind)
+                )
+            elif self._dry_run:
+                self.would_upload_files += 1
+                self.would_upload_bytes += entry.size
+                self._reporter.message(f"would upload {entry.relative} ({entry.size} bytes)")
+            else:
+                stale = is_stale(record, entry)
+                if not stale:
+                    await self.mark_started(entry, record)
+                chosen.append((entry, stale, record))
+        small = [
+            e
+            for e, stale, _ in chosen
+            if not stale and e.size <= SMALL_FILE_READ_AHEAD and self._read_ahead
+        ]
+        contents: dict[str, LocalContent | None] = {}
+        if small:
+            read = await anyio.to_thread.run_sync(
+                read_small_files, [e.path for e in small], SMALL_FILE_READ_AHEAD
+            )
+            contents = {e.relative: c for e, c in zip(small, read, strict=True)}
+        if self._journal is not None and chosen:
+            # The in-flight marks are on disk before the first request of any of these files.
+            await self._journal.flush()
+        ready = [
+            ready_file(entry, stale, contents.get(entry.relative), record)
+            for entry, stale, record in chosen
+        ]
+        if ready:
+            await self._handout(ready)
+
+    async def mark_started(self, entry: FileEntry, record: FileRecord | None) -> None:
+        """Queue a record that the file is in flight, committed before its first request.
+
+        If the run is killed after the server completed the file but before its DONE record
+        was committed, the re-run finds the mark and asks the server (`_completed_remotely`)
+        instead of sending the file again."""
+        if self._journal is None or was_in_flight(record, entry):
+            return
+        await self._journal.record(journal_record(entry, FileState.PENDING))
+
+    async def _skip_reason(
+        self, entry: FileEntry, record: FileRecord | None
+    ) -> tuple[str, str] | None:
+        """Why to skip the file, and the kind of reason; None to upload it."""
+        if record is not None:
+            if record.is_done_for(entry.size, entry.mtime_ns):
+                return "unchanged since the last run (journal)", SKIP_UNCHANGED
+            if was_in_flight(record, entry) and await self._completed_remotely(entry):
+                return "completed on the server before the last run stopped", SKIP_ON_SERVER
+        if self._check_remote:
+            listing = await self._remote_listing(self._paths.folder_of(entry.relative))
+            remote = listing.get(remote_name(name_of(entry.relative)))
+            if difference(Version.local(entry.size, entry.mtime_ns), remote) is None:
+                return "the server has it already (same size and modified time)", SKIP_ON_SERVER
+        return None
+
+    async def _completed_remotely(self, entry: FileEntry) -> bool:
+        """A file in flight when the last run stopped may have completed after its last
+        journal commit: the server says whether it holds it whole (then it is recorded done)."""
+        if self._client is None:
+            return False
+        try:
+            resource = await self._client.metadata(self._paths.path_of(entry.relative))
+        except errors.RunFailed:
+            raise
+        except errors.BulkdriveError:
+            return False  # unknown: the upload itself will find out
+        if (
+            resource is None
+            or resource.is_directory
+            or difference(
+                Version.local(entry.size, entry.mtime_ns),
+                Version(resource.size, resource.modified_time),
+            )
+            is not None
+        ):
+            return False
+        if self._journal is not None and not self._dry_run:
+            await self._journal.record(
+                journal_record(
+                    entry,
+                    FileState.DONE,
+                    offset=entry.size,
+                    file_guid=resource.guid or None,
+                )
+            )
+        return True
+
+    async def _remote_listing(self, folder: str) -> dict[str, Version]:
+        listing = self._listings.get(folder)
+        if listing is not None:
+            self._listings.move_to_end(folder)
+            return listing
+        assert self._client is not None
+        listing = {}
+        try:
+            async for resource in self._client.list_folder(folder):
+                if not resource.is_directory:
+                    listing[resource.name] = Version(resource.size, resource.modified_time)
+        except (errors.FolderNotFound, errors.SessionGone):
+            pass  # nothing there yet: every file is new
+        except errors.RunFailed:
+            raise
+        except errors.BulkdriveError as exc:
+            # Not known: upload the folder's files, each reports what goes wrong for it.
+            self._reporter.message(f"cannot list {folder}: {exc}", level=logging.WARNING)
+            return {}
+        self._listings[folder] = listing
+        if len(self._listings) > _LISTINGS_KEPT:
+            self._listings.popitem(last=False)
+        return listing

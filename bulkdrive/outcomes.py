@@ -1,0 +1,172 @@
+"""A finished file, accounted once: its journal record, its outcome (kind, reason, hint), its
+log line, the tally, the progress display and the `--report-files` line."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bulkdrive import errors
+from bulkdrive.file_events import FileEvents, RunCounters
+from bulkdrive.journal import FileState, Journal
+from bulkdrive.progress import Reporter
+from bulkdrive.remote_folders import RemotePaths
+from bulkdrive.report import FileOutcome, FileReportWriter, Outcome, RunTally, outcome_to_json
+from bulkdrive.resume import journal_record
+from bulkdrive.upload import UploadResult
+from bulkdrive.walk import FileEntry
+
+log = logging.getLogger("bulkdrive.run")
+
+
+class RunOutcomes:
+    """Where each file's end goes. `save` is the run's guarded journal write (a journal that
+    fails stops the run, never a file's accounting)."""
+
+    def __init__(
+        self,
+        *,
+        paths: RemotePaths,
+        tally: RunTally,
+        reporter: Reporter,
+        counters: RunCounters,
+        journal: Journal | None,
+        file_report: FileReportWriter | None,
+        save: Callable[[Awaitable[None]], Awaitable[None]],
+    ) -> None:
+        self._paths = paths
+        self._tally = tally
+        self._reporter = reporter
+        self._counters = counters
+        self._journal = journal
+        self._file_report = file_report
+        self._save = save
+
+    def outcome(self, entry: FileEntry, outcome: Outcome, **details: object) -> FileOutcome:
+        return FileOutcome(
+            relative=entry.relative,
+            remote_path=self._paths.path_of(entry.relative),
+            size=entry.size,
+            outcome=outcome,
+            **details,  # type: ignore[arg-type]
+        )
+
+    async def succeeded(
+        self, entry: FileEntry, result: UploadResult, events: FileEvents, seconds: float
+    ) -> FileOutcome:
+        if self._journal is not None:
+            await self._save(
+                self._journal.record(
+                    journal_record(
+                        entry,
+                        FileState.DONE,
+                        offset=entry.size,
+                        file_guid=result.file_guid,
+                        attempts=result.attempts,
+                        verified=result.integrity_verified,
+                    )
+                )
+            )
+            # Not waited for: a file the server completed whose DONE record a SIGKILL lost
+            # is still marked in flight, and the re-run asks the server about it first.
+        return self.outcome(
+            entry,
+            Outcome.RESUMED if result.resumes else Outcome.UPLOADED,
+            file_guid=result.file_guid,
+            attempts=result.attempts,
+            seconds=seconds,
+            bytes_sent=events.accepted,
+        )
+
+    async def failed(
+        self,
+        entry: FileEntry,
+        exc: Exception,
+        events: FileEvents,
+        seconds: float,
+        *,
+        journaled: bool = True,
+    ) -> FileOutcome:
+        stopped_run = isinstance(exc, errors.RunFailed)
+        reason, exit_class, hint = failure(exc)
+        if self._journal is not None and journaled:
+            await self._save(
+                self._journal.record(
+                    journal_record(
+                        entry,
+                        FileState.FAILED,
+                        request_id=events.request_id,
+                        offset=events.offset,
+                        digests=events.digests,
+                        attempts=events.attempts,
+                        last_error=reason,
+                    )
+                )
+            )
+        return self.outcome(
+            entry,
+            Outcome.FAILED,
+            reason=reason,
+            exit_class=exit_class,
+            hint=hint,
+            attempts=events.attempts,
+            seconds=seconds,
+            bytes_sent=events.accepted,
+            stopped_run=stopped_run,
+        )
+
+    def finish(self, outcome: FileOutcome) -> None:
+        if outcome.outcome is Outcome.FAILED:
+            log.error(
+                "failed %s: %s (%s)",
+                outcome.relative,
+                outcome.reason,
+                outcome.hint,
+                extra=_log_event(outcome),
+            )
+        elif log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s (%d bytes)%s",
+                outcome.outcome,
+                outcome.relative,
+                outcome.size,
+                f": {outcome.reason}" if outcome.reason else "",
+                extra=_log_event(outcome),
+            )
+        if outcome.outcome is Outcome.UPLOADED or outcome.outcome is Outcome.RESUMED:
+            self._counters.files_done += 1
+        self._tally.finished(outcome)
+        self._reporter.file_finished(outcome)
+        if self._file_report is not None:
+            try:
+                self._file_report.write(outcome)
+            except OSError as exc:
+                self._reporter.message(
+                    f"cannot write --report-files: {exc.strerror or exc}; no more lines go there",
+                    level=logging.ERROR,
+                )
+                self._file_report = None
+
+
+def failure(exc: Exception) -> tuple[str, str, str]:
+    """A failed file's reason, exit class and hint."""
+    if isinstance(exc, errors.FolderNotCreated):
+        return str(exc), type(exc).__name__, exc.folder_hint
+    if isinstance(exc, errors.ServerFailing):
+        # The run's one line says why; the file only stopped with it.
+        reason = "not finished: the run stopped, the server is failing"
+        return reason, type(exc).__name__, "re-run the same command to resume it"
+    if isinstance(exc, errors.BulkdriveError):
+        return str(exc), type(exc).__name__, exc.hint
+    reason = f"internal error: {type(exc).__name__}: {exc}"
+    return reason, "InternalError", "please report this as a bug"
+
+
+def _log_event(outcome: FileOutcome) -> dict[str, Any]:
+    """The structured half of a file's log line (`--log-format json`)."""
+    return {
+        "event": outcome.outcome.value,
+        "path": outcome.relative,
+        "fields": outcome_to_json(outcome),
+    }

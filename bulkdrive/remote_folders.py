@@ -1,0 +1,174 @@
+"""The run's remote folders, created ahead of their files: a folder waits only for its parent,
+a file only for its own folder, at most `transfers` creations at once. Also where a path
+relative to SRC lands on the server (names mapped by `--invalid-names escape`)."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+import anyio
+import anyio.abc
+
+from bulkdrive import errors
+from bulkdrive.client import EdgeDriveClient
+from bulkdrive.names import InvalidNames, check_name, remote_name
+from bulkdrive.progress import Reporter
+from bulkdrive.protocol import remote_child, split_remote_path
+
+#: Folders that could not be created, remembered so that their files fail with the folder's
+#: reason without a request each (past this, the oldest are forgotten: the server says).
+_FAILED_FOLDERS_KEPT = 16384
+
+
+def parts(relative: str) -> list[str]:
+    """The names along a "/"-separated path relative to SRC ("." is SRC itself)."""
+    return [] if relative in ("", ".") else relative.split("/")
+
+
+def name_of(relative: str) -> str:
+    return relative.rpartition("/")[2]
+
+
+def parent_of(relative: str) -> str:
+    """The folder of a path relative to SRC ("" for SRC itself)."""
+    return relative.rpartition("/")[0]
+
+
+class RemotePaths:
+    """Where paths relative to SRC land under the run's remote folder."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def folder_of(self, relative: str) -> str:
+        """The remote folder of a file: names mapped by `--invalid-names escape`."""
+        return remote_child(self.root, *parts(remote_name(relative))[:-1])
+
+    def path_of(self, relative: str) -> str:
+        return remote_child(self.root, *parts(remote_name(relative)))
+
+
+class FolderWaits:
+    """The remote folders being created, and those that could not be: a file (or folder) waits
+    only for its own parent. Memory: the folders being created (at most the walk's backlog
+    ahead) plus a bounded memory of failed ones; a created folder is forgotten at once (a
+    folder not known here was created, or its creation failed long ago and the server says)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, tuple[anyio.Event, list[errors.FolderNotCreated]]] = {}
+        self._failed: OrderedDict[str, errors.FolderNotCreated] = OrderedDict()
+
+    def add(self, relative: str) -> None:
+        self._pending[relative] = (anyio.Event(), [])
+
+    def finish(self, relative: str, error: errors.FolderNotCreated | None) -> None:
+        done, outcome = self._pending.pop(relative)
+        if error is not None:
+            outcome.append(error)
+            self._failed[relative] = error
+            if len(self._failed) > _FAILED_FOLDERS_KEPT:
+                self._failed.popitem(last=False)
+        done.set()
+
+    async def wait(self, relative: str) -> errors.FolderNotCreated | None:
+        """None once `relative` exists remotely; else why it could not be created."""
+        pending = self._pending.get(relative)
+        if pending is None:
+            return self._failed.get(relative)
+        done, outcome = pending
+        await done.wait()
+        return outcome[0] if outcome else None
+
+
+class RemoteFolders:
+    """Creates the folders the walk finds, each as soon as its parent exists."""
+
+    def __init__(
+        self,
+        client: EdgeDriveClient | None,
+        paths: RemotePaths,
+        *,
+        invalid_names: InvalidNames,
+        reporter: Reporter,
+        transfers: int,
+        stop: Callable[[errors.RunFailed], None],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self._client = client
+        self._paths = paths
+        self._invalid_names = invalid_names
+        self._reporter = reporter
+        self._stop = stop
+        self._stopping = stopping
+        self.waits = FolderWaits()
+        #: Folder creations meet the same server as the files: `--transfers auto` moves it.
+        self.slots = anyio.CapacityLimiter(max(1, transfers))
+        self.created = 0
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        self._task_group = task_group
+        self.waits.add("")  # the remote folder SRC goes to
+
+    async def ensure_root(self, *, create: bool) -> None:
+        """The run's remote folder and its parents (then the files at SRC's top may go)."""
+        try:
+            if create:
+                await self._ensure_remote_root()
+        finally:
+            self.waits.finish("", None)
+
+    def found(self, relative: str) -> None:
+        """The walk found a folder (before any file in it): start creating it now."""
+        assert self._task_group is not None
+        self.waits.add(relative)
+        self._task_group.start_soon(self._make_folder, relative)
+
+    async def wait_for_folder_of(self, relative: str) -> errors.FolderNotCreated | None:
+        return await self.waits.wait(parent_of(relative))
+
+    async def _make_folder(self, relative: str) -> None:
+        error: errors.FolderNotCreated | None = None
+        try:
+            error = await self.waits.wait(parent_of(relative))
+            if error is None and not self._stopping():
+                try:
+                    check_name(relative, self._invalid_names)
+                    async with self.slots:
+                        await self._create_folder(relative)
+                except errors.BulkdriveError as exc:
+                    if isinstance(exc, errors.RunFailed):
+                        self._stop(exc)
+                    remote = self._paths.path_of(relative)
+                    self._reporter.message(
+                        f"cannot create folder {remote}: {exc}", level=logging.WARNING
+                    )
+                    error = errors.FolderNotCreated(
+                        f"its remote folder {remote} could not be created: {exc}",
+                        folder_hint=exc.hint,
+                    )
+        finally:
+            self.waits.finish(relative, error)
+
+    async def _ensure_remote_root(self) -> None:
+        root = split_remote_path(self._paths.root)
+        for depth in range(1, len(root) + 1):
+            try:
+                await self._create_remote(root[: depth - 1], root[depth - 1])
+            except errors.RunFailed as exc:
+                self._stop(exc)
+            except errors.BulkdriveError as exc:
+                folder = remote_child("\\", *root[:depth])
+                self._reporter.message(f"cannot create folder {folder}: {exc}")
+
+    async def _create_folder(self, relative: str) -> None:
+        *parents, name = [remote_name(part) for part in parts(relative)]
+        await self._create_remote((*split_remote_path(self._paths.root), *parents), name)
+
+    async def _create_remote(self, parent: tuple[str, ...], name: str) -> None:
+        assert self._client is not None
+        # The client repeats createfolder on transient errors: 201, or 409 when it exists.
+        if await self._client.create_folder(remote_child("\\", *parent), name):
+            self.created += 1
