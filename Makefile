@@ -19,8 +19,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check bulkdrive tests benchmarks
 	$(BIN)/mypy --strict bulkdrive
 
+# One worker per core; a test file stays on one worker (module-scoped servers and clusters).
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 # `make demo SRC=path/to/tree` uploads your own tree instead of the generated sample; each
 # source has its own resume journal under demo-data/state.
