@@ -368,15 +368,15 @@ def _loop_options() -> dict[str, bool]:
 def _credentials(settings: Settings) -> Credentials:
     token = os.environ.get("BULKDRIVE_TOKEN")
     if token:
-        return Credentials(user=settings["user"] or "", token=Secret(token.strip()))
-    user = settings["user"]
+        return Credentials(user=settings.user or "", token=Secret(token.strip()))
+    user = settings.user
     if not user:
         raise errors.ConfigError(
             "no user: give --user NAME (or BULKDRIVE_USER), or a token in BULKDRIVE_TOKEN"
         )
     password = os.environ.get("BULKDRIVE_PASSWORD") or None  # set but empty: not given
-    if password is None and settings["password_file"]:
-        path = Path(settings["password_file"]).expanduser()
+    if password is None and settings.password_file:
+        path = Path(settings.password_file).expanduser()
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except OSError as exc:

@@ -10,12 +10,14 @@ import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from bulkdrive.errors import ConfigError
 from bulkdrive.protocol import BLOCK_SIZE
+
+T = TypeVar("T")
 
 
 class Secret:
@@ -218,7 +220,7 @@ def _positive_int(value: object) -> int:
 
 
 #: `--transfers auto`.
-AUTO = "auto"
+AUTO: Literal["auto"] = "auto"
 
 
 def _transfer_count(value: object) -> int:
@@ -228,7 +230,7 @@ def _transfer_count(value: object) -> int:
     return number
 
 
-def _transfers(value: object) -> int | str:
+def _transfers(value: object) -> int | Literal["auto"]:
     if isinstance(value, str) and value.strip().lower() == AUTO:
         return AUTO
     return _transfer_count(value)
@@ -303,96 +305,117 @@ def _globs(value: object) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Setting:
+    """One option of `bulkdrive upload`: its key (the flag, environment variable and TOML key
+    are made from it), how a raw value is parsed, its default and its one-line help."""
+
     key: str
     parse: Callable[[object], Any]
     default: Any
     help: str
 
 
+def _option(default: T, parse: Callable[[object], T], help: str) -> T:
+    """A field of `Settings`: its default, parser and help ride in the field's metadata, so the
+    dataclass is the one table of options (mypy checks the default and the parser against the
+    field's type)."""
+    return field(default=default, metadata={"parse": parse, "help": help})
+
+
 #: The defaults of the options that set a TransferConfig come from the dataclasses themselves.
 _DEFAULT = TransferConfig()
-
-#: Every option of `bulkdrive upload`, in the order config.example.toml documents them.
-SETTINGS: tuple[Setting, ...] = (
-    Setting("url", _text, None, "server root, https://HOST/webconsole/api; none: local emulator"),
-    Setting("share", _text, None, "share id (syncWebFolderId); none: the user's own drive"),
-    Setting("to", _text, "\\", "remote folder to upload into, backslash path"),
-    Setting("user", _text, None, "user name for Login"),
-    Setting("password_file", _text, None, "file whose first line is the password"),
-    Setting(
-        "transfers",
-        _transfers,
-        _DEFAULT.transfers,
-        'files in flight, or "auto"; memory <= transfers x 2 x chunk_size',
-    ),
-    Setting("max_transfers", _transfer_count, 256, "the most files in flight under transfers auto"),
-    Setting("max_memory", parse_size, 1024**3, "file data in memory under transfers auto"),
-    Setting(
-        "chunk_size",
-        parse_size,
-        _DEFAULT.chunk_size,
-        "bytes per request; 4MiB unless verify is off",
-    ),
-    Setting(
-        "verify",
-        _bool,
-        _DEFAULT.verify,
-        "block-level SHA-256 integrity check (off for V11 SP8 servers)",
-    ),
-    Setting(
-        "retries",
-        _positive_int,
-        _DEFAULT.retry.attempts,
-        "attempts in a row without progress, per file",
-    ),
-    Setting(
-        "give_up_after",
-        _seconds,
-        _DEFAULT.retry.give_up_after,
-        "stop the run when every request failed (no connection, 5xx) for this many seconds",
-    ),
-    Setting("bwlimit", parse_size, 0, "bytes per second for the whole run, 0 = unlimited"),
-    Setting("include", _globs, (), "only upload paths matching these globs (** spans folders)"),
-    Setting("exclude", _globs, (), "skip paths matching these globs"),
-    Setting("exclude_from", _text, None, "file with one exclude glob per line"),
-    Setting("min_size", parse_size, 0, "skip files smaller than this"),
-    Setting("max_size", parse_size, 0, "skip files larger than this, 0 = no limit"),
-    Setting("follow_symlinks", _bool, False, "follow symbolic links (loops are detected)"),
-    Setting(
-        "invalid_names",
-        _invalid_names,
-        "escape",
-        "names that are not valid UTF-8: escape (each bad byte as \u201bXX) or fail the file",
-    ),
-    Setting("insecure", _bool, False, "turn TLS certificate verification off"),
-    Setting("ca_bundle", _text, None, "PEM file of CA certificates to trust"),
-    Setting("journal", _text, None, "resume journal; default: derived from url, share, to, SRC"),
-    Setting("check_remote", _bool, False, "skip files the remote folder already has (size+mtime)"),
-    Setting(
-        "create_empty_folders",
-        _bool,
-        False,
-        "create remote folders that hold no files too (as rclone's --create-empty-src-dirs)",
-    ),
-    Setting("connect_timeout", _seconds, _DEFAULT.timeouts.connect, "seconds to connect"),
-    Setting("read_timeout", _seconds, _DEFAULT.timeouts.read, "seconds to wait for a response"),
-    Setting("stats_interval", _seconds, 10.0, "seconds between plain stat lines off a terminal"),
-    Setting("data_dir", _text, "bulkdrive-data", "embedded emulator's storage folder"),
-    Setting("shard", _shard, None, "K/N: only the files whose path hash modulo N is K"),
-    Setting("cluster", _cluster, None, "local:N worker processes, or a Dask scheduler's address"),
-    Setting("worker_path", _text, None, "where the cluster's workers see SRC, if not at its path"),
-)
-_BY_KEY = {s.key: s for s in SETTINGS}
 
 
 @dataclass(frozen=True)
 class Settings:
-    values: Mapping[str, Any]
-    origin: Mapping[str, str]  # key → "flag" | "environment" | "<file>" | "default"
-    config_file: Path | None
+    """Every option of `bulkdrive upload`, typed, in the order config.example.toml documents
+    them; `load_settings` fills them from flags > environment > file > defaults."""
 
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
+    url: str | None = _option(
+        None, _text, "server root, https://HOST/webconsole/api; none: local emulator"
+    )
+    share: str | None = _option(
+        None, _text, "share id (syncWebFolderId); none: the user's own drive"
+    )
+    to: str = _option("\\", _text, "remote folder to upload into, backslash path")
+    user: str | None = _option(None, _text, "user name for Login")
+    password_file: str | None = _option(None, _text, "file whose first line is the password")
+    transfers: int | Literal["auto"] = _option(
+        _DEFAULT.transfers,
+        _transfers,
+        'files in flight, or "auto"; memory <= transfers x 2 x chunk_size',
+    )
+    max_transfers: int = _option(
+        256, _transfer_count, "the most files in flight under transfers auto"
+    )
+    max_memory: int = _option(1024**3, parse_size, "file data in memory under transfers auto")
+    chunk_size: int = _option(
+        _DEFAULT.chunk_size, parse_size, "bytes per request; 4MiB unless verify is off"
+    )
+    verify: bool = _option(
+        _DEFAULT.verify, _bool, "block-level SHA-256 integrity check (off for V11 SP8 servers)"
+    )
+    retries: int = _option(
+        _DEFAULT.retry.attempts, _positive_int, "attempts in a row without progress, per file"
+    )
+    give_up_after: float = _option(
+        _DEFAULT.retry.give_up_after,
+        _seconds,
+        "stop the run when every request failed (no connection, 5xx) for this many seconds",
+    )
+    bwlimit: int = _option(0, parse_size, "bytes per second for the whole run, 0 = unlimited")
+    include: tuple[str, ...] = _option(
+        (), _globs, "only upload paths matching these globs (** spans folders)"
+    )
+    exclude: tuple[str, ...] = _option((), _globs, "skip paths matching these globs")
+    exclude_from: str | None = _option(None, _text, "file with one exclude glob per line")
+    min_size: int = _option(0, parse_size, "skip files smaller than this")
+    max_size: int = _option(0, parse_size, "skip files larger than this, 0 = no limit")
+    follow_symlinks: bool = _option(False, _bool, "follow symbolic links (loops are detected)")
+    invalid_names: str = _option(
+        "escape",
+        _invalid_names,
+        "names that are not valid UTF-8: escape (each bad byte as \u201bXX) or fail the file",
+    )
+    insecure: bool = _option(False, _bool, "turn TLS certificate verification off")
+    ca_bundle: str | None = _option(None, _text, "PEM file of CA certificates to trust")
+    journal: str | None = _option(
+        None, _text, "resume journal; default: derived from url, share, to, SRC"
+    )
+    check_remote: bool = _option(
+        False, _bool, "skip files the remote folder already has (size+mtime)"
+    )
+    create_empty_folders: bool = _option(
+        False,
+        _bool,
+        "create remote folders that hold no files too (as rclone's --create-empty-src-dirs)",
+    )
+    connect_timeout: float = _option(_DEFAULT.timeouts.connect, _seconds, "seconds to connect")
+    read_timeout: float = _option(
+        _DEFAULT.timeouts.read, _seconds, "seconds to wait for a response"
+    )
+    stats_interval: float = _option(
+        10.0, _seconds, "seconds between plain stat lines off a terminal"
+    )
+    data_dir: str = _option("bulkdrive-data", _text, "embedded emulator's storage folder")
+    shard: str | None = _option(None, _shard, "K/N: only the files whose path hash modulo N is K")
+    cluster: str | None = _option(
+        None, _cluster, "local:N worker processes, or a Dask scheduler's address"
+    )
+    worker_path: str | None = _option(
+        None, _text, "where the cluster's workers see SRC, if not at its path"
+    )
+    #: Where each option's value came from: key → "flag" | "environment" | "<file>" | "default".
+    origin: Mapping[str, str] = field(default_factory=dict, compare=False)
+    config_file: Path | None = None
+
+
+#: The options, read off `Settings`' fields (not a second table of names and defaults).
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f.name, f.metadata["parse"], f.default, f.metadata["help"])
+    for f in fields(Settings)
+    if "parse" in f.metadata
+)
+_BY_KEY = {s.key: s for s in SETTINGS}
 
 
 def user_config_dir() -> Path:
@@ -463,39 +486,40 @@ def load_settings(
         else:
             values[setting.key] = setting.default
             origin[setting.key] = "default"
-    settings = Settings(values, origin, config_file)
+    settings = Settings(**values, origin=origin, config_file=config_file)
     transfer_config(settings)  # validates the combination
     return settings
 
 
 def transfer_config(settings: Settings) -> TransferConfig:
-    chunk = settings["chunk_size"]
-    if settings["verify"] and chunk != BLOCK_SIZE:
+    chunk = settings.chunk_size
+    if settings.verify and chunk != BLOCK_SIZE:
         raise ConfigError(
             "--chunk-size: the integrity check needs chunks of exactly 4MiB; "
             "use --no-verify to choose another size"
         )
     if chunk < 1:
         raise ConfigError("--chunk-size: must be at least 1 byte")
-    transfers = settings["transfers"]
-    auto = transfers == AUTO
-    if auto:
+    auto = settings.transfers == AUTO
+    if settings.transfers == AUTO:
         # The memory bound holds at any limit the tuner reaches.
-        by_memory = settings["max_memory"] // (2 * chunk)
+        by_memory = settings.max_memory // (2 * chunk)
         if by_memory < 1:
             raise ConfigError(
-                f"--max-memory: {settings['max_memory']} bytes cannot hold one transfer "
+                f"--max-memory: {settings.max_memory} bytes cannot hold one transfer "
                 f"(2 x chunk size = {2 * chunk} bytes)"
             )
-        transfers = min(settings["max_transfers"], by_memory)
+        transfers = min(settings.max_transfers, by_memory)
+    else:
+        transfers = settings.transfers
     return TransferConfig(
         transfers=transfers,
         auto_transfers=auto,
         chunk_size=chunk,
-        verify=settings["verify"],
-        bwlimit=settings["bwlimit"] or None,
-        retry=RetryPolicy(attempts=settings["retries"], give_up_after=settings["give_up_after"]),
-        timeouts=Timeouts(connect=settings["connect_timeout"], read=settings["read_timeout"]),
-        verify_tls=not settings["insecure"],
-        ca_bundle=settings["ca_bundle"],
+        verify=settings.verify,
+        bwlimit=settings.bwlimit or None,
+        retry=RetryPolicy(attempts=settings.retries, give_up_after=settings.give_up_after),
+        timeouts=Timeouts(connect=settings.connect_timeout, read=settings.read_timeout),
+        verify_tls=not settings.insecure,
+        ca_bundle=settings.ca_bundle,
     )

@@ -88,7 +88,7 @@ class Target:
 
 
 def shard_of_job(settings: Settings) -> Shard | None:
-    text: str | None = settings["shard"]
+    text: str | None = settings.shard
     return None if text is None else parse_shard(text)
 
 
@@ -99,17 +99,17 @@ def job_journal_path(key: JobKey, shard: Shard | None) -> Path:
 
 
 def filters_from(settings: Settings) -> WalkFilters:
-    exclude = tuple(settings["exclude"])
-    if settings["exclude_from"]:
-        exclude += read_exclude_from(Path(settings["exclude_from"]))
+    exclude = tuple(settings.exclude)
+    if settings.exclude_from:
+        exclude += read_exclude_from(Path(settings.exclude_from))
     return WalkFilters(
-        include=tuple(settings["include"]),
+        include=tuple(settings.include),
         exclude=exclude,
-        min_size=settings["min_size"] or None,
-        max_size=settings["max_size"] or None,
-        follow_symlinks=settings["follow_symlinks"],
+        min_size=settings.min_size or None,
+        max_size=settings.max_size or None,
+        follow_symlinks=settings.follow_symlinks,
         shard=shard_of_job(settings),
-        empty_folders=settings["create_empty_folders"],
+        empty_folders=settings.create_empty_folders,
     )
 
 
@@ -121,7 +121,7 @@ TARGET_SETTINGS = ("url", "user", "share")
 def check_target(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
     """The embedded emulator is for trying bulkdrive: it is used only when no target at all is
     given. A user, share or token without a URL is a mistake a cron job must hear about."""
-    if settings["url"]:
+    if settings.url:
         return
     environ = os.environ if environ is None else environ
     given = [
@@ -151,13 +151,13 @@ async def open_target(
     quiet: bool = False,
 ) -> AsyncIterator[Target]:
     """The configured server, or an emulator started in this process on 127.0.0.1."""
-    if settings["url"]:
-        yield Target(settings["url"], settings["share"], credentials_from, settings["url"])
+    if settings.url:
+        yield Target(settings.url, settings.share, credentials_from, settings.url)
         return
     check_target(settings)
     from bulkdrive.emulator import EmulatorConfig, Share, User, running_emulator
 
-    data_dir = Path(settings["data_dir"]).resolve()
+    data_dir = Path(settings.data_dir).resolve()
     password = secrets.token_urlsafe(18)
     config = EmulatorConfig(
         root=data_dir,
@@ -256,8 +256,8 @@ def job_key(target: Target, remote_folder: str, source: Path) -> JobKey:
 
 def journal_path_of(settings: Settings, key: JobKey) -> Path:
     """--journal, or the job's own journal in the state folder (`check` reads the same one)."""
-    if settings["journal"]:
-        return Path(settings["journal"]).expanduser()
+    if settings.journal:
+        return Path(settings.journal).expanduser()
     return job_journal_path(key, shard_of_job(settings))
 
 
@@ -321,7 +321,7 @@ async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSu
     settings = request.settings
     config = transfer_config(settings)
     filters = filters_from(settings)
-    remote_folder = join_remote_path(_remote_parts(settings["to"]))
+    remote_folder = join_remote_path(_remote_parts(settings.to))
     check_target(settings)
     for flag, report_path in (
         ("--report", request.report),
@@ -335,7 +335,7 @@ async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSu
                 raise unwritable(
                     f"{flag}: cannot write {report_path}: {exc.strerror or exc}"
                 ) from None
-    if settings["insecure"]:
+    if settings.insecure:
         print(
             "bulkdrive: warning: TLS certificate verification is off (--insecure)", file=sys.stderr
         )
@@ -344,9 +344,9 @@ async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSu
         remote_folder=remote_folder,
         filters=filters,
         config=config,
-        check_remote=settings["check_remote"],
+        check_remote=settings.check_remote,
         dry_run=request.dry_run,
-        invalid_names=InvalidNames(settings["invalid_names"]),
+        invalid_names=InvalidNames(settings.invalid_names),
     )
     async with AsyncExitStack() as stack:
         target = await stack.enter_async_context(
@@ -378,18 +378,18 @@ async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSu
                 no_progress=request.no_progress or request.dry_run,
                 # a dry run lists what it would upload and skip, one line each (-q: counts only)
                 verbosity=max(request.verbosity, 1) if request.dry_run else request.verbosity,
-                stats_interval=settings["stats_interval"],
+                stats_interval=settings.stats_interval,
                 summary=not request.dry_run,  # nothing was uploaded: no "upload finished" table
             )
         )
         engine = None
-        if settings["cluster"] and client is not None and not request.dry_run:
+        if settings.cluster and client is not None and not request.dry_run:
             from bulkdrive.cluster import ClusterOptions, open_cluster
 
             options = ClusterOptions(
-                address=settings["cluster"],
+                address=settings.cluster,
                 source=request.source,
-                worker_path=settings["worker_path"],
+                worker_path=settings.worker_path,
                 verbose=request.verbosity >= 1,
             )
             engine = await stack.enter_async_context(

@@ -348,7 +348,7 @@ async def run_check(request: CheckRequest) -> int:
     settings = request.settings
     # The whole tree, whatever --shard a config or the environment sets for uploads.
     filters = dataclasses.replace(filters_from(settings), shard=None)
-    remote_folder = remote_folder_of(settings["to"], "--to")
+    remote_folder = remote_folder_of(settings.to, "--to")
     for flag, path in (("--report", request.report), ("--report-files", request.report_files)):
         if path is not None:
             try:
@@ -361,7 +361,7 @@ async def run_check(request: CheckRequest) -> int:
         source=request.source,
         remote_folder=remote_folder,
         filters=filters,
-        folders=settings["create_empty_folders"],
+        folders=settings.create_empty_folders,
         concurrency=request.concurrency,
     )
     listed: list[Finding] = []
@@ -386,7 +386,7 @@ async def run_check(request: CheckRequest) -> int:
         try:
             async with anyio.create_task_group() as tg:
                 if request.progress:
-                    tg.start_soon(_show_progress, tree, settings["stats_interval"])
+                    tg.start_soon(_show_progress, tree, settings.stats_interval)
                 summary = await tree.run(on_finding)
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:

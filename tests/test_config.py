@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -16,6 +20,7 @@ from bulkdrive.config import (
     SMALL_FILE_READ_AHEAD,
     RetryPolicy,
     Secret,
+    Settings,
     Timeouts,
     TransferConfig,
     load_settings,
@@ -34,10 +39,10 @@ def test_defaults_without_any_source(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "nothing"))
     settings = load_settings({}, environ={})
-    assert settings["transfers"] == 8
-    assert settings["chunk_size"] == 4 * 1024 * 1024
-    assert settings["verify"] is True
-    assert settings["url"] is None
+    assert settings.transfers == 8
+    assert settings.chunk_size == 4 * 1024 * 1024
+    assert settings.verify is True
+    assert settings.url is None
     assert settings.config_file is None
     assert set(settings.origin.values()) == {"default"}
 
@@ -46,19 +51,95 @@ def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
     config = _write(tmp_path / "c.toml", 'transfers = 3\nretries = 4\nshare = "7"\n')
     environ = {"BULKDRIVE_TRANSFERS": "5", "BULKDRIVE_RETRIES": "6"}
     settings = load_settings({"transfers": "9"}, config_option=config, environ=environ)
-    assert settings["transfers"] == 9  # flag
-    assert settings["retries"] == 6  # environment beats file
-    assert settings["share"] == "7"  # file beats default
+    assert settings.transfers == 9  # flag
+    assert settings.retries == 6  # environment beats file
+    assert settings.share == "7"  # file beats default
     assert settings.origin["transfers"] == "flag"
     assert settings.origin["retries"] == "environment"
     assert settings.origin["share"] == config
+
+
+#: Per option, a raw value as a flag, as an environment variable and in a TOML file, each
+#: different from the next one down (and the file's from the default).
+SOURCES: dict[str, tuple[Any, str, Any]] = {
+    "url": ("https://a.example/webconsole/api", "https://b.example/api", "https://c.example/api"),
+    "share": ("1", "2", "3"),
+    "to": ("\\a", "\\b", "\\c"),
+    "user": ("ann", "bob", "cy"),
+    "password_file": ("p1", "p2", "p3"),
+    "transfers": ("9", "auto", 3),
+    "max_transfers": ("5", "6", 7),
+    "max_memory": ("2GiB", "3GiB", "512MiB"),
+    "chunk_size": ("2MiB", "1MiB", "3MiB"),
+    "verify": (False, "true", False),
+    "retries": ("2", "3", 4),
+    "give_up_after": ("1.5", "2", 3),
+    "bwlimit": ("1M", "2M", "3MiB"),
+    "include": (("a/**",), "b/**,c", ["d"]),
+    "exclude": (("*.tmp",), "*.bak", ["*.o"]),
+    "exclude_from": ("x1", "x2", "x3"),
+    "min_size": ("1k", "2k", 3),
+    "max_size": ("1M", "2M", 3),
+    "follow_symlinks": (True, "0", True),
+    "invalid_names": ("fail", "escape", "fail"),
+    "insecure": (True, "no", True),
+    "ca_bundle": ("c1.pem", "c2.pem", "c3.pem"),
+    "journal": ("j1", "j2", "j3"),
+    "check_remote": (True, "off", True),
+    "create_empty_folders": (True, "false", True),
+    "connect_timeout": ("1", "2", 3.5),
+    "read_timeout": ("4", "5", 6),
+    "stats_interval": ("1", "2", 3),
+    "data_dir": ("d1", "d2", "d3"),
+    "shard": ("0/2", "1/2", "2/4"),
+    "cluster": ("local:2", "tcp://h:8786", "local:3"),
+    "worker_path": ("/w1", "/w2", "/w3"),
+}
+
+
+def test_every_option_is_a_typed_field() -> None:
+    """`Settings` is the one table: SETTINGS is read off its fields, in the same order."""
+    options = [f.name for f in dataclasses.fields(Settings) if "parse" in f.metadata]
+    assert options == [s.key for s in SETTINGS]
+    assert sorted(SOURCES) == sorted(options), "give the new option sources in SOURCES"
+    defaults = Settings()
+    for setting in SETTINGS:
+        assert getattr(defaults, setting.key) == setting.default
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        defaults.transfers = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("key", [s.key for s in SETTINGS])
+def test_every_option_keeps_flag_over_env_over_file_over_default(key: str, tmp_path: Path) -> None:
+    flag, env, in_file = SOURCES[key]
+    setting = next(s for s in SETTINGS if s.key == key)
+    expected = [setting.parse(flag), setting.parse(env), setting.parse(in_file), setting.default]
+    assert all(a != b for a, b in itertools.pairwise(expected)), expected
+    toml_value = f'"{in_file}"' if isinstance(in_file, str) else repr(in_file).lower()
+    if isinstance(in_file, list):
+        toml_value = "[" + ", ".join(f'"{v}"' for v in in_file) + "]"
+    config = _write(tmp_path / "c.toml", f"{key} = {toml_value.replace(chr(92), chr(92) * 2)}\n")
+    # the rest as the example file says, so that the combination stays valid (4 MiB chunks
+    # with verify on)
+    unverified = {"verify": False} if key == "chunk_size" else {}
+    environ = {"BULKDRIVE_" + key.upper(): env}
+    sources: list[tuple[dict[str, Any], dict[str, str], str | None, str]] = [
+        ({key: flag, **unverified}, environ, config, "flag"),
+        (unverified, environ, config, "environment"),
+        (unverified, {}, config, config),
+        (unverified, {}, None, "default"),
+    ]
+    for (flags, env_vars, file, origin), value in zip(sources, expected, strict=True):
+        settings = load_settings(flags, config_option=file, environ=env_vars)
+        assert getattr(settings, key) == value, origin
+        assert settings.origin[key] == origin
 
 
 def test_file_found_in_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     _write(tmp_path / "bulkdrive.toml", "[upload]\ntransfers = 2\n")
     settings = load_settings({}, environ={})
-    assert settings["transfers"] == 2
+    assert settings.transfers == 2
     assert settings.config_file == Path("bulkdrive.toml")
 
 
@@ -108,7 +189,7 @@ def test_chunk_size_needs_no_verify() -> None:
 
 def test_globs_from_environment_are_comma_separated() -> None:
     settings = load_settings({}, environ={"BULKDRIVE_EXCLUDE": "*.tmp, build/**"})
-    assert settings["exclude"] == ("*.tmp", "build/**")
+    assert settings.exclude == ("*.tmp", "build/**")
 
 
 @pytest.mark.parametrize(
@@ -137,8 +218,8 @@ def test_example_config_documents_every_key() -> None:
     path = Path(__file__).parent.parent / "config.example.toml"
     text = path.read_text(encoding="utf-8")
     tomllib.loads(text)  # valid TOML
-    for setting in SETTINGS:
-        assert f"{setting.key} = " in text, setting.key
+    keys = re.findall(r"^(?:# )?([a-z_]+) = ", text, re.MULTILINE)
+    assert keys == [setting.key for setting in SETTINGS]  # each once, in the same order
     assert "password" not in {line.split(" = ")[0] for line in text.splitlines()}
 
 
@@ -147,7 +228,7 @@ def test_example_config_loads_as_defaults(tmp_path: Path) -> None:
     settings = load_settings({}, config_option=str(path), environ={})
     for setting in SETTINGS:
         if setting.key in settings.origin and settings.origin[setting.key] != "default":
-            assert settings[setting.key] == setting.default or setting.key == "include"
+            assert getattr(settings, setting.key) == setting.default or setting.key == "include"
 
 
 def test_secret_never_shows_its_value() -> None:
@@ -195,3 +276,23 @@ def test_the_memory_bound_counts_the_small_file_read_ahead() -> None:
     read_ahead = 2 * SMALL_FILE_BATCH * SMALL_FILE_READ_AHEAD
     assert config.memory_bound == 8 * 2 * 4 * MiB + read_ahead
     assert read_ahead == 16 * MiB
+
+
+# --- the flags: --help as it was before settings became typed -----------------------------
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize("command", ["upload", "shares", "ls", "check"])
+def test_help_of_the_setting_flags_stays_as_it_is(command: str) -> None:
+    """Each setting's flag, metavar, help and default (read off `Settings`) in --help, pinned.
+    On purpose changed? Write the new text to tests/golden/COMMAND-help.txt (width 100)."""
+    from click.testing import CliRunner
+
+    from bulkdrive.cli import main
+
+    result = CliRunner().invoke(
+        main, [command, "--help"], prog_name="bulkdrive", terminal_width=100
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output == (GOLDEN / f"{command}-help.txt").read_text(encoding="utf-8")

@@ -43,7 +43,7 @@ def test_a_bad_shard_is_one_line(text: str) -> None:
 
 def test_shard_from_the_environment() -> None:
     settings = load_settings({}, environ={"BULKDRIVE_SHARD": " 2 / 5 "})
-    assert parse_shard(settings["shard"]) == Shard(2, 5) == parse_shard("2/5")
+    assert parse_shard(settings.shard) == Shard(2, 5) == parse_shard("2/5")
 
 
 def test_each_shard_has_its_own_journal() -> None:
