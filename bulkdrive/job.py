@@ -26,6 +26,7 @@ from bulkdrive import errors
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, Secret, Settings, transfer_config
 from bulkdrive.eventlog import event_formatter
+from bulkdrive.globs import read_exclude_from
 from bulkdrive.journal import (
     FileRecord,
     FileState,
@@ -49,7 +50,7 @@ from bulkdrive.report import (
 )
 from bulkdrive.scheduler import RunPlan, SchedulerStatistics, TreeUpload
 from bulkdrive.shard import Shard, parse_shard, shard_journal_path
-from bulkdrive.walk import WalkFilters, read_exclude_from
+from bulkdrive.walk import WalkFilters
 
 log = logging.getLogger("bulkdrive.job")
 

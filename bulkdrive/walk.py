@@ -16,13 +16,11 @@ the (st_dev, st_ino) of its folders for loop detection); nothing grows with the 
 from __future__ import annotations
 
 import os
-import re
 import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import anyio
 import anyio.to_thread
@@ -30,19 +28,22 @@ from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
 from bulkdrive.errors import ConfigError, FileFailed, SourceUnreadable, UnreadableFolder, Vanished
+from bulkdrive.globs import GlobSet, compile_globs
+from bulkdrive.scan import (
+    FAIL,
+    FILE,
+    FOLDER,
+    SKIP_SPECIAL,
+    VANISHED,
+    Batch,
+    open_folder,
+    read_batch,
+    special_kind,
+)
 from bulkdrive.shard import Shard
 
-#: Directory entries read (and stat'ed) per thread hop. Bounds memory per level of the path.
-BATCH_SIZE = 512
-
-SYMLINK_NOT_FOLLOWED = "symbolic link (use --follow-symlinks)"
 SYMLINK_LOOP = "symbolic link loop (points to a folder above it)"
-VANISHED = "vanished while the tree was read"
-
-#: Why things are skipped, by kind: what the user asked for (the summary counts each kind).
-SKIP_SYMLINK = "symbolic link not followed"
 SKIP_LOOP = "symbolic link loop"
-SKIP_SPECIAL = "special file"
 
 
 # --- what the walk sends ------------------------------------------------------------------
@@ -111,129 +112,7 @@ class WalkStatistics:
     other_shards: int = 0
 
 
-# --- globs --------------------------------------------------------------------------------
-
-
-def glob_to_regex(pattern: str) -> str:
-    """One glob as a regular expression over a "/"-separated relative path.
-
-    `*` and `?` stay within one folder name, `[...]` is a character class (`[!...]` negates),
-    `**/` spans zero or more folders, `**` elsewhere spans anything, `\\x` is a literal x.
-    """
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "*":
-            j = i
-            while j < n and pattern[j] == "*":
-                j += 1
-            if j - i == 1:
-                out.append("[^/]*")
-            elif (i == 0 or pattern[i - 1] == "/") and j < n and pattern[j] == "/":
-                out.append("(?:[^/]*/)*")
-                j += 1
-            else:
-                out.append(".*")
-            i = j
-        elif c == "?":
-            out.append("[^/]")
-            i += 1
-        elif c == "[":
-            j = i + 1
-            if j < n and pattern[j] in "!^":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:  # no closing bracket: a literal "["
-                out.append(re.escape(c))
-                i += 1
-                continue
-            body = pattern[i + 1 : j]
-            negate = body[:1] in ("!", "^")
-            if negate:
-                body = body[1:]
-            body = "".join("\\" + ch if ch in "\\[]^" else ch for ch in body)
-            out.append(f"[^/{body}]" if negate else f"(?!/)[{body}]")
-            i = j + 1
-        elif c == "\\" and i + 1 < n:
-            out.append(re.escape(pattern[i + 1]))
-            i += 2
-        else:
-            out.append(re.escape(c))
-            i += 1
-    return "".join(out)
-
-
-@dataclass(frozen=True)
-class GlobSet:
-    """Compiled globs. A pattern without "/" matches the base name at any depth; one with "/"
-    is anchored at SRC (a leading "/" is allowed); a trailing "/" matches folders only."""
-
-    patterns: tuple[str, ...]
-    any_kind: re.Pattern[str] | None
-    folders_only: re.Pattern[str] | None
-
-    def __bool__(self) -> bool:
-        return bool(self.patterns)
-
-    def matches(self, relative: str, *, is_folder: bool) -> bool:
-        if self.any_kind is not None and self.any_kind.fullmatch(relative):
-            return True
-        return (
-            is_folder
-            and self.folders_only is not None
-            and self.folders_only.fullmatch(relative) is not None
-        )
-
-
-def compile_globs(patterns: Iterable[str]) -> GlobSet:
-    """Compile include or exclude globs; a pattern that is not valid raises ConfigError."""
-    kept: list[str] = []
-    any_kind: list[str] = []
-    folders_only: list[str] = []
-    for raw in patterns:
-        anchored = raw.startswith("./")
-        pattern = raw.removeprefix("./")
-        folder_only = pattern.endswith("/") and not pattern.endswith("\\/")
-        pattern = pattern.rstrip("/") if folder_only else pattern
-        anchored = anchored or "/" in pattern
-        pattern = pattern.lstrip("/")
-        if not pattern:
-            continue
-        regex = glob_to_regex(pattern)
-        if not anchored:
-            regex = "(?:.*/)?" + regex
-        try:
-            re.compile(regex)
-        except re.error as exc:
-            raise ConfigError(f"bad glob pattern {raw!r}: {exc}") from None
-        kept.append(raw)
-        (folders_only if folder_only else any_kind).append(regex)
-
-    def joined(regexes: list[str]) -> re.Pattern[str] | None:
-        if not regexes:
-            return None
-        return re.compile("|".join(f"(?:{r})" for r in regexes), re.DOTALL)
-
-    return GlobSet(tuple(kept), joined(any_kind), joined(folders_only))
-
-
-def read_exclude_from(path: Path) -> tuple[str, ...]:
-    """The globs of an `--exclude-from` file: one a line, blank lines and `#` lines ignored.
-
-    Surrounding whitespace is trimmed; write `\\#` for a pattern that starts with "#".
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read exclude file {path}: {exc.strerror or exc.__class__.__name__}"
-        ) from None
-    patterns = (line.strip() for line in text.splitlines())
-    return tuple(p for p in patterns if p and not p.startswith("#"))
+# --- what the walk keeps -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -283,103 +162,6 @@ class WalkFilters:
         return self.max_size is None or size <= self.max_size
 
 
-# --- reading directories off the event loop -----------------------------------------------
-
-
-class _Listing(Iterator["os.DirEntry[str]"], Protocol):
-    def close(self) -> None: ...
-
-
-_FILE, _FOLDER, _SKIP, _FAIL = 0, 1, 2, 3
-
-
-@dataclass(slots=True)
-class _Seen:
-    """One directory entry, classified in the worker thread so the loop never blocks."""
-
-    name: str
-    kind: int
-    size: int = 0
-    mtime_ns: int = 0
-    key: tuple[int, int] | None = None  # (st_dev, st_ino) of a folder
-    reason: str = ""
-    skip_kind: str = SKIP_SPECIAL
-    error: type[FileFailed] = SourceUnreadable
-
-
-def _special_kind(mode: int) -> str:
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISFIFO(mode):
-        return "FIFO (named pipe)"
-    if stat.S_ISCHR(mode):
-        return "character device"
-    if stat.S_ISBLK(mode):
-        return "block device"
-    return "not a regular file or folder"
-
-
-def _classify(entry: os.DirEntry[str], follow_symlinks: bool) -> _Seen:
-    name = entry.name
-    try:
-        if entry.is_symlink():
-            if not follow_symlinks:
-                return _Seen(name, _SKIP, reason=SYMLINK_NOT_FOLLOWED, skip_kind=SKIP_SYMLINK)
-            try:
-                st = os.stat(entry.path)
-            except OSError as exc:
-                # Asked to follow it, and it leads nowhere: what it stood for is not uploaded.
-                return _Seen(name, _FAIL, reason=f"broken symbolic link ({exc.strerror})")
-        else:
-            st = entry.stat(follow_symlinks=False)
-    except FileNotFoundError:
-        return _Seen(name, _FAIL, reason=VANISHED, error=Vanished)
-    except OSError as exc:
-        return _Seen(name, _FAIL, reason=f"cannot read: {exc.strerror}")
-    mode = st.st_mode
-    if stat.S_ISREG(mode):
-        return _Seen(name, _FILE, size=st.st_size, mtime_ns=st.st_mtime_ns)
-    if stat.S_ISDIR(mode):
-        return _Seen(name, _FOLDER, key=(st.st_dev, st.st_ino))
-    return _Seen(name, _SKIP, reason=_special_kind(mode))
-
-
-def _sort_key(seen: _Seen) -> tuple[bool, str]:
-    # Files of a batch before its folders, by name: deterministic, and a small directory's
-    # files are all sent before the walk descends.
-    return (seen.kind == _FOLDER, seen.name)
-
-
-@dataclass(slots=True)
-class _Batch:
-    entries: list[_Seen]
-    listing: _Listing | None  # None once the directory has been read to its end
-    error: str = ""  # the listing broke off part-way
-
-
-def _read_batch(listing: _Listing, follow_symlinks: bool) -> _Batch:
-    entries: list[_Seen] = []
-    error = ""
-    try:
-        while len(entries) < BATCH_SIZE:
-            entries.append(_classify(next(listing), follow_symlinks))
-        entries.sort(key=_sort_key)
-        return _Batch(entries, listing)
-    except StopIteration:
-        pass
-    except OSError as exc:
-        error = f"folder listing broke off: {exc.strerror}"
-    listing.close()  # no file descriptor held for a directory that is done
-    entries.sort(key=_sort_key)
-    return _Batch(entries, None, error)
-
-
-def _open_folder(path: str, follow_symlinks: bool) -> _Batch:
-    """The first batch of a directory; OSError when it cannot be opened."""
-    listing: _Listing = os.scandir(path)
-    return _read_batch(listing, follow_symlinks)
-
-
 # --- the walk -----------------------------------------------------------------------------
 
 
@@ -389,7 +171,7 @@ class _Frame:
 
     path: str
     relative: str  # "" for SRC itself
-    batch: _Batch
+    batch: Batch
     index: int = 0
     key: tuple[int, int] | None = None
     included: bool = False  # this folder or one above it matched an include glob
@@ -495,7 +277,7 @@ class _Walker:
         follow = self.filters.follow_symlinks
         root_path = os.fspath(root)
         try:
-            first = await anyio.to_thread.run_sync(_open_folder, root_path, follow)
+            first = await anyio.to_thread.run_sync(open_folder, root_path, follow)
         except OSError as exc:
             raise ConfigError(f"cannot read source folder {root}: {exc.strerror}") from None
         stack = [
@@ -522,13 +304,13 @@ class _Walker:
                         stack.pop()
                         sent = min(sent, len(stack) - 1)
                         continue
-                    frame.batch = await anyio.to_thread.run_sync(_read_batch, batch.listing, follow)
+                    frame.batch = await anyio.to_thread.run_sync(read_batch, batch.listing, follow)
                     frame.index = 0
                     continue
                 seen = batch.entries[frame.index]
                 frame.index += 1
                 relative = _join(frame.relative, seen.name)
-                if seen.kind == _FILE:
+                if seen.kind == FILE:
                     if not self.wanted(
                         relative, is_folder=False, included=frame.included
                     ) or not self.filters.size_ok(seen.size):
@@ -551,7 +333,7 @@ class _Walker:
                     )
                     self.files += 1
                     self.bytes += seen.size
-                elif seen.kind == _FOLDER:
+                elif seen.kind == FOLDER:
                     if self.filters.excludes(relative, is_folder=True):
                         self.filtered += 1
                         continue
@@ -560,7 +342,7 @@ class _Walker:
                         continue
                     path = os.path.join(frame.path, seen.name)
                     try:
-                        child = await anyio.to_thread.run_sync(_open_folder, path, follow)
+                        child = await anyio.to_thread.run_sync(open_folder, path, follow)
                     except FileNotFoundError:
                         await self.fail(relative, f"folder {VANISHED}", Vanished)
                         continue
@@ -571,7 +353,7 @@ class _Walker:
                         continue
                     included = frame.included or self.filters.includes(relative, is_folder=True)
                     stack.append(_Frame(path, relative, child, key=seen.key, included=included))
-                elif seen.kind == _FAIL:
+                elif seen.kind == FAIL:
                     # Not known to be a file or a folder: filters see it as a file.
                     if self.wanted(relative, is_folder=False, included=frame.included):
                         await self.fail(relative, seen.reason, seen.error)
@@ -673,7 +455,7 @@ async def walk(
                 await walker.tree(Path(root), st)
             else:
                 raise ConfigError(
-                    f"source is a {_special_kind(st.st_mode)}, not a file or folder: {root}"
+                    f"source is a {special_kind(st.st_mode)}, not a file or folder: {root}"
                 )
         except _ReceiverGone:
             return walker.statistics(stopped=True)

@@ -37,8 +37,8 @@ ROOMS: dict[str, frozenset[str]] = {
         "migration": "cli job client listing check journals protocol report",
         "eventlog": "report",
         # -- one job, from settings to exit code
-        "job": "client cluster emulator journal names progress protocol report scheduler shard"
-        " walk eventlog",
+        "job": "client cluster emulator globs journal names progress protocol report scheduler"
+        " shard walk eventlog",
         # -- the run
         "scheduler": "auto_transfers client dispatch file_events journal names outcomes progress "
         "protocol remote_folders report resume source upload walk",
@@ -61,7 +61,10 @@ ROOMS: dict[str, frozenset[str]] = {
         "check": "client journal listing names protocol walk",
         "journals": "journal",
         "listing": "client protocol",
-        "walk": "shard",
+        "walk": "globs scan shard",
+        # The walk's parts: what its filters match (pure), and one local folder read off the loop.
+        "globs": "",
+        "scan": "",
         # --shard K/N: which paths are this process's; a pure function of the path.
         "shard": "",
         "names": "",

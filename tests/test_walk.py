@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
@@ -19,15 +18,12 @@ from pathlib import Path, PurePosixPath
 import anyio
 import anyio.lowlevel
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from bulkdrive.errors import ConfigError
+from bulkdrive.globs import read_exclude_from
+from bulkdrive.scan import BATCH_SIZE, SYMLINK_NOT_FOLLOWED, VANISHED
 from bulkdrive.walk import (
-    BATCH_SIZE,
     SYMLINK_LOOP,
-    SYMLINK_NOT_FOLLOWED,
-    VANISHED,
     FileEntry,
     FolderEntry,
     SkippedEntry,
@@ -35,9 +31,7 @@ from bulkdrive.walk import (
     WalkFilters,
     WalkItem,
     WalkStatistics,
-    compile_globs,
     count_files,
-    read_exclude_from,
     walk,
 )
 
@@ -237,19 +231,6 @@ async def test_exclude_prunes_a_folder_without_reading_it(tmp_path: Path) -> Non
     assert stats.filtered == 1
 
 
-def test_exclude_from_file(tmp_path: Path) -> None:
-    listing = tmp_path / "exclude.txt"
-    listing.write_text("# build output\n\n*.o\n  cache/  \n\\#notes#\n# *.txt\n", "utf-8")
-    patterns = read_exclude_from(listing)
-    assert patterns == ("*.o", "cache/", "\\#notes#")
-    globs = compile_globs(patterns)
-    assert globs.matches("src/main.o", is_folder=False)
-    assert globs.matches("a/cache", is_folder=True)
-    assert not globs.matches("a/cache", is_folder=False)
-    assert globs.matches("#notes#", is_folder=False)
-    assert not globs.matches("x.txt", is_folder=False)
-
-
 async def test_exclude_from_file_in_a_walk(tmp_path: Path) -> None:
     src = tmp_path / "src"
     for rel in ("main.c", "main.o", "lib/util.o", "cache/blob", "#notes#"):
@@ -259,14 +240,6 @@ async def test_exclude_from_file_in_a_walk(tmp_path: Path) -> None:
     assert set(files_of(items)) == {"main.c"}
 
 
-def test_unreadable_exclude_file_is_a_one_line_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read exclude file") as err:
-        read_exclude_from(tmp_path / "missing")
-    assert "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="cannot read exclude file"):
-        read_exclude_from(tmp_path)  # a folder
-
-
 def test_bad_filter_values_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="min-size"):
         WalkFilters(min_size=10, max_size=5)
@@ -274,42 +247,6 @@ def test_bad_filter_values_are_config_errors() -> None:
         WalkFilters(max_size=-1)
     with pytest.raises(ConfigError, match="bad glob pattern"):
         WalkFilters(include=("[z-a]",))
-
-
-@pytest.mark.parametrize(
-    ("pattern", "path", "is_folder", "matches"),
-    [
-        ("**/x", "x", False, True),
-        ("**/x", "a/b/x", False, True),
-        ("a/**/b", "a/b", True, True),
-        ("a/**/b", "a/1/2/b", True, True),
-        ("a/**", "a/1/2", False, True),
-        ("a/**", "ab/1", False, False),
-        ("a*", "b/a/c", False, False),
-        ("a*", "b/ac", False, True),
-        ("a?c", "a/c", False, False),
-        ("[/]x", "/x", False, False),
-        ("\\*", "*", False, True),
-        ("\\*", "a", False, False),
-        ("[ab", "[ab", False, True),
-        ("dir/", "dir", False, False),
-        ("dir/", "x/dir", True, True),
-        ("./top", "top", False, True),
-        ("./top", "a/top", False, False),
-    ],
-)
-def test_glob_semantics(pattern: str, path: str, is_folder: bool, matches: bool) -> None:
-    assert compile_globs([pattern]).matches(path, is_folder=is_folder) is matches
-
-
-@given(
-    st.text(alphabet="ab.*?", min_size=1, max_size=8),
-    st.text(alphabet="ab.", min_size=1, max_size=8),
-)
-def test_glob_agrees_with_fnmatch_on_one_name(pattern: str, name: str) -> None:
-    assert compile_globs([pattern]).matches(name, is_folder=False) is fnmatch.fnmatchcase(
-        name, pattern
-    )
 
 
 async def test_min_and_max_size(tmp_path: Path) -> None:
