@@ -433,7 +433,7 @@ def status(
     shards: int | None,
 ) -> None:
     """Show a job's progress from its resume journal (or the sum of several)."""
-    from bulkdrive.job import print_status
+    from bulkdrive.status import print_status
 
     try:
         print_status(Console(), source, journal_paths, url, share, remote_folder, shards)

@@ -31,14 +31,19 @@ ROOMS: dict[str, frozenset[str]] = {
         # -- the public API and the commands
         "__init__": "client report scheduler upload walk",
         "__main__": "cli",
-        "cli": "job bench.run",
+        "cli": "job status bench.run",
         # The commands besides upload (shares, ls, check…): the CLI's room, reusing its helpers.
         # It writes --report files as `job` does (report).
-        "migration": "cli job client listing check journals protocol report",
+        "migration": "cli target client listing check journals protocol report",
+        # The log's lines and where they go (console, --log-file, JSON screen).
         "eventlog": "report",
         # -- one job, from settings to exit code
-        "job": "client cluster emulator globs journal names progress protocol report scheduler"
-        " shard walk eventlog",
+        "job": "client cluster eventlog journal names progress protocol report scheduler target",
+        # What a job is aimed at, from its settings (server or embedded emulator, key, journal,
+        # filters): below job, status, check and the other commands, which all reach it.
+        "target": "emulator globs journal protocol shard walk",
+        # `bulkdrive status`: reads a job's journal(s); never runs anything.
+        "status": "journal protocol report shard target",
         # -- the run
         "scheduler": "auto_transfers client dispatch file_events journal names outcomes progress "
         "protocol remote_folders report resume source upload walk",
@@ -202,12 +207,12 @@ def test_the_emulator_imports_only_the_wire_contract_and_the_errors() -> None:
             assert outside <= EMULATOR_MAY_IMPORT, f"{name} imports {outside}"
 
 
-def test_nothing_of_the_uploader_imports_the_emulator_but_the_job() -> None:
+def test_nothing_of_the_uploader_imports_the_emulator_but_the_target() -> None:
     users = sorted(
         name
         for name, path in _modules()
         if not name.startswith("emulator")
         and any(i == "emulator" or i.startswith("emulator.") for i in _imports(path))
     )
-    # The job starts the embedded emulator when no URL is given; `serve` loads it lazily.
-    assert users == ["job"]
+    # The job's target is the embedded emulator when no URL is given; `serve` loads it lazily.
+    assert users == ["target"]
