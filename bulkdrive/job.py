@@ -27,14 +27,8 @@ from bulkdrive.journal import Journal
 from bulkdrive.names import InvalidNames
 from bulkdrive.progress import NullReporter, make_reporter
 from bulkdrive.protocol import join_remote_path
-from bulkdrive.report import (
-    FileReportWriter,
-    RunSummary,
-    RunTally,
-    check_writable,
-    summary_to_json,
-    write_json_report,
-)
+from bulkdrive.report import FileReportWriter, RunSummary, RunTally
+from bulkdrive.report_json import check_writable, summary_to_json, write_json_report
 from bulkdrive.scheduler import RunPlan, SchedulerStatistics, TreeUpload
 from bulkdrive.target import (
     check_target,

@@ -41,7 +41,8 @@ from bulkdrive.journals import JournalInfo, inventory, journals_folder, parse_ag
 from bulkdrive.journals import prune as prune_journals
 from bulkdrive.listing import DEFAULT_CONCURRENCY, RemoteEntry, TreeListing
 from bulkdrive.protocol import ShareInfo, join_remote_path, split_remote_path
-from bulkdrive.report import check_writable, format_bytes, write_json_document
+from bulkdrive.report import format_bytes
+from bulkdrive.report_json import check_writable, write_json_document
 from bulkdrive.target import Target, filters_from, job_key, journal_path_of, open_target
 
 #: The settings that reach a server: every command here takes these.

@@ -34,11 +34,12 @@ ROOMS: dict[str, frozenset[str]] = {
         "cli": "job status bench.run",
         # The commands besides upload (shares, ls, check…): the CLI's room, reusing its helpers.
         # It writes --report files as `job` does (report).
-        "migration": "cli target client listing check journals protocol report",
+        "migration": "cli target client listing check journals protocol report report_json",
         # The log's lines and where they go (console, --log-file, JSON screen).
         "eventlog": "report",
         # -- one job, from settings to exit code
-        "job": "client cluster eventlog journal names progress protocol report scheduler target",
+        "job": "client cluster eventlog journal names progress protocol report report_json"
+        " scheduler target",
         # What a job is aimed at, from its settings (server or embedded emulator, key, journal,
         # filters): below job, status, check and the other commands, which all reach it.
         "target": "emulator globs journal protocol shard walk",
@@ -76,6 +77,8 @@ ROOMS: dict[str, frozenset[str]] = {
         "journal": "",
         "progress": "report",
         "report": "",
+        # --report documents, written atomically; below job and the commands, above report.
+        "report_json": "report",
         # -- one file
         "upload": "client integrity protocol session source",
         "session": "protocol",

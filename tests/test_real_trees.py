@@ -51,7 +51,8 @@ from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, Secret, TransferConfig
 from bulkdrive.journal import JobKey, Journal
 from bulkdrive.progress import NullReporter
-from bulkdrive.report import FileReportWriter, render_summary, summary_to_json
+from bulkdrive.report import FileReportWriter, render_summary
+from bulkdrive.report_json import summary_to_json
 from bulkdrive.scheduler import RunPlan, TreeUpload
 
 url, user, password, share, src, gone, journal, lines = sys.argv[1:]

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import errno
 import io
 import json
-import os
 import re
 import tracemalloc
 from pathlib import Path
 
 import pytest
-from outcomes import failed_outcome
+from outcomes import failed_outcome, mixed_run, outcome
 from rich.console import Console
 
 from bulkdrive.errors import LoginFailed, QuotaExceeded, SourceChanged
 from bulkdrive.report import (
-    FileOutcome,
     FileReportWriter,
     Outcome,
     RunSummary,
@@ -27,49 +24,9 @@ from bulkdrive.report import (
     one_line,
     printable,
     render_summary,
-    write_json_report,
 )
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # anything but \t and \n
-
-
-def outcome(name: str, size: int, kind: Outcome, **extra: object) -> FileOutcome:
-    return FileOutcome(
-        relative=name,
-        remote_path="\\dest\\" + name.replace("/", "\\"),
-        size=size,
-        outcome=kind,
-        **extra,  # type: ignore[arg-type]
-    )
-
-
-def mixed_run() -> RunTally:
-    """5 files found: 2 uploaded (100 + 300), 1 resumed (1000, 400 sent), 1 skipped (50),
-    1 failed (7, SourceChanged); 3 retries, 1 resume."""
-    tally = RunTally()
-    for size in (100, 300, 1000, 50, 7):
-        tally.found(size)
-    tally.walk_finished()
-    tally.finished(outcome("a.txt", 100, Outcome.UPLOADED, file_guid="g1", bytes_sent=100))
-    tally.finished(outcome("d/b.bin", 300, Outcome.UPLOADED, file_guid="g2", bytes_sent=300))
-    tally.finished(outcome("d/e/big", 1000, Outcome.RESUMED, file_guid="g3", bytes_sent=400))
-    tally.finished(
-        outcome(
-            "same",
-            50,
-            Outcome.SKIPPED,
-            reason="the server has it already",
-            skip_kind="already on the server",
-        )
-    )
-    tally.filtered(3)
-    tally.finished(
-        failed_outcome("hot.log", "\\dest\\hot.log", 7, SourceChanged("size changed while sent"))
-    )
-    for _ in range(3):
-        tally.retried()
-    tally.resumed()
-    return tally
 
 
 # --- units --------------------------------------------------------------------------------------
@@ -170,98 +127,7 @@ def test_zero_elapsed_and_nothing_found() -> None:
     assert not summary.walk_complete
 
 
-# --- --report FILE.json ------------------------------------------------------------------------
-
-
-def test_json_report_schema_and_values(tmp_path: Path) -> None:
-    path = tmp_path / "report.json"
-    write_json_report(path, mixed_run().summary(2.0))
-    data = json.loads(path.read_text(encoding="utf-8"))
-    assert set(data) == {
-        "files",
-        "bytes",
-        "elapsed_seconds",
-        "throughput_bytes_per_second",
-        "retries",
-        "resumes",
-        "exit_code",
-        "interrupted",
-        "walk_complete",
-        "skipped_by_kind",
-        "filtered",
-        "total_known_seconds",
-        "transfers_auto",
-        "run_error",
-        "failures",
-        "failures_omitted",
-        "workers",
-    }
-    assert data["workers"] == []
-    assert data["files"] == {"uploaded": 2, "resumed": 1, "skipped": 1, "failed": 1, "total": 5}
-    assert data["bytes"] == {
-        "uploaded": 400,
-        "resumed": 1000,
-        "skipped": 50,
-        "failed": 7,
-        "total": 1457,
-        "sent": 800,
-    }
-    assert data["elapsed_seconds"] == 2.0
-    assert data["throughput_bytes_per_second"] == 400.0
-    assert (data["retries"], data["resumes"], data["exit_code"]) == (3, 1, 1)
-    assert data["interrupted"] is False and data["walk_complete"] is True
-    assert data["run_error"] is None
-    assert data["failures"] == [
-        {
-            "path": "hot.log",
-            "remote_path": "\\dest\\hot.log",
-            "size": 7,
-            "reason": "size changed while sent",
-            "exit_class": "SourceChanged",
-            "hint": SourceChanged.hint,
-        }
-    ]
-    assert data["failures_omitted"] == 0
-    assert data["skipped_by_kind"] == {"already on the server": 1}
-    assert data["filtered"] == 3
-    assert data["total_known_seconds"] is None  # the tally was never told
-
-
-def test_json_report_carries_the_run_error(tmp_path: Path) -> None:
-    path = tmp_path / "report.json"
-    write_json_report(path, mixed_run().summary(1.0, run_error=LoginFailed("bad password")))
-    data = json.loads(path.read_text(encoding="utf-8"))
-    assert data["exit_code"] == 3
-    assert data["run_error"] == {
-        "reason": "bad password",
-        "exit_class": "LoginFailed",
-        "hint": LoginFailed.hint,
-    }
-
-
-def test_json_report_replaces_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "report.json"
-    write_json_report(path, mixed_run().summary(1.0))
-    before = path.read_bytes()
-    assert os.listdir(tmp_path) == ["report.json"]  # no temporary left behind
-
-    # a disk that fills up while the new report is written leaves the old one whole
-    def disk_full(fd: int) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space"):
-        write_json_report(path, RunTally().summary(5.0))
-    assert path.read_bytes() == before
-    assert os.listdir(tmp_path) == ["report.json"]
-
-
-def test_json_report_into_a_missing_folder_raises_oserror(tmp_path: Path) -> None:
-    with pytest.raises(OSError):
-        write_json_report(tmp_path / "missing" / "r.json", RunTally().summary(1.0))
-
-
-# --- --report-files FILE.ndjson ----------------------------------------------------------------
+# --- --report-files FILE.ndjson ---------------------------------------------------------------
 
 
 def test_ndjson_lines_parse_and_match(tmp_path: Path) -> None:
