@@ -41,7 +41,8 @@ class _Commands(click.Group):
     lazy: ClassVar[dict[str, tuple[str, str]]] = {
         "serve": ("bulkdrive.emulator.command", "serve"),
         # The commands of a migration besides the upload itself.
-        **{name: ("bulkdrive.migration", name) for name in ("shares", "ls", "check", "journals")},
+        **{name: ("bulkdrive.migration", name) for name in ("shares", "ls", "journals")},
+        "check": ("bulkdrive.check_command", "check"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -34,7 +34,9 @@ ROOMS: dict[str, frozenset[str]] = {
         "cli": "job status bench.run",
         # The commands besides upload (shares, ls, check…): the CLI's room, reusing its helpers.
         # It writes --report files as `job` does (report).
-        "migration": "cli target client listing check journals protocol report report_json",
+        "migration": "cli target client listing journals protocol report",
+        # `bulkdrive check`: the comparison (check) as a command, on the plumbing of migration.
+        "check_command": "cli check listing migration report_json target",
         # The log's lines and where they go (console, --log-file, JSON screen).
         "eventlog": "report",
         # -- one job, from settings to exit code
