@@ -100,14 +100,17 @@ ROOMS: dict[str, frozenset[str]] = {
         "emulator.command": "emulator.app emulator.config emulator.faults emulator.network "
         "protocol",
         "emulator.app": "emulator.auth emulator.config emulator.faults emulator.network "
-        "emulator.refusals emulator.store emulator.uploads emulator.wire protocol",
+        "emulator.records emulator.refusals emulator.store emulator.uploads emulator.wire protocol",
         "emulator.auth": "emulator.config emulator.database emulator.wire protocol",
-        "emulator.uploads": "emulator.faults emulator.refusals emulator.store emulator.wire "
+        "emulator.uploads": "emulator.faults emulator.records emulator.refusals emulator.wire "
         "protocol",
-        "emulator.wire": "emulator.config emulator.faults emulator.store protocol",
+        "emulator.wire": "emulator.config emulator.faults emulator.records emulator.store protocol",
         "emulator.config": "emulator.faults emulator.network protocol",
         "emulator.network": "",
-        "emulator.store": "emulator.database emulator.disk emulator.refusals protocol",
+        "emulator.store": "emulator.database emulator.disk emulator.records emulator.refusals "
+        "protocol",
+        # The store's records (target, session, completed file), ids, the §6 integrity rule.
+        "emulator.records": "emulator.refusals protocol",
         "emulator.disk": "emulator.refusals protocol",
         "emulator.database": "",
         "emulator.refusals": "",

@@ -27,8 +27,9 @@ from bulkdrive.emulator.auth import AuthRoutes
 from bulkdrive.emulator.config import EmulatorConfig
 from bulkdrive.emulator.faults import FaultInjector
 from bulkdrive.emulator.network import Network
+from bulkdrive.emulator.records import StoreTarget
 from bulkdrive.emulator.refusals import StoreError
-from bulkdrive.emulator.store import Store, StoreTarget
+from bulkdrive.emulator.store import Store
 from bulkdrive.emulator.uploads import UploadRoutes
 from bulkdrive.emulator.wire import (
     DIGITS,

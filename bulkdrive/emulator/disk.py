@@ -121,22 +121,9 @@ def _lstat_component(path: str | Path) -> os.stat_result | None:
     return st
 
 
-def safe_path(directory: Path, parts: tuple[str, ...]) -> Path:
-    """The on-disk path of `parts` under `directory`, refusing symlinks and escapes (400)."""
-    current = directory
-    for part in parts:
-        current = current / part
-        if _lstat_component(current) is None:
-            break
-    path = directory.joinpath(*parts)
-    if not _inside(os.path.realpath(path), directory):
-        raise StoreError(Why.LEAVES_SHARE)
-    return path
-
-
 def lstat_path(directory: str, parts: tuple[str, ...]) -> tuple[str, os.stat_result | None, int]:
     """The path of `parts` under `directory`, the lstat of its last component and how many
-    components exist; refuses symlinks and files in the middle (400) exactly as safe_path does.
+    components exist; refuses symlinks and files in the middle (400). safe_path adds realpath.
 
     No realpath: `parts` come from protocol.split_remote_path (no `..`, `.`, empty or NUL
     components) and this function contains no separator in a component, so when no component
@@ -159,6 +146,16 @@ def lstat_path(directory: str, parts: tuple[str, ...]) -> tuple[str, os.stat_res
             continue
         existing += 1
     return path, st, existing
+
+
+def safe_path(directory: Path, parts: tuple[str, ...]) -> Path:
+    """The on-disk path of `parts` under `directory`, refusing symlinks and escapes (400):
+    lstat_path's checks, then realpath as well, off the small-file path where its cost does
+    not count."""
+    path, _, _ = lstat_path(os.fspath(directory), parts)
+    if not _inside(os.path.realpath(path), directory):
+        raise StoreError(Why.LEAVES_SHARE)
+    return Path(path)
 
 
 def folder_exists(directory: Path, parts: tuple[str, ...]) -> bool:

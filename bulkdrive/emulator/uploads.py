@@ -11,8 +11,8 @@ from aiohttp import web
 
 from bulkdrive import protocol
 from bulkdrive.emulator import faults as fault_kinds
+from bulkdrive.emulator.records import Session, StoreTarget
 from bulkdrive.emulator.refusals import BUSY_SESSION, BodyIncomplete, StoreError, Why
-from bulkdrive.emulator.store import Session, StoreTarget
 from bulkdrive.emulator.wire import (
     Ctx,
     Refusal,

@@ -25,7 +25,8 @@ from aiohttp import web
 from bulkdrive import protocol
 from bulkdrive.emulator.config import EmulatorConfig, Share, User
 from bulkdrive.emulator.faults import FaultInjector
-from bulkdrive.emulator.store import Store, StoreTarget
+from bulkdrive.emulator.records import StoreTarget
+from bulkdrive.emulator.store import Store
 
 DIGITS = re.compile(r"^[0-9]+$")
 
