@@ -27,7 +27,6 @@ from bulkdrive.check import (
     TreeCheck,
     journal_if_any,
 )
-from bulkdrive.config import Settings
 from bulkdrive.listing import DEFAULT_CONCURRENCY
 from bulkdrive.migration import (
     CONNECTION,
@@ -38,6 +37,7 @@ from bulkdrive.migration import (
     settings_from,
 )
 from bulkdrive.report_json import check_writable, write_json_document
+from bulkdrive.settings import Settings
 from bulkdrive.target import Target, filters_from, job_key, journal_path_of
 
 #: Differences listed on the console and in --report; all are counted, and --report-files

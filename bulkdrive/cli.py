@@ -24,14 +24,8 @@ import click
 from rich.console import Console
 
 from bulkdrive import errors
-from bulkdrive.config import (
-    SETTINGS,
-    Credentials,
-    Secret,
-    Settings,
-    load_settings,
-    parse_size,
-)
+from bulkdrive.config import Credentials, Secret
+from bulkdrive.settings import SETTINGS, Settings, load_settings, parse_size
 
 
 class _Commands(click.Group):

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from bulkdrive import errors
 from bulkdrive.client import EdgeDriveClient
-from bulkdrive.config import Credentials, Settings, transfer_config
+from bulkdrive.config import Credentials
 from bulkdrive.eventlog import json_screen, setup_logging
 from bulkdrive.journal import Journal
 from bulkdrive.names import InvalidNames
@@ -30,6 +30,7 @@ from bulkdrive.protocol import join_remote_path
 from bulkdrive.report import FileReportWriter, RunSummary, RunTally
 from bulkdrive.report_json import check_writable, summary_to_json, write_json_report
 from bulkdrive.scheduler import RunPlan, SchedulerStatistics, TreeUpload
+from bulkdrive.settings import Settings, transfer_config
 from bulkdrive.target import (
     check_target,
     filters_from,

@@ -27,12 +27,12 @@ from rich.table import Table
 
 from bulkdrive import cli, errors
 from bulkdrive.client import EdgeDriveClient
-from bulkdrive.config import Settings, load_settings, transfer_config
 from bulkdrive.journals import JournalInfo, inventory, journals_folder, parse_age
 from bulkdrive.journals import prune as prune_journals
 from bulkdrive.listing import DEFAULT_CONCURRENCY, RemoteEntry, TreeListing
 from bulkdrive.protocol import ShareInfo, join_remote_path, split_remote_path
 from bulkdrive.report import format_bytes
+from bulkdrive.settings import Settings, load_settings, transfer_config
 from bulkdrive.target import Target, open_target
 
 #: The settings that reach a server: every command here takes these.

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bulkdrive import errors
-from bulkdrive.config import Credentials, Secret, Settings
+from bulkdrive.config import Credentials, Secret
 from bulkdrive.globs import read_exclude_from
 from bulkdrive.journal import JobKey, default_journal_path
 from bulkdrive.protocol import split_remote_path
+from bulkdrive.settings import Settings
 from bulkdrive.shard import Shard, parse_shard, shard_journal_path
 from bulkdrive.walk import WalkFilters
 

@@ -31,20 +31,20 @@ ROOMS: dict[str, frozenset[str]] = {
         # -- the public API and the commands
         "__init__": "client report scheduler upload walk",
         "__main__": "cli",
-        "cli": "job status bench.run",
+        "cli": "job settings status bench.run",
         # The commands besides upload (shares, ls, check…): the CLI's room, reusing its helpers.
         # It writes --report files as `job` does (report).
-        "migration": "cli target client listing journals protocol report",
+        "migration": "cli target client listing journals protocol report settings",
         # `bulkdrive check`: the comparison (check) as a command, on the plumbing of migration.
-        "check_command": "cli check listing migration report_json target",
+        "check_command": "cli check listing migration report_json settings target",
         # The log's lines and where they go (console, --log-file, JSON screen).
         "eventlog": "report",
         # -- one job, from settings to exit code
         "job": "client cluster eventlog journal names progress protocol report report_json"
-        " scheduler target",
+        " scheduler settings target",
         # What a job is aimed at, from its settings (server or embedded emulator, key, journal,
         # filters): below job, status, check and the other commands, which all reach it.
-        "target": "emulator globs journal protocol shard walk",
+        "target": "emulator globs journal protocol settings shard walk",
         # `bulkdrive status`: reads a job's journal(s); never runs anything.
         "status": "journal protocol report shard target",
         # -- the run
@@ -95,6 +95,8 @@ ROOMS: dict[str, frozenset[str]] = {
         "protocol": "",
         "errors": "",
         "config": "protocol",
+        # The commands' options as one typed object, and how they become a TransferConfig.
+        "settings": "protocol",
         # -- the emulator: a second program, sharing only the wire contract and the errors
         "emulator": "emulator.app emulator.config emulator.wire",
         "emulator.command": "emulator.app emulator.config emulator.faults emulator.network "

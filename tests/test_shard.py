@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_cli_upload import cli_env, run_cli, stored, upload_args
 
-from bulkdrive.config import load_settings
 from bulkdrive.errors import ConfigError
+from bulkdrive.settings import load_settings
 from bulkdrive.shard import Shard, parse_shard, shard_journal_path, shard_of
 
 from conftest import EmulatorFactory

@@ -12,16 +12,10 @@ from test_cli_upload import run_cli, upload_args
 
 from bulkdrive import errors
 from bulkdrive.client import EdgeDriveClient
-from bulkdrive.config import (
-    Credentials,
-    RetryPolicy,
-    Secret,
-    TransferConfig,
-    load_settings,
-    transfer_config,
-)
+from bulkdrive.config import Credentials, RetryPolicy, Secret, TransferConfig
 from bulkdrive.emulator.network import NetworkModel
 from bulkdrive.scheduler import RunPlan, TreeUpload
+from bulkdrive.settings import load_settings, transfer_config
 
 from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
 from trees import assert_stored, make_tree
