@@ -31,14 +31,13 @@ from bulkdrive.listing import DEFAULT_CONCURRENCY
 from bulkdrive.migration import (
     CONNECTION,
     connected,
-    remote_folder_of,
     run_command,
     setting_options,
     settings_from,
 )
 from bulkdrive.report_json import check_writable, write_json_document
 from bulkdrive.settings import Settings
-from bulkdrive.target import Target, filters_from, job_key, journal_path_of
+from bulkdrive.target import Target, filters_from, job_key, journal_path_of, remote_folder_of
 
 #: Differences listed on the console and in --report; all are counted, and --report-files
 #: has a line for every path.
@@ -132,7 +131,7 @@ async def run_check(request: CheckRequest) -> int:
     settings = request.settings
     # The whole tree, whatever --shard a config or the environment sets for uploads.
     filters = dataclasses.replace(filters_from(settings), shard=None)
-    remote_folder = remote_folder_of(settings.to, "--to")
+    remote_folder = remote_folder_of(settings.to)
     for flag, path in (("--report", request.report), ("--report-files", request.report_files)):
         if path is not None:
             try:

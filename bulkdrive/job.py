@@ -26,7 +26,6 @@ from bulkdrive.eventlog import json_screen, setup_logging
 from bulkdrive.journal import Journal
 from bulkdrive.names import InvalidNames
 from bulkdrive.progress import NullReporter, make_reporter
-from bulkdrive.protocol import join_remote_path
 from bulkdrive.report import FileReportWriter, RunSummary, RunTally
 from bulkdrive.report_json import check_writable, summary_to_json, write_json_report
 from bulkdrive.scheduler import RunPlan, SchedulerStatistics, TreeUpload
@@ -37,7 +36,7 @@ from bulkdrive.target import (
     job_key,
     journal_path_of,
     open_target,
-    remote_parts,
+    remote_folder_of,
 )
 
 log = logging.getLogger("bulkdrive.job")
@@ -190,7 +189,7 @@ async def _run(request: JobRequest, console: Console, state: _JobState) -> RunSu
     settings = request.settings
     config = transfer_config(settings)
     filters = filters_from(settings)
-    remote_folder = join_remote_path(remote_parts(settings.to))
+    remote_folder = remote_folder_of(settings.to)
     check_target(settings)
     for flag, report_path in (
         ("--report", request.report),

@@ -30,10 +30,10 @@ from bulkdrive.client import EdgeDriveClient
 from bulkdrive.journals import JournalInfo, inventory, journals_folder, parse_age
 from bulkdrive.journals import prune as prune_journals
 from bulkdrive.listing import DEFAULT_CONCURRENCY, RemoteEntry, TreeListing
-from bulkdrive.protocol import ShareInfo, join_remote_path, split_remote_path
+from bulkdrive.protocol import ShareInfo
 from bulkdrive.report import format_bytes
 from bulkdrive.settings import Settings, load_settings, transfer_config
-from bulkdrive.target import Target, open_target
+from bulkdrive.target import Target, open_target, remote_folder_of
 
 #: The settings that reach a server: every command here takes these.
 CONNECTION = (
@@ -103,13 +103,6 @@ async def connected(
             config=config,
         ) as client:
             yield client, target
-
-
-def remote_folder_of(text: str, flag: str) -> str:
-    try:
-        return join_remote_path(split_remote_path(text))
-    except ValueError as exc:
-        raise errors.ConfigError(f"{flag}: {exc}") from None
 
 
 # --- bulkdrive shares ---------------------------------------------------------------------

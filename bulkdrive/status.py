@@ -19,10 +19,9 @@ from bulkdrive.journal import (
     read_held,
     read_summary,
 )
-from bulkdrive.protocol import join_remote_path
 from bulkdrive.report import format_bytes
 from bulkdrive.shard import Shard
-from bulkdrive.target import EMBEDDED_SHARE, job_journal_path, remote_parts
+from bulkdrive.target import EMBEDDED_SHARE, job_journal_path, remote_folder_of
 
 #: Failed files `bulkdrive status` lists; the rest are counted.
 STATUS_FAILURES_SHOWN = 20
@@ -44,7 +43,7 @@ def print_status(
         key = JobKey(
             url=url or f"embedded:{Path('bulkdrive-data').resolve()}",
             share=share or (EMBEDDED_SHARE if not url else ""),
-            remote_folder=join_remote_path(remote_parts(remote_folder)),
+            remote_folder=remote_folder_of(remote_folder),
             source=str(source.resolve()),
         )
         if shards is None:

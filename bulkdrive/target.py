@@ -18,7 +18,7 @@ from bulkdrive import errors
 from bulkdrive.config import Credentials, Secret
 from bulkdrive.globs import read_exclude_from
 from bulkdrive.journal import JobKey, default_journal_path
-from bulkdrive.protocol import split_remote_path
+from bulkdrive.protocol import join_remote_path, split_remote_path
 from bulkdrive.settings import Settings
 from bulkdrive.shard import Shard, parse_shard, shard_journal_path
 from bulkdrive.walk import WalkFilters
@@ -145,8 +145,10 @@ def journal_path_of(settings: Settings, key: JobKey) -> Path:
     return job_journal_path(key, shard_of_job(settings))
 
 
-def remote_parts(folder: str) -> tuple[str, ...]:
+def remote_folder_of(text: str, flag: str = "--to") -> str:
+    """A remote folder as typed (`--to`, `ls`'s REMOTE_FOLDER) in its one spelling, or a
+    ConfigError that names the flag."""
     try:
-        return split_remote_path(folder)
+        return join_remote_path(split_remote_path(text))
     except ValueError as exc:
-        raise errors.ConfigError(f"--to: {exc}") from None
+        raise errors.ConfigError(f"{flag}: {exc}") from None

@@ -40,13 +40,13 @@ ROOMS: dict[str, frozenset[str]] = {
         # The log's lines and where they go (console, --log-file, JSON screen).
         "eventlog": "report",
         # -- one job, from settings to exit code
-        "job": "client cluster eventlog journal names progress protocol report report_json"
+        "job": "client cluster eventlog journal names progress report report_json"
         " scheduler settings target",
         # What a job is aimed at, from its settings (server or embedded emulator, key, journal,
         # filters): below job, status, check and the other commands, which all reach it.
         "target": "emulator globs journal protocol settings shard walk",
         # `bulkdrive status`: reads a job's journal(s); never runs anything.
-        "status": "journal protocol report shard target",
+        "status": "journal report shard target",
         # -- the run
         "scheduler": "auto_transfers client dispatch file_events journal names outcomes progress "
         "protocol remote_folders report resume source upload walk",
