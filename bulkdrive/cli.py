@@ -340,9 +340,10 @@ async def _with_signals(request: Any, run: Callable[..., Any]) -> int:
 
 def _one_malloc_arena() -> None:
     """glibc gives threads that allocate their own malloc arenas; chunks read in aiofiles'
-    threads then leave freed 4 MiB blocks in several arenas, and RSS grows ~30% above the
-    chunks alive. One arena keeps it near transfers × 2 × chunk size (measured, with no loss
-    of speed). M_ARENA_MAX is -8 in glibc's malloc.h; elsewhere this does nothing."""
+    threads then leave freed blocks in several arenas and RSS grows above the chunks alive.
+    One arena keeps it near transfers × 2 × chunk size (measured: benchmarks/README.md). The
+    CLI only: a library does not change its user's allocator (the README says how to).
+    M_ARENA_MAX is -8 in glibc's malloc.h; elsewhere this does nothing."""
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
