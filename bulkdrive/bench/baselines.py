@@ -1,4 +1,4 @@
-"""The three baselines bulkdrive is measured against (issue 7), each run as its own process.
+"""The three baselines bulkdrive is measured against, each run as its own process.
 
     python -m bulkdrive.bench.baselines raw SRC --url URL --user U --share ID --to '\\dest' \\
         [--transfers 8] [--chunk-size 4194304]

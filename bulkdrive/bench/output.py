@@ -46,7 +46,7 @@ def format_table(doc: dict[str, Any]) -> str:
             )
         lines.append("")
     if doc["targets"]:
-        lines.append("targets (issue 7):")
+        lines.append("targets:")
         for t in doc["targets"]:
             mark = "PASS" if t["pass"] else "MISS"
             rel = "≥" if t["unit"] == "×" else "≤"

@@ -1,4 +1,4 @@
-"""Throughput of bulkdrive against three baselines, measured in one run (issue 7).
+"""Throughput of bulkdrive against three baselines, measured in one run.
 
     bulkdrive bench                                  # large, small, mixed; 3 repetitions
     bulkdrive bench --workload small,large --repeat 3 --json bench-results/r.json
