@@ -119,9 +119,11 @@ ROOMS: dict[str, frozenset[str]] = {
         "emulator.faults": "",
         # -- the benchmark harness: runs bulkdrive as a program, never imports its engine
         "bench": "",
-        "bench.run": "bench.contenders bench.harness bench.output bench.processes bench.sweep "
-        "bench.workloads",
-        "bench.sweep": "bench.contenders bench.harness bench.processes bench.results bench.verify",
+        "bench.run": "bench.contenders bench.harness bench.midrun bench.output bench.processes "
+        "bench.sweep bench.sweep_table bench.workloads",
+        "bench.sweep": "bench.harness bench.processes bench.results bench.sweep_table",
+        "bench.sweep_table": "bench.harness bench.results",
+        "bench.midrun": "bench.contenders bench.harness bench.processes bench.verify",
         "bench.harness": "bench.baselines bench.contenders bench.processes bench.profiling "
         "bench.results bench.verify bench.workloads",
         "bench.contenders": "bench.baselines bench.processes",

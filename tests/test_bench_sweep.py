@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bulkdrive.bench import sweep
+from bulkdrive.bench import sweep, sweep_table
 
 
 def test_sweep_flags_are_read() -> None:
-    assert sweep.parse_settings("4,8,auto,8") == (4, 8, sweep.AUTO)
+    assert sweep.parse_settings("4,8,auto,8") == (4, 8, sweep_table.AUTO)
     assert sweep.parse_latencies("0,2ms,20ms,0.5s") == (0.0, 0.002, 0.02, 0.5)
     for bad in ("4,fast", "0", ""):
         with pytest.raises(ValueError, match="--sweep"):

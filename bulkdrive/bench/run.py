@@ -6,7 +6,7 @@
     bulkdrive bench --workload mixed --plot bench-results/sweep.png   # transfers 1..32
     bulkdrive bench --profile bench-results/profiles # + py-spy hot spots of bulkdrive
     bulkdrive bench --latency 0,2ms,20ms --sweep 4,8,16,32,64,128,auto \\
-        --plot bench-results/network.png             # real networks: see sweep.py
+        --plot bench-results/network.png             # real networks: see sweep.py, midrun.py
     BULKDRIVE_PASSWORD=… bulkdrive bench --url https://HOST/webconsole/api \\
         --user alice --share 42                                # a real server: bulkdrive and raw
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-from bulkdrive.bench import harness, output, processes, sweep, workloads
+from bulkdrive.bench import harness, midrun, output, processes, sweep, sweep_table, workloads
 from bulkdrive.bench.contenders import CONTENDERS
 
 
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: BenchArgs) -> int:
-    if args.latency is None and sweep.AUTO in args.sweep:
+    if args.latency is None and sweep_table.AUTO in args.sweep:
         print("bulkdrive bench: error: --sweep auto needs --latency", file=sys.stderr)
         return 2
     if args.latency is not None and args.workload == "large,small,mixed" and not args.quick:
@@ -291,20 +291,20 @@ def run(args: BenchArgs) -> int:
     )
 
 
-def _midrun(args: BenchArgs, config: harness.BenchConfig, midrun: tuple[float, ...]) -> int:
-    if len(midrun) != 2:
+def _midrun(args: BenchArgs, config: harness.BenchConfig, latencies: tuple[float, ...]) -> int:
+    if len(latencies) != 2:
         print("bulkdrive bench: error: --midrun takes two latencies: BEFORE,AFTER", file=sys.stderr)
         return 2
-    fixed = tuple(s for s in args.sweep if s != sweep.AUTO)
-    settings = sweep.MidrunConfig(
+    fixed = tuple(s for s in args.sweep if s != sweep_table.AUTO)
+    settings = midrun.MidrunConfig(
         bench=config,
-        before=midrun[0],
-        after=midrun[1],
+        before=latencies[0],
+        after=latencies[1],
         reference=fixed if args.sweep != harness.SWEEP else (32, 64, 128),
     )
     return _measure(
         args,
-        lambda: sweep.run_midrun(settings),
+        lambda: midrun.run_midrun(settings),
         render=lambda doc: json.dumps(doc, indent=2),
         plot=None,
         ok=lambda doc: bool(doc["ok"]),
@@ -324,8 +324,8 @@ def _network_sweep(
     return _measure(
         args,
         lambda: sweep.run_sweep(settings),
-        render=sweep.render,
-        plot=sweep.plot,
+        render=sweep_table.render,
+        plot=sweep_table.plot,
         ok=lambda doc: all(p["measurement"]["ok"] for p in doc["points"]),
     )
 

@@ -1,0 +1,181 @@
+"""`bulkdrive bench --midrun 2ms,20ms`: the server gets slower while bulkdrive runs.
+
+bulkdrive `--transfers auto` uploads to an emulator that is restarted mid-run (same port and
+root) at another latency; from the emulator's request log, how many seconds until its rate of
+completed uploads is back to a share of the best fixed setting measured at the new latency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from bulkdrive.bench import contenders, harness, processes, verify
+
+
+@dataclass(frozen=True)
+class MidrunConfig:
+    bench: harness.BenchConfig
+    before: float = 0.002
+    after: float = 0.020
+    #: Seconds of the run at `before`, then the emulator restarts at `after` (same port, root).
+    switch_after: float = 5.0
+    #: Fixed settings measured at `after` alone, for the best to recover to.
+    reference: tuple[int, ...] = (32, 64, 128)
+    recover_share: float = 0.8
+
+
+def run_midrun(config: MidrunConfig, log: harness.Log = harness._stderr_log) -> dict[str, Any]:
+    """bulkdrive --transfers auto against an emulator restarted from `before` to `after`
+    latency mid-run; how long until its rate is back to `recover_share` of the best fixed
+    setting at `after` (each measured from the emulator's request log, completed uploads per
+    second)."""
+    bench = replace(config.bench, data_dir=config.bench.data_dir.resolve())
+    (name,) = bench.workloads[:1] or ("small",)
+    workload = harness.prepare_workload(name, bench.data_dir, log)
+    processes.precompile(bench.python)
+    harness.warm_page_cache(workload.source)
+    run_root = harness._unique(bench.data_dir / "runs" / time.strftime("midrun-%Y%m%d-%H%M%S"))
+    run_root.mkdir(parents=True)
+    try:
+        best = 0.0
+        for setting in config.reference:
+            log_path = run_root / f"fixed-{setting}.requests.ndjson"
+            args = ("--latency", f"{config.after}s", "--log-requests", str(log_path))
+            m = harness.measure_one(
+                replace(bench, emulator_args=args),
+                workload,
+                "bulkdrive",
+                setting,
+                0,
+                run_root,
+                log,
+            )
+            if m.ok:
+                best = max(best, steady_rate(completions(log_path)))
+        auto = _switching_run(config, bench, workload, run_root, log)
+    finally:
+        if not bench.keep:
+            shutil.rmtree(run_root, ignore_errors=True)
+            if bench.server_dir is not None:
+                where = harness._server_root(bench, run_root, "x").parent
+                shutil.rmtree(where, ignore_errors=True)
+    per_second = auto["rates_after_switch"]
+    target = config.recover_share * best
+    recovered = next((i + 1 for i, r in enumerate(per_second) if r >= target), None)
+    return {
+        "kind": "bulkdrive-midrun",
+        "workload": name,
+        "before": config.before,
+        "after": config.after,
+        "switch_after": config.switch_after,
+        "best_fixed_files_per_s": round(best, 1),
+        "target_files_per_s": round(target, 1),
+        "recovered_after_seconds": recovered,
+        **auto,
+    }
+
+
+def _switching_run(
+    config: MidrunConfig,
+    bench: harness.BenchConfig,
+    workload: harness.Workload,
+    run_root: Path,
+    log: harness.Log,
+) -> dict[str, Any]:
+    with socket.socket() as probe:  # a free port both emulators take in turn
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server_root = run_root / "switch-server"
+    run_dir = run_root / "switch"
+    run_dir.mkdir()
+    after_log = run_root / "after.requests.ndjson"
+
+    def emulator(
+        latency: float, *extra: str
+    ) -> contextlib.AbstractContextManager[processes.Server]:
+        args = ("--port", str(port), "--latency", f"{latency}s", *extra)
+        return processes.local_emulator(
+            server_root, bench.python, run_dir / f"emulator-{latency}.log", extra_args=args
+        )
+
+    upload: subprocess.Popen[bytes] | None = None
+    with (run_dir / "stdout.txt").open("wb") as out, (run_dir / "stderr.txt").open("wb") as err:
+        try:
+            with emulator(config.before) as server:
+                argv, env = contenders.contender_command(
+                    "bulkdrive",
+                    workload.source,
+                    server,
+                    "\\midrun",
+                    0,
+                    bench.chunk_size,
+                    run_dir,
+                    bench.python,
+                )
+                upload = subprocess.Popen(
+                    [*argv, "-v"], env=env, stdout=out, stderr=err, cwd=run_dir
+                )
+                time.sleep(config.switch_after)
+            log(f"  midrun: emulator restarted at {config.after * 1000:g} ms latency")
+            with emulator(config.after, "--log-requests", str(after_log)):
+                code = upload.wait(bench.timeout)
+        finally:
+            if upload is not None and upload.poll() is None:
+                upload.kill()
+                upload.wait()
+    stored = (server.storage or server_root / processes.BENCH_SHARE) / "midrun"
+    error = verify.verify_local(workload.source, stored) if code == 0 else f"exit {code}"
+    changes = [
+        line.strip()
+        for line in (run_dir / "stderr.txt").read_text(errors="replace").splitlines()
+        + (run_dir / "stdout.txt").read_text(errors="replace").splitlines()
+        if "transfers " in line and "→" in line
+    ]
+    return {
+        "ok": not error,
+        "error": error,
+        "rates_after_switch": [round(r, 1) for r in per_second(completions(after_log))],
+        "changes": changes,
+    }
+
+
+def completions(log_path: Path) -> list[float]:
+    """Arrival times (seconds) of the upload requests that completed a file, from a request
+    log: the 200s of fullFile requests and of chunk requests with FileEOF (every small file
+    of the workloads is one fullFile or one initiate with its whole body)."""
+    times: list[float] = []
+    with contextlib.suppress(OSError):
+        for line in log_path.read_text().splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                if entry["status"] == 200 and "upload" in entry["path"]:
+                    times.append(datetime.datetime.fromisoformat(entry["time"]).timestamp())
+    return sorted(times)
+
+
+def per_second(times: Sequence[float]) -> list[float]:
+    if not times:
+        return []
+    start = times[0]
+    counts = [0] * (int(times[-1] - start) + 1)
+    for t in times:
+        counts[int(t - start)] += 1
+    return [float(c) for c in counts]
+
+
+def steady_rate(times: Sequence[float]) -> float:
+    """Uploads per second over the middle 60 % of a run (its start and end are ramps)."""
+    if len(times) < 10:
+        return 0.0
+    a, b = times[len(times) // 5], times[4 * len(times) // 5]
+    return (4 * len(times) // 5 - len(times) // 5) / (b - a) if b > a else 0.0
