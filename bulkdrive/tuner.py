@@ -2,20 +2,28 @@
 
 Pure: `observe(settings, state, measurement)` takes the run's cumulative counters at one moment
 and gives the next state and, when the limit moves, a `Change` saying why. No clock, no I/O:
-the scheduler feeds it, and tests feed it recorded and synthetic traces.
+the scheduler feeds it (every quarter second), and tests feed it recorded and synthetic traces.
 
-How it decides, one window (a second; a quarter of one while growing, when it holds enough
-work) at a time:
-- GROWING: the limit doubles while the throughput (bytes/s or files/s) of a window rises by at
-  least `gain` over the window before, at the lower limit. When doubling brings no gain, the
-  extra files in flight only made each one wait longer (latency grew without throughput): the
-  limit goes back to the one before, and the tuner holds.
-- HOLDING: every `probe_every` windows it tries a little more (PROBING); kept on a gain,
-  undone otherwise. A throughput that falls far at the same limit means the conditions changed
-  (a slower server, a longer path): it grows again from there.
-- Push-back (503/429 answers and timeouts) lowers the limit at once — back to the limit before a
-  probe, or by `backoff` — and the limit at which it came is not tried again for
-  `ceiling_seconds`.
+What it measures: each look at the counters gives a sample (files/s and bytes/s since the last
+one). The samples taken while one limit held form a `Window`, whose rate is compared with the
+window at the limit before, sample spread included: on a busy 2-core machine a quarter second
+can finish half or twice the files of the next one, so a step is judged as soon as the
+difference is clear beyond that noise (a doubling 20 ms away: half a second), and after at
+most `max_trial` seconds when it never is.
+
+How it decides:
+- GROWING: the limit doubles (quadruples while the throughput rises almost as fast as the
+  limit: far from the server, each extra transfer adds its full share) while each step gains.
+  A step that loses clearly goes back (after a quadrupling, halfway). A step that neither
+  gains nor loses clearly within `max_trial` is a plateau (more files in flight only wait
+  longer, typically for the CPU): the tuner keeps the higher limit unless it measured worse,
+  and holds.
+- HOLDING: every `probe_every` windows it tries a little more (PROBING); kept only on a clear
+  gain (a plateau must not drift upwards by chance). A throughput that falls far at the same
+  limit means the conditions changed (a slower server, a longer path): it grows again.
+- Push-back (503/429 answers and timeouts) lowers the limit at once — back to the limit before
+  the last step up, or by `backoff` — and the limit at which it came is not tried again for
+  `ceiling_seconds` (twice as long each time the same edge is met again).
 """
 
 from __future__ import annotations
@@ -34,24 +42,36 @@ class Phase(enum.Enum):
     PROBING = "probing"
 
 
+class Verdict(enum.Enum):
+    GAIN = "gain"
+    LOSS = "loss"
+    FLAT = "flat"  # no clear difference, after max_trial seconds
+    UNSURE = "unsure"  # no clear difference yet: measure on
+
+
 @dataclass(frozen=True)
 class TunerSettings:
-    start: int = 4
+    start: int = 8
     minimum: int = 1
     maximum: int = 256
-    #: Seconds of measurements behind each decision.
+    #: Seconds of samples behind a look at an unchanged limit (HOLDING).
     window: float = 1.0
-    #: While growing or probing, a window may close this early when it holds enough work
-    #: (`window_files` files or `window_bytes` bytes): a short run must not wait for seconds
-    #: at a small limit.
-    short_window: float = 0.25
-    window_files: int = 100
-    window_bytes: int = 64 * 1024 * 1024
+    #: The longest a step is measured before it counts as neither gain nor loss.
+    max_trial: float = 2.0
     #: The relative rise of bytes/s or files/s that counts as a gain.
     gain: float = 0.10
+    #: How many standard errors a difference must span to be clear (the first sample of a
+    #: step may decide alone when it spans `sure`).
+    confidence: float = 2.0
+    sure: float = 3.0
+    #: The least relative spread assumed of one sample (a few samples can agree by chance).
+    noise: float = 0.12
+    #: A step up whose throughput rose by at least this share of the limit's rise jumps
+    #: twice as far next (the run is far from the server's or the CPU's limit).
+    linear: float = 0.75
     #: A fall at an unchanged limit that means the conditions changed.
     drop: float = 0.35
-    #: The limit is multiplied by this on push-back (outside a probe).
+    #: The limit is multiplied by this on push-back (outside a step up).
     backoff: float = 0.7
     #: Windows held between two probes upwards.
     probe_every: int = 5
@@ -59,12 +79,16 @@ class TunerSettings:
     ceiling_seconds: float = 30.0
     #: Fewer files than this finished in a window say nothing about files/s.
     min_files: int = 20
+    #: The bytes confirmed at once by one transfer of a large file (the chunk size): after a
+    #: change, the samples until each transfer could have finished one file or chunk are
+    #: left out (new transfers have confirmed nothing yet, the others slowed down).
+    unit_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not 1 <= self.minimum <= self.maximum:
             raise ValueError("the tuner needs 1 <= minimum <= maximum")
-        if self.window <= 0:
-            raise ValueError("the tuner's window must be positive")
+        if self.window <= 0 or self.max_trial <= 0:
+            raise ValueError("the tuner's windows must be positive")
 
 
 @dataclass(frozen=True)
@@ -79,18 +103,77 @@ class Measurement:
 
 
 @dataclass(frozen=True)
-class Rates:
-    bytes_per_second: float
-    files_per_second: float
-    files: int
+class Window:
+    """What finished while one limit held: totals, and the spread of the samples' rates."""
 
-    def gain_over(self, before: Rates, min_files: int) -> float:
-        """The larger relative rise of bytes/s and files/s (files/s only when enough files
-        finished in both windows to mean something)."""
-        gains = [_relative(self.bytes_per_second, before.bytes_per_second)]
-        if min(self.files, before.files) >= min_files:
-            gains.append(_relative(self.files_per_second, before.files_per_second))
-        return max(gains)
+    samples: int = 0
+    seconds: float = 0.0
+    files: int = 0
+    bytes: int = 0
+    files_rates: float = 0.0  # the sum of the samples' files/s
+    files_squares: float = 0.0  # ... and of their squares
+    bytes_rates: float = 0.0
+    bytes_squares: float = 0.0
+
+    def add(self, seconds: float, files: int, nbytes: int) -> Window:
+        f, b = files / seconds, nbytes / seconds
+        return Window(
+            self.samples + 1,
+            self.seconds + seconds,
+            self.files + files,
+            self.bytes + nbytes,
+            self.files_rates + f,
+            self.files_squares + f * f,
+            self.bytes_rates + b,
+            self.bytes_squares + b * b,
+        )
+
+    def merged(self, other: Window, keep_seconds: float) -> Window:
+        """Both windows' samples, the older ones (self) weighed down to about `keep_seconds`
+        in all (a reference that follows slow drifts but is not thrown by one window)."""
+        f = 1.0
+        if self.seconds + other.seconds > keep_seconds and self.seconds > 0:
+            f = max(0.0, keep_seconds - other.seconds) / self.seconds
+        return Window(
+            round(self.samples * f) + other.samples,
+            self.seconds * f + other.seconds,
+            round(self.files * f) + other.files,
+            round(self.bytes * f) + other.bytes,
+            self.files_rates * f + other.files_rates,
+            self.files_squares * f + other.files_squares,
+            self.bytes_rates * f + other.bytes_rates,
+            self.bytes_squares * f + other.bytes_squares,
+        )
+
+    @property
+    def files_per_second(self) -> float:
+        return self.files / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
+
+    def spread(self, by_files: bool) -> float | None:
+        """The relative standard deviation of one sample's rate (None below two samples)."""
+        if self.samples < 2:
+            return None
+        total, squares = (
+            (self.files_rates, self.files_squares)
+            if by_files
+            else (self.bytes_rates, self.bytes_squares)
+        )
+        mean = total / self.samples
+        if mean <= 0:
+            return None
+        variance = max(0.0, squares / self.samples - mean * mean) * self.samples
+        return math.sqrt(variance / (self.samples - 1)) / mean
+
+
+@dataclass(frozen=True)
+class Comparison:
+    verdict: Verdict
+    #: The relative change of throughput (the clearer of files/s and bytes/s).
+    gain: float
 
 
 @dataclass(frozen=True)
@@ -105,10 +188,12 @@ class Change:
 class TunerState:
     limit: int
     phase: Phase = Phase.GROWING
-    #: Where the current window began.
+    #: The last look at the counters that closed a sample.
     mark: Measurement | None = None
-    #: The rates of the last window at `before_limit` (what the current limit must beat).
-    before: Rates | None = None
+    #: The samples since the limit last changed (or since the last HOLDING look).
+    window: Window = Window()
+    #: The window at `before_limit`: what the current limit is measured against.
+    before: Window | None = None
     before_limit: int = 0
     #: Limits at or above this met push-back, until `ceiling_until`.
     ceiling: int | None = None
@@ -121,6 +206,10 @@ class TunerState:
     cooling: bool = False
     #: Why the tuner started measuring afresh, said with the next change.
     note: str = ""
+    #: Files and chunks finished per second in the last sample; samples that end before
+    #: `settle_until` (one round of the transfers after a change) are left out.
+    pace: float = 0.0
+    settle_until: float = 0.0
 
 
 def start(settings: TunerSettings) -> TunerState:
@@ -131,31 +220,96 @@ def observe(
     settings: TunerSettings, state: TunerState, now: Measurement
 ) -> tuple[TunerState, Change | None]:
     """The state after `now`, and the change of limit it calls for (None: keep it)."""
-    if state.mark is None:
+    mark = state.mark
+    if mark is None:
         return replace(state, mark=now), None
-    seconds = now.at - state.mark.at
-    if not _window_closed(settings, state, state.mark, now, seconds):
+    seconds = now.at - mark.at
+    if seconds <= 0:
         return state, None
-    rates = _rates(state.mark, now, seconds)
-    pushbacks = now.pushbacks - state.mark.pushbacks
-    state = replace(state, mark=now)
     if state.ceiling is not None and now.at >= state.ceiling_until:
         state = replace(state, ceiling=None)
+    pushbacks = now.pushbacks - mark.pushbacks
+    if pushbacks > 0 and not state.cooling:
+        state = replace(state, mark=now)
+        return _back_off(settings, state, now.at, pushbacks, seconds)
+    files, nbytes = now.files_done - mark.files_done, now.bytes_done - mark.bytes_done
+    if files <= 0 and nbytes <= 0:
+        if seconds < settings.max_trial:
+            return state, None  # a sample closes when something finished
+        # Nothing finished for seconds (the server restarting, every transfer waiting to
+        # retry): no limit can be judged on that, and no reference taken from it.
+        return replace(state, mark=now, window=Window()), None
+    pace = max(files, nbytes / settings.unit_bytes) / seconds
+    if now.at <= state.settle_until:
+        return replace(state, mark=now, pace=pace), None
+    state = replace(state, mark=now, pace=pace, window=state.window.add(seconds, files, nbytes))
+    state, change = _decide(settings, state, now.at)
+    if change is not None and state.pace > 0:
+        settle = min(settings.max_trial, state.limit / state.pace)
+        state = replace(state, settle_until=now.at + settle)
+    return state, change
+
+
+def _decide(
+    settings: TunerSettings, state: TunerState, at: float
+) -> tuple[TunerState, Change | None]:
     if state.cooling:
         # Files sent before the back-off may still meet busy answers (and retry after the
         # server's Retry-After): this window says little about the new limit.
-        return replace(state, cooling=False), None
-    if pushbacks > 0:
-        return _back_off(settings, state, now.at, pushbacks, seconds)
-    if rates.files == 0 and rates.bytes_per_second == 0:
-        # Nothing finished at all (the server restarting, every transfer waiting to retry):
-        # no limit can be judged on that, and no reference must be taken from it.
-        return state, None
+        if state.window.seconds < settings.window:
+            return state, None
+        return replace(state, cooling=False, window=Window()), None
     if state.phase is Phase.GROWING:
-        return _grow(settings, state, now.at, rates)
+        return _grow(settings, state, at)
     if state.phase is Phase.PROBING:
-        return _judge_probe(settings, state, now.at, rates)
-    return _hold(settings, state, now.at, rates)
+        return _judge_probe(settings, state, at)
+    return _hold(settings, state, at)
+
+
+def compare(settings: TunerSettings, new: Window, old: Window) -> Comparison:
+    """Whether `new` finished clearly more or less than `old`, beyond the samples' noise."""
+    gains: list[tuple[float, float]] = []  # (relative change, in standard errors)
+    if min(new.files, old.files) >= settings.min_files:
+        gains.append(_difference(settings, new, old, by_files=True))
+    if new.bytes > 0 and old.bytes > 0:
+        gains.append(_difference(settings, new, old, by_files=False))
+    if not gains:
+        gains.append((_relative(new.files_per_second, old.files_per_second), 0.0))
+    best = max(gains)
+    up = [g for g, z in gains if g >= settings.gain and z >= _needed(settings, new)]
+    # A loss needs two samples: one alone may still be the change's own wake.
+    down = [g for g, z in gains if g <= -settings.gain / 2 and z <= -settings.confidence]
+    down = down if new.samples >= 2 else []
+    if up and not down:
+        return Comparison(Verdict.GAIN, max(up))
+    if down and not up:
+        return Comparison(Verdict.LOSS, min(down))
+    if new.seconds >= settings.max_trial:
+        return Comparison(Verdict.FLAT, best[0])
+    return Comparison(Verdict.UNSURE, best[0])
+
+
+def _needed(settings: TunerSettings, new: Window) -> float:
+    """Standard errors a difference must span: one sample alone must be very clear."""
+    return settings.sure if new.samples < 2 else settings.confidence
+
+
+def _difference(
+    settings: TunerSettings, new: Window, old: Window, by_files: bool
+) -> tuple[float, float]:
+    if by_files:
+        now, before = new.files_per_second, old.files_per_second
+    else:
+        now, before = new.bytes_per_second, old.bytes_per_second
+    gain = _relative(now, before)
+    spreads = [s for s in (new.spread(by_files), old.spread(by_files)) if s is not None]
+    common = max([settings.noise, *spreads])
+    new_spread = max(settings.noise, new.spread(by_files) or common)
+    old_spread = max(settings.noise, old.spread(by_files) or common)
+    error = math.sqrt(
+        ((1 + max(gain, 0.0)) * new_spread) ** 2 / new.samples + old_spread**2 / old.samples
+    )
+    return gain, gain / error
 
 
 def _back_off(
@@ -173,6 +327,7 @@ def _back_off(
     state = replace(
         state,
         phase=Phase.HOLDING,
+        window=Window(),
         before=None,
         before_limit=new,
         ceiling=ceiling,
@@ -187,71 +342,98 @@ def _back_off(
 
 
 def _grow(
-    settings: TunerSettings, state: TunerState, at: float, rates: Rates
+    settings: TunerSettings, state: TunerState, at: float
 ) -> tuple[TunerState, Change | None]:
-    before = state.before
-    if before is not None and state.before_limit < state.limit:
-        gain = rates.gain_over(before, settings.min_files)
-        if gain < settings.gain:
-            # More in flight, no more done: each file only waited longer.
-            state = replace(state, phase=Phase.HOLDING, before=None, windows_held=0)
-            reason = (
-                f"{state.limit} in flight gave no gain over {state.before_limit} "
-                f"({gain:+.0%}): latency grew, throughput did not"
-            )
-            return _moved(state, at, state.before_limit, reason)
-    new = _within(settings, state, state.limit * 2)
-    if new <= state.limit:
-        state = replace(state, phase=Phase.HOLDING, before=rates, windows_held=0)
+    window, before = state.window, state.before
+    if before is None:
+        # The first window at this limit is what the next step must beat.
+        if window.samples < 2 or window.seconds < settings.window / 2:
+            return state, None
+        state = replace(state, before=window, before_limit=state.limit, window=Window())
+        new = _within(settings, state, state.limit * 2)
+        if new <= state.limit:
+            return replace(state, phase=Phase.HOLDING, windows_held=0), None
+        reason = f"{state.note}starting to measure at {state.limit}"
+        return _moved(replace(state, note=""), at, new, reason)
+    result = compare(settings, window, before)
+    if result.verdict is Verdict.UNSURE:
         return state, None
+    lower = state.before_limit
+    if result.verdict is Verdict.GAIN:
+        # Throughput rising about as fast as the limit: far from any plateau, jump further.
+        share = result.gain / (state.limit / lower - 1) if state.limit > lower else 0.0
+        step = 4 if share >= settings.linear else 2
+        new = _within(settings, state, state.limit * step)
+        state = replace(state, before=window, before_limit=state.limit, window=Window())
+        if new <= state.limit:
+            return replace(state, phase=Phase.HOLDING, windows_held=0), None
+        reason = f"throughput rose {result.gain:+.0%} at {state.limit} in flight"
+        return _moved(state, at, new, reason)
+    held = replace(state, phase=Phase.HOLDING, windows_held=0, window=Window())
+    if result.verdict is Verdict.FLAT and result.gain >= 0 and state.limit <= 2 * lower:
+        # A plateau (more files in flight only wait, typically for the CPU): keep the limit
+        # that measured no worse, and hold, measured against what it did.
+        return replace(held, before=window, before_limit=state.limit), None
+    # Worse, or a plateau met by a jump of more than a doubling: back down, after such a jump
+    # to the limit halfway (in doublings), which was never measured; the probes find any
+    # room above it.
+    back = lower if state.limit <= 2 * lower else math.isqrt(lower * state.limit)
+    what = "did worse than" if result.verdict is Verdict.LOSS else "was no better than"
     reason = (
-        f"{state.note}starting to measure"
-        if before is None
-        else f"throughput rose {rates.gain_over(before, settings.min_files):+.0%}"
+        f"{state.limit} in flight {what} {lower} ({result.gain:+.0%}): "
+        "latency grew, throughput did not"
     )
-    state = replace(state, before=rates, before_limit=state.limit, note="")
-    return _moved(state, at, new, f"{reason} at {state.limit} in flight")
+    if back != lower:
+        held = replace(held, before=None)
+    return _moved(held, at, back, reason)
 
 
 def _judge_probe(
-    settings: TunerSettings, state: TunerState, at: float, rates: Rates
+    settings: TunerSettings, state: TunerState, at: float
 ) -> tuple[TunerState, Change | None]:
     assert state.before is not None
-    gain = rates.gain_over(state.before, settings.min_files)
-    if gain >= settings.gain:
-        # Room above: keep climbing as from the start.
-        state = replace(state, phase=Phase.GROWING, before=rates, before_limit=state.limit)
-        new = _within(settings, state, state.limit * 2)
-        reason = f"probe to {state.limit} gained {gain:+.0%}"
-        return _moved(state, at, new, reason) if new > state.limit else (state, None)
-    if gain >= settings.gain / 2:
-        state = replace(state, phase=Phase.HOLDING, before=rates, windows_held=0)
+    result = compare(settings, state.window, state.before)
+    if result.verdict is Verdict.UNSURE:
         return state, None
-    state = replace(state, phase=Phase.HOLDING, before=state.before, windows_held=0)
-    reason = f"probe to {state.limit} gained nothing ({gain:+.0%})"
+    if result.verdict is Verdict.GAIN:
+        # Room above: keep climbing as from the start.
+        state = replace(
+            state,
+            phase=Phase.GROWING,
+            before=state.window,
+            before_limit=state.limit,
+            window=Window(),
+        )
+        new = _within(settings, state, state.limit * 2)
+        reason = f"probe to {state.limit} gained {result.gain:+.0%}"
+        return _moved(state, at, new, reason) if new > state.limit else (state, None)
+    state = replace(state, phase=Phase.HOLDING, windows_held=0, window=Window())
+    reason = f"probe to {state.limit} gained nothing clear ({result.gain:+.0%})"
     return _moved(state, at, state.before_limit, reason)
 
 
 def _hold(
-    settings: TunerSettings, state: TunerState, at: float, rates: Rates
+    settings: TunerSettings, state: TunerState, at: float
 ) -> tuple[TunerState, Change | None]:
+    window = state.window
+    if window.seconds < settings.window or window.samples < 2:
+        return state, None
+    state = replace(state, window=Window())
     reference = state.before
     if reference is None:
-        return replace(state, before=rates, before_limit=state.limit, windows_held=1), None
-    if rates.gain_over(reference, settings.min_files) <= -settings.drop:
+        return replace(state, before=window, before_limit=state.limit, windows_held=1), None
+    result = compare(settings, window, reference)
+    if result.verdict is Verdict.LOSS and result.gain <= -settings.drop:
         # Same limit, far less done: the server or the path changed. The window that saw the
         # fall may straddle the change: the next one, at this limit, is the new reference.
-        fall = rates.gain_over(reference, settings.min_files)
-        note = f"throughput fell {fall:+.0%} at {state.limit} in flight: conditions changed; "
+        note = (
+            f"throughput fell {result.gain:+.0%} at {state.limit} in flight: conditions changed; "
+        )
         return replace(state, phase=Phase.GROWING, before=None, note=note), None
     held = state.windows_held + 1
-    # Follow slow drifts of the reference, so that a fall is measured against the recent past.
-    blended = Rates(
-        (reference.bytes_per_second + rates.bytes_per_second) / 2,
-        (reference.files_per_second + rates.files_per_second) / 2,
-        min(reference.files, rates.files),
-    )
-    state = replace(state, before=blended, before_limit=state.limit, windows_held=held)
+    # The reference gathers the windows at this limit, the last few seconds' worth.
+    merged = reference.merged(window, settings.window * settings.probe_every)
+    state = replace(state, before=merged, before_limit=state.limit, windows_held=held)
     if held < settings.probe_every:
         return state, None
     step = max(state.limit + 1, math.ceil(state.limit * 1.25))
@@ -262,7 +444,7 @@ def _hold(
     state = replace(state, windows_held=0)
     if new <= state.limit:
         return state, None
-    state = replace(state, phase=Phase.PROBING, before=rates)
+    state = replace(state, phase=Phase.PROBING)
     return _moved(state, at, new, f"probing above {state.limit}")
 
 
@@ -270,23 +452,6 @@ def _moved(state: TunerState, at: float, new: int, reason: str) -> tuple[TunerSt
     if new == state.limit:
         return state, None
     return replace(state, limit=new), Change(at, state.limit, new, reason)
-
-
-def _window_closed(
-    settings: TunerSettings,
-    state: TunerState,
-    since: Measurement,
-    now: Measurement,
-    seconds: float,
-) -> bool:
-    if seconds >= settings.window:
-        return True
-    if state.phase is Phase.HOLDING or state.cooling or seconds < settings.short_window:
-        return False
-    return (
-        now.files_done - since.files_done >= settings.window_files
-        or now.bytes_done - since.bytes_done >= settings.window_bytes
-    )
 
 
 def _within(settings: TunerSettings, state: TunerState, limit: int) -> int:
@@ -298,15 +463,6 @@ def _within(settings: TunerSettings, state: TunerState, limit: int) -> int:
 
 def _clamp(settings: TunerSettings, limit: int) -> int:
     return max(settings.minimum, min(settings.maximum, limit))
-
-
-def _rates(since: Measurement, now: Measurement, seconds: float) -> Rates:
-    files = now.files_done - since.files_done
-    return Rates(
-        (now.bytes_done - since.bytes_done) / seconds,
-        files / seconds,
-        files,
-    )
 
 
 def _relative(now: float, before: float) -> float:
