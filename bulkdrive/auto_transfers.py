@@ -1,6 +1,6 @@
 """`--transfers auto` in the run: the tuner (pure: measurements in, the next limit out) fed
-the run's counters every `TUNE_TICK`, its limit applied to a limiter every file upload holds
-a token of, and the limits it chose summed up for the report."""
+the run's counters every `TUNE_TICK`, its limit applied to the workers (the first `limit` of
+them work, the others wait), and the limits it chose summed up for the report."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from bulkdrive.report import TransfersUsed
 
 #: Seconds between two looks of `--transfers auto` at the run's counters.
 TUNE_TICK = 0.25
-#: Under `--transfers auto`, the limit the run starts with.
-AUTO_START = 4
+#: Under `--transfers auto`, the limit the run starts with (the fixed default's).
+AUTO_START = tuner.TunerSettings.start
 
 T = TypeVar("T")
 
@@ -35,6 +35,7 @@ class AutoTransfers:
         counters: RunCounters,
         clock: Callable[[], float],
         follow: anyio.CapacityLimiter | None = None,
+        chunk_size: int = tuner.TunerSettings.unit_bytes,
     ) -> None:
         self.limit = limit
         self._reporter = reporter
@@ -46,14 +47,20 @@ class AutoTransfers:
         self._area = 0.0
         self._since = 0.0
         self.changes = 0
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._chunk_size = chunk_size
+        # Worker i works while i < limit; the others wait for the limit to rise (a look at
+        # an int per file: a limiter's token per file cost a task switch or two each).
+        self._raised = anyio.Event()
+        self._workers = 0
+        self._ending = False
         self._scope = anyio.CancelScope()
         self._workers_left = 0
 
     def start(self, workers: int, now: float) -> tuner.TunerSettings:
         """Under `--transfers auto`: `workers` is the most the tuner may allow."""
-        settings = tuner.TunerSettings(start=min(AUTO_START, workers), maximum=workers)
-        self._limiter = anyio.CapacityLimiter(settings.start)
+        settings = tuner.TunerSettings(
+            start=min(AUTO_START, workers), maximum=workers, unit_bytes=self._chunk_size
+        )
         self._workers_left = workers
         self.set_limit(settings.start, now)
         return settings
@@ -63,17 +70,21 @@ class AutoTransfers:
         take: Callable[[], Awaitable[T | None]],
         upload: Callable[[T], Awaitable[None]],
     ) -> None:
-        """One of the workers under --transfers auto, each file upload holding one of the
-        limiter's tokens: `take` the next file (None: the end), `upload` it."""
-        limiter = self._limiter
-        assert limiter is not None
+        """One of the workers under --transfers auto, working while fewer than the limit were
+        started before it: `take` the next file (None: the end), `upload` it."""
+        index = self._workers
+        self._workers += 1
         try:
             while True:
-                async with limiter:
-                    ready = await take()
-                    if ready is None:
-                        return
-                    await upload(ready)
+                while index >= self.limit and not self._ending:
+                    await self._raised.wait()
+                ready = await take()
+                if ready is None:
+                    # The end: the waiting workers go and find it too.
+                    self._ending = True
+                    self._raised.set()
+                    return
+                await upload(ready)
         finally:
             self._workers_left -= 1
             if self._workers_left == 0:
@@ -83,6 +94,10 @@ class AutoTransfers:
         """Feed the tuner the run's counters; apply and explain each change of the limit."""
         state = tuner.start(settings)
         counters = self._counters
+        measurement = tuner.Measurement(
+            self._clock(), counters.bytes_confirmed, counters.files_done, counters.pushbacks
+        )
+        state, _ = tuner.observe(settings, state, measurement)  # the first sample starts now
         with self._scope:
             while True:
                 await anyio.sleep(TUNE_TICK)
@@ -106,10 +121,13 @@ class AutoTransfers:
         if self._peak:  # not the first: account the time at the old limit
             self._area += self.limit * (now - self._since)
             self.changes += 1
+        raised = limit > self.limit
         self.limit, self._since = limit, now
         self._peak = max(self._peak, limit)
-        if self._limiter is not None:
-            self._limiter.total_tokens = limit
+        if self._workers_left:  # the run is tuned (not a fixed limit)
+            if raised:
+                self._raised.set()
+                self._raised = anyio.Event()
             if self._follow is not None:
                 self._follow.total_tokens = limit
         self._reporter.transfers_changed(limit)

@@ -179,6 +179,7 @@ class TreeUpload:
             counters=self._counters,
             clock=clock,
             follow=self._folders.slots,
+            chunk_size=plan.config.chunk_size,
         )
 
     # --- public --------------------------------------------------------------------------

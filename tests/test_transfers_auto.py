@@ -28,8 +28,8 @@ CREDENTIALS = Credentials(user=USER, password=Secret(PASSWORD))
 async def test_auto_backs_off_a_busy_server_and_every_file_arrives(
     make_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    # 50 ms away, each transfer completes ~20 files/s: going from 4 to 8 to 16 in flight
-    # pays, and 16 is more than the server takes at once.
+    # 50 ms away, each transfer completes ~20 files/s: going from 8 to 16 in flight pays,
+    # and 16 is more than the server takes at once.
     emulator = await make_emulator(network=NetworkModel(latency=0.05, max_active=10))
     source = tmp_path / "src"
     source.mkdir()
@@ -67,7 +67,7 @@ async def test_cli_auto_logs_each_change_and_reports_peak_and_mean(
     )
     assert done.returncode == 0, done.stderr.decode()
     output = done.stdout.decode() + done.stderr.decode()
-    assert "transfers 4 → 8: starting to measure at 4 in flight" in output
+    assert "transfers 8 → 16: starting to measure at 8" in output
     used = json.loads(report.read_text())["transfers_auto"]
     assert used["peak"] >= 8 and 1 <= used["mean"] <= used["peak"]
     assert "transfers auto: peak" in output
