@@ -7,6 +7,7 @@
     python -m bulkdrive.bench.workloads quick DIR      # 4 × 8 MiB + 200 × 4 KiB, the smoke run
     python -m bulkdrive.bench.workloads tree DIR       # 50 000 files in ~9 000 folders
     python -m bulkdrive.bench.workloads tree-flat DIR  # the same files in one folder
+    python -m bulkdrive.bench.workloads nettree DIR    # the tree's shape, 5 000 files
 
 A tree that exists already is left as it is, so repeated runs reuse it.
 """
@@ -93,7 +94,9 @@ def _tree_sizes(rng: random.Random, count: int) -> list[int]:
     return sizes
 
 
-def tree_files(seed: int = 12) -> Iterator[tuple[str, int]]:
+def tree_files(
+    seed: int = 12, files: int = TREE_FILES, folders: int = TREE_FOLDERS
+) -> Iterator[tuple[str, int]]:
     """A tree shaped like a real one, deterministic from `seed`: each folder hangs off a
     random earlier folder, shallow ones more likely (most folders 3 to 6 levels down, none
     deeper than TREE_DEPTH), each file lands in a random folder, sizes are log-normal around a
@@ -101,15 +104,15 @@ def tree_files(seed: int = 12) -> Iterator[tuple[str, int]]:
     rng = random.Random(seed)
     paths = [""]
     depths = [0]
-    for i in range(TREE_FOLDERS):
+    for i in range(folders):
         parent = rng.randrange(len(paths))
         # Deeper folders take fewer subfolders: most of a real tree sits 3 to 6 levels down.
         while depths[parent] >= TREE_DEPTH or rng.random() >= TREE_FANOUT_DECAY ** depths[parent]:
             parent = rng.randrange(len(paths))
         paths.append(f"{paths[parent]}d{i:04d}/")
         depths.append(depths[parent] + 1)
-    homes = [rng.randrange(len(paths)) for _ in range(TREE_FILES)]
-    for i, size in enumerate(_tree_sizes(rng, TREE_FILES)):
+    homes = [rng.randrange(len(paths)) for _ in range(files)]
+    for i, size in enumerate(_tree_sizes(rng, files)):
         yield f"{paths[homes[i]]}f{i:05d}.dat", size
 
 
@@ -122,6 +125,12 @@ def tree_flat_files(seed: int = 12) -> Iterator[tuple[str, int]]:
 def net_small_files() -> Iterator[tuple[str, int]]:
     """The network sweep's small files: enough for `--transfers auto` to settle in a run."""
     yield from small_files(count=5000)
+
+
+def net_tree_files() -> Iterator[tuple[str, int]]:
+    """The network sweep's tree: `tree`'s shape at a tenth of its size (5 000 files in ~900
+    folders), so that the sequential SDK algorithm 20 ms away takes minutes, not an hour."""
+    yield from tree_files(files=TREE_FILES // 10, folders=TREE_FOLDERS // 10)
 
 
 def net_large_files() -> Iterator[tuple[str, int]]:
@@ -140,10 +149,11 @@ WORKLOADS = {
     "tree-flat": tree_flat_files,
     "netsmall": net_small_files,
     "netlarge": net_large_files,
+    "nettree": net_tree_files,
 }
 #: Workloads measured on an emulator that refuses uploads into missing folders
 #: (`serve --strict-parents`): every folder must be created by the contender.
-STRICT_PARENTS = frozenset({"tree", "tree-flat"})
+STRICT_PARENTS = frozenset({"tree", "tree-flat", "nettree"})
 
 
 def build(name: str, root: Path, seed: int = 1) -> Path:
