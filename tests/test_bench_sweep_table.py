@@ -48,6 +48,7 @@ def test_the_table_gives_the_best_fixed_setting_auto_and_the_ratios() -> None:
     assert row["auto_vs_best"] == pytest.approx(0.8)
     assert row["auto_vs_sdk"] == pytest.approx(10.0)
     assert (row["auto_mean"], row["auto_peak"]) == (40, 64)
+    assert row["auto_cpu_s"] == 1.0 and row["sdk_cpu_s"] == 1.0
     # The memory bound at auto's peak: 64 transfers of two 4 MiB chunks, plus the runtime.
     assert row["auto_rss_bound_mib"] == pytest.approx(64 * 8 + 80 * 1e6 / 2**20)
 

@@ -78,6 +78,15 @@ def summarize(points: Sequence[SweepPoint]) -> list[dict[str, Any]]:
                 "auto_peak": _median([p.auto_peak for p in good if p.auto_peak is not None]),
                 "auto_mean": _median([p.auto_mean for p in good if p.auto_mean is not None]),
                 "busy_share": _median([p.busy_share for p in good if p.busy_share is not None]),
+                # CPU seconds of the contender and of the emulator: where both cores went.
+                "cpu_s": _median([p.measurement.cpu_seconds for p in good]),
+                "server_cpu_s": _median(
+                    [
+                        p.measurement.server_cpu_seconds
+                        for p in good
+                        if p.measurement.server_cpu_seconds is not None
+                    ]
+                ),
             }
         )
     return rows
@@ -126,6 +135,9 @@ def table_rows(
                         else None
                     ),
                     "busy_share": auto["busy_share"] if auto else None,
+                    "auto_cpu_s": auto["cpu_s"] if auto else None,
+                    "auto_server_cpu_s": auto["server_cpu_s"] if auto else None,
+                    "sdk_cpu_s": next((r["cpu_s"] for r in here if r["contender"] == "sdk"), None),
                     "sdk": sdk,
                     "auto_vs_best": auto[key] / fixed[best] if auto and best else None,
                     "auto_vs_sdk": auto[key] / sdk if auto and sdk else None,
@@ -153,7 +165,7 @@ def render(doc: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"{workload} ({rows[0]['unit']})")
         head = ["latency", *settings, "auto", "mean/peak", "best", "auto/best", "sdk", "auto/sdk"]
-        head.append("auto rss/bound MiB")
+        head += ["auto rss/bound MiB", "auto cpu s (server)"]
         if doc["config"]["max_active"]:
             head.append("503 after 5s")
         table = [head]
@@ -169,6 +181,7 @@ def render(doc: dict[str, Any]) -> str:
             cells.append(_fmt(r["sdk"], 1))
             cells.append(_fmt(r["auto_vs_sdk"], 1))
             cells.append(f"{_fmt(r['auto_rss_mib'])}/{_fmt(r['auto_rss_bound_mib'])}")
+            cells.append(f"{_fmt(r['auto_cpu_s'], 1)} ({_fmt(r['auto_server_cpu_s'], 1)})")
             if doc["config"]["max_active"]:
                 share = r["busy_share"]
                 cells.append("-" if share is None else f"{share:.2%}")
