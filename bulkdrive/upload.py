@@ -23,10 +23,11 @@ import anyio
 from tenacity import RetryCallState, RetryError
 
 from bulkdrive import errors, protocol
-from bulkdrive.client import EdgeDriveClient, exhausted, retrying
+from bulkdrive.client import EdgeDriveClient, parent_folder_path
 from bulkdrive.config import TransferConfig
 from bulkdrive.integrity import BlockHasher, hash_off_loop
 from bulkdrive.protocol import BLOCK_SIZE, UploadReply
+from bulkdrive.retry import exhausted, repeat
 from bulkdrive.session import (
     Phase,
     ResumePoint,
@@ -458,6 +459,11 @@ async def upload_file(
     )
     attempts = 0
 
+    async def attempt() -> None:
+        nonlocal attempts
+        attempts += 1
+        await upload.run()
+
     def before_sleep(retry_state: RetryCallState) -> None:
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None else None
@@ -466,24 +472,9 @@ async def upload_file(
             events.retrying(error, retry_state.attempt_number, wait)
 
     try:
-        # Most files need no second attempt: the retry machinery is set up only for those
-        # that do, with the first failure handed to it as its first attempt.
-        first_failure: errors.OutcomeUnknown | None = None
-        try:
-            attempts = 1
-            await upload.run()
-        except errors.OutcomeUnknown as exc:
-            first_failure = exc
-        if first_failure is not None:
-            replay = [first_failure]
-            async for attempt in retrying(
-                config.retry, sleep=sleep, before_sleep=before_sleep, progress=upload.progress
-            ):
-                attempts = attempt.retry_state.attempt_number
-                with attempt:
-                    if replay:
-                        raise replay.pop()
-                    await upload.run()
+        await repeat(
+            attempt, config.retry, sleep=sleep, before_sleep=before_sleep, progress=upload.progress
+        )
     except RetryError as failure:
         error = exhausted(failure, f"upload {remote_path}")
         await upload.discard_session(error)
@@ -516,8 +507,5 @@ def _remote_target(remote_folder: str, name: str) -> tuple[str, str]:
         name.encode("utf-8")
     except UnicodeEncodeError:
         raise errors.Rejected(f"{name!r}: the name is not valid UTF-8") from None
-    try:
-        parts = protocol.split_remote_path(remote_folder)
-    except ValueError as exc:
-        raise errors.Rejected(f"invalid remote folder {remote_folder!r}: {exc}") from None
-    return protocol.join_remote_path(parts), protocol.join_remote_path((*parts, name))
+    folder = parent_folder_path(remote_folder)
+    return folder, protocol.remote_child(folder, name)

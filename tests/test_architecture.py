@@ -82,12 +82,18 @@ ROOMS: dict[str, frozenset[str]] = {
         # --report documents, written atomically; below job and the commands, above report.
         "report_json": "report",
         # -- one file
-        "upload": "client integrity protocol session source",
+        "upload": "client integrity protocol retry session source",
         "session": "protocol",
         "source": "",
         "integrity": "protocol",
-        # -- the wire
-        "client": "bandwidth breaker protocol server_errors",
+        # -- the wire: the endpoints, over the token, over one request each
+        "client": "auth protocol retry transport",
+        # The login token: Login, renewal after a 401, logout; its requests go by transport.
+        "auth": "protocol retry transport",
+        # One request: aiohttp's errors and failed replies translated, the breaker, --bwlimit.
+        "transport": "bandwidth breaker protocol server_errors",
+        # The tenacity policy for transient failures (the client's calls and the upload's).
+        "retry": "",
         # What error replies mean: the client's side of the boundary, not shared.
         "server_errors": "protocol",
         "breaker": "",

@@ -12,10 +12,11 @@ import pytest
 from tenacity import RetryError
 
 from bulkdrive import errors
-from bulkdrive.client import EdgeDriveClient, retrying
+from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, RetryPolicy, Secret, TransferConfig
 from bulkdrive.emulator import Emulator
 from bulkdrive.protocol import Format
+from bulkdrive.retry import retrying
 
 from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
 

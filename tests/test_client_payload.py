@@ -1,4 +1,4 @@
-"""`client._ChunkPayload` writes chunks from a memoryview through aiohttp's BytesPayload
+"""`transport._ChunkPayload` writes chunks from a memoryview through aiohttp's BytesPayload
 internals (`_value`, `write_with_length`), measured on the aiohttp range pyproject.toml pins.
 These tests fail loudly when an aiohttp release moves what it relies on."""
 
@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bulkdrive import client
+from bulkdrive import transport
 
 pytestmark = pytest.mark.anyio
 
@@ -35,8 +35,8 @@ def test_the_installed_aiohttp_is_in_the_pinned_range() -> None:
 
 def test_the_payload_keeps_the_chunk_it_was_given_without_a_copy() -> None:
     chunk = bytes(range(256)) * 8192  # 2 MiB: more than one slice
-    payload = client._payload(chunk)
-    assert isinstance(payload, client._ChunkPayload)
+    payload = transport._payload(chunk)
+    assert isinstance(payload, transport._ChunkPayload)
     assert payload._value is chunk  # aiohttp's private attribute, read by write_with_length
     assert payload.size == len(chunk)
 
@@ -57,7 +57,7 @@ async def test_aiohttp_sends_the_chunk_through_our_slices() -> None:
     port = runner.addresses[0][1]
     slices: list[int] = []
 
-    class Counted(client._ChunkPayload):
+    class Counted(transport._ChunkPayload):
         async def write_with_length(self, writer, content_length):  # type: ignore[no-untyped-def]
             slices.append(len(self._value))
             await super().write_with_length(writer, content_length)
