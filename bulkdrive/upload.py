@@ -113,7 +113,7 @@ class UploadResult:
 class _Chunk:
     offset: int
     data: bytes
-    hasher: BlockHasher  # the block-level hash of the local file's [0, end)
+    hasher: BlockHasher | None  # the block-level hash of the local file's [0, end), if hashed
 
     @property
     def end(self) -> int:
@@ -123,9 +123,11 @@ class _Chunk:
 class _Upload:
     """Drives one file through the state machine; one instance per upload_file call.
 
-    Every chunk is hashed, with or without the server's integrity check: the block digests
-    go to the journal, so that a resume can tell whether the local file still holds the
-    bytes an earlier run sent (a same-size, same-mtime edit in place)."""
+    Every chunk of a file of a whole block or more is hashed, with or without the server's
+    integrity check: the block digests go to the journal, so that a resume can tell whether
+    the local file still holds the bytes an earlier run sent (a same-size, same-mtime edit in
+    place). A smaller file has no whole block, and without the check nothing reads its hash:
+    it is not hashed."""
 
     def __init__(
         self,
@@ -152,8 +154,9 @@ class _Upload:
         self.bytes_sent = 0
         self._confirmed_high = 0
         self._ahead: _Chunk | None = None  # read while the initiate was in flight
+        self._hashing = self.verify or source.size >= BLOCK_SIZE
         # Block-level hashers by prefix length: the confirmed offset, the chunk in flight.
-        self._hashers: dict[int, BlockHasher] = {0: BlockHasher()}
+        self._hashers: dict[int, BlockHasher] = self._fresh_hashers()
         self._known_digests = known_digests  # the journal's, for [0, n × 4 MiB) of this file
         self._blocks_reported = 0
         self._restarts_seen = 0
@@ -190,10 +193,13 @@ class _Upload:
     def _started_over(self) -> None:
         """A fresh session from offset 0: what was known of the old one means nothing now."""
         self._restarts_seen = self.state.restarts
-        self._hashers = {0: BlockHasher()}
+        self._hashers = self._fresh_hashers()
         self._known_digests = b""
         self._blocks_reported = 0
         self._ahead = None
+
+    def _fresh_hashers(self) -> dict[int, BlockHasher]:
+        return {0: BlockHasher()} if self._hashing else {}
 
     async def discard_session(self, error: errors.BulkdriveError) -> None:
         """The file failed for good (changed, quota, retries): its unfinished session would
@@ -303,6 +309,8 @@ class _Upload:
 
     async def _chunk_at(self, offset: int, hasher: BlockHasher | None = None) -> _Chunk:
         data = await self.source.read(offset, self._chunk_length(offset))
+        if not self._hashing:
+            return _Chunk(offset, data, None)
         if hasher is None:
             hasher = await self._hasher_at(offset)
         return _Chunk(offset, data, await hash_off_loop(hasher, data))
@@ -343,15 +351,19 @@ class _Upload:
         """Everything decided before a chunk goes out; returns its BlockLevelHash header."""
         self.state = sending(self.state, chunk.end, final=final)
         self.bytes_sent += len(chunk.data)
-        # Keep only what a recovery may need: the hash at either end of this chunk.
-        before = self._hashers.get(chunk.offset)
-        self._hashers = {chunk.end: chunk.hasher}
-        if before is not None:
-            self._hashers[chunk.offset] = before
+        if chunk.hasher is not None:
+            # Keep only what a recovery may need: the hash at either end of this chunk.
+            before = self._hashers.get(chunk.offset)
+            self._hashers = {chunk.end: chunk.hasher}
+            if before is not None:
+                self._hashers[chunk.offset] = before
         if not final:
             return None
         await self.source.check_unchanged()
-        return chunk.hasher.hexdigest() if self.verify else None
+        if not self.verify:
+            return None
+        assert chunk.hasher is not None  # verify: every chunk is hashed
+        return chunk.hasher.hexdigest()
 
     async def _send_reading_ahead(
         self, send: Callable[[], Awaitable[UploadReply]], chunk: _Chunk, final: bool

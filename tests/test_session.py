@@ -27,8 +27,6 @@ The rows that keep another writer's bytes out (issue 11 §2):
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from bulkdrive import errors
@@ -59,7 +57,7 @@ STARTS: dict[str, SessionState] = {
     "initiate": sending(opened(SIZE), 4 * MiB, final=False),
     "initiate whole": sending(opened(SMALL), SMALL, final=True),
     "initiate forced": sending(
-        replace(opened(SIZE), force_restart=True, restarts=1), 4 * MiB, final=False
+        opened(SIZE)._replace(force_restart=True, restarts=1), 4 * MiB, final=False
     ),
     "send": sending(
         SessionState(Phase.SEND, SIZE, request_id="R", offset=4 * MiB), 8 * MiB, final=False
@@ -482,7 +480,7 @@ def test_fresh_starts_are_bounded() -> None:
         state = restarted(state, "foreign bytes")
     with pytest.raises(errors.IntegrityMismatch, match="after 2 fresh starts"):
         restarted(state, "foreign bytes")
-    gone = replace(STARTS["send"], restarts=MAX_RESTARTS)
+    gone = STARTS["send"]._replace(restarts=MAX_RESTARTS)
     with pytest.raises(errors.SessionGone):
         failed(gone, errors.SessionGone("HTTP 404"))
 
@@ -498,7 +496,7 @@ def test_a_resume_asks_with_an_empty_initiate() -> None:
 
 
 def test_restart_keeps_counts_and_forgets_the_session() -> None:
-    state = replace(STARTS["send"], resumes=1, file_guid="", adopted=True)
+    state = STARTS["send"]._replace(resumes=1, file_guid="", adopted=True)
     fresh = restarted(state, "why")
     assert (fresh.phase, fresh.request_id, fresh.offset, fresh.force_restart) == (
         Phase.INITIATE,
