@@ -91,11 +91,15 @@ class Auth:
     ) -> Response:
         """One request with the token. A 401 renews the token before it is raised as
         TokenExpired."""
-        if paced:
+        if paced and self._transport.bandwidth is not None:
             await self._transport.pace(data)
         # The token is taken now, after the wait for bandwidth, not before: a token read
         # before a long wait arrives idle, or already replaced by another request's renewal.
-        idle = await self._in_use()
+        idle = time.monotonic() - self._used_at
+        if self._renewal_due(idle):
+            await self._reauthenticate(self._generation)
+            idle = 0.0
+        self._used_at = time.monotonic()
         generation = self._generation
         response = await self._transport.send(
             method,
@@ -123,18 +127,10 @@ class Auth:
             raise reply_error(response, what=what)  # counted once, above
         return response
 
-    async def _in_use(self) -> float:
-        """Renew the token first when it has been idle about as long as a token was once
-        refused for idleness (the server's limit is unknown until then); note the use.
-        Returns how long the token had been idle."""
-        now = time.monotonic()
-        idle = now - self._used_at
-        if self._idle_limit is not None and idle >= IDLE_RENEWAL_SHARE * self._idle_limit:
-            await self._reauthenticate(self._generation)
-            now = time.monotonic()
-            idle = 0.0
-        self._used_at = now
-        return idle
+    def _renewal_due(self, idle: float) -> bool:
+        """Whether to renew the token before using it: it has been idle about as long as a
+        token was once refused for idleness (the server's limit is unknown until then)."""
+        return self._idle_limit is not None and idle >= IDLE_RENEWAL_SHARE * self._idle_limit
 
     # --- login, renewal, logout -----------------------------------------------------------
 

@@ -153,7 +153,7 @@ class EdgeDriveClient:
         }
         if block_hash is not None:
             headers[protocol.BLOCK_LEVEL_HASH] = block_hash
-        what = f"upload {protocol.remote_child(parent, name)}"
+        what = f"upload {parent}\\{name}" if parent != "\\" else f"upload \\{name}"
         response = await self._send(
             "POST",
             self._initiate_url(verify=verify, force_restart=force_restart),
