@@ -171,7 +171,7 @@ class _Recorder:
         rise = size - self._server_offset
         self.accepted += rise if rise > 0 else size if rise < 0 else 0
 
-    def bytes_confirmed(self, n: int) -> None:
+    def confirmed_more(self, n: int) -> None:
         pass
 
     def offset_confirmed(self, request_id: str, offset: int) -> None:

@@ -75,7 +75,7 @@ class FileEvents:
         """The server holds the whole file (its last reply need not carry an offset)."""
         self._server_at(self._entry.size)
 
-    def bytes_confirmed(self, n: int) -> None:
+    def confirmed_more(self, n: int) -> None:
         # The reporter follows offsets, which also go back when a file restarts; the tuner
         # counts what the server confirmed.
         self._sinks.counters.bytes_confirmed += n

@@ -59,8 +59,9 @@ __all__ = [
 class UploadEvents(Protocol):
     """Hooks for progress and the resume journal. Called on the event loop; keep them cheap."""
 
-    def bytes_confirmed(self, n: int) -> None:
-        """The server now holds `n` more bytes of this file than it ever did (sums to size)."""
+    def confirmed_more(self, n: int) -> None:
+        """The server now holds `n` more bytes of this file than it ever did: an increment
+        (the calls sum to the size), where a reporter's `bytes_done` is an offset."""
 
     def offset_confirmed(self, request_id: str, offset: int) -> None:
         """Session `request_id` holds `offset` bytes: what a resume journal records."""
@@ -77,7 +78,7 @@ class UploadEvents(Protocol):
 
 
 class NullEvents:
-    def bytes_confirmed(self, n: int) -> None:
+    def confirmed_more(self, n: int) -> None:
         pass
 
     def offset_confirmed(self, request_id: str, offset: int) -> None:
@@ -187,7 +188,7 @@ class _Upload:
                 if exc.retryable:
                     raise  # the backoff, then the next attempt from the state reached
         if self._confirmed_high < self.state.size:
-            self.events.bytes_confirmed(self.state.size - self._confirmed_high)
+            self.events.confirmed_more(self.state.size - self._confirmed_high)
             self._confirmed_high = self.state.size
 
     def _started_over(self) -> None:
@@ -400,7 +401,7 @@ class _Upload:
         if reply.request_id:
             self.events.offset_confirmed(reply.request_id, offset)
         if offset > self._confirmed_high:
-            self.events.bytes_confirmed(offset - self._confirmed_high)
+            self.events.confirmed_more(offset - self._confirmed_high)
             self._confirmed_high = offset
 
 

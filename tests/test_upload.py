@@ -70,7 +70,7 @@ class Recorder(NullEvents):
         self.retries: list[tuple[type[errors.BulkdriveError], int, float]] = []
         self.resumes: list[int] = []
 
-    def bytes_confirmed(self, n: int) -> None:
+    def confirmed_more(self, n: int) -> None:
         assert n > 0
         self.confirmed += n
 
