@@ -75,6 +75,8 @@ class EdgeDriveClient:
         else:
             self._root = f"drive/share/{quote(share_id, safe='')}"
         self._upload_url = URL(f"{base}/{self._root}/file/action/upload")
+        # Parsed once: a URL built from text costs more than the rest of a folder's request.
+        self._createfolder_url = URL(f"{base}/{self._root}/action/createfolder")
         self._initiate_urls: dict[tuple[bool, bool], URL] = {}
 
     # --- lifetime -----------------------------------------------------------------------
@@ -165,7 +167,7 @@ class EdgeDriveClient:
             upload=True,
         )
         if response.status == 409:
-            reply = UploadReply.from_node(response.node)
+            reply = UploadReply.from_body(response.body)
             if not reply.request_id:
                 # No session offered: the server is still receiving another request for this
                 # file (a definite refusal; nothing of this one was applied).
@@ -212,7 +214,7 @@ class EdgeDriveClient:
     def _upload_reply(self, response: Response, *, what: str, in_session: bool) -> UploadReply:
         if response.status != 200:
             raise self._error(response, what=what, in_session=in_session)
-        reply = UploadReply.from_node(response.node)
+        reply = UploadReply.from_body(response.body)
         if reply.error_code != 0:
             self._transport.failed += 1
             raise errors.Rejected(
@@ -276,7 +278,7 @@ class EdgeDriveClient:
         async def call() -> bool:
             response = await self._send(
                 "POST",
-                f"{self._root}/action/createfolder",
+                self._createfolder_url,
                 what=what,
                 headers={"Content-Type": "application/json; charset=utf-8"},
                 data=body,

@@ -8,6 +8,7 @@ caller's business (`bulkdrive.auth`): a request carries the one it is given.
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 import warnings
@@ -36,8 +37,14 @@ Body = bytes | bytearray | memoryview
 @dataclass(frozen=True)
 class Response:
     status: int
-    node: Node
+    body: bytes
     retry_after: float | None
+
+    @functools.cached_property
+    def node(self) -> Node:
+        """The body parsed, whatever its format; read on demand (an upload's 200 is read
+        straight into an UploadReply)."""
+        return protocol.parse_body(self.body)
 
 
 class Transport:
@@ -134,7 +141,7 @@ class Transport:
                 errors.ServerBusy(f"{what}: HTTP {status}", status=status)
             ):
                 raise stop
-        return Response(status, protocol.parse_body(raw), retry_after)
+        return Response(status, raw, retry_after)
 
     def _transport_failed(
         self, error: errors.BulkdriveError, *, upload: bool

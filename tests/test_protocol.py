@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from bulkdrive import protocol
-from bulkdrive.protocol import Format
+from bulkdrive.protocol import Format, UploadReply, parse_body
 
 # Any text a file name may hold on Linux or Windows, minus the separators Edge Drive uses.
 name_text = st.text(
@@ -161,3 +162,54 @@ def test_upload_reply_reads_every_format(fmt: Format) -> None:
 def test_error_code_200_means_success() -> None:
     node = protocol.parse_body(b'<DM2ContentIndexing_UploadFileResp errorCode="200"/>')
     assert protocol.UploadReply.from_node(node).error_code == 0
+
+
+# --- UploadReply.from_body: the direct reading matches the reading through a Node ------------
+
+_REPLY_KEYS = (
+    "requestId",
+    "chunkOffset",
+    "errorCode",
+    "errorString",
+    "fileGUID",
+    "fileIntegrityVerified",
+)
+_JSON_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-5, max_value=10**12),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["", "0", "1", "200", "409", "true", "True", "abc", "4096"]),
+    st.text(max_size=8),
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"requestId": "R1", "chunkOffset": 4096, "errorCode": 0, "fileGUID": "G"}',
+        b'{"requestId": "R1", "chunkOffset": 10, "errorCode": 200, "fileIntegrityVerified": 1}',
+        b'{"requestId": "R1", "chunkOffset": 10, "fileIntegrityVerified": true}',
+        b'{"requestId": "R1", "chunkOffset": 10, "fileIntegrityVerified": "true"}',
+        b'{"requestId": "R1", "chunkOffset": 10.0}',
+        b'{"requestId": "R1", "chunkOffset": "10"}',
+        b'{"requestId": 7, "chunkOffset": 10}',
+        b'{"@requestId": "R1", "@chunkOffset": "10"}',
+        b'{"DM2ContentIndexing_UploadFileResp": {"@requestId": "R1", "@chunkOffset": "10"}}',
+        b'{"errorCode": 409, "errorString": "busy", "requestId": "", "chunkOffset": 0}',
+        b'<DM2ContentIndexing_UploadFileResp requestId="R1" chunkOffset="10" errorCode="0"/>',
+        b"not a reply",
+        b"",
+        b"[1, 2]",
+        b'{"requestId": "R1", "chunkOffset": 10, "fileGUID": {"nested": 1}}',
+    ],
+)
+def test_upload_reply_from_body_reads_as_through_a_node(body: bytes) -> None:
+    assert UploadReply.from_body(body) == UploadReply.from_node(parse_body(body))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(_REPLY_KEYS), _JSON_VALUES))
+def test_upload_reply_from_body_matches_for_any_flat_object(fields: dict[str, object]) -> None:
+    body = json.dumps(fields).encode()
+    assert UploadReply.from_body(body) == UploadReply.from_node(parse_body(body))
