@@ -75,8 +75,6 @@ class EdgeDriveClient:
         else:
             self._root = f"drive/share/{quote(share_id, safe='')}"
         self._upload_url = URL(f"{base}/{self._root}/file/action/upload")
-        # Parsed once: a URL built from text costs more than the rest of a folder's request.
-        self._createfolder_url = URL(f"{base}/{self._root}/action/createfolder")
         self._initiate_urls: dict[tuple[bool, bool], URL] = {}
 
     # --- lifetime -----------------------------------------------------------------------
@@ -278,7 +276,7 @@ class EdgeDriveClient:
         async def call() -> bool:
             response = await self._send(
                 "POST",
-                self._createfolder_url,
+                f"{self._root}/action/createfolder",
                 what=what,
                 headers={"Content-Type": "application/json; charset=utf-8"},
                 data=body,
