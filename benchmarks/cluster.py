@@ -220,20 +220,20 @@ def latency(data_dir: Path, repeat: int) -> None:
 # --- the coordinator alone, with stub workers ----------------------------------------------
 
 
-def stub_batch(run_id: str, batch_id: int, files: list[Any]) -> Any:
+def stub_batch(run_id: str, batch_id: int, batch: Any) -> Any:
     """A worker that uploads nothing: every file "uploaded" at once."""
     from distributed import get_worker
 
-    from bulkdrive.cluster import BatchReport, FileReport
+    from bulkdrive.cluster_wire import BatchReport, FileReport
 
     now = time.time()
     done = FileReport(ok=True, file_guid="0" * 32)
     return BatchReport(
         worker=get_worker().address,
-        files=(done,) * len(files),
+        files=(done,) * len(batch.files),
         started=now,
         ended=now,
-        accepted=sum(f.size for f in files),
+        accepted=sum(f.size for f in batch.files),
         rerun=False,
     )
 
@@ -242,7 +242,7 @@ async def _coordinate(source: Path, journal_path: Path) -> tuple[int, float]:
     import distributed
 
     from bulkdrive.client import EdgeDriveClient
-    from bulkdrive.cluster import ClusterEngine
+    from bulkdrive.cluster_engine import ClusterEngine
     from bulkdrive.config import Credentials, Secret, TransferConfig
     from bulkdrive.emulator import EmulatorConfig, Share, User, running_emulator
     from bulkdrive.journal import JobKey, Journal
@@ -276,12 +276,7 @@ async def _coordinate(source: Path, journal_path: Path) -> tuple[int, float]:
         ):
             engine = ClusterEngine(dask, "bench", in_flight=6, task=stub_batch)
             run = TreeUpload(client, RunPlan(source=source), journal=journal, engine=engine)
-            import anyio
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(engine.run)
-                summary = await run.run()
-                tg.cancel_scope.cancel()
+            summary = await run.run()
             return summary.files.uploaded, summary.elapsed_seconds
     finally:
         shutil.rmtree(root, ignore_errors=True)

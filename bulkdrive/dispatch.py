@@ -42,20 +42,29 @@ from bulkdrive.walk import FileEntry, SkippedEntry, WalkFailure, WalkItem
 DISPATCH_BATCH = SMALL_FILE_BATCH
 #: Remote folder listings kept for --check-remote; files arrive grouped by folder.
 _LISTINGS_KEPT = 4
+#: While a batch lingers, how often it looks at the backlog again.
+_LINGER_STEP = 0.002
 
 
 async def next_batch(
-    receive: MemoryObjectReceiveStream[WalkItem], most: int = DISPATCH_BATCH
+    receive: MemoryObjectReceiveStream[WalkItem], most: int = DISPATCH_BATCH, linger: float = 0.0
 ) -> list[WalkItem]:
-    """Wait for one walk item, then take what else the backlog holds, up to `most`."""
+    """Wait for one walk item, then take what else the backlog holds, up to `most`; with a
+    `linger`, wait up to that many seconds for the batch to fill (a batch that goes whole
+    to a cluster is worth its size)."""
     try:
         batch = [await receive.receive()]
     except anyio.EndOfStream:
         return []
+    deadline = anyio.current_time() + linger if linger > 0 else 0.0
     while len(batch) < most:
         try:
             batch.append(receive.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream):
+        except anyio.WouldBlock:
+            if anyio.current_time() >= deadline:
+                break
+            await anyio.sleep(min(_LINGER_STEP, linger))
+        except anyio.EndOfStream:
             break
     return batch
 

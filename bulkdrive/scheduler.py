@@ -19,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
 
 import anyio
 
@@ -28,6 +27,7 @@ from bulkdrive.auto_transfers import AutoTransfers
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import TransferConfig
 from bulkdrive.dispatch import DISPATCH_BATCH, Dispatcher, Handout, next_batch
+from bulkdrive.engine_batches import EngineBatches, FileEngine
 from bulkdrive.file_events import EventSinks, FileEvents, RunCounters
 from bulkdrive.journal import Journal
 from bulkdrive.names import InvalidNames, check_name, remote_name
@@ -38,33 +38,15 @@ from bulkdrive.remote_folders import RemoteFolders, RemotePaths, name_of
 from bulkdrive.report import FileOutcome, FileReportWriter, RunSummary, RunTally
 from bulkdrive.resume import ReadyFile
 from bulkdrive.source import LocalContent
-from bulkdrive.upload import ResumePoint, UploadEvents, UploadResult, upload_file
+from bulkdrive.upload import ResumePoint, UploadResult, upload_file
 from bulkdrive.walk import FileEntry, FolderEntry, WalkFilters, WalkItem, count_files, walk
 
-#: An engine groups files by the hundred: hand them out (one journal read and commit each)
-#: in groups as large.
-CLUSTER_DISPATCH_BATCH = 512
+#: Under an engine a dispatched batch goes out whole: up to this many files (one journal
+#: read and commit each), gathered from the backlog for at most `ENGINE_LINGER` seconds.
+ENGINE_DISPATCH_BATCH = 512
+ENGINE_LINGER = 0.02
 
-
-class FileEngine(Protocol):
-    """Where the files' uploads run when not in this process (`--cluster`): `upload` does
-    what `upload_file` does for one file of the walk, and tells `events` the same; `slots`
-    files may wait on it at once (it groups them); `summarize` adds its own figures."""
-
-    slots: int
-
-    async def upload(
-        self,
-        entry: FileEntry,
-        remote_folder: str,
-        *,
-        remote_name: str,
-        events: UploadEvents,
-        resume: ResumePoint | None,
-        known_digests: bytes,
-    ) -> UploadResult: ...
-
-    def summarize(self, summary: RunSummary) -> RunSummary: ...
+__all__ = ["FileEngine", "RunPlan", "SchedulerStatistics", "TreeUpload", "upload_tree"]
 
 
 @dataclass(frozen=True)
@@ -160,13 +142,26 @@ class TreeUpload:
             save=self._save,
         )
         self._handout = Handout()
+        self._batches: EngineBatches | None = None
+        if engine is not None:
+            self._batches = EngineBatches(
+                engine,
+                prepare=self._prepare,
+                outcomes=self._outcomes,
+                sinks=self._sinks,
+                reporter=reporter,
+                paths=self._paths,
+                stop=self._stop,
+                stopping=lambda: self._run_error is not None,
+                clock=clock,
+            )
         self._dispatcher = Dispatcher(
             client=client,
             journal=journal,
             paths=self._paths,
             outcomes=self._outcomes,
             reporter=reporter,
-            handout=self._handout.put,
+            handout=self._handout.put if self._batches is None else self._batches.put,
             dry_run=plan.dry_run,
             check_remote=plan.check_remote,
             # Under an engine the workers read the files; nothing is read ahead here.
@@ -189,10 +184,11 @@ class TreeUpload:
         return self._run_error
 
     def statistics(self) -> SchedulerStatistics:
+        batches = self._batches
         return SchedulerStatistics(
-            files_started=self._started,
-            in_flight=self._in_flight,
-            max_in_flight=self._max_in_flight,
+            files_started=self._started if batches is None else batches.started,
+            in_flight=self._in_flight if batches is None else batches.in_flight,
+            max_in_flight=self._max_in_flight if batches is None else batches.max_in_flight,
             backlog_used=self._backlog_used(),
             max_backlog_used=self._max_backlog,
             backlog_size=self._plan.backlog,
@@ -219,7 +215,8 @@ class TreeUpload:
         self._backlog_used = lambda: receive.statistics().current_buffer_used
         # Under --cluster the workers' own limits hold; the coordinator only hands out.
         auto = plan.config.auto_transfers and not plan.dry_run and engine is None
-        dispatch_batch = DISPATCH_BATCH if engine is None else CLUSTER_DISPATCH_BATCH
+        dispatch_batch = DISPATCH_BATCH if engine is None else ENGINE_DISPATCH_BATCH
+        linger = 0.0 if engine is None else ENGINE_LINGER
         try:
             with self._run_scope:
                 async with anyio.create_task_group() as tg:
@@ -227,8 +224,10 @@ class TreeUpload:
                     tg.start_soon(self._walk, send)
                     if not plan.dry_run:
                         tg.start_soon(self._count, started)
-                    workers = plan.config.transfers if engine is None else engine.slots
-                    workers = 0 if plan.dry_run else workers
+                    if self._batches is not None:
+                        self._batches.start(tg)
+                    # Under an engine, batches go out whole: no per-file workers here.
+                    workers = 0 if plan.dry_run or engine is not None else plan.config.transfers
                     if auto:
                         tg.start_soon(self._auto.tune, self._auto.start(workers, started))
                     for _ in range(workers):
@@ -240,7 +239,7 @@ class TreeUpload:
                         await self._folders.ensure_root(create=not plan.dry_run)
                         while self._run_error is None:
                             self._max_backlog = max(self._max_backlog, self._backlog_used())
-                            batch = await next_batch(receive, dispatch_batch)
+                            batch = await next_batch(receive, dispatch_batch, linger)
                             if not batch:
                                 break
                             try:
@@ -342,28 +341,8 @@ class TreeUpload:
         outcomes = self._outcomes
         outcome: FileOutcome | None = None
         try:
-            check_name(relative, self._plan.invalid_names)
-            folder_error = await self._folders.wait_for_folder_of(relative)
-            if folder_error is not None:
-                hint = folder_error.folder_hint
-                raise errors.FolderNotCreated(str(folder_error), folder_hint=hint)
-            if stale:
-                try:
-                    await self._discard_stale_session(entry)
-                except errors.BulkdriveError as exc:
-                    # The old version's session may still be there: keep the journal's old
-                    # record, so that the next run discards it before sending this version.
-                    if isinstance(exc, errors.RunFailed):
-                        self._stop(exc)
-                    outcomes.finish(
-                        await outcomes.failed(
-                            entry, exc, events, self._clock() - began, journaled=False
-                        )
-                    )
-                    return
-                await self._dispatcher.mark_started(entry, None)
-                if self._journal is not None:
-                    await self._journal.flush()
+            if not await self._prepare(entry, stale, events, began):
+                return
             result = await self._send(entry, events, content, resume, known)
         except errors.BulkdriveError as exc:
             if isinstance(exc, errors.RunFailed):
@@ -380,6 +359,38 @@ class TreeUpload:
                 self._tally.sent_by_unfinished(events.accepted)
         outcomes.finish(outcome)
 
+    async def _prepare(
+        self, entry: FileEntry, stale: bool, events: FileEvents, began: float
+    ) -> bool:
+        """A file's checks before its first byte goes: its name, its folder created, an old
+        version's session discarded (then the file is marked in flight). False when the file
+        already ended here (its outcome told); raises what the file fails with."""
+        relative = entry.relative
+        check_name(relative, self._plan.invalid_names)
+        folder_error = await self._folders.wait_for_folder_of(relative)
+        if folder_error is not None:
+            hint = folder_error.folder_hint
+            raise errors.FolderNotCreated(str(folder_error), folder_hint=hint)
+        if stale:
+            try:
+                await self._discard_stale_session(entry)
+            except errors.BulkdriveError as exc:
+                # The old version's session may still be there: keep the journal's old
+                # record, so that the next run discards it before sending this version.
+                if isinstance(exc, errors.RunFailed):
+                    self._stop(exc)
+                outcomes = self._outcomes
+                outcomes.finish(
+                    await outcomes.failed(
+                        entry, exc, events, self._clock() - began, journaled=False
+                    )
+                )
+                return False
+            await self._dispatcher.mark_started(entry, None)
+            if self._journal is not None:
+                await self._journal.flush()
+        return True
+
     async def _send(
         self,
         entry: FileEntry,
@@ -388,14 +399,10 @@ class TreeUpload:
         resume: ResumePoint | None,
         known: bytes,
     ) -> UploadResult:
-        """The file's bytes: here, or on the engine's workers."""
+        """The file's bytes, from this process."""
         assert self._client is not None
         folder = self._paths.folder_of(entry.relative)
         name = remote_name(name_of(entry.relative))
-        if self._engine is not None:
-            return await self._engine.upload(
-                entry, folder, remote_name=name, events=events, resume=resume, known_digests=known
-            )
         return await upload_file(
             self._client,
             entry.path,

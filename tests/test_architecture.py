@@ -48,8 +48,11 @@ ROOMS: dict[str, frozenset[str]] = {
         # `bulkdrive status`: reads a job's journal(s); never runs anything.
         "status": "journal report shard target",
         # -- the run
-        "scheduler": "auto_transfers client dispatch file_events journal names outcomes progress "
-        "protocol remote_folders report resume source upload walk",
+        "scheduler": "auto_transfers client dispatch engine_batches file_events journal names "
+        "outcomes progress protocol remote_folders report resume source upload walk",
+        # Under an engine (--cluster) a dispatched batch goes out whole, its outcomes come back.
+        "engine_batches": "file_events names outcomes progress remote_folders report resume "
+        "session upload walk",
         # The run's rooms: the dispatcher (skips, in-flight marks, read-ahead, hand-out)...
         "dispatch": "check client journal names outcomes progress remote_folders report resume "
         "source upload walk",
@@ -64,7 +67,14 @@ ROOMS: dict[str, frozenset[str]] = {
         # --transfers auto: a pure controller, measurements in, the next limit out.
         "tuner": "",
         # --cluster: the run's files uploaded by Dask workers with the same per-file engine.
-        "cluster": "client progress protocol report session upload walk",
+        "cluster": "client cluster_engine cluster_wire cluster_worker progress",
+        # ...its coordinator's engine (batches out as Dask tasks), the replay of a worker's
+        # report into the run, the worker side (the Dask task), and what travels between.
+        "cluster_engine": "cluster_replay cluster_wire cluster_worker engine_batches progress "
+        "report upload",
+        "cluster_replay": "cluster_wire upload",
+        "cluster_worker": "client cluster_wire protocol session upload",
+        "cluster_wire": "session",
         "resume": "journal source upload walk",
         "check": "client journal listing names protocol walk",
         "journals": "journal",

@@ -1,0 +1,227 @@
+"""`--cluster`, the coordinator's engine: a batch of the run's files out as Dask tasks, each
+file's end back, replayed into the run's accounting.
+
+A batch the run hands over (up to 512 files, their in-flight marks already committed) goes
+out as one task, or as a few when it holds more than `batch_bytes` bytes or when the run has
+just begun (the first tasks carry 16, 32, 64… files, so that every worker starts at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from bulkdrive import errors
+from bulkdrive.cluster_replay import replay
+from bulkdrive.cluster_wire import Batch, BatchFile, BatchReport, FileReport, marker_name
+from bulkdrive.engine_batches import EngineFile
+from bulkdrive.progress import Reporter
+from bulkdrive.report import RunSummary, WorkerFigures
+from bulkdrive.upload import UploadResult
+
+#: A task holds at most this many files, or this many bytes (a larger file goes alone).
+BATCH_FILES = 512
+BATCH_BYTES = 1 << 30
+#: The first tasks are smaller (16, 32, 64, ... files) so that every worker gets work at
+#: once, even from a small tree.
+FIRST_BATCH_FILES = 16
+#: Dask runs a task again this many times if it raises (a worker that dies is Dask's own
+#: business: the scheduler reruns its tasks elsewhere).
+TASK_RETRIES = 2
+
+
+@dataclass
+class _Worker:
+    files: int = 0
+    bytes: int = 0
+    batches: int = 0
+    first: float = float("inf")
+    last: float = 0.0
+
+
+class ClusterEngine:
+    """The run's `FileEngine` for `--cluster`: `batches` of the run's batches out at once."""
+
+    def __init__(
+        self,
+        dask: Any,
+        run_id: str,
+        *,
+        in_flight: int,
+        path_map: tuple[str, str] | None = None,
+        task: Callable[..., Any] | None = None,
+        reporter: Reporter | None = None,
+        verbose: bool = False,
+        batch_files: int = BATCH_FILES,
+        batch_bytes: int = BATCH_BYTES,
+    ) -> None:
+        self._dask = dask
+        self._run_id = run_id
+        self.batches = max(1, in_flight)
+        self._path_map = path_map
+        #: The Dask task that uploads a batch (a benchmark gives a stub).
+        if task is None:
+            from bulkdrive.cluster_worker import upload_batch
+
+            task = upload_batch
+        self._task = task
+        self._reporter = reporter
+        self._verbose = verbose
+        self._batch_files = batch_files
+        self._batch_bytes = batch_bytes
+        self._tasks = 0
+        self._workers: dict[str, _Worker] = {}
+        self._reruns = 0
+
+    # --- FileEngine ----------------------------------------------------------------------
+
+    async def upload_batch(self, files: Sequence[EngineFile]) -> list[UploadResult | Exception]:
+        results: list[UploadResult | Exception] = []
+        pieces = list(self._pieces(files))
+        reports: list[tuple[FileReport, ...] | Exception] = [()] * len(pieces)
+
+        async def one(index: int, piece: Sequence[EngineFile]) -> None:
+            reports[index] = await self._run_task(piece)
+
+        async with anyio.create_task_group() as tg:
+            for index, piece in enumerate(pieces):
+                tg.start_soon(one, index, piece)
+        for piece, report in zip(pieces, reports, strict=True):
+            if isinstance(report, Exception):
+                results += [report] * len(piece)
+                continue
+            for file, file_report in zip(piece, report, strict=True):
+                entry = file.entry
+                try:
+                    result: UploadResult | Exception = replay(
+                        file_report,
+                        file.events,
+                        entry.path,
+                        file.remote_folder,
+                        file.remote_name,
+                        entry.size,
+                    )
+                except Exception as exc:  # the file's error, as the worker's upload ended
+                    result = exc
+                results.append(result)
+        return results
+
+    def summarize(self, summary: RunSummary) -> RunSummary:
+        workers = tuple(
+            WorkerFigures(
+                address=address,
+                files=w.files,
+                bytes=w.bytes,
+                seconds=max(0.0, w.last - w.first),
+                batches=w.batches,
+            )
+            for address, w in sorted(self._workers.items())
+        )
+        return dataclasses.replace(summary, workers=workers)
+
+    def statistics(self) -> dict[str, int]:
+        return {"batches": self._tasks, "reruns": self._reruns, "workers": len(self._workers)}
+
+    # --- tasks ---------------------------------------------------------------------------
+
+    def _pieces(self, files: Sequence[EngineFile]) -> list[Sequence[EngineFile]]:
+        """The tasks a batch goes out as: bounded by count (small at first) and bytes."""
+        pieces: list[Sequence[EngineFile]] = []
+        start, size = 0, 0
+        limit = self._first_limit(0)
+        for index, file in enumerate(files):
+            count = index - start
+            if count and (count >= limit or size + file.entry.size > self._batch_bytes):
+                pieces.append(files[start:index])
+                start, size = index, 0
+                limit = self._first_limit(len(pieces))
+            size += file.entry.size
+        if start < len(files):
+            pieces.append(files[start:])
+        return pieces
+
+    def _first_limit(self, pieces_before: int) -> int:
+        return min(self._batch_files, FIRST_BATCH_FILES << min(self._tasks + pieces_before, 16))
+
+    async def _run_task(self, piece: Sequence[EngineFile]) -> tuple[FileReport, ...] | Exception:
+        """One Dask task: its files' reports, or why the cluster could not run it."""
+        self._tasks += 1
+        batch_id = self._tasks
+        batch = Batch(
+            tuple(
+                BatchFile(
+                    self._worker_path(f.entry.path),
+                    f.entry.size,
+                    f.entry.mtime_ns,
+                    f.remote_folder,
+                    f.remote_name,
+                    f.resume,
+                    f.known_digests,
+                )
+                for f in piece
+            )
+        )
+        future = None
+        try:
+            future = self._dask.submit(
+                self._task,
+                self._run_id,
+                batch_id,
+                batch,
+                key=f"bulkdrive-batch-{self._run_id}-{batch_id}",
+                retries=TASK_RETRIES,
+                pure=False,
+            )
+            report: BatchReport = await future
+        except Exception as exc:  # the cluster could not run the batch: its files fail
+            return errors.RetriesExhausted(
+                f"the cluster could not upload its batch: {type(exc).__name__}: {exc}"
+            )
+        finally:
+            if future is not None:
+                future.release()
+        with contextlib.suppress(Exception):
+            await self._clear_marker(batch_id)
+        self._record(report)
+        return report.files
+
+    async def _clear_marker(self, batch_id: int) -> None:
+        from distributed import Event
+
+        marker: Any = Event(  # type: ignore[no-untyped-call]
+            marker_name(self._run_id, batch_id), client=self._dask
+        )
+        await marker.clear()
+
+    def _record(self, report: BatchReport) -> None:
+        worker = self._workers.setdefault(report.worker, _Worker())
+        worker.files += len(report.files)
+        worker.bytes += report.accepted
+        worker.batches += 1
+        worker.first = min(worker.first, report.started)
+        worker.last = max(worker.last, report.ended)
+        if report.rerun:
+            self._reruns += 1
+        if self._reporter is not None and self._verbose:
+            self._reporter.message(
+                f"worker {report.worker}: {len(report.files)} files, {report.accepted} bytes "
+                f"in {report.ended - report.started:.2f}s"
+                + (" (a batch run again)" if report.rerun else "")
+            )
+
+    def _worker_path(self, local_path: str) -> str:
+        """The file's path on the workers: SRC as the walk spelled it (maybe relative to the
+        coordinator's folder) becomes `--worker-path`, or else SRC's absolute path."""
+        if self._path_map is None:
+            return os.path.abspath(local_path)
+        source, prefix = self._path_map
+        tail = local_path[len(source) :]
+        if tail and tail[0] not in "/\\":  # SRC given as "src/": "src/a" leaves "a"
+            tail = os.sep + tail
+        return prefix + tail

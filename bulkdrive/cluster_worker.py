@@ -1,0 +1,291 @@
+"""`--cluster`, the worker side: `upload_batch` is the Dask task, run in a worker thread.
+
+Each worker process keeps one client per run (a module cache keyed by the run id), on one
+event loop thread of its own, and uploads its batch with `bulkdrive.upload.upload_file` at
+most `transfers` files at once per process (§8 recovery, integrity, retries as on one
+machine). A batch that Dask runs again (its worker died) first asks the server about each
+file: a file it holds whole is not sent again, a partial one continues from the server's
+offset (its session answers the initiate with 409). Every file's end travels back as data
+(`FileReport`), with the events the coordinator replays into its accounting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import distributed
+
+from bulkdrive import errors
+from bulkdrive.client import EdgeDriveClient
+from bulkdrive.cluster_wire import (
+    CANCELLED,
+    Batch,
+    BatchFile,
+    BatchReport,
+    FileReport,
+    WorkerAccess,
+    marker_name,
+    plugin_name,
+)
+from bulkdrive.protocol import mtime_seconds
+from bulkdrive.session import ResumePoint
+from bulkdrive.upload import upload_file
+
+
+class _Recorder:
+    """A file's upload events, kept compactly for the coordinator to replay."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.request_id: str | None = None
+        self.digests = bytearray()
+        self.accepted = 0
+        self._server_offset = 0
+        self._heard = False
+        self._rising = True
+
+    def _offset(self, offset: int) -> None:
+        rise = offset - self._server_offset
+        self.accepted += rise if rise > 0 else offset if rise < 0 else 0
+        last = self.events[-1] if self.events else None
+        if last is not None and last[0] == "offset" and offset >= last[1] and self._rising:
+            self.events[-1] = ("offset", offset)  # still rising: only the top matters
+        else:
+            self._rising = last is None or last[0] != "offset" or offset >= last[1]
+            self.events.append(("offset", offset))
+        self._server_offset = offset
+        self._heard = True
+
+    def completed(self, size: int) -> None:
+        """The server holds the whole file (its last reply need not carry an offset)."""
+        rise = size - self._server_offset
+        self.accepted += rise if rise > 0 else size if rise < 0 else 0
+
+    def confirmed_more(self, n: int) -> None:
+        pass
+
+    def offset_confirmed(self, request_id: str, offset: int) -> None:
+        self.request_id = request_id
+        self._offset(offset)
+
+    def retrying(self, error: errors.BulkdriveError, attempt: int, wait: float) -> None:
+        self.events.append(("retrying", type(error).__name__, str(error), attempt, wait))
+
+    def resumed(self, offset: int) -> None:
+        if not self._heard:
+            self._server_offset = offset
+        self.events.append(("resumed", offset))
+
+    def block_confirmed(self, index: int, digest: bytes) -> None:
+        del self.digests[index * 32 :]
+        self.digests += digest
+
+
+class _WorkerRun:
+    """One run's client in one worker process, on an event loop thread of its own."""
+
+    def __init__(self, access: WorkerAccess) -> None:
+        self._stack = contextlib.ExitStack()
+        options = {"use_uvloop": True} if _have_uvloop() else {}
+        self.portal = self._stack.enter_context(
+            anyio.from_thread.start_blocking_portal("asyncio", backend_options=options)
+        )
+        try:
+            self.client = self._stack.enter_context(
+                self.portal.wrap_async_context_manager(
+                    EdgeDriveClient.connect(
+                        access.url,
+                        access.credentials,
+                        share_id=access.share_id,
+                        config=access.config,
+                    )
+                )
+            )
+            self.limiter: anyio.CapacityLimiter = self.portal.call(
+                _limiter, access.config.transfers
+            )
+        except BaseException:
+            self._stack.close()
+            raise
+        self.config = access.config
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+async def _limiter(total: int) -> anyio.CapacityLimiter:
+    return anyio.CapacityLimiter(total)
+
+
+_RUNS: dict[str, _WorkerRun] = {}
+_RUNS_LOCK = threading.Lock()
+
+
+def _worker_run(access: WorkerAccess) -> _WorkerRun:
+    with _RUNS_LOCK:
+        run = _RUNS.get(access.run_id)
+        if run is None:
+            run = _RUNS[access.run_id] = _WorkerRun(access)
+        return run
+
+
+def close_worker_run(run_id: str) -> bool:
+    """Run on every worker at the end of a run: its client and loop thread go."""
+    with _RUNS_LOCK:
+        run = _RUNS.pop(run_id, None)
+    if run is None:
+        return False
+    run.close()
+    return True
+
+
+class AccessPlugin(distributed.WorkerPlugin):
+    """How the run's access reaches each worker: registered once per run, and sent by the
+    scheduler to every worker, also one that joins or restarts later (the tasks carry only
+    the plugin's name). At the end of the run its teardown closes the worker's client."""
+
+    idempotent = True
+
+    def __init__(self, access: WorkerAccess) -> None:
+        self.access = access
+        self.name = plugin_name(access.run_id)
+
+    def setup(self, worker: Any) -> None:
+        pass  # the client is made by the first batch, on the thread that runs it
+
+    def teardown(self, worker: Any) -> None:
+        close_worker_run(self.access.run_id)
+
+
+def upload_batch(run_id: str, batch_id: int, batch: Batch) -> BatchReport:
+    """The Dask task: upload a batch of files, return each one's outcome."""
+    files = batch.files
+    from distributed import Event, get_worker
+
+    worker = get_worker()
+    plugin = worker.plugins.get(plugin_name(run_id))
+    if not isinstance(plugin, AccessPlugin):
+        raise RuntimeError("this worker has no access for the run (its plugin is missing)")
+    access = plugin.access
+    # Set once per batch: a batch that finds it set is being run again (its first worker
+    # died), so the server may hold some of its files already, whole or in part.
+    marker: Any = Event(marker_name(access.run_id, batch_id))  # type: ignore[no-untyped-call]
+    rerun: bool = marker.is_set()
+    marker.set()
+    run = _worker_run(access)
+    key = worker.get_current_task()
+
+    def wanted() -> bool:
+        # A batch whose coordinator is gone (killed: Dask released its task) starts no
+        # more files; the re-run of the job continues them from the journal.
+        task = worker.state.tasks.get(key)
+        return task is not None and task.state not in ("cancelled", "released", "forgotten")
+
+    started = time.time()
+    reports = run.portal.call(_upload_all, run, files, rerun, wanted)
+    return BatchReport(
+        worker=worker.address,
+        files=tuple(report for report, _ in reports),
+        started=started,
+        ended=time.time(),
+        accepted=sum(accepted for _, accepted in reports),
+        rerun=rerun,
+    )
+
+
+async def _upload_all(
+    run: _WorkerRun, files: Sequence[BatchFile], rerun: bool, wanted: Callable[[], bool]
+) -> list[tuple[FileReport, int]]:
+    unwanted = FileReport(ok=False, error_class="RetriesExhausted", error_message=CANCELLED)
+    results: list[tuple[FileReport, int]] = [(unwanted, 0)] * len(files)
+
+    async def one(index: int, file: BatchFile) -> None:
+        async with run.limiter:
+            if wanted():
+                results[index] = await _upload_one(run, file, rerun)
+
+    async with anyio.create_task_group() as tg:
+        for index, file in enumerate(files):
+            tg.start_soon(one, index, file)
+    return results
+
+
+async def _upload_one(run: _WorkerRun, file: BatchFile, rerun: bool) -> tuple[FileReport, int]:
+    recorder = _Recorder()
+    resume = file.resume
+    try:
+        if rerun:
+            if await _held_whole(run.client, file):
+                return FileReport(ok=True, already_there=True), 0
+            # Its first worker may have left a session of it: continue that one.
+            resume = resume or ResumePoint("", 0)
+        result = await upload_file(
+            run.client,
+            file.path,
+            file.remote_folder,
+            remote_name=file.remote_name,
+            config=run.config,
+            events=recorder,
+            resume=resume,
+            known_digests=file.known_digests,
+        )
+    except Exception as exc:  # every error travels back as data: this file's outcome
+        if isinstance(exc, errors.BulkdriveError):
+            name, message = type(exc).__name__, str(exc)
+        else:  # a bug: the run reports it as an internal error of this file
+            name, message = "InternalError", f"{type(exc).__name__}: {exc}"
+        report = FileReport(
+            ok=False,
+            request_id=recorder.request_id,
+            events=tuple(recorder.events),
+            digests=bytes(recorder.digests),
+            error_class=name,
+            error_message=message,
+        )
+        return report, recorder.accepted
+    recorder.completed(file.size)
+    report = FileReport(
+        ok=True,
+        file_guid=result.file_guid,
+        attempts=result.attempts,
+        resumes=result.resumes,
+        restarts=result.restarts,
+        bytes_sent=result.bytes_sent,
+        integrity_verified=result.integrity_verified,
+        request_id=recorder.request_id,
+        events=tuple(recorder.events),
+        digests=bytes(recorder.digests),
+    )
+    return report, recorder.accepted
+
+
+async def _held_whole(client: EdgeDriveClient, file: BatchFile) -> bool:
+    path = file.remote_folder.rstrip("\\") + "\\" + file.remote_name
+    try:
+        resource = await client.metadata(path)
+    except errors.RunFailed:
+        raise
+    except errors.BulkdriveError:
+        return False  # unknown: the upload finds out
+    return (
+        resource is not None
+        and not resource.is_directory
+        and (resource.size, resource.modified_time) == (file.size, mtime_seconds(file.mtime_ns))
+    )
+
+
+def _have_uvloop() -> bool:
+    if os.environ.get("BULKDRIVE_LOOP", "").lower() == "asyncio":
+        return False
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,171 @@
+"""The run's batch path, under an engine (`--cluster`): each batch the dispatcher hands out
+goes to the engine whole, and its files' ends come back together.
+
+    dispatcher ──(a batch, its files marked in flight and committed)──▶ engine.upload_batch
+               ◀── each file's result or error, its events replayed ──
+
+The coordinator then holds one task per batch out (at most `engine.batches`; the dispatcher,
+and so the walk, wait for a free one), not one per file: no per-file task, future or event
+object. Each file is still checked (name, folder created, an old version's session discarded)
+and accounted (journal, tally, progress, report line) exactly as on one machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import NamedTuple, Protocol
+
+import anyio
+import anyio.abc
+
+from bulkdrive import errors
+from bulkdrive.file_events import EventSinks, FileEvents
+from bulkdrive.names import remote_name
+from bulkdrive.outcomes import RunOutcomes
+from bulkdrive.progress import Reporter
+from bulkdrive.remote_folders import RemotePaths, name_of
+from bulkdrive.report import RunSummary
+from bulkdrive.resume import ReadyFile
+from bulkdrive.session import ResumePoint
+from bulkdrive.upload import UploadEvents, UploadResult
+from bulkdrive.walk import FileEntry
+
+
+class EngineFile(NamedTuple):
+    """A file handed to an engine: where it goes, what the journal knew of it, and the
+    events its upload tells."""
+
+    entry: FileEntry
+    remote_folder: str
+    remote_name: str
+    resume: ResumePoint | None
+    known_digests: bytes
+    events: UploadEvents
+
+
+class FileEngine(Protocol):
+    """Where the files' uploads run when not in this process (`--cluster`).
+
+    `upload_batch` uploads a batch of the walk's files and tells each file's `events` what
+    `upload_file` would have told them; it returns, in order, each file's result or the
+    error it ended with (a file's error is never raised). At most `batches` batches are out
+    at once; `summarize` adds the engine's own figures to the run's summary."""
+
+    batches: int
+
+    async def upload_batch(self, files: Sequence[EngineFile]) -> list[UploadResult | Exception]: ...
+
+    def summarize(self, summary: RunSummary) -> RunSummary: ...
+
+
+#: A file's checks before it goes (name, folder, an old version's session): False when it
+#: already ended (its outcome told); raises what the file fails with.
+Prepare = Callable[[FileEntry, bool, FileEvents, float], Awaitable[bool]]
+
+
+class EngineBatches:
+    """The hand-out under an engine: `put` a dispatched batch, it goes out as one."""
+
+    def __init__(
+        self,
+        engine: FileEngine,
+        *,
+        prepare: Prepare,
+        outcomes: RunOutcomes,
+        sinks: EventSinks,
+        reporter: Reporter,
+        paths: RemotePaths,
+        stop: Callable[[errors.RunFailed], None],
+        stopping: Callable[[], bool],
+        clock: Callable[[], float],
+    ) -> None:
+        self._engine = engine
+        self._prepare = prepare
+        self._outcomes = outcomes
+        self._sinks = sinks
+        self._reporter = reporter
+        self._paths = paths
+        self._stop = stop
+        self._stopping = stopping
+        self._clock = clock
+        self._slots = anyio.Semaphore(max(1, engine.batches))
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self.started = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        self._task_group = task_group
+
+    async def put(self, ready: list[ReadyFile]) -> None:
+        """The dispatcher's hand-out: returns once the batch is out (it waits for a slot)."""
+        assert self._task_group is not None
+        await self._slots.acquire()
+        try:
+            self._task_group.start_soon(self._send, ready)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _send(self, ready: list[ReadyFile]) -> None:
+        try:
+            files = await self._checked(ready)
+            if files:
+                await self._upload(files)
+        finally:
+            self._slots.release()
+
+    async def _checked(self, ready: list[ReadyFile]) -> list[EngineFile]:
+        """The batch's files that may go, each started as one process starts it."""
+        began = self._clock()
+        outcomes = self._outcomes
+        files: list[EngineFile] = []
+        for entry, stale, _content, resume, digests in ready:
+            if self._stopping():
+                break  # the run is stopping: start nothing new
+            self.started += 1
+            relative = entry.relative
+            events = FileEvents(self._sinks, entry)
+            self._reporter.file_started(relative, entry.size)
+            try:
+                if not await self._prepare(entry, stale, events, began):
+                    continue
+            except Exception as exc:
+                if isinstance(exc, errors.RunFailed):
+                    self._stop(exc)
+                outcomes.finish(await outcomes.failed(entry, exc, events, self._clock() - began))
+                continue
+            files.append(
+                EngineFile(
+                    entry,
+                    self._paths.folder_of(relative),
+                    remote_name(name_of(relative)),
+                    resume,
+                    digests,
+                    events,
+                )
+            )
+        return files
+
+    async def _upload(self, files: list[EngineFile]) -> None:
+        began = self._clock()
+        self.in_flight += len(files)
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            results = await self._engine.upload_batch(files)
+        finally:
+            # Interrupted: nothing of these files was accounted yet, nothing is told.
+            self.in_flight -= len(files)
+        seconds = self._clock() - began
+        outcomes = self._outcomes
+        for file, result in zip(files, results, strict=True):
+            events = file.events
+            assert isinstance(events, FileEvents)
+            if isinstance(result, Exception):
+                if isinstance(result, errors.RunFailed):
+                    self._stop(result)
+                outcome = await outcomes.failed(file.entry, result, events, seconds)
+            else:
+                events.completed()
+                outcome = await outcomes.succeeded(file.entry, result, events, seconds)
+            outcomes.finish(outcome)
