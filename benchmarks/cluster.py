@@ -242,6 +242,7 @@ async def _coordinate(source: Path, journal_path: Path) -> tuple[int, float]:
     import distributed
 
     from bulkdrive.client import EdgeDriveClient
+    from bulkdrive.cluster import coordinator_config
     from bulkdrive.cluster_engine import ClusterEngine
     from bulkdrive.config import Credentials, Secret, TransferConfig
     from bulkdrive.emulator import EmulatorConfig, Share, User, running_emulator
@@ -253,31 +254,32 @@ async def _coordinate(source: Path, journal_path: Path) -> tuple[int, float]:
         root=root, users=(User(USER, PASSWORD),), shares=(Share(SHARE, "bench"),), port=0
     )
     try:
-        async with (
-            running_emulator(config) as emulator,
-            distributed.LocalCluster(
-                n_workers=2,
-                threads_per_worker=2,
-                processes=True,
-                asynchronous=True,
-                dashboard_address=None,
-                host="127.0.0.1",
-            ) as cluster,
-            distributed.Client(cluster, asynchronous=True) as dask,
-            EdgeDriveClient.connect(
-                emulator.base_url,
-                Credentials(USER, Secret(PASSWORD)),
-                share_id=SHARE,
-                config=TransferConfig(),
-            ) as client,
-            Journal.open(
-                journal_path, JobKey.of(emulator.base_url, SHARE, "", source), exclusive=True
-            ) as journal,
-        ):
-            engine = ClusterEngine(dask, "bench", in_flight=6, task=stub_batch)
-            run = TreeUpload(client, RunPlan(source=source), journal=journal, engine=engine)
-            summary = await run.run()
-            return summary.files.uploaded, summary.elapsed_seconds
+        with coordinator_config():
+            async with (
+                running_emulator(config) as emulator,
+                distributed.LocalCluster(
+                    n_workers=2,
+                    threads_per_worker=2,
+                    processes=True,
+                    asynchronous=True,
+                    dashboard_address=None,
+                    host="127.0.0.1",
+                ) as cluster,
+                distributed.Client(cluster, asynchronous=True) as dask,
+                EdgeDriveClient.connect(
+                    emulator.base_url,
+                    Credentials(USER, Secret(PASSWORD)),
+                    share_id=SHARE,
+                    config=TransferConfig(),
+                ) as client,
+                Journal.open(
+                    journal_path, JobKey.of(emulator.base_url, SHARE, "", source), exclusive=True
+                ) as journal,
+            ):
+                engine = ClusterEngine(dask, "bench", in_flight=6, task=stub_batch)
+                run = TreeUpload(client, RunPlan(source=source), journal=journal, engine=engine)
+                summary = await run.run()
+                return summary.files.uploaded, summary.elapsed_seconds
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -56,7 +56,19 @@ from bulkdrive.cluster_worker import AccessPlugin
 from bulkdrive.config import TransferConfig
 from bulkdrive.progress import Reporter
 
-__all__ = ["ClusterEngine", "ClusterOptions", "open_cluster"]
+__all__ = ["ClusterEngine", "ClusterOptions", "coordinator_config", "open_cluster"]
+
+#: Dask's "low-level logs" on the coordinator: each connection keeps its last messages (a
+#: task's message holds its batch: up to 1 000 of them, hundreds of MiB at 512 files a
+#: task), the scheduler its last transitions. Kept short, the coordinator's memory is flat.
+LOW_LEVEL_LOG_LENGTH = 16
+
+
+def coordinator_config() -> contextlib.AbstractContextManager[Any]:
+    """Dask settings for the coordinator's process (its client, and a local scheduler)."""
+    import dask
+
+    return dask.config.set({"distributed.admin.low-level-log-length": LOW_LEVEL_LOG_LENGTH})
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,7 @@ async def open_cluster(
     engine; at the end close the workers' clients and a local cluster."""
     run_id = uuid.uuid4().hex
     async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(coordinator_config())
         if options.address.startswith("local:"):
             workers = int(options.address.partition(":")[2])
             cluster = await stack.enter_async_context(

@@ -141,6 +141,7 @@ class Dispatcher:
         dry_run: bool,
         check_remote: bool,
         read_ahead: bool,
+        commit_marks: bool = True,
     ) -> None:
         self._client = client
         self._journal = journal
@@ -151,6 +152,9 @@ class Dispatcher:
         self._dry_run = dry_run
         self._check_remote = check_remote
         self._read_ahead = read_ahead
+        #: False: the hand-out commits the marks itself before the files' first request
+        #: (`Journal.flush(through=…)`), and the dispatcher goes on with the next batch.
+        self._commit_marks = commit_marks
         self._listings: OrderedDict[str, dict[str, Version]] = OrderedDict()
         self.would_upload_files = 0
         self.would_upload_bytes = 0
@@ -221,7 +225,7 @@ class Dispatcher:
                 read_small_files, [e.path for e in small], SMALL_FILE_READ_AHEAD
             )
             contents = {e.relative: c for e, c in zip(small, read, strict=True)}
-        if self._journal is not None and chosen:
+        if self._journal is not None and chosen and self._commit_marks:
             # The in-flight marks are on disk before the first request of any of these files.
             await self._journal.flush()
         ready = [

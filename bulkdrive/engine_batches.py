@@ -20,6 +20,7 @@ import anyio.abc
 
 from bulkdrive import errors
 from bulkdrive.file_events import EventSinks, FileEvents
+from bulkdrive.journal import Journal
 from bulkdrive.names import remote_name
 from bulkdrive.outcomes import RunOutcomes
 from bulkdrive.progress import Reporter
@@ -78,8 +79,10 @@ class EngineBatches:
         stop: Callable[[errors.RunFailed], None],
         stopping: Callable[[], bool],
         clock: Callable[[], float],
+        journal: Journal | None,
     ) -> None:
         self._engine = engine
+        self._journal = journal
         self._prepare = prepare
         self._outcomes = outcomes
         self._sinks = sinks
@@ -98,19 +101,25 @@ class EngineBatches:
         self._task_group = task_group
 
     async def put(self, ready: list[ReadyFile]) -> None:
-        """The dispatcher's hand-out: returns once the batch is out (it waits for a slot)."""
+        """The dispatcher's hand-out: returns once the batch is out (it waits for a slot).
+        The batch's in-flight marks are queued in the journal; they are committed before
+        its first file goes, while the dispatcher goes on with the next batch."""
         assert self._task_group is not None
+        ticket = 0 if self._journal is None else self._journal.sequence
         await self._slots.acquire()
         try:
-            self._task_group.start_soon(self._send, ready)
+            self._task_group.start_soon(self._send, ready, ticket)
         except BaseException:
             self._slots.release()
             raise
 
-    async def _send(self, ready: list[ReadyFile]) -> None:
+    async def _send(self, ready: list[ReadyFile], ticket: int) -> None:
         try:
             files = await self._checked(ready)
             if files:
+                if self._journal is not None:
+                    # The in-flight marks are on disk before any of these files goes.
+                    await self._journal.flush(through=ticket)
                 await self._upload(files)
         finally:
             self._slots.release()

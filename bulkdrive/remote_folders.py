@@ -37,17 +37,30 @@ def parent_of(relative: str) -> str:
 
 
 class RemotePaths:
-    """Where paths relative to SRC land under the run's remote folder."""
+    """Where paths relative to SRC land under the run's remote folder. Files come grouped by
+    folder: the last folder's remote path is kept, so that a file costs one name's mapping."""
 
     def __init__(self, root: str) -> None:
         self.root = root
+        self._parent: str | None = None
+        self._folder = ""
 
     def folder_of(self, relative: str) -> str:
         """The remote folder of a file: names mapped by `--invalid-names escape`."""
-        return remote_child(self.root, *parts(remote_name(relative))[:-1])
+        parent = relative.rpartition("/")[0]
+        if parent != self._parent:
+            # The mapping of a path is that of its names: "/" is left alone and an escape
+            # never looks past the end of its name.
+            self._folder = remote_child(self.root, *parts(remote_name(parent)))
+            self._parent = parent
+        return self._folder
 
     def path_of(self, relative: str) -> str:
-        return remote_child(self.root, *parts(remote_name(relative)))
+        if relative in ("", "."):
+            return remote_child(self.root)
+        folder = self.folder_of(relative)
+        name = remote_name(relative.rpartition("/")[2])
+        return ("" if folder == "\\" else folder) + "\\" + name
 
 
 class FolderWaits:

@@ -154,6 +154,7 @@ class TreeUpload:
                 stop=self._stop,
                 stopping=lambda: self._run_error is not None,
                 clock=clock,
+                journal=journal,
             )
         self._dispatcher = Dispatcher(
             client=client,
@@ -166,6 +167,7 @@ class TreeUpload:
             check_remote=plan.check_remote,
             # Under an engine the workers read the files; nothing is read ahead here.
             read_ahead=engine is None,
+            commit_marks=engine is None,
         )
         # --transfers auto: the limit, and how it moved (fixed otherwise).
         self._auto = AutoTransfers(

@@ -51,8 +51,8 @@ ROOMS: dict[str, frozenset[str]] = {
         "scheduler": "auto_transfers client dispatch engine_batches file_events journal names "
         "outcomes progress protocol remote_folders report resume source upload walk",
         # Under an engine (--cluster) a dispatched batch goes out whole, its outcomes come back.
-        "engine_batches": "file_events names outcomes progress remote_folders report resume "
-        "session upload walk",
+        "engine_batches": "file_events journal names outcomes progress remote_folders report "
+        "resume session upload walk",
         # The run's rooms: the dispatcher (skips, in-flight marks, read-ahead, hand-out)...
         "dispatch": "check client journal names outcomes progress remote_folders report resume "
         "source upload walk",
