@@ -87,9 +87,17 @@ def _server_root() -> Path:
     return Path(tempfile.mkdtemp(prefix="bulkdrive-cluster-bench-"))
 
 
+def _cpu_of_children() -> float:
+    """CPU seconds (user + system) of this process's children that ended, and theirs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def upload_once(source: Path, extra: list[str], serve_extra: list[str]) -> dict[str, Any]:
-    """One `bulkdrive upload` against a fresh `bulkdrive serve`; its --report, plus wall time."""
+    """One `bulkdrive upload` against a fresh `bulkdrive serve`; its --report, plus wall time
+    and the CPU seconds of the upload (with its Dask workers) and of the server."""
     port = _free_port()
+    cpu: dict[str, float] = {}
     root = _server_root()
     work = Path(tempfile.mkdtemp(prefix="bulkdrive-cluster-run-"))
     bulkdrive = [sys.executable, "-m", "bulkdrive"]
@@ -140,17 +148,21 @@ def upload_once(source: Path, extra: list[str], serve_extra: list[str]) -> dict[
             str(report),
             *extra,
         ]
-        began = time.monotonic()
+        began, cpu_before = time.monotonic(), _cpu_of_children()
         done = subprocess.run(command, env=env, capture_output=True, check=False)
         wall = time.monotonic() - began
+        cpu["upload"] = _cpu_of_children() - cpu_before
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(extra)}: exit {done.returncode}: {done.stderr!r}")
         data: dict[str, Any] = json.loads(report.read_text())
         data["wall_seconds"] = wall
+        data["cpu_seconds"] = cpu
         return data
     finally:
+        before_server = _cpu_of_children()
         server.terminate()
         server.wait(timeout=30)
+        cpu["server"] = _cpu_of_children() - before_server
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 
@@ -166,12 +178,14 @@ def compare(
     """Medians of `repeat` runs per contender, interleaved (a noisy neighbour hurts all alike)."""
     seconds: dict[str, list[float]] = {c: [] for c in contenders}
     walls: dict[str, list[float]] = {c: [] for c in contenders}
+    cpus: dict[str, list[dict[str, float]]] = {c: [] for c in contenders}
     amount = 0.0
     for _ in range(repeat):
         for contender, extra in contenders.items():
             data = upload_once(source, extra, serve_extra)
             seconds[contender].append(data["elapsed_seconds"])
             walls[contender].append(data["wall_seconds"])
+            cpus[contender].append(data["cpu_seconds"])
             amount = data["files"]["uploaded"] if unit == "files" else data["bytes"]["sent"]
     medians = {c: statistics.median(s) for c, s in seconds.items()}
     for contender in contenders:
@@ -182,6 +196,14 @@ def compare(
             f"   (wall {statistics.median(walls[contender]):.2f} s; runs "
             + ", ".join(f"{s:.2f}" for s in seconds[contender])
             + ")"
+        )
+        # The machine has few cores: what each side cost says whether the ratio is the
+        # engine's or the machine's.
+        upload = statistics.median(c["upload"] for c in cpus[contender])
+        server = statistics.median(c.get("server", 0.0) for c in cpus[contender])
+        print(
+            f"{'':<14} {'':<22} CPU seconds: bulkdrive (with its workers) {upload:.1f},"
+            f" server {server:.1f}; cores on this machine: {os.cpu_count()}"
         )
     return medians
 

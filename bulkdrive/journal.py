@@ -420,22 +420,26 @@ def _lock(path: Path) -> int | None:
     return fd
 
 
-def _open_files(path: Path, key: JobKey | None) -> tuple[sqlite3.Connection, sqlite3.Connection]:
-    """The writer and the reader connection of a journal, created and migrated if need be."""
+def _open_files(
+    path: Path, key: JobKey | None
+) -> tuple[sqlite3.Connection, sqlite3.Connection, sqlite3.Connection]:
+    """The writer and the two reader connections of a journal (one for the loop's reads,
+    one for `lookup_many`'s worker thread), created and migrated if need be."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         message = f"cannot create the journal folder {path.parent}: {exc.strerror}"
         raise ConfigError(message) from exc
-    writer = reader = None
+    writer = reader = batch_reader = None
     try:
         writer = _connect(path, create=True)
         _migrate(writer, path)
         _claim(writer, path, key)
         reader = _connect(path, create=False)
-        return writer, reader
+        batch_reader = _connect(path, create=False)
+        return writer, reader, batch_reader
     except BaseException as exc:
-        for conn in (reader, writer):
+        for conn in (batch_reader, reader, writer):
             if conn is not None:
                 conn.close()
         if isinstance(exc, sqlite3.Error):
@@ -539,6 +543,7 @@ class Journal:
         path: Path,
         writer: sqlite3.Connection,
         reader: sqlite3.Connection,
+        batch_reader: sqlite3.Connection,
         *,
         batch_size: int,
         flush_interval: float,
@@ -547,6 +552,8 @@ class Journal:
         self.path = path
         self._writer = writer
         self._reader = reader
+        self._batch_reader = batch_reader  # lookup_many's, in a worker thread
+        self._batch_read_lock = anyio.Lock()
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._max_pending = max_pending
@@ -586,7 +593,7 @@ class Journal:
             raise ValueError("need 1 <= batch_size <= max_pending")
         lock = await anyio.to_thread.run_sync(_lock, path) if exclusive else None
         try:
-            writer, reader = await anyio.to_thread.run_sync(_open_files, path, key)
+            writer, reader, batch_reader = await anyio.to_thread.run_sync(_open_files, path, key)
         except BaseException:
             if lock is not None:
                 os.close(lock)
@@ -595,6 +602,7 @@ class Journal:
             path,
             writer,
             reader,
+            batch_reader,
             batch_size=batch_size,
             flush_interval=flush_interval,
             max_pending=max_pending,
@@ -763,6 +771,7 @@ class Journal:
             raise
 
     def _close_connections(self) -> None:
+        self._batch_reader.close()
         self._reader.close()
         # The last connection to close checkpoints the WAL into the main file.
         self._writer.close()
@@ -778,31 +787,37 @@ class Journal:
 
     async def lookup_many(self, relatives: Iterable[str]) -> dict[str, FileRecord]:
         """The latest records of many files (those never recorded are absent), read in one
-        worker-thread hop: for a batch of walked files, cheaper than one lookup() each."""
+        worker-thread hop: for a batch of walked files, cheaper than one lookup() each.
+
+        It never waits for a commit in progress (a run's dispatcher would wait for every
+        commit): a connection of its own reads (WAL: the writer does not block it), then the
+        records being committed or queued when the read began are laid over, and those
+        queued now. Records only move queued → being committed → committed, so each path
+        gets its latest record as of some moment of the call, never an older one."""
         wanted = list(relatives)
         if self._closed:
             raise RuntimeError("the journal is closed")
-        # Under the commit lock no batch moves from memory to disk while we read, so the rows
-        # read plus the records queued now are exactly the latest state.
-        async with self._commit_lock:
+        inflight, pending = self._inflight, self._pending
+        async with self._batch_read_lock:
             try:
                 found = await anyio.to_thread.run_sync(self._read_many, wanted)
             except sqlite3.Error as exc:
                 message = f"cannot read journal {self.path}: {_one_line(exc)}"
                 raise JournalFailed(message) from exc
-            for relative in wanted:
-                queued = self._pending.get(relative)
-                if queued is not None:
-                    found[relative] = queued
+        for layer in (inflight, pending, self._inflight, self._pending):
+            if layer:
+                for relative in wanted:
+                    queued = layer.get(relative)
+                    if queued is not None:
+                        found[relative] = queued
         return found
 
     def _read_many(self, relatives: list[str]) -> dict[str, FileRecord]:
-        # The writer connection: only ever used under the commit lock, so never concurrently.
         found: dict[str, FileRecord] = {}
         for start in range(0, len(relatives), _IN_LIMIT):
             part = relatives[start : start + _IN_LIMIT]
             query = f"{_LOOKUP_MANY} ({', '.join('?' * len(part))})"
-            for row in self._writer.execute(query, [_key(p) for p in part]):
+            for row in self._batch_reader.execute(query, [_key(p) for p in part]):
                 record = _row_to_record(row)
                 found[record.relative] = record
         return found

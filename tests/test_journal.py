@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -179,6 +180,36 @@ async def test_records_being_committed_stay_visible(tmp_path: Path) -> None:
         found = await journal.lookup_many(["x", "old"])
         assert found["x"].offset == 2 and found["old"].state is FileState.FAILED
     assert rows_on_disk(path)["x"][1] == 2
+
+
+async def test_lookup_many_does_not_wait_for_a_commit_and_sees_what_it_holds(
+    tmp_path: Path,
+) -> None:
+    """A run's dispatcher looks up each batch while commits go on: the lookup must neither
+    wait for a commit in progress nor miss the records that commit is writing."""
+    async with Journal.open(tmp_path / "j.sqlite", batch_size=4096) as journal:
+        await journal.record(rec("old", state=FileState.DONE))
+        await journal.flush()
+        await journal.record(rec("being-committed", state=FileState.PENDING))
+        write_started, release = threading.Event(), threading.Event()
+        write = journal._write_batch
+
+        def slow_write(batch: list[FileRecord]) -> None:
+            write_started.set()
+            release.wait(10)
+            write(batch)
+
+        journal._write_batch = slow_write  # type: ignore[method-assign]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.flush)
+            await anyio.to_thread.run_sync(write_started.wait, 10)
+            await journal.record(rec("queued-meanwhile", state=FileState.PARTIAL, offset=5))
+            with anyio.fail_after(5):  # the commit is held: the old lookup waited for it
+                found = await journal.lookup_many(["old", "being-committed", "queued-meanwhile"])
+            release.set()
+        assert found["old"].state is FileState.DONE
+        assert found["being-committed"].state is FileState.PENDING
+        assert found["queued-meanwhile"].offset == 5
 
 
 async def test_lookup_many_reads_a_batch_in_one_hop_queued_records_winning(
