@@ -17,7 +17,7 @@ from bulkdrive.report import TransfersUsed
 
 #: Seconds between two looks of `--transfers auto` at the run's counters.
 TUNE_TICK = 0.25
-#: Under `--transfers auto`, the limit the run starts with (the fixed default's).
+#: Under `--transfers auto`, the limit the run starts with.
 AUTO_START = tuner.TunerSettings.start
 
 T = TypeVar("T")
