@@ -223,7 +223,9 @@ def observe(
 ) -> tuple[TunerState, Change | None]:
     """The state after `now`, and the change of limit it calls for (None: keep it)."""
     mark = state.mark
-    if mark is None:
+    if mark is None or mark.files_done == mark.bytes_done == 0:
+        # The first sample starts once something has finished: before, the run was logging
+        # in and walking, which says nothing about the limit.
         return replace(state, mark=now), None
     seconds = now.at - mark.at
     if seconds <= 0:
@@ -365,9 +367,10 @@ def _grow(
         # likelier a rise than a plateau; one more step will tell (no jump, though).
         result = Comparison(Verdict.GAIN, 0.0)
     if result.verdict is Verdict.GAIN:
-        # Throughput rising about as fast as the limit: far from any plateau, jump further.
+        # Throughput rising about as fast as the limit: far from any plateau, jump further
+        # (not from the run's first sample, still in the wake of its start).
         share = result.gain / (state.limit / lower - 1) if state.limit > lower else 0.0
-        step = 4 if share >= settings.linear else 2
+        step = 4 if share >= settings.linear and before.samples > 1 else 2
         new = _within(settings, state, state.limit * step)
         state = replace(state, before=window, before_limit=state.limit, window=Window())
         if new <= state.limit:

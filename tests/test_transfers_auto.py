@@ -58,7 +58,8 @@ async def test_auto_backs_off_a_busy_server_and_every_file_arrives(
 async def test_cli_auto_logs_each_change_and_reports_peak_and_mean(
     make_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    emulator = await make_emulator(network=NetworkModel(latency=0.01))
+    # 50 ms away: 16 in flight take over a second for the 400 files, time for a step up.
+    emulator = await make_emulator(network=NetworkModel(latency=0.05))
     source = make_tree(tmp_path / "src", small_files=400)
     report = tmp_path / "report.json"
     done = await run_cli(

@@ -185,7 +185,7 @@ def test_a_quiet_machine_far_away_climbs_to_128_within_seconds() -> None:
         assert next(t for t, limit in run.limits if limit >= 128) <= 3.5
         assert mean_rate(run, since=5) >= 0.9 * best_fixed(server)
         jumps += sum("rose" in c.reason and c.new == 4 * c.old for c in run.changes)
-    assert jumps >= 3
+    assert jumps >= 1
 
 
 def test_a_plateau_does_not_draw_the_limit_upwards() -> None:
@@ -247,6 +247,23 @@ def test_growth_without_gain_goes_back_and_says_why() -> None:
     first = run.changes[:2]
     assert [(c.old, c.new) for c in first] == [(4, 8), (8, 4)]
     assert "latency grew, throughput did not" in first[1].reason
+
+
+def test_the_first_sample_starts_once_something_finished() -> None:
+    # Logging in and walking the first folders finish nothing: that is no measure of 16 in
+    # flight, and the first step up must not look like a jump from nothing.
+    tuner = TunerSettings()
+    state = start(tuner)
+    for at in (0.0, 0.25, 0.5, 0.75):
+        state, change = observe(tuner, state, Measurement(at, 0, 0, 0))
+        assert change is None
+    state, change = observe(tuner, state, Measurement(1.0, 4096, 1, 0))
+    assert change is None and state.window.samples == 0  # the first sample starts here
+    state, change = observe(tuner, state, Measurement(1.25, 4096 * 300, 300, 0))
+    assert change is not None and (change.old, change.new) == (16, 32)
+    # Twice as much at twice the limit, against one sample: a doubling, not a jump.
+    state, change = observe(tuner, state, Measurement(1.5, 4096 * 900, 900, 0))
+    assert change is not None and (change.old, change.new) == (32, 64)
 
 
 def test_a_step_is_judged_as_soon_as_it_is_clear_and_not_before() -> None:
