@@ -21,7 +21,8 @@ The rules that keep wrong bytes out (§8):
   local file (and the journal's block digests) before going on.
 - A session this upload never saw holding bytes is another writer's: WAIT (back off), see
   whether the file is complete (CHECK), then look at the session again; one that did not
-  move is left behind and discarded (forceRestart). Two writers so converge: one finishes,
+  move for LEFT_BEHIND_AFTER seconds (the driver's clock, handed in as `now`) is left behind
+  and discarded (forceRestart). Two writers so converge: one finishes,
   the other finds the file complete. An empty session (offset 0) holds nobody's bytes and
   is taken over.
 - A lost request that carried the last byte, or a session that vanished (404), may mean the
@@ -38,6 +39,7 @@ from bulkdrive import errors
 from bulkdrive.protocol import FileResource, UploadReply
 
 __all__ = [
+    "LEFT_BEHIND_AFTER",
     "MAX_RESTARTS",
     "Phase",
     "ResumePoint",
@@ -55,6 +57,11 @@ __all__ = [
 
 #: Fresh sessions (forceRestart, or a vanished session) before the file fails.
 MAX_RESTARTS = 2
+
+#: Seconds another writer's session must stand still before it counts as left behind. A live
+#: writer pauses between its chunks (reading, hashing, a loaded CPU): judged by one backoff
+#: wait, which full jitter can make a millisecond, a live session was discarded under load.
+LEFT_BEHIND_AFTER = 1.0
 
 #: `pending_end` when no request is in flight or of unknown outcome.
 NO_REQUEST = -1
@@ -108,6 +115,10 @@ class SessionState(NamedTuple):
     watching: str = ""  # another writer's session, holding bytes, that this upload waits for
     watched_at: int = 0  # its offset when last seen
     watched_bytes: int = 0  # how far it moved while watched: the other writer's progress
+    watched_since: float = 0.0  # when it was last seen to move (the driver's clock)
+    watched_looks: int = (
+        0  # looks that found it still, within LEFT_BEHIND_AFTER: the wait's progress
+    )
     file_guid: str = ""
     integrity_verified: bool = False
     resumes: int = 0
@@ -166,11 +177,12 @@ def _done_or_sending(
     )
 
 
-def initiated(state: SessionState, reply: UploadReply) -> SessionState:
+def initiated(state: SessionState, reply: UploadReply, *, now: float) -> SessionState:
     """The reply to an INITIATE that carried the first chunk: a new session holding exactly
-    that chunk (200), or an unfinished session found instead, the body not applied (409)."""
+    that chunk (200), or an unfinished session found instead, the body not applied (409).
+    `now` is the driver's clock (seconds), for how long another writer's session stood still."""
     if reply.error_code == 409:
-        return _found(state, reply, unknown_end=NO_REQUEST)
+        return _found(state, reply, unknown_end=NO_REQUEST, now=now)
     if reply.chunk_offset != state.pending_end:
         return restarted(
             state,
@@ -191,10 +203,10 @@ def chunk_sent(state: SessionState, reply: UploadReply) -> SessionState:
     return _done_or_sending(state, reply, state.request_id, adopted=state.adopted)
 
 
-def recovered(state: SessionState, reply: UploadReply) -> SessionState:
-    """The reply to the RECOVER initiate (empty body)."""
+def recovered(state: SessionState, reply: UploadReply, *, now: float) -> SessionState:
+    """The reply to the RECOVER initiate (empty body); `now` as for `initiated`."""
     if reply.error_code == 409:
-        return _found(state, reply, unknown_end=state.pending_end)
+        return _found(state, reply, unknown_end=state.pending_end, now=now)
     # 200: no unfinished session remained (it completed, expired or was discarded); the
     # server opened a new, empty one.
     if reply.chunk_offset != 0:
@@ -211,7 +223,9 @@ def recovered(state: SessionState, reply: UploadReply) -> SessionState:
     return fresh
 
 
-def _found(state: SessionState, reply: UploadReply, *, unknown_end: int) -> SessionState:
+def _found(
+    state: SessionState, reply: UploadReply, *, unknown_end: int, now: float
+) -> SessionState:
     """A 409 names the file's unfinished session and its offset (our body was not applied).
 
     `unknown_end` is where a request of unknown outcome ended: the one offset past the
@@ -229,7 +243,7 @@ def _found(state: SessionState, reply: UploadReply, *, unknown_end: int) -> Sess
         or at == 0
     )
     if not ours and not same and found:
-        return _other_writer(state, found, at)
+        return _other_writer(state, found, at, now)
     if not ours:
         if state.pending_final and unknown_end != NO_REQUEST:
             # Our last request may have completed the file and a lost RECOVER opened this
@@ -268,14 +282,16 @@ def _found(state: SessionState, reply: UploadReply, *, unknown_end: int) -> Sess
     )
 
 
-def _other_writer(state: SessionState, found: str, at: int) -> SessionState:
+def _other_writer(state: SessionState, found: str, at: int, now: float) -> SessionState:
     """A session this upload did not open holds bytes: another writer's, live or left
     behind. Taking it over would mix its bytes with ours; discarding it (forceRestart) would
     break a live writer, who would then break ours. So wait, and look again: a session that
     moved on is live (the file may soon be complete); one that did not is left behind, and
     only then is it discarded."""
     if found == state.watching and at <= state.watched_at:
-        return restarted(state, f"session {found} stayed at {at} bytes: left behind")
+        if now - state.watched_since >= LEFT_BEHIND_AFTER:
+            return restarted(state, f"session {found} stayed at {at} bytes: left behind")
+        return state._replace(phase=Phase.WAIT, watched_looks=state.watched_looks + 1)
     moved = at - state.watched_at if found == state.watching else 0
     return SessionState(
         Phase.WAIT,
@@ -283,6 +299,8 @@ def _other_writer(state: SessionState, found: str, at: int) -> SessionState:
         watching=found,
         watched_at=at,
         watched_bytes=state.watched_bytes + moved,
+        watched_since=now,
+        watched_looks=state.watched_looks,
         resumes=state.resumes,
         restarts=state.restarts,
     )

@@ -164,8 +164,9 @@ class _Upload:
 
     def progress(self) -> int:
         """What the retry budget counts from: the most bytes the server ever confirmed to
-        this upload, plus how far another writer it waits for moved on."""
-        return self._confirmed_high + self.state.watched_bytes
+        this upload, plus how far another writer it waits for moved on, plus the looks that
+        found it still while it may yet be live (waiting for it is not a failed attempt)."""
+        return self._confirmed_high + self.state.watched_bytes + self.state.watched_looks
 
     async def run(self) -> None:
         while self.state.phase is not Phase.DONE:
@@ -251,7 +252,7 @@ class _Upload:
             )
 
         reply, self._ahead = await self._send_reading_ahead(send, chunk, final)
-        self.state = initiated(self.state, reply)
+        self.state = initiated(self.state, reply, now=anyio.current_time())
         self._heard(reply)
 
     async def _send_chunks(self) -> None:
@@ -285,7 +286,7 @@ class _Upload:
             eof=False,
             verify=self.verify,
         )
-        self.state = recovered(self.state, reply)
+        self.state = recovered(self.state, reply, now=anyio.current_time())
         self._heard(reply)
 
     def _wait_for_other_writer(self) -> None:

@@ -32,6 +32,7 @@ import pytest
 from bulkdrive import errors
 from bulkdrive.protocol import FileResource, UploadReply
 from bulkdrive.session import (
+    LEFT_BEHIND_AFTER,
     MAX_RESTARTS,
     NO_REQUEST,
     Phase,
@@ -52,6 +53,8 @@ MiB = 1024 * 1024
 SIZE = 12 * MiB
 SMALL = 2 * MiB
 MTIME = 1_700_000_000
+#: The driver's clock, long after any watch of another writer's session began.
+LATER = 1000.0
 
 STARTS: dict[str, SessionState] = {
     "initiate": sending(opened(SIZE), 4 * MiB, final=False),
@@ -162,11 +165,11 @@ def step(start: str, event: str) -> str:
     try:
         if reply is not None:
             if state.phase is Phase.INITIATE:
-                after = initiated(state, reply)
+                after = initiated(state, reply, now=LATER)
             elif state.phase is Phase.SEND:
                 after = chunk_sent(state, reply)
             else:
-                after = recovered(state, reply)
+                after = recovered(state, reply, now=LATER)
         else:
             error = _error(state, event)
             after = failed(state, error)
@@ -469,7 +472,7 @@ def test_a_lost_final_and_a_lost_recover_never_commit_twice() -> None:
     state = failed(STARTS["send final"], errors.NetworkError("lost"))
     state = failed(state, errors.NetworkError("lost again"))  # the RECOVER's reply
     assert describe(state) == "RECOVER R@8 ?12F"
-    state = recovered(state, UploadReply("N", 0, error_code=409))
+    state = recovered(state, UploadReply("N", 0, error_code=409), now=LATER)
     assert describe(state) == "CHECK N@0"
     assert checked(state, _resource(SIZE), mtime=MTIME).phase is Phase.DONE
 
@@ -510,13 +513,36 @@ def test_restart_keeps_counts_and_forgets_the_session() -> None:
 def test_two_writers_converge_by_waiting() -> None:
     """Another writer's session X holds bytes: wait, look at the file, look at X again. X
     moved on: wait again. The file is then complete: done, nothing of ours was sent."""
-    state = initiated(STARTS["initiate"], UploadReply("X", 4 * MiB, error_code=409))
+    state = initiated(STARTS["initiate"], UploadReply("X", 4 * MiB, error_code=409), now=0.0)
     assert describe(state) == "WAIT X@4"
     state = waited(state)
     assert describe(state) == "CHECK"
     state = checked(state, None, mtime=MTIME)
     assert describe(state) == "RECOVER"
-    state = recovered(state, UploadReply("X", 8 * MiB, error_code=409))
+    state = recovered(state, UploadReply("X", 8 * MiB, error_code=409), now=0.1)
     assert (describe(state), state.watched_bytes) == ("WAIT X@8", 4 * MiB)  # its progress
     state = checked(waited(state), _resource(SIZE), mtime=MTIME)
     assert state.phase is Phase.DONE and state.restarts == 0
+
+
+def test_a_session_that_stands_still_briefly_is_not_left_behind() -> None:
+    """Flaky under load before: a live writer paused between two chunks for longer than one
+    backoff wait (a millisecond with full jitter), and the other writer discarded its session.
+    Now a session is left behind only after LEFT_BEHIND_AFTER seconds without moving; each
+    look before that counts as the wait's progress (so the retry budget is not spent on it)."""
+    state = initiated(STARTS["initiate"], UploadReply("X", 4 * MiB, error_code=409), now=10.0)
+    looks = []
+    for now in (10.001, 10.5, 10.0 + LEFT_BEHIND_AFTER - 0.001):
+        state = checked(waited(state), None, mtime=MTIME)
+        state = recovered(state, UploadReply("X", 4 * MiB, error_code=409), now=now)
+        looks.append((describe(state), state.watched_looks))
+    assert looks == [("WAIT X@4", 1), ("WAIT X@4", 2), ("WAIT X@4", 3)]
+    state = checked(waited(state), None, mtime=MTIME)
+    # It moved: the window starts again from this look.
+    state = recovered(state, UploadReply("X", 8 * MiB, error_code=409), now=11.5)
+    assert (describe(state), state.watched_since) == ("WAIT X@8", 11.5)
+    state = checked(waited(state), None, mtime=MTIME)
+    state = recovered(
+        state, UploadReply("X", 8 * MiB, error_code=409), now=11.5 + LEFT_BEHIND_AFTER
+    )
+    assert (state.phase, state.force_restart, state.restarts) == (Phase.INITIATE, True, 1)
