@@ -614,8 +614,10 @@ async def test_two_writers_on_one_session_get_409(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(slow_writer)
-        # Let the first writer's head and first bytes reach the server (loopback).
-        await anyio.sleep(0.3)
+        # The first writer's body is being received (polled, bounded; not a guessed sleep).
+        with anyio.fail_after(10):
+            while emulator.statistics().receiving < 1:
+                await anyio.sleep(0.005)
         second = await er.chunk(http, base, token, rid, b"BBBBB")
         release.set()
     assert second.status == 409, second.text

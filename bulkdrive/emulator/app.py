@@ -73,6 +73,7 @@ class EmulatorStatistics:
     active_sessions: int
     active_tokens: int
     listings: int = 0  # list requests answered (one per page)
+    receiving: int = 0  # sessions receiving a request's body right now
 
 
 # --- the application ----------------------------------------------------------------------
@@ -172,6 +173,7 @@ class Emulator(AuthRoutes, UploadRoutes):
             active_sessions=self.store.active_sessions,
             active_tokens=len(self._tokens),
             listings=c.listings,
+            receiving=self.store.receiving_sessions,
         )
 
     async def start(self) -> None:

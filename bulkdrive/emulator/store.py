@@ -190,6 +190,11 @@ class Store:
     def active_sessions(self) -> int:
         return len(self._sessions)
 
+    @property
+    def receiving_sessions(self) -> int:
+        """Sessions whose request body is being received now (tests wait on it, not on time)."""
+        return sum(1 for session in self._sessions.values() if session.busy)
+
     def _expired(self, session: Session) -> bool:
         return not session.busy and self.clock() - session.last_used > self.session_ttl_seconds
 
