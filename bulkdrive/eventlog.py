@@ -21,8 +21,6 @@ from rich.logging import RichHandler
 from bulkdrive import errors
 from bulkdrive.report import one_line, utc_stamp
 
-LOG_FORMATS = ("text", "json")
-
 
 class TextFormatter(logging.Formatter):
     """One plain line per event: time, level, logger, message (folded to one line)."""

@@ -38,17 +38,6 @@ class BlockHasher:
         self._in_block = 0
         self.last_block = b""  # the digest of the last whole block fed in, for the journal
 
-    @classmethod
-    def from_digests(cls, digests: bytes, block_size: int = BLOCK_SIZE) -> BlockHasher:
-        """The hasher of a prefix of whole blocks whose digests are known (the journal's)."""
-        if len(digests) % 32:
-            raise ValueError("block digests come in 32-byte pieces")
-        hasher = cls(block_size)
-        hasher._outer.update(digests)
-        hasher.position = len(digests) // 32 * block_size
-        hasher.last_block = digests[-32:]
-        return hasher
-
     def update(self, data: Buffer) -> None:
         """Append `data` to the prefix. Blocking for large buffers: see `hash_off_loop`."""
         view = memoryview(data).cast("B")
@@ -82,13 +71,6 @@ class BlockHasher:
         if self._in_block or self.position == 0:
             outer.update(self._block.digest())
         return outer.hexdigest()
-
-
-def block_level_hash(data: Buffer, block_size: int = BLOCK_SIZE) -> str:
-    """BlockLevelHash of a whole file held in memory."""
-    hasher = BlockHasher(block_size)
-    hasher.update(data)
-    return hasher.hexdigest()
 
 
 def extended(hasher: BlockHasher, data: Buffer) -> BlockHasher:

@@ -87,7 +87,7 @@ class Ids:
         return uuid.UUID(int=self._random.getrandbits(128), version=4).hex
 
 
-def block_level_hash(digests: Iterable[bytes]) -> str:
+def hash_of_block_digests(digests: Iterable[bytes]) -> str:
     """SHA-256 over the joined per-block digests; an empty file has one empty block."""
     joined = b"".join(digests) or hashlib.sha256(b"").digest()
     return hashlib.sha256(joined).hexdigest()
@@ -104,7 +104,7 @@ def integrity_verified(
     check (then `block_hash` is required), `actual_full_hash` the stored bytes' SHA-256 when a
     FullFileHash came. True when a hash was checked and matched; 400 on any mismatch."""
     if digests is not None and (
-        block_hash is None or block_level_hash(digests) != block_hash.lower()
+        block_hash is None or hash_of_block_digests(digests) != block_hash.lower()
     ):
         raise StoreError(Why.INTEGRITY)
     if full_hash is not None and actual_full_hash != full_hash.lower():
