@@ -26,7 +26,7 @@ from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, RetryPolicy, Secret, Timeouts, TransferConfig
 from bulkdrive.emulator import Emulator
 from bulkdrive.emulator.faults import FaultInjector
-from bulkdrive.integrity import block_level_hash
+from bulkdrive.integrity import BlockHasher
 from bulkdrive.protocol import BLOCK_SIZE, Format
 from bulkdrive.upload import NullEvents, ResumePoint, UploadResult, upload_file
 
@@ -719,7 +719,7 @@ async def test_block_hash_sent_matches_the_file(emulator: Emulator, tmp_path: Pa
             verify=True,
         )
         done = await client.send_chunk(
-            reply.request_id, data[4 * MiB :], eof=True, block_hash=block_level_hash(data)
+            reply.request_id, data[4 * MiB :], eof=True, block_hash=whole_file_block_hash(data)
         )
     assert done.integrity_verified
     assert stored(emulator, "\\h.bin").read_bytes() == data
@@ -818,3 +818,9 @@ async def test_journal_digests_are_checked_against_the_local_file(
     assert (result.resumes, result.restarts) == ((1, 0) if right else (1, 1))
     assert emulator.statistics().integrity_failures == 0
     assert b"".join(events.blocks[i] for i in sorted(events.blocks)) == block_digests(data, 2)
+
+
+def whole_file_block_hash(data: bytes) -> str:
+    hasher = BlockHasher()
+    hasher.update(data)
+    return hasher.hexdigest()
