@@ -421,7 +421,12 @@ def profile_bulkdrive(
         with contextlib.ExitStack() as stack:
             server = config.remote or stack.enter_context(
                 local_emulator(
-                    _server_root(config, run_root, tag), config.python, run_dir / "emulator.log"
+                    _server_root(config, run_root, tag),
+                    config.python,
+                    run_dir / "emulator.log",
+                    # As measured: a profile of `tree` must create the folders it needs.
+                    strict_parents=workload.name in workloads.STRICT_PARENTS,
+                    extra_args=config.emulator_args,
                 )
             )
             argv, env = contender_command(
