@@ -94,7 +94,7 @@ class AutoTransfers:
         """Feed the tuner the run's counters; apply and explain each change of the limit."""
         state = tuner.start(settings)
         counters = self._counters
-        measurement = tuner.Measurement(
+        measurement = tuner.Reading(
             self._clock(), counters.bytes_confirmed, counters.files_done, counters.pushbacks
         )
         state, _ = tuner.observe(settings, state, measurement)  # the first sample starts now
@@ -102,7 +102,7 @@ class AutoTransfers:
             while True:
                 await anyio.sleep(TUNE_TICK)
                 now = self._clock()
-                measurement = tuner.Measurement(
+                measurement = tuner.Reading(
                     now, counters.bytes_confirmed, counters.files_done, counters.pushbacks
                 )
                 state, change = tuner.observe(settings, state, measurement)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 MAX_CEILING_SECONDS = 600.0
 
 
-class Phase(enum.Enum):
+class Stage(enum.Enum):
     GROWING = "growing"
     HOLDING = "holding"
     PROBING = "probing"
@@ -94,7 +94,7 @@ class TunerSettings:
 
 
 @dataclass(frozen=True)
-class Measurement:
+class Reading:
     """The run's cumulative counters at one moment."""
 
     at: float
@@ -189,9 +189,9 @@ class Change:
 @dataclass(frozen=True)
 class TunerState:
     limit: int
-    phase: Phase = Phase.GROWING
+    stage: Stage = Stage.GROWING
     #: The last look at the counters that closed a sample.
-    mark: Measurement | None = None
+    mark: Reading | None = None
     #: The samples since the limit last changed (or since the last HOLDING look).
     window: Window = Window()
     #: The window at `before_limit`: what the current limit is measured against.
@@ -219,7 +219,7 @@ def start(settings: TunerSettings) -> TunerState:
 
 
 def observe(
-    settings: TunerSettings, state: TunerState, now: Measurement
+    settings: TunerSettings, state: TunerState, now: Reading
 ) -> tuple[TunerState, Change | None]:
     """The state after `now`, and the change of limit it calls for (None: keep it)."""
     mark = state.mark
@@ -263,9 +263,9 @@ def _decide(
         if state.window.seconds < settings.window:
             return state, None
         return replace(state, cooling=False, window=Window()), None
-    if state.phase is Phase.GROWING:
+    if state.stage is Stage.GROWING:
         return _grow(settings, state, at)
-    if state.phase is Phase.PROBING:
+    if state.stage is Stage.PROBING:
         return _judge_probe(settings, state, at)
     return _hold(settings, state, at)
 
@@ -319,7 +319,7 @@ def _difference(
 def _back_off(
     settings: TunerSettings, state: TunerState, at: float, pushbacks: int, seconds: float
 ) -> tuple[TunerState, Change | None]:
-    if state.phase in (Phase.PROBING, Phase.GROWING) and 0 < state.before_limit < state.limit:
+    if state.stage in (Stage.PROBING, Stage.GROWING) and 0 < state.before_limit < state.limit:
         new = state.before_limit  # the last step up found the edge: undo it
     else:
         new = min(state.limit - 1, math.floor(state.limit * settings.backoff))
@@ -330,7 +330,7 @@ def _back_off(
     hold = min(state.hold * 2, MAX_CEILING_SECONDS) if same_edge else settings.ceiling_seconds
     state = replace(
         state,
-        phase=Phase.HOLDING,
+        stage=Stage.HOLDING,
         window=Window(),
         before=None,
         before_limit=new,
@@ -355,7 +355,7 @@ def _grow(
         state = replace(state, before=window, before_limit=state.limit, window=Window())
         new = _within(settings, state, state.limit * 2)
         if new <= state.limit:
-            return replace(state, phase=Phase.HOLDING, windows_held=0), None
+            return replace(state, stage=Stage.HOLDING, windows_held=0), None
         reason = f"{state.note}starting to measure at {state.limit}"
         return _moved(replace(state, note=""), at, new, reason)
     result = compare(settings, window, before)
@@ -374,10 +374,10 @@ def _grow(
         new = _within(settings, state, state.limit * step)
         state = replace(state, before=window, before_limit=state.limit, window=Window())
         if new <= state.limit:
-            return replace(state, phase=Phase.HOLDING, windows_held=0), None
+            return replace(state, stage=Stage.HOLDING, windows_held=0), None
         rose = f"rose {result.gain:+.0%}" if result.gain else "seems to rise"
         return _moved(state, at, new, f"throughput {rose} at {state.limit} in flight")
-    held = replace(state, phase=Phase.HOLDING, windows_held=0, window=Window())
+    held = replace(state, stage=Stage.HOLDING, windows_held=0, window=Window())
     if result.verdict is Verdict.FLAT and result.gain >= 0 and state.limit <= 2 * lower:
         # A plateau (more files in flight only wait, typically for the CPU): keep the limit
         # that measured no worse, and hold, measured against what it did.
@@ -407,7 +407,7 @@ def _judge_probe(
         # Room above: keep climbing as from the start.
         state = replace(
             state,
-            phase=Phase.GROWING,
+            stage=Stage.GROWING,
             before=state.window,
             before_limit=state.limit,
             window=Window(),
@@ -415,7 +415,7 @@ def _judge_probe(
         new = _within(settings, state, state.limit * 2)
         reason = f"probe to {state.limit} gained {result.gain:+.0%}"
         return _moved(state, at, new, reason) if new > state.limit else (state, None)
-    state = replace(state, phase=Phase.HOLDING, windows_held=0, window=Window())
+    state = replace(state, stage=Stage.HOLDING, windows_held=0, window=Window())
     reason = f"probe to {state.limit} gained nothing clear ({result.gain:+.0%})"
     return _moved(state, at, state.before_limit, reason)
 
@@ -437,7 +437,7 @@ def _hold(
         note = (
             f"throughput fell {result.gain:+.0%} at {state.limit} in flight: conditions changed; "
         )
-        return replace(state, phase=Phase.GROWING, before=None, note=note), None
+        return replace(state, stage=Stage.GROWING, before=None, note=note), None
     held = state.windows_held + 1
     # The reference gathers the windows at this limit, the last few seconds' worth.
     merged = reference.merged(window, settings.window * settings.probe_every)
@@ -452,7 +452,7 @@ def _hold(
     state = replace(state, windows_held=0)
     if new <= state.limit:
         return state, None
-    state = replace(state, phase=Phase.PROBING)
+    state = replace(state, stage=Stage.PROBING)
     return _moved(state, at, new, f"probing above {state.limit}")
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bulkdrive.tuner import (
     Change,
-    Measurement,
+    Reading,
     TunerSettings,
     TunerState,
     Verdict,
@@ -99,9 +99,7 @@ def simulate(
         run.busy.append((t, busy))
         run.limits.append((t, limit))
         t += TICK
-        state, change = observe(
-            tuner, state, Measurement(t, int(bytes_), int(files), int(pushbacks))
-        )
+        state, change = observe(tuner, state, Reading(t, int(bytes_), int(files), int(pushbacks)))
         if change is not None:
             run.changes.append(change)
             assert change.old != change.new and change.reason
@@ -255,14 +253,14 @@ def test_the_first_sample_starts_once_something_finished() -> None:
     tuner = TunerSettings()
     state = start(tuner)
     for at in (0.0, 0.25, 0.5, 0.75):
-        state, change = observe(tuner, state, Measurement(at, 0, 0, 0))
+        state, change = observe(tuner, state, Reading(at, 0, 0, 0))
         assert change is None
-    state, change = observe(tuner, state, Measurement(1.0, 4096, 1, 0))
+    state, change = observe(tuner, state, Reading(1.0, 4096, 1, 0))
     assert change is None and state.window.samples == 0  # the first sample starts here
-    state, change = observe(tuner, state, Measurement(1.25, 4096 * 300, 300, 0))
+    state, change = observe(tuner, state, Reading(1.25, 4096 * 300, 300, 0))
     assert change is not None and (change.old, change.new) == (16, 32)
     # Twice as much at twice the limit, against one sample: a doubling, not a jump.
-    state, change = observe(tuner, state, Measurement(1.5, 4096 * 900, 900, 0))
+    state, change = observe(tuner, state, Reading(1.5, 4096 * 900, 900, 0))
     assert change is not None and (change.old, change.new) == (32, 64)
 
 
@@ -335,7 +333,7 @@ def test_a_recorded_run_replayed_backs_off_where_the_busy_answers_came() -> None
     state = start(tuner)
     limits, changes = [], []
     for at, nbytes, files, pushbacks, _ in RECORDED_MAX_ACTIVE_16:
-        state, change = observe(tuner, state, Measurement(at, nbytes, files, pushbacks))
+        state, change = observe(tuner, state, Reading(at, nbytes, files, pushbacks))
         limits.append(state.limit)
         changes += [change] if change else []
     assert all(1 <= n <= 128 for n in limits)
@@ -373,7 +371,7 @@ def test_any_trace_keeps_the_limit_within_bounds(
         files += more_files
         busy += more_busy
         before = state.limit
-        state, change = observe(tuner, state, Measurement(at, nbytes, files, busy))
+        state, change = observe(tuner, state, Reading(at, nbytes, files, busy))
         assert minimum <= state.limit <= maximum
         assert (change is None) == (state.limit == before)
         if change is not None:

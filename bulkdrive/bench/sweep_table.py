@@ -20,9 +20,6 @@ from bulkdrive.bench import harness, results
 
 #: `auto` among the sweep's settings.
 AUTO = 0
-#: What auto must reach of the best fixed setting, and bulkdrive of the SDK algorithm.
-AUTO_TARGET = 0.9
-SDK_TARGET = 10.0
 
 
 def setting_label(setting: int) -> str:
