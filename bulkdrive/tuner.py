@@ -20,7 +20,12 @@ How it decides:
   and holds.
 - HOLDING: every `probe_every` windows it tries a little more (PROBING); kept only on a clear
   gain (a plateau must not drift upwards by chance). A throughput that falls far at the same
-  limit means the conditions changed (a slower server, a longer path): it grows again.
+  limit (or during a probe) means the conditions changed (a slower server, a longer path):
+  it grows again.
+- Large files (1 MiB or more on average in what finished): each transfer holds chunk
+  buffers and churns the page cache, and a few in flight often keep the cores or the link
+  busy. The run first tries half its start (EASING; kept unless clearly worse), a step up
+  must gain at least `large_gain` and never jumps, and a plateau keeps the lower limit.
 - Push-back (503/429 answers and timeouts) lowers the limit at once — back to the limit before
   the last step up, or by `backoff` — and the limit at which it came is not tried again for
   `ceiling_seconds` (twice as long each time the same edge is met again).
@@ -38,6 +43,8 @@ MAX_CEILING_SECONDS = 600.0
 
 class Stage(enum.Enum):
     GROWING = "growing"
+    #: Large files at the start: fewer in flight are tried first.
+    EASING = "easing"
     HOLDING = "holding"
     PROBING = "probing"
 
@@ -71,8 +78,9 @@ class TunerSettings:
     #: A step up whose throughput rose by at least this share of the limit's rise jumps
     #: twice as far next (the run is far from the server's or the CPU's limit).
     linear: float = 0.75
-    #: A fall at an unchanged limit that means the conditions changed.
-    drop: float = 0.35
+    #: A fall at an unchanged limit that means the conditions changed (2 ms -> 20 ms away
+    #: at 32 in flight on this machine is a fall of a third: it must be caught at once).
+    drop: float = 0.3
     #: The limit is multiplied by this on push-back (outside a step up).
     backoff: float = 0.7
     #: Windows held between two probes upwards.
@@ -85,6 +93,14 @@ class TunerSettings:
     #: change, the samples until each transfer could have finished one file or chunk are
     #: left out (new transfers have confirmed nothing yet, the others slowed down).
     unit_bytes: int = 4 * 1024 * 1024
+    #: Files at least this large on average (in what finished) are large: each transfer
+    #: holds chunk buffers and churns the page cache, so more in flight must pay for itself.
+    #: Where throughput is flat a plateau keeps the lower limit, a climb never jumps, and the
+    #: run first tries half its starting limit.
+    large_file: int = 1024 * 1024
+    #: With large files a step up counts as a gain only when it rose by this much (it
+    #: doubles the memory held; their coarse samples make smaller rises a matter of chance).
+    large_gain: float = 0.25
 
     def __post_init__(self) -> None:
         if not 1 <= self.minimum <= self.maximum:
@@ -212,6 +228,8 @@ class TunerState:
     #: `settle_until` (one round of the transfers after a change) are left out.
     pace: float = 0.0
     settle_until: float = 0.0
+    #: Fewer in flight were tried (large files, once per run).
+    eased: bool = False
 
 
 def start(settings: TunerSettings) -> TunerState:
@@ -267,6 +285,8 @@ def _decide(
         return _grow(settings, state, at)
     if state.stage is Stage.PROBING:
         return _judge_probe(settings, state, at)
+    if state.stage is Stage.EASING:
+        return _judge_easing(settings, state, at)
     return _hold(settings, state, at)
 
 
@@ -349,6 +369,24 @@ def _grow(
     settings: TunerSettings, state: TunerState, at: float
 ) -> tuple[TunerState, Change | None]:
     window, before = state.window, state.before
+    large = _large(settings, window)
+    if before is None and large and not state.eased and state.limit > settings.minimum:
+        # Large files: every limit from a few up is often alike (the cores or the link are
+        # the limit), and each transfer holds memory: try half first, against a second of
+        # samples at the start limit (one large-file sample is too coarse to judge on).
+        if window.seconds < settings.window or window.samples < 2:
+            return state, None
+        state = replace(
+            state,
+            stage=Stage.EASING,
+            before=window,
+            before_limit=state.limit,
+            window=Window(),
+            eased=True,
+        )
+        new = _clamp(settings, state.limit // 2)
+        reason = f"large files: trying fewer in flight than {state.limit}"
+        return _moved(state, at, new, reason)
     if before is None:
         # The first sample at this limit is what the next step must beat (at the start of a
         # run it is low, which only makes the first step up look better).
@@ -358,19 +396,20 @@ def _grow(
             return replace(state, stage=Stage.HOLDING, windows_held=0), None
         reason = f"{state.note}starting to measure at {state.limit}"
         return _moved(replace(state, note=""), at, new, reason)
-    result = compare(settings, window, before)
+    result = _worth(settings, compare(settings, window, before), large)
     if result.verdict is Verdict.UNSURE:
         return state, None
     lower = state.before_limit
-    if result.verdict is Verdict.FLAT and result.gain >= settings.gain:
+    if result.verdict is Verdict.FLAT and result.gain >= settings.gain and not large:
         # A gain as large as a clear one, only not clear beyond the noise after max_trial:
-        # likelier a rise than a plateau; one more step will tell (no jump, though).
+        # likelier a rise than a plateau; one more step will tell (no jump, though). Not for
+        # large files, whose coarse samples make such rises common and steps costly.
         result = Comparison(Verdict.GAIN, 0.0)
     if result.verdict is Verdict.GAIN:
         # Throughput rising about as fast as the limit: far from any plateau, jump further
         # (not from the run's first sample, still in the wake of its start).
         share = result.gain / (state.limit / lower - 1) if state.limit > lower else 0.0
-        step = 4 if share >= settings.linear and before.samples > 1 else 2
+        step = 4 if share >= settings.linear and before.samples > 1 and not large else 2
         new = _within(settings, state, state.limit * step)
         state = replace(state, before=window, before_limit=state.limit, window=Window())
         if new <= state.limit:
@@ -379,6 +418,13 @@ def _grow(
         return _moved(state, at, new, f"throughput {rose} at {state.limit} in flight")
     held = replace(state, stage=Stage.HOLDING, windows_held=0, window=Window())
     if result.verdict is Verdict.FLAT and result.gain >= 0 and state.limit <= 2 * lower:
+        if large:
+            # Large files on a plateau: the higher limit only holds more memory.
+            reason = (
+                f"{state.limit} in flight was not clearly better than {lower} "
+                f"({result.gain:+.0%}): large files, fewer in flight hold less memory"
+            )
+            return _moved(held, at, lower, reason)
         # A plateau (more files in flight only wait, typically for the CPU): keep the limit
         # that measured no worse, and hold, measured against what it did.
         return replace(held, before=window, before_limit=state.limit), None
@@ -396,13 +442,44 @@ def _grow(
     return _moved(held, at, back, reason)
 
 
-def _judge_probe(
+def _judge_easing(
     settings: TunerSettings, state: TunerState, at: float
 ) -> tuple[TunerState, Change | None]:
+    """Half the start limit, tried for large files: kept unless it did clearly worse."""
     assert state.before is not None
     result = compare(settings, state.window, state.before)
     if result.verdict is Verdict.UNSURE:
         return state, None
+    upper = state.before_limit
+    if result.verdict is Verdict.LOSS:
+        # Fewer do worse: the start limit is measured afresh, then the climb goes on above it.
+        grow = replace(state, stage=Stage.GROWING, before=None, window=Window())
+        reason = f"{state.limit} in flight did worse than {upper} ({result.gain:+.0%})"
+        return _moved(grow, at, upper, reason)
+    held = replace(
+        state,
+        stage=Stage.HOLDING,
+        before=state.window,
+        before_limit=state.limit,
+        window=Window(),
+        windows_held=0,
+    )
+    return held, None
+
+
+def _judge_probe(
+    settings: TunerSettings, state: TunerState, at: float
+) -> tuple[TunerState, Change | None]:
+    assert state.before is not None
+    large = _large(settings, state.window)
+    result = _worth(settings, compare(settings, state.window, state.before), large)
+    if result.verdict is Verdict.UNSURE:
+        return state, None
+    if result.verdict is Verdict.LOSS and result.gain <= -settings.drop:
+        # A quarter more in flight cannot cost a third of the throughput: the conditions
+        # changed during the probe (a slower server); climb again from here.
+        note = f"throughput fell {result.gain:+.0%} while probing: conditions changed; "
+        return replace(state, stage=Stage.GROWING, before=None, window=Window(), note=note), None
     if result.verdict is Verdict.GAIN:
         # Room above: keep climbing as from the start.
         state = replace(
@@ -467,6 +544,18 @@ def _within(settings: TunerSettings, state: TunerState, limit: int) -> int:
     if state.ceiling is not None:
         limit = min(limit, state.ceiling - 1)
     return max(state.limit, _clamp(settings, limit))
+
+
+def _worth(settings: TunerSettings, result: Comparison, large: bool) -> Comparison:
+    """A clear gain of a step up, unless it is too small for large files to pay for it."""
+    if large and result.verdict is Verdict.GAIN and result.gain < settings.large_gain:
+        return Comparison(Verdict.FLAT, result.gain)
+    return result
+
+
+def _large(settings: TunerSettings, window: Window) -> bool:
+    """Whether what finished in `window` was large files (or parts of them only)."""
+    return window.bytes >= settings.large_file * max(window.files, 1)
 
 
 def _clamp(settings: TunerSettings, limit: int) -> int:
