@@ -137,7 +137,8 @@ def test_auto_reaches_the_best_fixed_setting(server: Server) -> None:
 #: Per quarter second, the files finished at an unchanged limit in a real run on the loaded
 #: 2-core machine varied by ±40 % around their mean (the recorded run below, at 8 in flight).
 LOADED = 0.4
-#: The network sweep's small-file runs: 5 000 files (a few seconds each).
+#: Short runs of small files: 5 000 (a few seconds each; the sweep's workload had that many
+#: before it grew to 20 000, and a short run is the harder case for a climb).
 SWEEP_FILES = 5000
 
 
