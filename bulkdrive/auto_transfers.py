@@ -98,6 +98,7 @@ class AutoTransfers:
             self._clock(), counters.bytes_confirmed, counters.files_done, counters.pushbacks
         )
         state, _ = tuner.observe(settings, state, measurement)  # the first sample starts now
+        self._trace(measurement, state.limit)  # logged too: a recorded run then replays exactly
         with self._scope:
             while True:
                 await anyio.sleep(TUNE_TICK)
@@ -106,16 +107,20 @@ class AutoTransfers:
                     now, counters.bytes_confirmed, counters.files_done, counters.pushbacks
                 )
                 state, change = tuner.observe(settings, state, measurement)
-                self._reporter.message(
-                    f"tuner: t={now:.3f} limit={state.limit} bytes={measurement.bytes_done} "
-                    f"files={measurement.files_done} pushbacks={measurement.pushbacks}",
-                    level=logging.DEBUG,
-                )
+                self._trace(measurement, state.limit)
                 if change is not None:
                     self.set_limit(change.new, now)
                     self._reporter.message(
                         f"transfers {change.old} → {change.new}: {change.reason}"
                     )
+
+    def _trace(self, reading: tuner.Reading, limit: int) -> None:
+        """What the tuner was given and the limit it then had (-vv): a trace tests replay."""
+        self._reporter.message(
+            f"tuner: t={reading.at:.3f} limit={limit} bytes={reading.bytes_done} "
+            f"files={reading.files_done} pushbacks={reading.pushbacks}",
+            level=logging.DEBUG,
+        )
 
     def set_limit(self, limit: int, now: float) -> None:
         if self._peak:  # not the first: account the time at the old limit
