@@ -28,7 +28,8 @@ How it decides:
   must gain at least `large_gain` and never jumps, and a plateau keeps the lower limit.
 - Push-back (503/429 answers and timeouts) lowers the limit at once — back to the limit before
   the last step up, or by `backoff` — and the limit at which it came is not tried again for
-  `ceiling_seconds` (twice as long each time the same edge is met again).
+  `ceiling_seconds` (twice as long each time the same edge is met again). A stray busy answer
+  at a limit that has held (at most `tolerate` of the files finished) only stops the probes.
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ class TunerSettings:
     drop: float = 0.3
     #: The limit is multiplied by this on push-back (outside a step up).
     backoff: float = 0.7
+    #: Busy answers at an unchanged limit up to this share of the files finished in a sample
+    #: do not lower it (they only stop the probes above it): a server at its limit may refuse
+    #: a stray request (one more for a folder, a request arriving as another leaves), and a
+    #: 30 % cut held for seconds costs far more than a file that waits its Retry-After.
+    tolerate: float = 0.01
     #: Windows held between two probes upwards.
     probe_every: int = 5
     #: How long a limit that met push-back stays out of reach.
@@ -251,10 +257,20 @@ def observe(
     if state.ceiling is not None and now.at >= state.ceiling_until:
         state = replace(state, ceiling=None)
     pushbacks = now.pushbacks - mark.pushbacks
-    if pushbacks > 0 and not state.cooling:
-        state = replace(state, mark=now)
-        return _back_off(settings, state, now.at, pushbacks, seconds)
     files, nbytes = now.files_done - mark.files_done, now.bytes_done - mark.bytes_done
+    if pushbacks > 0 and not state.cooling:
+        if state.stage is Stage.HOLDING and pushbacks <= settings.tolerate * files:
+            # A stray busy answer at a limit that has held: the edge is here, go no higher.
+            state = replace(
+                state,
+                ceiling=state.limit + 1,
+                ceiling_until=max(state.ceiling_until, now.at + settings.ceiling_seconds),
+                edge=state.limit + 1,
+                hold=max(state.hold, settings.ceiling_seconds),
+            )
+        else:
+            state = replace(state, mark=now)
+            return _back_off(settings, state, now.at, pushbacks, seconds)
     if files <= 0 and nbytes <= 0:
         if seconds < settings.max_trial:
             return state, None  # a sample closes when something finished
