@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -68,6 +70,20 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a host name: it may resolve to any address
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (a dependency off Windows), as the client uses: the
+    emulator shares the machine with the client it serves in tests and benchmarks, and
+    asyncio's own loop was about a third of its CPU per request. BULKDRIVE_LOOP=asyncio
+    keeps asyncio's loop."""
+    if os.environ.get("BULKDRIVE_LOOP", "").lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _print_line(text: str) -> None:
@@ -279,7 +295,8 @@ def serve(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     try:
-        asyncio.run(_serve(config, announce))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(_serve(config, announce))
     except OSError as exc:
         message = f"cannot serve on {host}:{port} with root {root}: {exc}"
         raise click.ClickException(message) from None
