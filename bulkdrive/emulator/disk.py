@@ -275,6 +275,33 @@ def make_folder(
     return os.lstat(path)
 
 
+def make_folder_in_place(
+    directory: str, parent: tuple[str, ...], name: str
+) -> os.stat_result | None:
+    """make_folder for the common case, without its two realpaths: when every folder of a
+    non-empty `parent` exists, create `name` in it and return its lstat (409 if it exists,
+    with make_folder's answers for a file in the path or a symbolic link); None when a parent
+    is missing or `parent` is the target's folder itself (the caller then takes make_folder).
+    `directory` must have passed RootCheck (see lstat_path for why that is enough)."""
+    if not parent:
+        return None
+    parent_path, parent_st, existing = lstat_path(directory, parent)
+    if existing < len(parent) or parent_st is None:
+        return None
+    if not stat.S_ISDIR(parent_st.st_mode):
+        raise StoreError(Why.NOT_A_FOLDER, protocol.join_remote_path(parent))
+    if os.sep in name or name in ("", ".", ".."):
+        raise StoreError(Why.LEAVES_SHARE)
+    path = parent_path + os.sep + name
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        # make_folder looks at the name before mkdir: a symbolic link there is a 400
+        _lstat_component(path)
+        raise StoreError(Why.EXISTS) from None
+    return os.lstat(path)
+
+
 def look_up(directory: Path, parts: tuple[str, ...]) -> os.stat_result:
     """The lstat of a stored file or folder; 404 when neither is there."""
     path = safe_path(directory, parts)

@@ -45,6 +45,7 @@ from bulkdrive.emulator.disk import (
     is_full_disk,
     look_up,
     make_folder,
+    make_folder_in_place,
     rename_into,
     resource_fields,
     scan_folder,
@@ -532,7 +533,12 @@ class Store:
             # On the loop, as a small file's write is: the hop to the I/O pool cost more than
             # the mkdir and its checks, once per folder of a tree (benchmarks/README.md).
             with self._inline.watching():
-                st = make_folder(target.directory, parent, name, strict)
+                directory = self._dir_text[target.key]
+                self._roots.check(directory)
+                found = make_folder_in_place(directory, parent, name)
+                if found is None:
+                    found = make_folder(target.directory, parent, name, strict)
+                st = found
         else:
             st = await self._on_io(make_folder, target.directory, parent, name, strict)
         return resource_fields(parts, st, derived_guid(target.key, parts))
