@@ -217,47 +217,19 @@ class UploadRoutes(Routes):
                 )
             done(exc.status)
             return self._error(fmt, root, exc.status, exc.message)
-        with session.receiving():
-            try:
-                applied, digest = await self.store.write_body(
-                    session,
-                    request.content.readany,
-                    limit=size,
-                    max_bytes=self.config.max_chunk_bytes,
-                    want_digest=verify,
-                )
-                if eof and applied != size:
-                    raise StoreError(Why.EOF_SIZE_DIFFERS)
-                await self.store.commit(session, applied, digest, persist=not eof)
-            except (StoreError, BodyIncomplete) as exc:
-                await self.store.discard(session, registered=not full_file)
-                status = exc.status if isinstance(exc, StoreError) else 400
-                message = exc.message if isinstance(exc, StoreError) else "body cut short"
-                done(status, request_id=session.request_id)
-                return self._error(fmt, root, status, message)
-            self._counters.bytes_received += applied
-            if not eof:
-                done(200, applied, session.request_id)
-                return self._reply(
-                    fmt,
-                    root,
-                    {
-                        "requestId": session.request_id,
-                        "chunkOffset": session.offset,
-                        "errorCode": 0,
-                    },
-                )
-            return await self._complete(
-                fmt,
-                session,
-                kind=kind,
-                offset_before=0,
-                applied=applied,
-                block_hash=block_hash,
-                full_hash=full_hash,
-                registered=not full_file,
-                fault=fault,
-            )
+        return await self._receive(
+            request,
+            fmt,
+            session,
+            kind=kind,
+            limit=size,
+            eof=eof,
+            block_hash=block_hash,
+            full_hash=full_hash,
+            registered=not full_file,
+            new_session=True,
+            fault=fault,
+        )
 
     async def _small_file(
         self,
@@ -376,20 +348,71 @@ class UploadRoutes(Routes):
         if refusal is not None:
             done(400)
             return self._error(fmt, root, 400, refusal)
+        return await self._receive(
+            request,
+            fmt,
+            session,
+            kind="chunk",
+            limit=remaining,
+            eof=eof,
+            block_hash=block_hash,
+            full_hash=full_hash,
+            registered=True,
+            new_session=False,
+            fault=fault,
+        )
+
+    async def _receive(
+        self,
+        request: web.Request,
+        fmt: protocol.Format,
+        session: Session,
+        *,
+        kind: str,
+        limit: int,
+        eof: bool,
+        block_hash: str | None,
+        full_hash: str | None,
+        registered: bool,
+        new_session: bool,
+        fault: str | None,
+    ) -> web.Response:
+        """The body of an initiate or a chunk, appended at the session's offset; then the
+        file completed (`eof`) or the new offset answered. A body that fails ends an initiate's
+        `new_session` (nothing of it stays) and leaves a chunk's session at its offset."""
+        root = protocol.UPLOAD_RESP
+        before = session.offset
+
+        def done(status: int, applied: int = 0) -> None:
+            self._record(
+                kind,
+                session.target,
+                session.path,
+                session.request_id,
+                before,
+                applied,
+                status,
+                eof,
+                fault,
+            )
+
         with session.receiving():
             try:
                 applied, digest = await self.store.write_body(
                     session,
                     request.content.readany,
-                    limit=remaining,
+                    limit=limit,
                     max_bytes=self.config.max_chunk_bytes,
                     want_digest=session.verify_block,
                 )
-                if eof and applied != remaining:
-                    await self.store.rollback(session)
+                if eof and applied != limit:
+                    if not new_session:
+                        await self.store.rollback(session)
                     raise StoreError(Why.EOF_SIZE_DIFFERS)
                 await self.store.commit(session, applied, digest, persist=not eof)
             except (StoreError, BodyIncomplete) as exc:
+                if new_session:
+                    await self.store.discard(session, registered=registered)
                 status = exc.status if isinstance(exc, StoreError) else 400
                 message = exc.message if isinstance(exc, StoreError) else "body cut short"
                 done(status)
@@ -400,17 +423,21 @@ class UploadRoutes(Routes):
                 return self._reply(
                     fmt,
                     root,
-                    {"requestId": request_id, "chunkOffset": session.offset, "errorCode": 0},
+                    {
+                        "requestId": session.request_id,
+                        "chunkOffset": session.offset,
+                        "errorCode": 0,
+                    },
                 )
             return await self._complete(
                 fmt,
                 session,
-                kind="chunk",
+                kind=kind,
                 offset_before=before,
                 applied=applied,
                 block_hash=block_hash,
                 full_hash=full_hash,
-                registered=True,
+                registered=registered,
                 fault=fault,
             )
 
