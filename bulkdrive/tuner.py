@@ -404,11 +404,8 @@ def _grow(
         reason = f"large files: trying fewer in flight than {state.limit}"
         return _moved(state, at, new, reason)
     if before is None:
-        # Two samples at this limit are what the next step must beat: one alone (at the
-        # start of a run, still in its wake) cannot tell a rise as fast as the limit, which
-        # makes the climb jump, from noise.
-        if window.samples < 2:
-            return state, None
+        # The first sample at this limit is what the next step must beat (at the start of a
+        # run it is low, which only makes the first step up look better).
         state = replace(state, before=window, before_limit=state.limit, window=Window())
         new = _within(settings, state, state.limit * 2)
         if new <= state.limit:
