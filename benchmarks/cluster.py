@@ -242,26 +242,9 @@ def latency(data_dir: Path, repeat: int) -> None:
 # --- the coordinator alone, with stub workers ----------------------------------------------
 
 
-def stub_batch(run_id: str, batch_id: int, batch: Any) -> Any:
-    """A worker that uploads nothing: every file "uploaded" at once."""
-    from distributed import get_worker
-
-    from bulkdrive.cluster_wire import BatchReport, FileReport
-
-    now = time.time()
-    done = FileReport(ok=True, file_guid="0" * 32)
-    return BatchReport(
-        worker=get_worker().address,
-        files=(done,) * len(batch.files),
-        started=now,
-        ended=now,
-        accepted=sum(f.size for f in batch.files),
-        rerun=False,
-    )
-
-
-async def _coordinate(source: Path, journal_path: Path) -> tuple[int, float]:
+async def _coordinate(source: Path, journal_path: Path) -> dict[str, float]:
     import distributed
+    from cluster_stub import stub_batch
 
     from bulkdrive.client import EdgeDriveClient
     from bulkdrive.cluster import coordinator_config
@@ -300,10 +283,23 @@ async def _coordinate(source: Path, journal_path: Path) -> tuple[int, float]:
             ):
                 engine = ClusterEngine(dask, "bench", in_flight=6, task=stub_batch)
                 run = TreeUpload(client, RunPlan(source=source), journal=journal, engine=engine)
+                cpu, main_thread = _process_cpu(), time.thread_time()
                 summary = await run.run()
-                return summary.files.uploaded, summary.elapsed_seconds
+                return {
+                    "files": summary.files.uploaded,
+                    "seconds": summary.elapsed_seconds,
+                    # The run's CPU: the whole process (its threads: the journal's commits,
+                    # the count pass, the walk's reads) and the event loop's thread alone.
+                    "cpu_seconds": _process_cpu() - cpu,
+                    "main_thread_cpu_seconds": time.thread_time() - main_thread,
+                }
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def coordinator_child(source: Path) -> None:
@@ -311,11 +307,11 @@ def coordinator_child(source: Path) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bulkdrive-coordinator-journal-"))
     try:
-        files, seconds = anyio.run(_coordinate, source, work / "journal.sqlite")
+        result = anyio.run(_coordinate, source, work / "journal.sqlite")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"files": files, "seconds": seconds, "peak_rss_mib": peak}))
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
 
 
 def coordinator(data_dir: Path, files: int) -> None:
@@ -327,10 +323,13 @@ def coordinator(data_dir: Path, files: int) -> None:
             check=True,
         )
         result = json.loads(done.stdout.decode().strip().splitlines()[-1])
-        rate = result["files"] / result["seconds"]
+        files_done = result["files"]
+        rate = files_done / result["seconds"]
         print(
-            f"coordinator, stub workers: {result['files']:,} files in {result['seconds']:.1f} s"
-            f" = {rate:,.0f} files/s; peak RSS {result['peak_rss_mib']:.0f} MiB"
+            f"coordinator, stub workers: {files_done:,} files in {result['seconds']:.1f} s"
+            f" = {rate:,.0f} files/s; peak RSS {result['peak_rss_mib']:.0f} MiB;"
+            f" CPU µs per file: process {result['cpu_seconds'] / files_done * 1e6:.0f},"
+            f" event loop {result['main_thread_cpu_seconds'] / files_done * 1e6:.0f}"
         )
 
 

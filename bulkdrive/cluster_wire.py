@@ -5,6 +5,7 @@ with slots pickles through `dataclasses.fields()` per object, several times the 
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -36,12 +37,41 @@ class BatchFile(NamedTuple):
     known_digests: bytes
 
 
-@dataclass(frozen=True)
 class Batch:
     """A task's files. Not a list: Dask walks a task's list and tuple arguments element by
-    element looking for futures (a third of the coordinator's time with 512-file lists)."""
+    element looking for futures (a third of the coordinator's time with 512-file lists).
 
-    files: tuple[BatchFile, ...]
+    It travels as one bytes object, its files as plain tuples (`pickle` in C end to end):
+    Dask's pickler calls back into Python for each object that is not a builtin (each
+    BatchFile), and a task is pickled by the client, then unpickled and pickled again by a
+    scheduler in the coordinator's process (`--cluster local:N`). Unpickled, a batch keeps
+    its bytes and builds its files only when a worker reads them."""
+
+    __slots__ = ("_files", "_packed")
+
+    def __init__(self, files: tuple[BatchFile, ...]) -> None:
+        self._files: tuple[BatchFile, ...] | None = files
+        self._packed: bytes | None = None
+
+    @classmethod
+    def _unpickle(cls, packed: bytes) -> Batch:
+        batch = cls.__new__(cls)
+        batch._files, batch._packed = None, packed
+        return batch
+
+    @property
+    def files(self) -> tuple[BatchFile, ...]:
+        if self._files is None:
+            assert self._packed is not None
+            self._files = tuple(map(BatchFile._make, pickle.loads(self._packed)))
+        return self._files
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._packed is None:
+            assert self._files is not None
+            plain = [tuple(file) for file in self._files]
+            self._packed = pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
+        return (Batch._unpickle, (self._packed,))
 
 
 class FileReport(NamedTuple):

@@ -197,6 +197,8 @@ class Dispatcher:
         if self._journal is not None:
             records = await self._journal.lookup_many(f.relative for f in files)
         chosen: list[tuple[FileEntry, bool, FileRecord | None]] = []
+        marks: list[FileRecord] = []  # queued together: one journal call for the batch
+        journaled = self._journal is not None
         for entry in files:
             record = records.get(entry.relative)
             skip = await self._skip_reason(entry, record)
@@ -211,9 +213,14 @@ class Dispatcher:
                 self._reporter.message(f"would upload {entry.relative} ({entry.size} bytes)")
             else:
                 stale = is_stale(record, entry)
-                if not stale:
-                    await self.mark_started(entry, record)
+                if not stale and journaled and not was_in_flight(record, entry):
+                    marks.append(journal_record(entry, FileState.PENDING))
                 chosen.append((entry, stale, record))
+        if marks:
+            assert self._journal is not None
+            # Each file's record that it is in flight, committed before its first request
+            # (see `mark_started`).
+            await self._journal.record_many(marks)
         small = [
             e
             for e, stale, _ in chosen

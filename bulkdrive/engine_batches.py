@@ -25,7 +25,7 @@ from bulkdrive.names import remote_name
 from bulkdrive.outcomes import RunOutcomes
 from bulkdrive.progress import Reporter
 from bulkdrive.remote_folders import RemotePaths, name_of
-from bulkdrive.report import RunSummary
+from bulkdrive.report import FileOutcome, RunSummary
 from bulkdrive.resume import ReadyFile
 from bulkdrive.session import ResumePoint
 from bulkdrive.upload import UploadEvents, UploadResult
@@ -167,14 +167,20 @@ class EngineBatches:
             self.in_flight -= len(files)
         seconds = self._clock() - began
         outcomes = self._outcomes
+        ended: list[FileOutcome] = []
+        done: list[tuple[FileEntry, UploadResult]] = []
         for file, result in zip(files, results, strict=True):
             events = file.events
             assert isinstance(events, FileEvents)
             if isinstance(result, Exception):
                 if isinstance(result, errors.RunFailed):
                     self._stop(result)
-                outcome = await outcomes.failed(file.entry, result, events, seconds)
+                ended.append(await outcomes.failed(file.entry, result, events, seconds))
             else:
                 events.completed()
-                outcome = await outcomes.succeeded(file.entry, result, events, seconds)
+                done.append((file.entry, result))
+                ended.append(outcomes.success(file.entry, result, events, seconds))
+        # The batch's DONE records in one journal call, then each file's outcome told.
+        await outcomes.record_done(done)
+        for outcome in ended:
             outcomes.finish(outcome)

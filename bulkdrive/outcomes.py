@@ -9,7 +9,7 @@ from typing import Any
 
 from bulkdrive import errors
 from bulkdrive.file_events import FileEvents, RunCounters
-from bulkdrive.journal import FileState, Journal
+from bulkdrive.journal import FileRecord, FileState, Journal
 from bulkdrive.progress import Reporter
 from bulkdrive.remote_folders import RemotePaths
 from bulkdrive.report import FileOutcome, FileReportWriter, Outcome, RunTally, outcome_to_json
@@ -56,20 +56,21 @@ class RunOutcomes:
         self, entry: FileEntry, result: UploadResult, events: FileEvents, seconds: float
     ) -> FileOutcome:
         if self._journal is not None:
-            await self._save(
-                self._journal.record(
-                    journal_record(
-                        entry,
-                        FileState.DONE,
-                        offset=entry.size,
-                        file_guid=result.file_guid,
-                        attempts=result.attempts,
-                        verified=result.integrity_verified,
-                    )
-                )
-            )
+            await self._save(self._journal.record(done_record(entry, result)))
             # Not waited for: a file the server completed whose DONE record a SIGKILL lost
             # is still marked in flight, and the re-run asks the server about it first.
+        return self.success(entry, result, events, seconds)
+
+    async def record_done(self, done: list[tuple[FileEntry, UploadResult]]) -> None:
+        """The DONE records of a batch's files, queued in one journal call (`succeeded`
+        without the outcome: then `success` each)."""
+        if self._journal is not None and done:
+            await self._save(self._journal.record_many(done_record(*file) for file in done))
+
+    def success(
+        self, entry: FileEntry, result: UploadResult, events: FileEvents, seconds: float
+    ) -> FileOutcome:
+        """A completed file's outcome (its journal record queued by the caller)."""
         return self.outcome(
             entry,
             Outcome.RESUMED if result.resumes else Outcome.UPLOADED,
@@ -147,6 +148,18 @@ class RunOutcomes:
                     level=logging.ERROR,
                 )
                 self._file_report = None
+
+
+def done_record(entry: FileEntry, result: UploadResult) -> FileRecord:
+    """The journal's record of a file the server holds whole."""
+    return journal_record(
+        entry,
+        FileState.DONE,
+        offset=entry.size,
+        file_guid=result.file_guid,
+        attempts=result.attempts,
+        verified=result.integrity_verified,
+    )
 
 
 def failure(exc: Exception) -> tuple[str, str, str]:

@@ -121,10 +121,52 @@ def test_done_for_needs_done_and_the_same_size_and_mtime() -> None:
     assert not done.is_done_for(5, 8)
     for state in (FileState.PARTIAL, FileState.FAILED, FileState.PENDING, FileState.SKIPPED):
         assert not rec("x", size=5, mtime_ns=7, state=state).is_done_for(5, 7)
-    with pytest.raises(ValueError):
-        rec("x", digests=b"\0" * 31)
-    with pytest.raises(ValueError):
-        rec("x", size=5, offset=6)
+
+
+async def test_a_record_that_cannot_be_stored_is_refused_when_queued(tmp_path: Path) -> None:
+    async with Journal.open(tmp_path / "j.sqlite") as journal:
+        with pytest.raises(ValueError):
+            await journal.record(rec("x", digests=b"\0" * 31))
+        with pytest.raises(ValueError):
+            await journal.record_many([rec("y"), rec("x", size=5, offset=6)])
+        with pytest.raises(ValueError):
+            journal.note(rec("x", size=5, offset=-1))
+        assert journal.lookup("x") is None
+        assert journal.lookup("y") is not None  # queued before the bad one, as record() would
+
+
+async def test_record_many_queues_each_record_as_record_does(tmp_path: Path) -> None:
+    """A batch's records in one call: every field kept, the journal's times stamped, the
+    first record's creation time kept; a batch larger than the queue waits for commits."""
+    path = tmp_path / "j.sqlite"
+    async with Journal.open(path, batch_size=4, flush_interval=3600, max_pending=4) as journal:
+        first = rec("f0", state=FileState.PARTIAL, request_id="r", offset=64, digests=b"d" * 64)
+        await journal.record(first)
+        before = journal.lookup("f0")
+        assert before is not None
+        done = rec(
+            "f0",
+            state=FileState.FAILED,
+            request_id="r2",
+            offset=96,
+            digests=b"e" * 96,
+            file_guid="g",
+            attempts=3,
+            last_error="boom",
+            verified=True,
+        )
+        await journal.record_many([done] + [rec(f"f{i}", size=i) for i in range(1, 10)])
+        stats = journal.statistics()
+        assert stats.records_queued == 11 and stats.records_pending <= 4
+        assert stats.backpressure_waits >= 2
+        after = journal.lookup("f0")
+        assert after is not None
+        assert after._replace(created_at=0.0, updated_at=0.0) == done
+        assert after.created_at == before.created_at and after.updated_at >= before.updated_at
+        await journal.flush()
+        found = await journal.lookup_many(f"f{i}" for i in range(10))
+    assert [found[f"f{i}"].size for i in range(1, 10)] == list(range(1, 10))
+    assert rows_on_disk(path)["f0"] == ("failed", 96, b"e" * 96)
 
 
 async def test_updates_of_one_file_coalesce_into_one_row_write(tmp_path: Path) -> None:
