@@ -281,7 +281,11 @@ async def _coordinate(source: Path, journal_path: Path) -> dict[str, float]:
                     journal_path, JobKey.of(emulator.base_url, SHARE, "", source), exclusive=True
                 ) as journal,
             ):
-                engine = ClusterEngine(dask, "bench", in_flight=6, task=stub_batch)
+                # SRC's path on the workers, as `open_cluster` gives it to a real run.
+                path_map = (os.fspath(source), os.path.abspath(source))
+                engine = ClusterEngine(
+                    dask, "bench", in_flight=6, task=stub_batch, path_map=path_map
+                )
                 run = TreeUpload(client, RunPlan(source=source), journal=journal, engine=engine)
                 cpu, main_thread = _process_cpu(), time.thread_time()
                 summary = await run.run()
