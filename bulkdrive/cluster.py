@@ -125,7 +125,10 @@ async def open_cluster(
             raise errors.ConfigError(
                 f"--cluster: the Dask scheduler at {options.address} has no workers"
             ) from None
-        workers_info = dask.scheduler_info()["workers"]
+        # Asked of the scheduler: an asynchronous client's `scheduler_info()` is a cache
+        # without its workers (it said 0, and one batch at a time went out).
+        identity = await dask.scheduler.identity(n_workers=-1)
+        workers_info = identity["workers"]
         threads = sum(w["nthreads"] for w in workers_info.values())
         access = WorkerAccess(
             run_id=run_id,

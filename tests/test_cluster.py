@@ -248,6 +248,8 @@ async def test_the_password_never_reaches_the_workers(
                 config,
             ) as engine,
         ):
+            # Batches out at once: a task per worker thread, and one more per worker.
+            assert engine.batches == 2 * 2 + 2
             dask = engine._dask
             await dask.run(_log_everything)
             plan = RunPlan(source=source, config=config)
