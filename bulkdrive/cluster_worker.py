@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import distributed
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from bulkdrive import errors
 from bulkdrive.client import EdgeDriveClient
@@ -34,8 +35,10 @@ from bulkdrive.cluster_wire import (
     marker_name,
     plugin_name,
 )
+from bulkdrive.config import SMALL_FILE_BATCH, SMALL_FILE_READ_AHEAD
 from bulkdrive.protocol import mtime_seconds
 from bulkdrive.session import ResumePoint
+from bulkdrive.source import LocalContent, read_small_files
 from bulkdrive.upload import upload_file
 
 
@@ -203,21 +206,50 @@ def upload_batch(run_id: str, batch_id: int, batch: Batch) -> BatchReport:
 async def _upload_all(
     run: _WorkerRun, files: Sequence[BatchFile], rerun: bool, wanted: Callable[[], bool]
 ) -> list[tuple[FileReport, int]]:
+    """The batch's files through at most `transfers` uploads at once per worker process (the
+    limiter is the process's: batches run side by side share it). As on one machine, small
+    files are read a group at a time in one thread hop, the next group while this one goes
+    (a thread hop per file cost as much CPU as its upload's request): at most two groups of
+    read-ahead content per batch are held."""
     unwanted = FileReport(ok=False, error_class="RetriesExhausted", error_message=CANCELLED)
     results: list[tuple[FileReport, int]] = [(unwanted, 0)] * len(files)
+    send, receive = anyio.create_memory_object_stream[tuple[int, LocalContent | None]](
+        SMALL_FILE_BATCH
+    )
 
-    async def one(index: int, file: BatchFile) -> None:
-        async with run.limiter:
-            if wanted():
-                results[index] = await _upload_one(run, file, rerun)
+    async def read_ahead() -> None:
+        async with send:
+            for start in range(0, len(files), SMALL_FILE_BATCH):
+                group = files[start : start + SMALL_FILE_BATCH]
+                small = [i for i, f in enumerate(group) if f.size <= SMALL_FILE_READ_AHEAD]
+                contents: list[LocalContent | None] = [None] * len(group)
+                if small:
+                    read = await anyio.to_thread.run_sync(
+                        read_small_files, [group[i].path for i in small], SMALL_FILE_READ_AHEAD
+                    )
+                    for i, content in zip(small, read, strict=True):
+                        contents[i] = content
+                for offset, content in enumerate(contents):
+                    await send.send((start + offset, content))
+
+    async def uploads(mine: MemoryObjectReceiveStream[tuple[int, LocalContent | None]]) -> None:
+        async with mine:
+            async for index, content in mine:
+                async with run.limiter:
+                    if wanted():
+                        results[index] = await _upload_one(run, files[index], rerun, content)
 
     async with anyio.create_task_group() as tg:
-        for index, file in enumerate(files):
-            tg.start_soon(one, index, file)
+        tg.start_soon(read_ahead)
+        with receive:
+            for _ in range(min(len(files), run.config.transfers)):
+                tg.start_soon(uploads, receive.clone())
     return results
 
 
-async def _upload_one(run: _WorkerRun, file: BatchFile, rerun: bool) -> tuple[FileReport, int]:
+async def _upload_one(
+    run: _WorkerRun, file: BatchFile, rerun: bool, content: LocalContent | None
+) -> tuple[FileReport, int]:
     recorder = _Recorder()
     resume = file.resume
     try:
@@ -235,6 +267,7 @@ async def _upload_one(run: _WorkerRun, file: BatchFile, rerun: bool) -> tuple[Fi
             events=recorder,
             resume=resume,
             known_digests=file.known_digests,
+            content=content,
         )
     except Exception as exc:  # every error travels back as data: this file's outcome
         if isinstance(exc, errors.BulkdriveError):

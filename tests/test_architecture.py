@@ -73,7 +73,7 @@ ROOMS: dict[str, frozenset[str]] = {
         "cluster_engine": "cluster_replay cluster_wire cluster_worker engine_batches progress "
         "report upload",
         "cluster_replay": "cluster_wire upload",
-        "cluster_worker": "client cluster_wire protocol session upload",
+        "cluster_worker": "client cluster_wire config protocol session source upload",
         "cluster_wire": "session",
         "resume": "journal source upload walk",
         "check": "client journal listing names protocol walk",
