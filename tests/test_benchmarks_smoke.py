@@ -91,6 +91,36 @@ def test_launcher_reports_the_childs_own_memory(tmp_path: Path) -> None:
     assert small.peak_rss_bytes < 40 * 2**20
 
 
+def test_schedule_interleaves_the_workloads_repetition_by_repetition() -> None:
+    # tree, tree-flat, tree, tree-flat, …: a change of load between the first and the last
+    # runs lands on both workloads, not on the ratio between them. Contenders rotate.
+    steps = harness.schedule(2, 3, (8,), ("bulkdrive-noverify", "raw"), 8)
+    assert [(s.repetition, s.workload, s.contender) for s in steps] == [
+        (0, 0, "bulkdrive-noverify"),
+        (0, 0, "raw"),
+        (0, 1, "bulkdrive-noverify"),
+        (0, 1, "raw"),
+        (1, 0, "raw"),
+        (1, 0, "bulkdrive-noverify"),
+        (1, 1, "raw"),
+        (1, 1, "bulkdrive-noverify"),
+        (2, 0, "bulkdrive-noverify"),
+        (2, 0, "raw"),
+        (2, 1, "bulkdrive-noverify"),
+        (2, 1, "raw"),
+    ]
+    # A sweep: the sequential SDK once per repetition and workload, at 1 transfer.
+    swept = harness.schedule(2, 1, (1, 8), ("raw", "sdk"), 8)
+    assert [(s.workload, s.transfers, s.contender) for s in swept] == [
+        (0, 1, "raw"),
+        (0, 8, "raw"),
+        (0, 1, "sdk"),
+        (1, 1, "raw"),
+        (1, 8, "raw"),
+        (1, 1, "sdk"),
+    ]
+
+
 def test_prefault_writes_where_the_emulators_store_and_leaves_nothing(tmp_path: Path) -> None:
     storage = tmp_path / "not-yet" / "there"
     harness.prefault_storage(storage, 3 * 2**20)

@@ -9,8 +9,9 @@ Rules learnt from measuring (design/performance-notes.md):
 - every run writes into a fresh emulator root; big trees are never deleted between runs of
   many-file workloads (ext4 is slow to create files for ~30 s after a mass delete), only at the
   end; roots holding a few big files are removed right after their check;
-- dirty pages of the previous run are flushed (`os.sync`) before each measured run, and the
-  contenders' order rotates between repetitions, so no contender always runs after the same one;
+- dirty pages of the previous run are flushed (`os.sync`) before each measured run, the
+  contenders' order rotates between repetitions, so no contender always runs after the same one,
+  and the workloads' repetitions interleave (see `schedule`), so no workload always runs later;
 - stored bytes are checked after every run: a fast wrong upload is not a measurement.
 
 Nothing here imports bulkdrive's upload code: the contenders are commands, so the harness
@@ -193,6 +194,42 @@ def _order(contenders: Sequence[str], repetition: int) -> list[str]:
     return list(contenders[k:]) + list(contenders[:k])
 
 
+@dataclass(frozen=True)
+class Step:
+    """One measured run of the schedule."""
+
+    workload: int  # index into the prepared workloads
+    repetition: int
+    transfers: int
+    contender: str
+
+
+def schedule(
+    workload_count: int,
+    repeat: int,
+    transfer_values: Sequence[int],
+    contenders: Sequence[str],
+    default_transfers: int,
+) -> list[Step]:
+    """The order of the runs: repetition by repetition, every workload in each (tree,
+    tree-flat, tree, tree-flat, …), so that a change of the machine's load lands on every
+    workload alike rather than on whichever ran last; ratios across workloads depend on it as
+    ratios across contenders do. Contenders rotate between repetitions; a sequential contender
+    runs once per repetition, at the default transfers."""
+    steps = []
+    for repetition in range(repeat):
+        for workload in range(workload_count):
+            for transfers in transfer_values:
+                for contender in _order(contenders, repetition):
+                    concurrent = CONTENDERS[contender].concurrent
+                    if not concurrent and transfers != default_transfers:
+                        continue
+                    steps.append(
+                        Step(workload, repetition, transfers if concurrent else 1, contender)
+                    )
+    return steps
+
+
 def measure_one(
     config: BenchConfig,
     workload: Workload,
@@ -313,34 +350,34 @@ def run_benchmark(config: BenchConfig, log: Log = _stderr_log) -> dict[str, Any]
         where = config.server_dir or run_root
         log(f"emulator storage: {where} ({'RAM' if _in_ram(where / 'x') else 'disk'})")
     try:
+        storage = _server_root(config, run_root, "x").parent
+        if config.remote is None and _in_ram(storage):
+            # Before the warm-up: it uses RAM too.
+            prefault_storage(storage, max(w.bytes for w in prepared))
         for workload in prepared:
-            name = workload.name
             log(
-                f"workload {name}: {workload.files} files, {workload.bytes / MB:.1f} MB; "
-                f"{config.repeat} repetition(s), transfers {transfer_values}"
+                f"workload {workload.name}: {workload.files} files, "
+                f"{workload.bytes / MB:.1f} MB; {config.repeat} repetition(s), "
+                f"transfers {transfer_values}"
             )
-            storage = _server_root(config, run_root, "x").parent
-            if config.remote is None and _in_ram(storage):
-                prefault_storage(storage, workload.bytes)  # before the warm-up: it uses RAM too
             warm_page_cache(workload.source)
-            for repetition in range(config.repeat):
-                for transfers in transfer_values:
-                    for contender in _order(contenders, repetition):
-                        if not CONTENDERS[contender].concurrent and transfers != config.transfers:
-                            continue  # sequential: one measurement per repetition is enough
-                        measurements.append(
-                            measure_one(
-                                config,
-                                workload,
-                                contender,
-                                transfers if CONTENDERS[contender].concurrent else 1,
-                                repetition,
-                                run_root,
-                                log,
-                            )
-                        )
-            if config.profile_dir is not None:
-                profiles[name] = profile_bulkdrive(config, workload, run_root, log)
+        for step in schedule(
+            len(prepared), config.repeat, transfer_values, contenders, config.transfers
+        ):
+            measurements.append(
+                measure_one(
+                    config,
+                    prepared[step.workload],
+                    step.contender,
+                    step.transfers,
+                    step.repetition,
+                    run_root,
+                    log,
+                )
+            )
+        if config.profile_dir is not None:
+            for workload in prepared:
+                profiles[workload.name] = profile_bulkdrive(config, workload, run_root, log)
     finally:
         if not config.keep:
             shutil.rmtree(run_root, ignore_errors=True)
