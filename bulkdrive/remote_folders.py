@@ -5,7 +5,7 @@ relative to SRC lands on the server (names mapped by `--invalid-names escape`)."
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 import anyio
@@ -67,36 +67,43 @@ class FolderWaits:
     """The remote folders being created, and those that could not be: a file (or folder) waits
     only for its own parent. Memory: the folders being created (at most the walk's backlog
     ahead) plus a bounded memory of failed ones; a created folder is forgotten at once (a
-    folder not known here was created, or its creation failed long ago and the server says)."""
+    folder not known here was created, or its creation failed long ago and the server says).
+    A folder's event is made only when something has to wait for it: most are created before
+    their first file is handed out."""
 
     def __init__(self) -> None:
-        self._pending: dict[str, tuple[anyio.Event, list[errors.FolderNotCreated]]] = {}
+        self._pending: dict[str, anyio.Event | None] = {}
         self._failed: OrderedDict[str, errors.FolderNotCreated] = OrderedDict()
 
     def add(self, relative: str) -> None:
-        self._pending[relative] = (anyio.Event(), [])
+        self._pending[relative] = None
 
     def finish(self, relative: str, error: errors.FolderNotCreated | None) -> None:
-        done, outcome = self._pending.pop(relative)
+        done = self._pending.pop(relative)
         if error is not None:
-            outcome.append(error)
             self._failed[relative] = error
             if len(self._failed) > _FAILED_FOLDERS_KEPT:
                 self._failed.popitem(last=False)
-        done.set()
+        if done is not None:
+            done.set()
 
     async def wait(self, relative: str) -> errors.FolderNotCreated | None:
         """None once `relative` exists remotely; else why it could not be created."""
-        pending = self._pending.get(relative)
-        if pending is None:
-            return self._failed.get(relative)
-        done, outcome = pending
-        await done.wait()
-        return outcome[0] if outcome else None
+        if relative in self._pending:
+            done = self._pending[relative]
+            if done is None:
+                done = self._pending[relative] = anyio.Event()
+            await done.wait()
+        return self._failed.get(relative)
 
 
 class RemoteFolders:
-    """Creates the folders the walk finds, each as soon as its parent exists."""
+    """Creates the folders the walk finds, each as soon as its parent exists.
+
+    The folders wait in a queue, in the walk's order (a parent before its children), for a
+    few creator tasks: at most `slots` creations at once, and no task, limiter round or event
+    per folder (a folder's bookkeeping cost as much CPU as a small file's upload otherwise).
+    """
 
     def __init__(
         self,
@@ -120,6 +127,13 @@ class RemoteFolders:
         self.slots = anyio.CapacityLimiter(max(1, transfers))
         self.created = 0
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._queue: deque[str] = deque()
+        self._idle: deque[anyio.Event] = deque()  # one per creator waiting for a folder
+        self._creators = 0
+        self._closed = False
+        #: Creations under way now, and the most there were at once.
+        self.creating = 0
+        self.most_at_once = 0
 
     def start(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group
@@ -134,13 +148,36 @@ class RemoteFolders:
             self.waits.finish("", None)
 
     def found(self, relative: str) -> None:
-        """The walk found a folder (before any file in it): start creating it now."""
-        assert self._task_group is not None
+        """The walk found a folder (before any file in it): it is created as soon as a
+        creator is free and its parent exists."""
+        assert self._task_group is not None and not self._closed
         self.waits.add(relative)
-        self._task_group.start_soon(self._make_folder, relative)
+        self._queue.append(relative)
+        if self._idle:
+            self._idle.popleft().set()
+        elif self._creators < self.slots.total_tokens:
+            self._creators += 1
+            self._task_group.start_soon(self._creator)
+
+    def close(self) -> None:
+        """No more folders (the walk is over): the creators end once the queue is empty."""
+        self._closed = True
+        while self._idle:
+            self._idle.popleft().set()
 
     async def wait_for_folder_of(self, relative: str) -> errors.FolderNotCreated | None:
         return await self.waits.wait(parent_of(relative))
+
+    async def _creator(self) -> None:
+        queue = self._queue
+        while True:
+            while not queue:
+                if self._closed:
+                    return
+                idle = anyio.Event()
+                self._idle.append(idle)
+                await idle.wait()
+            await self._make_folder(queue.popleft())
 
     async def _make_folder(self, relative: str) -> None:
         error: errors.FolderNotCreated | None = None
@@ -149,8 +186,7 @@ class RemoteFolders:
             if error is None and not self._stopping():
                 try:
                     check_name(relative, self._invalid_names)
-                    async with self.slots:
-                        await self._create_folder(relative)
+                    await self._create_in_slot(relative)
                 except errors.BulkdriveError as exc:
                     if isinstance(exc, errors.RunFailed):
                         self._stop(exc)
@@ -164,6 +200,20 @@ class RemoteFolders:
                     )
         finally:
             self.waits.finish(relative, error)
+
+    async def _create_in_slot(self, relative: str) -> None:
+        # A free slot is taken without a round through the event loop (`acquire` makes two).
+        try:
+            self.slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await self.slots.acquire()
+        self.creating += 1
+        self.most_at_once = max(self.most_at_once, self.creating)
+        try:
+            await self._create_folder(relative)
+        finally:
+            self.creating -= 1
+            self.slots.release()
 
     async def _ensure_remote_root(self) -> None:
         root = split_remote_path(self._paths.root)

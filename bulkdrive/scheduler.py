@@ -295,13 +295,16 @@ class TreeUpload:
     async def _walk(self, send: anyio.abc.ObjectSendStream[WalkItem]) -> None:
         on_folder = None if self._plan.dry_run else self._folder_found
         with self._walk_scope:
-            stats = await walk(
-                self._plan.source,
-                self._plan.filters,
-                send,
-                on_file=self._found,
-                on_folder=on_folder,
-            )
+            try:
+                stats = await walk(
+                    self._plan.source,
+                    self._plan.filters,
+                    send,
+                    on_file=self._found,
+                    on_folder=on_folder,
+                )
+            finally:
+                self._folders.close()  # no more folders: the creators end when done
             self._tally.filtered(stats.filtered)
         self._count_scope.cancel()  # the walk is through: the count can tell no more
         if not self._walk_scope.cancel_called:  # a stopped walk's total is not the tree's

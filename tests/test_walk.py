@@ -19,6 +19,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from bulkdrive import walk as walk_module
 from bulkdrive.errors import ConfigError
 from bulkdrive.globs import read_exclude_from
 from bulkdrive.scan import BATCH_SIZE, SYMLINK_NOT_FOLLOWED, VANISHED
@@ -401,6 +402,32 @@ async def test_folder_that_is_not_a_folder_any_more_is_a_failure(tmp_path: Path)
     assert failed_of(items) == {"b": "unreadable folder: Not a directory"}
     assert not skipped_of(items)
     assert set(files_of(items)) == {"a.txt", "c/after"}
+
+
+@pytest.mark.parametrize("limit", [0.0, 3600.0])
+async def test_folders_opened_on_the_loop_or_in_a_thread_give_the_same_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: float
+) -> None:
+    # Folders open on the event loop while that is quick, in a worker thread once it is not
+    # (limit 0: every open is "slow", so after the first all go to the thread and stay there).
+    src = tmp_path / "src"
+    for d in range(6):
+        for sub in range(3):
+            write(src / f"d{d}" / f"s{sub}" / "f.txt", b"x" * (d + sub))
+        write(src / f"d{d}" / "top.txt")
+    (src / "empty" / "inner").mkdir(parents=True)
+    os.symlink(src / "d0", src / "link")
+    folders = 1 + 6 * 4 + 2  # empty and empty/inner are opened too
+    baseline, _ = await collect(src)
+
+    monkeypatch.setattr(walk_module, "INLINE_OPEN_LIMIT", limit)
+    items, stats = await collect(src)
+
+    assert items == baseline
+    assert len(files_of(items)) == 6 * 4 and skipped_of(items) == {"link": SYMLINK_NOT_FOLLOWED}
+    check_folder_order(items)
+    opened = (stats.opened_inline, stats.opened_in_thread)
+    assert opened == ((1, folders - 2) if limit == 0 else (folders - 1, 0))  # SRC: a thread
 
 
 async def test_folder_that_vanishes_is_a_failure_and_the_walk_goes_on(tmp_path: Path) -> None:
