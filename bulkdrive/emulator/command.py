@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import ipaddress
 import os
 import re
@@ -84,6 +86,35 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+#: glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: Buffers below this come from the heap, not from a fresh mmap each (a request holds at most
+#: ~2 MiB of its body at once: two batches of disk.WRITE_BATCH, or uploads.ONE_STEP_FILE_BYTES).
+MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
+#: Freed heap memory is given back only above this: the working set of bodies in flight is
+#: reused instead of faulted in again for every body.
+TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
+
+
+def _reuse_freed_memory() -> None:
+    """Large request bodies arrive in pieces of up to a few hundred KiB: with glibc's default
+    (dynamic) thresholds many were served by a fresh mmap or the heap was trimmed after them,
+    and each body's pages were faulted in again — on uvloop often enough to make it slower
+    than asyncio for large files. Fixed thresholds keep them on the heap, whose memory stays at
+    the peak of bodies in flight (~2 MiB per request), never growing past it. The
+    server only (a library does not change its user's allocator); GLIBC_TUNABLES set by the
+    user's own glibc.malloc settings win."""
+    if not sys.platform.startswith("linux") or "glibc.malloc." in os.environ.get(
+        "GLIBC_TUNABLES", ""
+    ):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
 
 
 def _print_line(text: str) -> None:
@@ -295,6 +326,7 @@ def serve(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     try:
+        _reuse_freed_memory()
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(_serve(config, announce))
     except OSError as exc:
