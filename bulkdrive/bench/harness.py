@@ -108,8 +108,9 @@ def prepare_workload(name: str, data_dir: Path, log: Log = _stderr_log) -> Workl
     if name not in workloads.WORKLOADS:
         raise ValueError(f"unknown workload {name!r} (known: {', '.join(workloads.WORKLOADS)})")
     root = data_dir / "workloads" / name
-    if not root.with_name(name + ".complete").exists():
-        log(f"building workload {name} in {root} (once; reused by later runs)")
+    marker = root.with_name(name + ".complete")
+    if not marker.exists() or marker.read_text() != workloads.fingerprint(name):
+        log(f"building workload {name} in {root} (once per definition; reused by later runs)")
     workloads.build(name, root)
     files = total = 0
     for _, size in workloads.WORKLOADS[name]():

@@ -11,13 +11,19 @@
     python -m bulkdrive.bench.workloads netsmall DIR   # 20 000 × 4 KiB (network sweep)
     python -m bulkdrive.bench.workloads netlarge DIR   # 128 × 16 MiB (network sweep)
 
-A tree that exists already is left as it is, so repeated runs reuse it.
+A tree that exists already is reused as long as it is still the workload's definition: its
+marker holds a fingerprint of the definition (every path and size, and the seed), so a tree
+built by an older definition (say 5 000 files where there are now 20 000) is built again instead
+of being measured silently.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import random
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,15 +170,51 @@ WORKLOADS = {
 STRICT_PARENTS = frozenset({"tree", "tree-flat", "nettree"})
 
 
+def fingerprint(name: str, seed: int = 1) -> str:
+    """What a built tree must match: the definition's file count, bytes, seed and a digest
+    of every path and size."""
+    digest = hashlib.sha256()
+    files = total = 0
+    for relative, size in WORKLOADS[name]():
+        digest.update(f"{relative}\0{size}\n".encode())
+        files += 1
+        total += size
+    return f"files={files} bytes={total} seed={seed} sha256={digest.hexdigest()}\n"
+
+
+def _matches_on_disk(name: str, root: Path) -> bool:
+    """True when `root` holds exactly the definition's paths at the definition's sizes (a tree
+    whose marker predates fingerprints is checked once this way instead of being rebuilt)."""
+    expected = dict(WORKLOADS[name]())
+    found = 0
+    for dirpath, _, filenames in os.walk(root):
+        for filename in filenames:
+            path = os.path.join(dirpath, filename)
+            relative = os.path.relpath(path, root).replace(os.sep, "/")
+            if expected.get(relative) != os.stat(path).st_size:
+                return False
+            found += 1
+    return found == len(expected)
+
+
 def build(name: str, root: Path, seed: int = 1) -> Path:
-    """Create workload `name` under `root` unless it is there already; returns `root`."""
+    """Create workload `name` under `root` unless the same definition is there already;
+    returns `root`."""
     marker = root.with_name(root.name + ".complete")  # beside the tree, not uploaded with it
+    wanted = fingerprint(name, seed)
     if marker.exists():
-        return root
+        held = marker.read_text()
+        if held == wanted:
+            return root
+        if not held and _matches_on_disk(name, root):  # an older, unfingerprinted marker
+            marker.write_text(wanted)
+            return root
+        marker.unlink()
+        shutil.rmtree(root, ignore_errors=True)  # stale: another definition built it
     rng = random.Random(seed)
     for relative, size in WORKLOADS[name]():
         _write(root / relative, size, rng)
-    marker.touch()
+    marker.write_text(wanted)
     return root
 
 
