@@ -534,10 +534,15 @@ class PlainReporter(_CountingReporter):
         self._ticker: _Ticker | None = None
 
     def _print(self, line: Text | str) -> None:
-        # styles dropped: a CI log gets no escape codes even from a console that forces colour
+        # Styles dropped: a CI log gets no escape codes even from a console that forces colour.
+        # Written to the file as it is, not through console.print: rich renders every call
+        # (~80 µs), which with -v on small files cost as much CPU as the upload itself, and it
+        # would turn a `:smile:` in a file name into an emoji.
         text = line.plain if isinstance(line, Text) else line
         with self._out:
-            self.console.print(text, soft_wrap=True, markup=False, highlight=False)
+            out = self.console.file
+            out.write(text + "\n")
+            out.flush()  # a line per event, as it happens, also into a pipe
             self.lines_printed += 1
 
     def _emit(self, line: Text) -> None:

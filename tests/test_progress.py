@@ -213,6 +213,22 @@ def test_plain_failures_always_and_per_file_lines_with_v() -> None:
         assert not CONTROL.search(out.getvalue())
 
 
+def test_plain_prints_names_as_they_are_even_ones_that_look_like_markup() -> None:
+    console, out = plain_console()
+    reporter = PlainReporter(
+        console, stats_interval=None, clock=FakeClock(), heartbeat=None, verbosity=1
+    )
+    reporter.start("src", "dst")
+    names = ["a :smile: b.txt", "[bold]x[/bold].txt", "é\udce9.txt"]
+    for name in names:
+        reporter.file_finished(FileOutcome(name, "\\" + name, 1, Outcome.UPLOADED, seconds=1.0))
+    lines = out.getvalue().splitlines()
+    assert "uploaded a :smile: b.txt (1 B in 1.0s)" in lines  # not an emoji
+    assert "uploaded [bold]x[/bold].txt (1 B in 1.0s)" in lines
+    assert "uploaded é\\xe9.txt (1 B in 1.0s)" in lines  # the undecodable byte, escaped
+    assert reporter.lines_printed == 1 + len(names)
+
+
 def test_no_progress_prints_no_stat_lines_but_failures_and_summary() -> None:
     console, out = plain_console()
     clock = FakeClock()
