@@ -148,7 +148,7 @@ async def run_check(request: CheckRequest) -> int:
         concurrency=request.concurrency,
     )
     listed: list[Finding] = []
-    console = Console(highlight=False)
+    console = Console(highlight=False, emoji=False)
     async with AsyncExitStack() as stack:
         client, target = await stack.enter_async_context(
             connected(settings, concurrency=request.concurrency)
@@ -201,7 +201,7 @@ async def run_check(request: CheckRequest) -> int:
 
 async def _show_progress(tree: TreeCheck, interval: float) -> None:
     """A live line on a terminal; off one, a plain line every `interval` seconds."""
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, emoji=False)
 
     def line() -> str:
         s = tree.statistics()

@@ -432,6 +432,14 @@ def status(
     from bulkdrive.status import print_status
 
     try:
-        print_status(Console(), source, journal_paths, url, share, remote_folder, shards)
+        print_status(
+            Console(highlight=False, emoji=False),
+            source,
+            journal_paths,
+            url,
+            share,
+            remote_folder,
+            shards,
+        )
     except errors.BulkdriveError as exc:
         _fail(str(exc), exc.exit_code)

@@ -134,7 +134,7 @@ async def run_job(request: JobRequest, interrupt: anyio.Event) -> int:
     unknown share, SIGINT while connecting, a bug), the --report is written, --log-file ends
     with the summary, and a run-stopping error is told once on stderr."""
     started = time.monotonic()
-    console = Console(highlight=False)
+    console = Console(highlight=False, emoji=False)
     setup_logging(console, request.verbosity, request.log_file, request.log_format)
     state = _JobState()
     error: BaseException | None = None

@@ -147,7 +147,7 @@ def shares(config_file: str | None, as_json: bool, verbose: int, **flags: Any) -
                 share.owner or "-",
                 "yes" if share.public else "no",
             )
-        Console(highlight=False).print(table)
+        Console(highlight=False, emoji=False).print(table)
         if not found:
             click.echo("no shares visible to this user", err=True)
         return 0

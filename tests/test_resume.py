@@ -433,12 +433,13 @@ async def test_status_lists_counts_bytes_and_failures(emulator: Emulator, tmp_pa
     bad = [f"bad\\{i:02d}.txt" for i in range(25)]
     for name in bad:
         (source / name).write_bytes(b"b" * 7)
-    journal = tmp_path / "job.sqlite"
+    journal = tmp_path / "job :smile:.sqlite"  # printed as it is, not as an emoji
     done = await run_cli(*upload_args(emulator, source, "--journal", str(journal)), cwd=tmp_path)
     assert done.returncode == 1, done.stderr.decode()
 
     code, text = await status(journal, tmp_path)
     assert code == 0, text
+    assert f"journal: {journal}" in text
     lines = text.splitlines()
     assert any(ln.split()[:3] == ["done", "1", "files"] and "321" in ln for ln in lines), text
     assert any(ln.split()[:3] == ["failed", "25", "files"] and "175" in ln for ln in lines), text
