@@ -21,9 +21,9 @@ from bulkdrive import errors
 from bulkdrive.cluster_replay import replay
 from bulkdrive.cluster_wire import Batch, BatchFile, BatchReport, FileReport, marker_name
 from bulkdrive.engine_batches import EngineFile
+from bulkdrive.outcomes import Completed
 from bulkdrive.progress import Reporter
 from bulkdrive.report import RunSummary, WorkerFigures
-from bulkdrive.upload import UploadResult
 
 #: A task holds at most this many files, or this many bytes (a larger file goes alone).
 BATCH_FILES = 512
@@ -81,8 +81,8 @@ class ClusterEngine:
 
     # --- FileEngine ----------------------------------------------------------------------
 
-    async def upload_batch(self, files: Sequence[EngineFile]) -> list[UploadResult | Exception]:
-        results: list[UploadResult | Exception] = []
+    async def upload_batch(self, files: Sequence[EngineFile]) -> list[Completed | Exception]:
+        results: list[Completed | Exception] = []
         pieces = list(self._pieces(files))
         reports: list[tuple[FileReport, ...] | Exception] = [()] * len(pieces)
 
@@ -97,15 +97,14 @@ class ClusterEngine:
                 results += [report] * len(piece)
                 continue
             for file, file_report in zip(piece, report, strict=True):
-                entry = file.entry
+                if file_report.ok and not (
+                    file_report.events or file_report.digests or file_report.already_there
+                ):
+                    results.append(file_report)  # nothing to replay: the common case
+                    continue
                 try:
-                    result: UploadResult | Exception = replay(
-                        file_report,
-                        file.events,
-                        entry.path,
-                        file.remote_folder,
-                        file.remote_name,
-                        entry.size,
+                    result: Completed | Exception = replay(
+                        file_report, file.events, file.entry.size
                     )
                 except Exception as exc:  # the file's error, as the worker's upload ended
                     result = exc

@@ -1,12 +1,13 @@
 """`--cluster`: a worker's report of one file, replayed into the coordinator's accounting as
 if the upload had run here: the same events in the same order (resumes, offsets, retries,
-block digests), then the same end (its result, or its error as the class it was)."""
+block digests), then the same end (the report itself as the file's result, or its error as
+the class it was)."""
 
 from __future__ import annotations
 
 from bulkdrive import errors
 from bulkdrive.cluster_wire import FileReport
-from bulkdrive.upload import UploadEvents, UploadResult
+from bulkdrive.upload import UploadEvents
 
 
 def _rebuild(name: str, message: str) -> Exception:
@@ -17,16 +18,10 @@ def _rebuild(name: str, message: str) -> Exception:
     return RuntimeError(message)
 
 
-def replay(
-    report: FileReport,
-    events: UploadEvents,
-    local_path: str,
-    remote_folder: str,
-    remote_name: str,
-    size: int,
-) -> UploadResult:
+def replay(report: FileReport, events: UploadEvents, size: int) -> FileReport:
     """Tell the run what the worker's upload of this file went through, in order, then end
-    it as the worker's did: its result, or its error raised here."""
+    it as the worker's did: its report (what the run's outcome and journal record need of a
+    result), or its error raised here."""
     if report.digests:
         # All blocks at once: the journal's records of this file carry the last digests.
         events.block_confirmed(0, report.digests)
@@ -45,14 +40,4 @@ def replay(
     if report.already_there:
         # Completed by a worker that died before it could say so: nothing sent now.
         events.resumed(size)
-    return UploadResult(
-        local_path=local_path,
-        remote_path=remote_folder.rstrip("\\") + "\\" + remote_name,
-        size=size,
-        file_guid=report.file_guid,
-        bytes_sent=report.bytes_sent,
-        attempts=report.attempts,
-        resumes=report.resumes,
-        restarts=report.restarts,
-        integrity_verified=report.integrity_verified,
-    )
+    return report

@@ -152,8 +152,9 @@ class Dispatcher:
         self._dry_run = dry_run
         self._check_remote = check_remote
         self._read_ahead = read_ahead
-        #: False: the hand-out commits the marks itself before the files' first request
-        #: (`Journal.flush(through=…)`), and the dispatcher goes on with the next batch.
+        #: False: the hand-out marks the batch's files in flight itself (one mark for the
+        #: batch, `Journal.mark_in_flight`) and commits it before their first request, and
+        #: the dispatcher goes on with the next batch.
         self._commit_marks = commit_marks
         self._listings: OrderedDict[str, dict[str, Version]] = OrderedDict()
         self.would_upload_files = 0
@@ -213,7 +214,12 @@ class Dispatcher:
                 self._reporter.message(f"would upload {entry.relative} ({entry.size} bytes)")
             else:
                 stale = is_stale(record, entry)
-                if not stale and journaled and not was_in_flight(record, entry):
+                if (
+                    not stale
+                    and journaled
+                    and self._commit_marks
+                    and not was_in_flight(record, entry)
+                ):
                     marks.append(journal_record(entry, FileState.PENDING))
                 chosen.append((entry, stale, record))
         if marks:

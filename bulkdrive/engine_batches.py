@@ -22,13 +22,13 @@ from bulkdrive import errors
 from bulkdrive.file_events import EventSinks, FileEvents
 from bulkdrive.journal import Journal
 from bulkdrive.names import remote_name
-from bulkdrive.outcomes import RunOutcomes
+from bulkdrive.outcomes import Completed, RunOutcomes
 from bulkdrive.progress import Reporter
 from bulkdrive.remote_folders import RemotePaths, name_of
 from bulkdrive.report import FileOutcome, RunSummary
 from bulkdrive.resume import ReadyFile
 from bulkdrive.session import ResumePoint
-from bulkdrive.upload import UploadEvents, UploadResult
+from bulkdrive.upload import UploadEvents
 from bulkdrive.walk import FileEntry
 
 
@@ -54,7 +54,7 @@ class FileEngine(Protocol):
 
     batches: int
 
-    async def upload_batch(self, files: Sequence[EngineFile]) -> list[UploadResult | Exception]: ...
+    async def upload_batch(self, files: Sequence[EngineFile]) -> list[Completed | Exception]: ...
 
     def summarize(self, summary: RunSummary) -> RunSummary: ...
 
@@ -102,25 +102,38 @@ class EngineBatches:
 
     async def put(self, ready: list[ReadyFile]) -> None:
         """The dispatcher's hand-out: returns once the batch is out (it waits for a slot).
-        The batch's in-flight marks are queued in the journal; they are committed before
-        its first file goes, while the dispatcher goes on with the next batch."""
+        The batch's files are marked in flight in the journal, in one mark for the batch
+        (a file whose old version's session is to be discarded first is marked on its own,
+        after that); the mark is committed before its first file goes, while the dispatcher
+        goes on with the next batch, and deleted once the files' ends are recorded."""
         assert self._task_group is not None
-        ticket = 0 if self._journal is None else self._journal.sequence
+        journal = self._journal
+        ticket = mark = 0
+        if journal is not None:
+            marked = [(e.relative, e.size, e.mtime_ns) for e, stale, _, _, _ in ready if not stale]
+            if marked:
+                mark = await journal.mark_in_flight(marked)
+            ticket = journal.sequence
         await self._slots.acquire()
         try:
-            self._task_group.start_soon(self._send, ready, ticket)
+            self._task_group.start_soon(self._send, ready, ticket, mark)
         except BaseException:
             self._slots.release()
             raise
 
-    async def _send(self, ready: list[ReadyFile], ticket: int) -> None:
+    async def _send(self, ready: list[ReadyFile], ticket: int, mark: int) -> None:
+        journal = self._journal
         try:
             files = await self._checked(ready)
             if files:
-                if self._journal is not None:
-                    # The in-flight marks are on disk before any of these files goes.
-                    await self._journal.flush(through=ticket)
+                if journal is not None:
+                    # The in-flight mark is on disk before any of these files goes.
+                    await journal.flush(through=ticket)
                 await self._upload(files)
+            if journal is not None and mark:
+                # Every file's end is queued: the mark goes with them (or after). A batch
+                # cut short leaves its mark, for the next run to ask the server.
+                journal.unmark(mark)
         finally:
             self._slots.release()
 
@@ -168,7 +181,7 @@ class EngineBatches:
         seconds = self._clock() - began
         outcomes = self._outcomes
         ended: list[FileOutcome] = []
-        done: list[tuple[FileEntry, UploadResult]] = []
+        done: list[tuple[FileEntry, Completed]] = []
         for file, result in zip(files, results, strict=True):
             events = file.events
             assert isinstance(events, FileEvents)

@@ -26,7 +26,7 @@ import re
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 DIGEST_SIZE = 32
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Per connection, in KiB (negative = KiB for SQLite): what bounds the journal's memory.
 CACHE_KIB = 2048
 BUSY_TIMEOUT_MS = 5000
@@ -236,6 +236,10 @@ CREATE INDEX files_by_state ON files (state, size);
 _MIGRATIONS: dict[int, str] = {
     0: _SCHEMA_V1,
     1: "ALTER TABLE files ADD COLUMN verified INTEGER NOT NULL DEFAULT 0",
+    # A batch's files in flight, in one row (`Journal.mark_in_flight`): `files` is a JSON list
+    # of [relative, size, mtime_ns].
+    2: "CREATE TABLE in_flight"
+    " (id INTEGER PRIMARY KEY, marked_at REAL NOT NULL, files TEXT NOT NULL)",
 }
 
 _UPSERT = f"""
@@ -248,6 +252,21 @@ ON CONFLICT (relative) DO UPDATE SET
     verified = excluded.verified
 """
 _LOOKUP = f"SELECT {_COLUMNS} FROM files WHERE relative = ?"
+#: A batch mark's file becomes a PENDING row unless its row is newer than the mark (this run
+#: recorded its end) or holds this very version in flight already (its session to continue).
+_MARK_APPLIES = """(files.updated_at < excluded.updated_at
+    AND NOT (files.state IN ('pending', 'partial')
+        AND files.size = excluded.size AND files.mtime_ns = excluded.mtime_ns))"""
+_EXPAND_MARK = f"""
+INSERT INTO files (relative, size, mtime_ns, state, created_at, updated_at)
+VALUES (?, ?, ?, 'pending', ?, ?)
+ON CONFLICT (relative) DO UPDATE SET
+    size = excluded.size, mtime_ns = excluded.mtime_ns, state = 'pending', request_id = NULL,
+    confirmed_offset = 0, digests = x'', file_guid = NULL, attempts = 0, last_error = NULL,
+    updated_at = excluded.updated_at, verified = 0
+WHERE {_MARK_APPLIES}
+"""
+_MARKS = "SELECT id, marked_at, files FROM in_flight ORDER BY id"
 _LOOKUP_MANY = f"SELECT {_COLUMNS} FROM files WHERE relative IN"
 _IN_LIMIT = 500  # parameters per query, well under SQLITE_MAX_VARIABLE_NUMBER
 _FAILURES = f"SELECT {_COLUMNS} FROM files WHERE state = 'failed' ORDER BY relative"
@@ -322,6 +341,60 @@ def _record_to_row(r: FileRecord) -> tuple[Any, ...]:
         r.updated_at,
         int(r.verified),
     )
+
+
+def _mark_text(files: list[tuple[str, int, int]]) -> str:
+    """A batch mark's files as stored: JSON keeps an undecodable name's surrogates (escaped)."""
+    return json.dumps(files, separators=(",", ":"))
+
+
+def _marked_files(conn: sqlite3.Connection) -> Iterator[tuple[float, str, int, int]]:
+    """The files of the batch marks on disk, oldest mark first: (marked_at, relative, size,
+    mtime_ns)."""
+    for _id, marked_at, text in conn.execute(_MARKS).fetchall():
+        for relative, size, mtime_ns in json.loads(text):
+            yield float(marked_at), str(relative), int(size), int(mtime_ns)
+
+
+def _marks_applied(conn: sqlite3.Connection) -> dict[str, FileRecord]:
+    """What the batch marks on disk say, read without writing: each marked file's PENDING
+    record where the mark applies to its row (`_MARK_APPLIES`)."""
+    applied: dict[str, FileRecord] = {}
+    for marked_at, relative, size, mtime_ns in _marked_files(conn):
+        row = conn.execute(_LOOKUP, (_key(relative),)).fetchone()
+        old = None if row is None else _row_to_record(row)
+        if old is not None and (
+            old.updated_at >= marked_at
+            or (
+                old.state in (FileState.PENDING, FileState.PARTIAL)
+                and (old.size, old.mtime_ns) == (size, mtime_ns)
+            )
+        ):
+            continue
+        created_at = marked_at if old is None else old.created_at
+        applied[relative] = FileRecord(
+            relative, size, mtime_ns, FileState.PENDING, created_at=created_at, updated_at=marked_at
+        )
+    return applied
+
+
+def _expand_marks(conn: sqlite3.Connection) -> None:
+    """The batch marks a killed run left, made the PENDING rows they stand for (one
+    transaction): the journal then reads as if each file had been marked on its own."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = [
+            (_key(relative), size, mtime_ns, marked_at, marked_at)
+            for marked_at, relative, size, mtime_ns in _marked_files(conn)
+        ]
+        if rows:
+            conn.executemany(_EXPAND_MARK, rows)
+        conn.execute("DELETE FROM in_flight")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
@@ -475,6 +548,9 @@ def _summarize(
             sizes[FileState(state)] += int(total)
         row = conn.execute("SELECT value FROM meta WHERE key = 'updated_at'").fetchone()
         updated_at = float(row[0]) if row else 0.0
+        if _has_marks(conn):
+            # Records not yet written are newer than any mark on disk: they win.
+            overlay = {**_marks_applied(conn), **(overlay or {})}
         for record in (overlay or {}).values():
             old = conn.execute(_LOOKUP, (_key(record.relative),)).fetchone()
             if old is not None:
@@ -486,6 +562,18 @@ def _summarize(
     finally:
         conn.execute("COMMIT")
     return files, sizes, updated_at
+
+
+def _newer(marked: FileRecord | None, row: FileRecord | None) -> FileRecord | None:
+    """A reader's record of a file: its batch mark, unless its row was written since."""
+    if marked is not None and (row is None or row.updated_at < marked.updated_at):
+        return marked
+    return row
+
+
+def _has_marks(conn: sqlite3.Connection) -> bool:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version >= 3 and conn.execute("SELECT 1 FROM in_flight LIMIT 1").fetchone() is not None
 
 
 def read_summary(path: Path) -> JournalSummary:
@@ -571,6 +659,12 @@ class Journal:
         self._max_pending = max_pending
         self._pending: dict[str, FileRecord] = {}
         self._inflight: dict[str, FileRecord] = {}  # being committed by a worker thread
+        # Batch marks (`mark_in_flight`) queued, and marks to delete, by id.
+        self._marks: dict[int, tuple[float, list[tuple[str, int, int]]]] = {}
+        self._unmarks: list[int] = []
+        self._next_mark = 1
+        #: A reader's view of the marks a run wrote (the run expands them when it opens).
+        self._marked: dict[str, FileRecord] = {}
         self._commit_lock = anyio.Lock()  # one batch at a time, in order
         self._has_pending = anyio.Event()
         self._batch_full = anyio.Event()
@@ -620,6 +714,15 @@ class Journal:
             max_pending=max_pending,
         )
         try:
+            await anyio.to_thread.run_sync(journal._read_marks, exclusive)
+        except BaseException as exc:
+            await anyio.to_thread.run_sync(journal._close_connections)
+            if lock is not None:
+                os.close(lock)
+            if isinstance(exc, sqlite3.Error):
+                raise ConfigError(f"cannot open journal {path}: {_one_line(exc)}") from exc
+            raise
+        try:
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(journal._write_in_background)
@@ -644,7 +747,52 @@ class Journal:
                         if lock is not None:
                             os.close(lock)
 
+    def _read_marks(self, exclusive: bool) -> None:
+        """A run (`exclusive`) turns the marks a killed run left into rows; a reader keeps
+        what they say for its reads."""
+        if exclusive:
+            _expand_marks(self._writer)
+        else:
+            self._marked = _marks_applied(self._reader)
+        row = self._writer.execute("SELECT coalesce(max(id), 0) FROM in_flight").fetchone()
+        self._next_mark = int(row[0]) + 1
+
     # --- writes ---
+
+    async def mark_in_flight(self, files: Iterable[tuple[str, int, int]]) -> int:
+        """Queue one mark for a batch of files going out together, (relative, size, mtime_ns)
+        each: what a PENDING record of each would say, in one row. Returns the mark's id for
+        `unmark`, once the batch's records are queued; `flush(through=sequence)` commits it.
+
+        Cheaper than a record per file (one row, not one per file, and no row to rewrite when
+        the file ends). A run that opens the journal after a kill turns the marks left into
+        the PENDING records they stand for, except where a file's row is newer (its end was
+        recorded) or already holds this version in flight; readers see them so meanwhile.
+        A file whose old version's session may be on the server is marked on its own
+        (`record`), after that session is discarded."""
+        if self._closed:
+            raise RuntimeError("the journal is closed")
+        if self._failure is not None:
+            raise self._failure
+        mark = self._next_mark
+        self._next_mark += 1
+        self._marks[mark] = (time.time(), list(files))
+        self._records_queued += 1
+        if not self._has_pending.is_set():
+            self._has_pending.set()
+        return mark
+
+    def unmark(self, mark: int) -> None:
+        """Queue the deletion of a batch mark, after the records of its files' ends (it
+        commits with them or after them)."""
+        if self._closed or self._failure is not None:
+            return  # left on disk: the next run's open handles it
+        if self._marks.pop(mark, None) is not None:
+            return  # never written
+        self._unmarks.append(mark)
+        self._records_queued += 1
+        if not self._has_pending.is_set():
+            self._has_pending.set()
 
     async def record(self, record: FileRecord) -> None:
         """Queue an upsert of `record` (timestamps are stamped here)."""
@@ -658,6 +806,11 @@ class Journal:
         if self._failure is not None:
             raise self._failure
         pending, most = self._pending, self._max_pending
+        if not isinstance(records, list | tuple):
+            records = list(records)
+        if len(pending) + len(records) <= most:
+            self._queue_all(records)  # no room to wait for: the whole batch in one pass
+            return
         for record in records:
             if len(pending) >= most and record.relative not in pending:
                 # Full: commit rather than grow. The lock orders us behind a commit in progress.
@@ -674,6 +827,26 @@ class Journal:
         """
         if not self._closed and self._failure is None:
             self._queue(record)
+
+    def _queue_all(self, records: Sequence[FileRecord]) -> None:
+        """`_queue` of each record, in one pass: one time stamp, one look at the events."""
+        pending, inflight = self._pending, self._inflight
+        make = FileRecord._make
+        now = time.time()
+        queued = 0
+        try:
+            for record in records:
+                relative = _checked(record).relative
+                previous = pending.get(relative) or inflight.get(relative)
+                created = previous.created_at if previous is not None else record.created_at or now
+                pending[relative] = make((*record[:10], created, now, record[12]))
+                queued += 1
+        finally:
+            self._records_queued += queued  # those before a refused record are queued
+        if records and not self._has_pending.is_set():
+            self._has_pending.set()
+        if len(pending) >= self._batch_size and not self._batch_full.is_set():
+            self._batch_full.set()
 
     def _queue(self, record: FileRecord) -> None:
         relative = _checked(record).relative
@@ -705,7 +878,7 @@ class Journal:
 
     async def _write_in_background(self) -> None:
         while self._failure is None:
-            if not self._pending:
+            if not self._pending and not self._marks and not self._unmarks:
                 self._has_pending = anyio.Event()
                 await self._has_pending.wait()
             with anyio.move_on_after(self._flush_interval):
@@ -723,20 +896,24 @@ class Journal:
                 return
             if through is not None and self._committed_through >= through:
                 return  # a batch committed while we waited for the lock held our records
-            if not self._pending:
+            if not self._pending and not self._marks and not self._unmarks:
                 return
             sequence = self._records_queued
             self._inflight, self._pending = self._pending, {}
+            marks, self._marks = self._marks, {}
+            unmarks, self._unmarks = self._unmarks, []
             batch = list(self._inflight.values())
             try:
                 # Shielded: a batch is either committed and accounted, or rolled back and
                 # requeued; never abandoned halfway by a cancellation.
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._write_batch, batch)
+                    await anyio.to_thread.run_sync(self._write_batch, batch, marks, unmarks)
             except sqlite3.Error as exc:
                 # Keep the batch; records queued meanwhile are newer and win.
                 self._pending = {**self._inflight, **self._pending}
                 self._inflight = {}
+                self._marks = {**marks, **self._marks}
+                self._unmarks = unmarks + self._unmarks
                 self._failure = JournalFailed(f"cannot write journal {self.path}: {_one_line(exc)}")
                 raise self._failure from exc
             self._inflight = {}
@@ -759,15 +936,28 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalFailed(f"cannot write journal {self.path}: {_one_line(exc)}") from exc
 
-    def _write_batch(self, batch: list[FileRecord]) -> None:
+    def _write_batch(
+        self,
+        batch: list[FileRecord],
+        marks: Mapping[int, tuple[float, list[tuple[str, int, int]]]] | None = None,
+        unmarks: list[int] | None = None,
+    ) -> None:
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_UPSERT, map(_record_to_row, batch))
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('updated_at', ?)",
-                (max(r.updated_at for r in batch),),
-            )
+            if batch:
+                conn.executemany(_UPSERT, map(_record_to_row, batch))
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('updated_at', ?)",
+                    (max(r.updated_at for r in batch),),
+                )
+            if marks:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO in_flight (id, marked_at, files) VALUES (?, ?, ?)",
+                    [(mark, at, _mark_text(files)) for mark, (at, files) in marks.items()],
+                )
+            if unmarks:
+                conn.executemany("DELETE FROM in_flight WHERE id = ?", [(m,) for m in unmarks])
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -787,7 +977,10 @@ class Journal:
         record = self._pending.get(relative) or self._inflight.get(relative)
         if record is not None:
             return record
-        return self._lookup_committed(relative)
+        committed = self._lookup_committed(relative)
+        if self._marked:
+            return _newer(self._marked.get(relative), committed)
+        return committed
 
     async def lookup_many(self, relatives: Iterable[str]) -> dict[str, FileRecord]:
         """The latest records of many files (those never recorded are absent), read in one
@@ -808,6 +1001,11 @@ class Journal:
             except sqlite3.Error as exc:
                 message = f"cannot read journal {self.path}: {_one_line(exc)}"
                 raise JournalFailed(message) from exc
+        if self._marked:
+            for relative in wanted:
+                marked = _newer(self._marked.get(relative), found.get(relative))
+                if marked is not None:
+                    found[relative] = marked
         for layer in (inflight, pending, self._inflight, self._pending):
             if layer:
                 for relative in wanted:
@@ -841,6 +1039,10 @@ class Journal:
     def _overlay(self) -> dict[str, FileRecord]:
         return {**self._inflight, **self._pending}
 
+    def _overlay_with_marks(self) -> dict[str, FileRecord]:
+        marked = self._read(lambda: _marks_applied(self._reader))
+        return {**marked, **self._inflight, **self._pending}
+
     def summary(self) -> JournalSummary:
         """Counts and bytes per state, queued records included; SQL aggregates, no row loading.
 
@@ -856,7 +1058,8 @@ class Journal:
     def failures(self, limit: int = 1000) -> Iterator[FileRecord]:
         """Failed files, at most `limit`, streamed: queued ones first, then committed ones
         ordered by path."""
-        overlay = self._overlay()  # a snapshot: bounded by max_pending
+        # A snapshot: bounded by max_pending and the batches in flight.
+        overlay = self._overlay_with_marks()
         emitted = 0
         for record in overlay.values():
             if emitted >= limit:

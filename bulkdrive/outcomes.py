@@ -4,8 +4,8 @@ log line, the tally, the progress display and the `--report-files` line."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from bulkdrive import errors
 from bulkdrive.file_events import FileEvents, RunCounters
@@ -18,6 +18,20 @@ from bulkdrive.upload import UploadResult
 from bulkdrive.walk import FileEntry
 
 log = logging.getLogger("bulkdrive.run")
+
+
+class Completed(Protocol):
+    """What a completed upload's outcome and DONE record need of its result (an
+    `UploadResult`, or a `--cluster` worker's report of the file)."""
+
+    @property
+    def file_guid(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def resumes(self) -> int: ...
+    @property
+    def integrity_verified(self) -> bool: ...
 
 
 class RunOutcomes:
@@ -61,23 +75,26 @@ class RunOutcomes:
             # is still marked in flight, and the re-run asks the server about it first.
         return self.success(entry, result, events, seconds)
 
-    async def record_done(self, done: list[tuple[FileEntry, UploadResult]]) -> None:
+    async def record_done(self, done: Sequence[tuple[FileEntry, Completed]]) -> None:
         """The DONE records of a batch's files, queued in one journal call (`succeeded`
         without the outcome: then `success` each)."""
         if self._journal is not None and done:
             await self._save(self._journal.record_many(done_record(*file) for file in done))
 
     def success(
-        self, entry: FileEntry, result: UploadResult, events: FileEvents, seconds: float
+        self, entry: FileEntry, result: Completed, events: FileEvents, seconds: float
     ) -> FileOutcome:
         """A completed file's outcome (its journal record queued by the caller)."""
-        return self.outcome(
-            entry,
+        relative = entry.relative
+        return FileOutcome(
+            relative,
+            self._paths.path_of(relative),
+            entry.size,
             Outcome.RESUMED if result.resumes else Outcome.UPLOADED,
-            file_guid=result.file_guid,
-            attempts=result.attempts,
-            seconds=seconds,
-            bytes_sent=events.accepted,
+            result.file_guid,
+            result.attempts,
+            seconds,
+            events.accepted,
         )
 
     async def failed(
@@ -150,15 +167,24 @@ class RunOutcomes:
                 self._file_report = None
 
 
-def done_record(entry: FileEntry, result: UploadResult) -> FileRecord:
-    """The journal's record of a file the server holds whole."""
-    return journal_record(
-        entry,
+def done_record(entry: FileEntry, result: Completed) -> FileRecord:
+    """The journal's record of a file the server holds whole (built positionally: one per
+    file)."""
+    size = entry.size
+    return FileRecord(
+        entry.relative,
+        size,
+        entry.mtime_ns,
         FileState.DONE,
-        offset=entry.size,
-        file_guid=result.file_guid,
-        attempts=result.attempts,
-        verified=result.integrity_verified,
+        None,
+        size,
+        b"",
+        result.file_guid,
+        result.attempts,
+        None,
+        0.0,
+        0.0,
+        result.integrity_verified,
     )
 
 

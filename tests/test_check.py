@@ -69,4 +69,4 @@ async def test_a_version_1_journal_gains_the_verified_flag(tmp_path: Path) -> No
         new = journal.lookup("new.txt")
         assert new is not None and new.verified
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION

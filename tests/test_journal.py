@@ -236,10 +236,10 @@ async def test_lookup_many_does_not_wait_for_a_commit_and_sees_what_it_holds(
         write_started, release = threading.Event(), threading.Event()
         write = journal._write_batch
 
-        def slow_write(batch: list[FileRecord]) -> None:
+        def slow_write(batch: list[FileRecord], *marks: Any) -> None:
             write_started.set()
             release.wait(10)
-            write(batch)
+            write(batch, *marks)
 
         journal._write_batch = slow_write  # type: ignore[method-assign]
         async with anyio.create_task_group() as tg:
@@ -433,6 +433,95 @@ async def test_failures_stream_queued_and_committed_rows_up_to_a_limit(tmp_path:
         assert set(seen) in (set(failed), set(failed) - {"f05"})
         summary = journal.summary()
         assert summary.files[FileState.FAILED] == 9 and summary.files[FileState.DONE] == 11
+
+
+# --- a batch's files in flight, in one mark ----------------------------------------------------
+
+MTIME = 1_700_000_000_000_000_000
+
+
+async def test_a_batch_mark_left_by_a_killed_run_reads_and_resumes_as_a_mark_per_file(
+    tmp_path: Path,
+) -> None:
+    """A batch's files marked in one row, as a coordinator killed before their ends leaves
+    it: readers see each file in flight, and the next run's open makes the PENDING rows
+    each file's own mark would have left; rows newer than the mark, or holding this very
+    version in flight already, keep what they say."""
+    path = tmp_path / "j.sqlite"
+    async with Journal.open(path, exclusive=True) as journal:
+        await journal.record_many(
+            [
+                rec("changed", state=FileState.DONE, size=5, mtime_ns=1, file_guid="g-old"),
+                rec("failed", state=FileState.FAILED, last_error="boom", attempts=3),
+                rec("partial", state=FileState.PARTIAL, request_id="req-7", offset=40),
+            ]
+        )
+        await journal.flush()
+        await anyio.sleep(0.01)  # the mark is younger than these rows
+        mark = await journal.mark_in_flight(
+            [(name, 100, MTIME) for name in ("new", "changed", "failed", "partial", "ended")]
+        )
+        await journal.flush(through=journal.sequence)
+        assert rows_on_disk(path)["changed"][0] == "done"  # one row for the batch, no more
+        await journal.record(rec("ended", state=FileState.DONE, offset=100, file_guid="g"))
+        # killed here: the mark is never deleted
+    assert mark > 0
+
+    summary = read_summary(path)
+    assert summary.files[FileState.PENDING] == 3  # new, changed, failed
+    assert summary.files[FileState.PARTIAL] == 1 and summary.files[FileState.DONE] == 1
+    assert summary.files[FileState.FAILED] == 0 and summary.total_files == 5
+
+    async with Journal.open(path) as reader:  # beside a run: reads, never writes
+        found = await reader.lookup_many(["new", "changed", "failed", "partial", "ended"])
+        assert {name: r.state for name, r in found.items()} == {
+            "new": FileState.PENDING,
+            "changed": FileState.PENDING,
+            "failed": FileState.PENDING,
+            "partial": FileState.PARTIAL,
+            "ended": FileState.DONE,
+        }
+        changed = reader.lookup("changed")
+        assert changed is not None and (changed.size, changed.mtime_ns) == (100, MTIME)
+        assert list(reader.failures()) == []
+    assert "new" not in rows_on_disk(path)
+
+    async with Journal.open(path, exclusive=True) as journal:  # the next run
+        rows = rows_on_disk(path)
+        assert {name: row[0] for name, row in rows.items()} == {
+            "new": "pending",
+            "changed": "pending",
+            "failed": "pending",
+            "partial": "partial",
+            "ended": "done",
+        }
+        assert rows["partial"][1] == 40  # its session's offset, to continue from
+        changed = journal.lookup("changed")
+        assert changed is not None and (changed.size, changed.mtime_ns) == (100, MTIME)
+        assert changed.file_guid is None and changed.state is FileState.PENDING
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM in_flight").fetchone()[0] == 0
+
+
+async def test_a_batch_mark_goes_with_its_files_ends(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    async with Journal.open(path, exclusive=True) as journal:
+        committed = await journal.mark_in_flight([("a", 100, MTIME), ("b", 100, MTIME)])
+        await journal.flush(through=journal.sequence)
+        never_written = await journal.mark_in_flight([("c", 100, MTIME)])
+        journal.unmark(never_written)  # ended before its commit: nothing to write
+        await journal.record_many([rec("a", state=FileState.DONE, offset=100)])
+        await journal.record(rec("b", state=FileState.FAILED, last_error="no"))
+        journal.unmark(committed)
+        await journal.flush()
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT count(*) FROM in_flight").fetchone()[0] == 0
+    assert {name: row[0] for name, row in rows_on_disk(path).items()} == {
+        "a": "done",
+        "b": "failed",
+    }
+    summary = read_summary(path)
+    assert summary.total_files == 2 and summary.files[FileState.PENDING] == 0
 
 
 # --- refusals and one-line errors --------------------------------------------------------------
