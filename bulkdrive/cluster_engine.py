@@ -19,7 +19,7 @@ import anyio
 
 from bulkdrive import errors
 from bulkdrive.cluster_replay import replay
-from bulkdrive.cluster_wire import Batch, BatchFile, BatchReport, FileReport, marker_name
+from bulkdrive.cluster_wire import Batch, BatchReport, FileReport, marker_name
 from bulkdrive.engine_batches import EngineFile
 from bulkdrive.outcomes import Completed
 from bulkdrive.progress import Reporter
@@ -152,10 +152,11 @@ class ClusterEngine:
         """One Dask task: its files' reports, or why the cluster could not run it."""
         self._tasks += 1
         batch_id = self._tasks
+        worker_path = self._worker_path
         batch = Batch(
-            tuple(
-                BatchFile(
-                    self._worker_path(f.entry.path),
+            [  # in BatchFile's order
+                (
+                    worker_path(f.entry.path),
                     f.entry.size,
                     f.entry.mtime_ns,
                     f.remote_folder,
@@ -164,7 +165,7 @@ class ClusterEngine:
                     f.known_digests,
                 )
                 for f in piece
-            )
+            ]
         )
         future = None
         try:

@@ -45,32 +45,39 @@ class Batch:
     Dask's pickler calls back into Python for each object that is not a builtin (each
     BatchFile), and a task is pickled by the client, then unpickled and pickled again by a
     scheduler in the coordinator's process (`--cluster local:N`). Unpickled, a batch keeps
-    its bytes and builds its files only when a worker reads them."""
+    its bytes and builds its files only when a worker reads them.
 
-    __slots__ = ("_files", "_packed")
+    Made of plain tuples in `BatchFile`'s order (what the coordinator builds: no named tuple
+    per file to build, then take apart again to pickle) or of `BatchFile`s."""
 
-    def __init__(self, files: tuple[BatchFile, ...]) -> None:
-        self._files: tuple[BatchFile, ...] | None = files
+    __slots__ = ("_files", "_packed", "_plain")
+
+    def __init__(self, files: list[tuple[Any, ...]] | tuple[BatchFile, ...]) -> None:
+        self._plain: list[tuple[Any, ...]] | None = (
+            files if isinstance(files, list) else [tuple(file) for file in files]
+        )
+        self._files: tuple[BatchFile, ...] | None = None
         self._packed: bytes | None = None
 
     @classmethod
     def _unpickle(cls, packed: bytes) -> Batch:
         batch = cls.__new__(cls)
-        batch._files, batch._packed = None, packed
+        batch._files, batch._plain, batch._packed = None, None, packed
         return batch
 
     @property
     def files(self) -> tuple[BatchFile, ...]:
         if self._files is None:
-            assert self._packed is not None
-            self._files = tuple(map(BatchFile._make, pickle.loads(self._packed)))
+            if self._plain is None:
+                assert self._packed is not None
+                self._plain = pickle.loads(self._packed)
+            self._files = tuple(map(BatchFile._make, self._plain))
         return self._files
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self._packed is None:
-            assert self._files is not None
-            plain = [tuple(file) for file in self._files]
-            self._packed = pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
+            assert self._plain is not None
+            self._packed = pickle.dumps(self._plain, protocol=pickle.HIGHEST_PROTOCOL)
         return (Batch._unpickle, (self._packed,))
 
 

@@ -180,20 +180,24 @@ class EngineBatches:
             self.in_flight -= len(files)
         seconds = self._clock() - began
         outcomes = self._outcomes
+        success = outcomes.success
         ended: list[FileOutcome] = []
         done: list[tuple[FileEntry, Completed]] = []
         for file, result in zip(files, results, strict=True):
-            events = file.events
+            entry, folder, name, _, _, events = file
             assert isinstance(events, FileEvents)
             if isinstance(result, Exception):
                 if isinstance(result, errors.RunFailed):
                     self._stop(result)
-                ended.append(await outcomes.failed(file.entry, result, events, seconds))
+                ended.append(await outcomes.failed(entry, result, events, seconds))
             else:
                 events.completed()
-                done.append((file.entry, result))
-                ended.append(outcomes.success(file.entry, result, events, seconds))
+                done.append((entry, result))
+                # The file's remote path, as `RemotePaths.path_of` spells it.
+                path = ("" if folder == "\\" else folder) + "\\" + name
+                ended.append(success(entry, result, events, seconds, path))
         # The batch's DONE records in one journal call, then each file's outcome told.
         await outcomes.record_done(done)
+        finish = outcomes.finish
         for outcome in ended:
-            outcomes.finish(outcome)
+            finish(outcome)

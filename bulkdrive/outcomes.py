@@ -82,13 +82,19 @@ class RunOutcomes:
             await self._save(self._journal.record_many(done_record(*file) for file in done))
 
     def success(
-        self, entry: FileEntry, result: Completed, events: FileEvents, seconds: float
+        self,
+        entry: FileEntry,
+        result: Completed,
+        events: FileEvents,
+        seconds: float,
+        remote_path: str | None = None,
     ) -> FileOutcome:
-        """A completed file's outcome (its journal record queued by the caller)."""
+        """A completed file's outcome (its journal record queued by the caller); its
+        `remote_path` when the caller knows it already."""
         relative = entry.relative
         return FileOutcome(
             relative,
-            self._paths.path_of(relative),
+            self._paths.path_of(relative) if remote_path is None else remote_path,
             entry.size,
             Outcome.RESUMED if result.resumes else Outcome.UPLOADED,
             result.file_guid,
