@@ -70,8 +70,8 @@ ROOMS: dict[str, frozenset[str]] = {
         "cluster": "client cluster_engine cluster_wire cluster_worker progress",
         # ...its coordinator's engine (batches out as Dask tasks), the replay of a worker's
         # report into the run, the worker side (the Dask task), and what travels between.
-        "cluster_engine": "cluster_replay cluster_wire cluster_worker engine_batches progress "
-        "report upload",
+        "cluster_engine": "cluster_replay cluster_wire cluster_worker engine_batches outcomes "
+        "progress report",
         "cluster_replay": "cluster_wire upload",
         "cluster_worker": "client cluster_wire config protocol session source upload",
         "cluster_wire": "session",
