@@ -251,6 +251,18 @@ ON CONFLICT (relative) DO UPDATE SET
     last_error = excluded.last_error, updated_at = excluded.updated_at,
     verified = excluded.verified
 """
+#: The common record, a file done (no session, digests nor error left to keep): the same
+#: upsert with 9 values bound instead of 13, a third cheaper per row.
+_UPSERT_DONE = """
+INSERT INTO files (relative, size, mtime_ns, state, confirmed_offset, file_guid, attempts,
+    created_at, updated_at, verified)
+VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?, ?)
+ON CONFLICT (relative) DO UPDATE SET
+    size = excluded.size, mtime_ns = excluded.mtime_ns, state = 'done', request_id = NULL,
+    confirmed_offset = excluded.confirmed_offset, digests = x'', file_guid = excluded.file_guid,
+    attempts = excluded.attempts, last_error = NULL, updated_at = excluded.updated_at,
+    verified = excluded.verified
+"""
 _LOOKUP = f"SELECT {_COLUMNS} FROM files WHERE relative = ?"
 #: A batch mark's file becomes a PENDING row unless its row is newer than the mark (this run
 #: recorded its end) or holds this very version in flight already (its session to continue).
@@ -337,6 +349,21 @@ def _record_to_row(r: FileRecord) -> tuple[Any, ...]:
         r.file_guid,
         r.attempts,
         _text(r.last_error),
+        r.created_at,
+        r.updated_at,
+        int(r.verified),
+    )
+
+
+def _done_row(r: FileRecord) -> tuple[Any, ...]:
+    """`_record_to_row` of a record `_UPSERT_DONE` writes."""
+    return (
+        _key(r.relative),
+        r.size,
+        r.mtime_ns,
+        r.offset,
+        r.file_guid,
+        r.attempts,
         r.created_at,
         r.updated_at,
         int(r.verified),
@@ -946,7 +973,16 @@ class Journal:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if batch:
-                conn.executemany(_UPSERT, map(_record_to_row, batch))
+                # One record per file in a batch: the two statements touch other rows.
+                plain: list[FileRecord] = []
+                others: list[FileRecord] = []
+                for r in batch:
+                    simple = r.request_id is None and not r.digests and not r.last_error
+                    (plain if simple and r.state is FileState.DONE else others).append(r)
+                if others:
+                    conn.executemany(_UPSERT, map(_record_to_row, others))
+                if plain:
+                    conn.executemany(_UPSERT_DONE, map(_done_row, plain))
                 conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('updated_at', ?)",
                     (max(r.updated_at for r in batch),),

@@ -524,6 +524,48 @@ async def test_a_batch_mark_goes_with_its_files_ends(tmp_path: Path) -> None:
     assert summary.total_files == 2 and summary.files[FileState.PENDING] == 0
 
 
+async def test_a_done_record_replaces_every_field_of_the_row_it_updates(tmp_path: Path) -> None:
+    """DONE records are written by a narrower statement: the row must read as the record."""
+    path = tmp_path / "j.sqlite"
+    async with Journal.open(path) as journal:
+        await journal.record(
+            rec(
+                "a",
+                state=FileState.PARTIAL,
+                request_id="req-1",
+                offset=40,
+                digests=digests("a", 1),
+                attempts=2,
+                last_error="timed out",
+            )
+        )
+        await journal.flush()
+        first = journal.lookup("a")
+        assert first is not None
+        await journal.record(
+            rec("a", state=FileState.DONE, offset=100, file_guid="g-1", attempts=3, verified=True)
+        )
+    async with Journal.open(path) as journal:
+        done = journal.lookup("a")
+        assert done is not None
+        assert done == FileRecord(
+            "a",
+            100,
+            MTIME,
+            FileState.DONE,
+            None,
+            100,
+            b"",
+            "g-1",
+            3,
+            None,
+            first.created_at,
+            done.updated_at,
+            True,
+        )
+        assert done.updated_at >= first.updated_at
+
+
 # --- refusals and one-line errors --------------------------------------------------------------
 
 
