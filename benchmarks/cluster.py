@@ -247,7 +247,7 @@ async def _coordinate(source: Path, journal_path: Path) -> dict[str, float]:
     from cluster_stub import stub_batch
 
     from bulkdrive.client import EdgeDriveClient
-    from bulkdrive.cluster import coordinator_config
+    from bulkdrive.cluster import coordinator_config, local_cluster
     from bulkdrive.cluster_engine import ClusterEngine
     from bulkdrive.config import Credentials, Secret, TransferConfig
     from bulkdrive.emulator import EmulatorConfig, Share, User, running_emulator
@@ -262,14 +262,8 @@ async def _coordinate(source: Path, journal_path: Path) -> dict[str, float]:
         with coordinator_config():
             async with (
                 running_emulator(config) as emulator,
-                distributed.LocalCluster(
-                    n_workers=2,
-                    threads_per_worker=2,
-                    processes=True,
-                    asynchronous=True,
-                    dashboard_address=None,
-                    host="127.0.0.1",
-                ) as cluster,
+                # The LocalCluster `--cluster local:2` starts (its scheduler in this process).
+                local_cluster(2) as cluster,
                 distributed.Client(cluster, asynchronous=True) as dask,
                 EdgeDriveClient.connect(
                     emulator.base_url,

@@ -56,19 +56,43 @@ from bulkdrive.cluster_worker import AccessPlugin
 from bulkdrive.config import TransferConfig
 from bulkdrive.progress import Reporter
 
-__all__ = ["ClusterEngine", "ClusterOptions", "coordinator_config", "open_cluster"]
+__all__ = ["ClusterEngine", "ClusterOptions", "coordinator_config", "local_cluster", "open_cluster"]
 
 #: Dask's "low-level logs" on the coordinator: each connection keeps its last messages (a
 #: task's message holds its batch: up to 1 000 of them, hundreds of MiB at 512 files a
 #: task), the scheduler its last transitions. Kept short, the coordinator's memory is flat.
 LOW_LEVEL_LOG_LENGTH = 16
+#: How often a local cluster's scheduler and nannies (in the coordinator's process) sample
+#: the host's CPU, memory, disk and network with psutil, for a dashboard nobody opens:
+#: Dask's default of 500 ms cost ~2 % of the coordinator's event loop.
+SYSTEM_MONITOR_INTERVAL = "5s"
 
 
 def coordinator_config() -> contextlib.AbstractContextManager[Any]:
     """Dask settings for the coordinator's process (its client, and a local scheduler)."""
     import dask
 
-    return dask.config.set({"distributed.admin.low-level-log-length": LOW_LEVEL_LOG_LENGTH})
+    return dask.config.set(
+        {
+            "distributed.admin.low-level-log-length": LOW_LEVEL_LOG_LENGTH,
+            "distributed.admin.system-monitor.interval": SYSTEM_MONITOR_INTERVAL,
+        }
+    )
+
+
+def local_cluster(workers: int) -> Any:
+    """`--cluster local:N`: N worker processes of 2 threads on this host, its scheduler in
+    this process (enter it with `async with`)."""
+    return distributed.LocalCluster(  # type: ignore[no-untyped-call]
+        n_workers=workers,
+        host="127.0.0.1",  # local: nothing listens beyond this host
+        threads_per_worker=2,
+        processes=True,
+        asynchronous=True,
+        dashboard_address=None,
+        memory_limit=0,  # no memory monitor: the workers hold two batches' small files
+        silence_logs=logging.ERROR,
+    )
 
 
 @dataclass(frozen=True)
@@ -94,18 +118,7 @@ async def open_cluster(
         stack.enter_context(coordinator_config())
         if options.address.startswith("local:"):
             workers = int(options.address.partition(":")[2])
-            cluster = await stack.enter_async_context(
-                distributed.LocalCluster(  # type: ignore[no-untyped-call]
-                    n_workers=workers,
-                    host="127.0.0.1",  # local: nothing listens beyond this host
-                    threads_per_worker=2,
-                    processes=True,
-                    asynchronous=True,
-                    dashboard_address=None,
-                    memory_limit=0,
-                    silence_logs=logging.ERROR,
-                )
-            )
+            cluster = await stack.enter_async_context(local_cluster(workers))
             address: Any = cluster
         else:
             address = options.address

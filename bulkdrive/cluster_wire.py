@@ -101,14 +101,57 @@ class FileReport(NamedTuple):
     already_there: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class BatchReport:
-    worker: str
-    files: tuple[FileReport, ...]
-    started: float  # the worker's clock
-    ended: float
-    accepted: int  # bytes the server accepted from this batch
-    rerun: bool
+    """A batch's end on a worker: each file's report, in the batch's order.
+
+    It travels as a `Batch` does: its files as one bytes object of plain tuples (pickled by
+    the worker, passed through by a scheduler, read by the coordinator; Dask's pickler
+    called back into Python for each `FileReport`, and unpickling one called its class)."""
+
+    __slots__ = ("_files", "_packed", "accepted", "ended", "rerun", "started", "worker")
+
+    def __init__(
+        self,
+        *,
+        worker: str,
+        files: tuple[FileReport, ...],
+        started: float,  # the worker's clock
+        ended: float,
+        accepted: int,  # bytes the server accepted from this batch
+        rerun: bool,
+    ) -> None:
+        self.worker = worker
+        self._files: tuple[FileReport, ...] | None = files
+        self._packed: bytes | None = None
+        self.started = started
+        self.ended = ended
+        self.accepted = accepted
+        self.rerun = rerun
+
+    @property
+    def files(self) -> tuple[FileReport, ...]:
+        if self._files is None:
+            assert self._packed is not None
+            self._files = tuple(map(FileReport._make, pickle.loads(self._packed)))
+        return self._files
+
+    @classmethod
+    def _unpickle(
+        cls, worker: str, packed: bytes, started: float, ended: float, accepted: int, rerun: bool
+    ) -> BatchReport:
+        report = cls.__new__(cls)
+        report.worker, report.started, report.ended = worker, started, ended
+        report.accepted, report.rerun = accepted, rerun
+        report._files, report._packed = None, packed
+        return report
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._packed is None:
+            assert self._files is not None
+            plain = [tuple(file) for file in self._files]
+            self._packed = pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
+        args = (self.worker, self._packed, self.started, self.ended, self.accepted, self.rerun)
+        return (BatchReport._unpickle, args)
 
 
 def plugin_name(run_id: str) -> str:
