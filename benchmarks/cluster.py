@@ -247,7 +247,7 @@ async def _coordinate(source: Path, journal_path: Path) -> dict[str, float]:
     from cluster_stub import stub_batch
 
     from bulkdrive.client import EdgeDriveClient
-    from bulkdrive.cluster import coordinator_config, local_cluster
+    from bulkdrive.cluster import batches_out, coordinator_config, local_cluster
     from bulkdrive.cluster_engine import ClusterEngine
     from bulkdrive.config import Credentials, Secret, TransferConfig
     from bulkdrive.emulator import EmulatorConfig, Share, User, running_emulator
@@ -277,8 +277,13 @@ async def _coordinate(source: Path, journal_path: Path) -> dict[str, float]:
             ):
                 # SRC's path on the workers, as `open_cluster` gives it to a real run.
                 path_map = (os.fspath(source), os.path.abspath(source))
+                # The batches out at once `open_cluster` allows this cluster (2 × 2 threads).
                 engine = ClusterEngine(
-                    dask, "bench", in_flight=6, task=stub_batch, path_map=path_map
+                    dask,
+                    "bench",
+                    in_flight=batches_out(threads=2 * 2, workers=2),
+                    task=stub_batch,
+                    path_map=path_map,
                 )
                 run = TreeUpload(client, RunPlan(source=source), journal=journal, engine=engine)
                 cpu, main_thread = _process_cpu(), time.thread_time()

@@ -33,7 +33,7 @@ from test_resume import (
 )
 
 from bulkdrive.client import EdgeDriveClient
-from bulkdrive.cluster import ClusterOptions, open_cluster
+from bulkdrive.cluster import ClusterOptions, batches_out, open_cluster
 from bulkdrive.config import Credentials, Secret, TransferConfig
 from bulkdrive.emulator import Emulator
 from bulkdrive.emulator.app import UploadRecord
@@ -248,8 +248,8 @@ async def test_the_password_never_reaches_the_workers(
                 config,
             ) as engine,
         ):
-            # Batches out at once: a task per worker thread, and one more per worker.
-            assert engine.batches == 2 * 2 + 2
+            # Batches out at once: twice a task per worker thread and one more per worker.
+            assert engine.batches == batches_out(threads=2 * 2, workers=2) == 12
             dask = engine._dask
             await dask.run(_log_everything)
             plan = RunPlan(source=source, config=config)
