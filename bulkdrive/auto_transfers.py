@@ -1,6 +1,7 @@
 """`--transfers auto` in the run: the tuner (pure: measurements in, the next limit out) fed
-the run's counters every `TUNE_TICK`, its limit applied to the workers (the first `limit` of
-them work, the others wait), and the limits it chose summed up for the report."""
+the run's counters and the event loop's busy time every `TUNE_TICK`, its limit applied to the
+workers (the first `limit` of them work, the others wait), and the limits it chose summed up
+for the report."""
 
 from __future__ import annotations
 
@@ -21,6 +22,21 @@ TUNE_TICK = 0.25
 AUTO_START = tuner.TunerSettings.start
 
 T = TypeVar("T")
+
+#: The calling thread's time on a core and waiting in the run queue, in nanoseconds.
+_SCHEDSTAT = "/proc/thread-self/schedstat"
+
+
+def loop_busy() -> float | None:
+    """Seconds the calling thread (the event loop's) ran or waited for a core so far; None
+    where the system does not tell (only Linux does). Waiting for a core counts as busy: on a
+    loaded machine a starved client is not one that waits for the server."""
+    try:
+        with open(_SCHEDSTAT, "rb") as stat:
+            running, waiting = stat.read().split()[:2]
+        return (int(running) + int(waiting)) / 1e9
+    except (OSError, ValueError):
+        return None
 
 
 class AutoTransfers:
@@ -95,7 +111,11 @@ class AutoTransfers:
         state = tuner.start(settings)
         counters = self._counters
         measurement = tuner.Reading(
-            self._clock(), counters.bytes_confirmed, counters.files_done, counters.pushbacks
+            self._clock(),
+            counters.bytes_confirmed,
+            counters.files_done,
+            counters.pushbacks,
+            loop_busy(),
         )
         state, _ = tuner.observe(settings, state, measurement)  # the first sample starts now
         self._trace(measurement, state.limit)  # logged too: a recorded run then replays exactly
@@ -104,7 +124,11 @@ class AutoTransfers:
                 await anyio.sleep(TUNE_TICK)
                 now = self._clock()
                 measurement = tuner.Reading(
-                    now, counters.bytes_confirmed, counters.files_done, counters.pushbacks
+                    now,
+                    counters.bytes_confirmed,
+                    counters.files_done,
+                    counters.pushbacks,
+                    loop_busy(),
                 )
                 state, change = tuner.observe(settings, state, measurement)
                 self._trace(measurement, state.limit)
@@ -118,7 +142,7 @@ class AutoTransfers:
         """What the tuner was given and the limit it then had (-vv): a trace tests replay."""
         self._reporter.message(
             f"tuner: t={reading.at:.3f} limit={limit} bytes={reading.bytes_done} "
-            f"files={reading.files_done} pushbacks={reading.pushbacks}",
+            f"files={reading.files_done} pushbacks={reading.pushbacks} busy={reading.busy}",
             level=logging.DEBUG,
         )
 

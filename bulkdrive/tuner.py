@@ -13,7 +13,8 @@ most `max_trial` seconds when it never is.
 
 How it decides:
 - GROWING: the limit doubles (quadruples while the throughput rises almost as fast as the
-  limit: far from the server, each extra transfer adds its full share) while each step gains.
+  limit: far from the server, each extra transfer adds its full share; or while the client's
+  event loop sat idle, waiting for the server, most of the time) while each step gains.
   A step that loses clearly goes back (after a quadrupling, halfway). A step that neither
   gains nor loses clearly within `max_trial` is a plateau (more files in flight only wait
   longer, typically for the CPU): the tuner keeps the higher limit unless it measured worse,
@@ -84,6 +85,12 @@ class TunerSettings:
     drop: float = 0.3
     #: The limit is multiplied by this on push-back (outside a step up).
     backoff: float = 0.7
+    #: A climb from a window in which the client's event loop was busy (running, or waiting
+    #: for a core) less than this share of the time quadruples: the client was waiting for
+    #: the server, so more small files in flight only add to what finishes (20 ms away, 16
+    #: in flight kept it busy a third of the time, 64 nine tenths). Busy time is measured
+    #: exactly, unlike a quarter second's files/s on a shared machine, so no wait is needed.
+    idle: float = 0.5
     #: Busy answers at an unchanged limit up to this share of the files finished in a sample
     #: do not lower it (they only stop the probes above it): a server at its limit may refuse
     #: a stray request (one more for a folder, a request arriving as another leaves), and a
@@ -124,6 +131,9 @@ class Reading:
     files_done: int
     #: 503 and 429 answers and timeouts seen so far.
     pushbacks: int
+    #: Seconds the client's event loop was running or waiting for a core so far (None: not
+    #: known on this system).
+    busy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -138,8 +148,11 @@ class Window:
     files_squares: float = 0.0  # ... and of their squares
     bytes_rates: float = 0.0
     bytes_squares: float = 0.0
+    #: The event loop's busy seconds, over the `timed` seconds of samples that measured it.
+    busy: float = 0.0
+    timed: float = 0.0
 
-    def add(self, seconds: float, files: int, nbytes: int) -> Window:
+    def add(self, seconds: float, files: int, nbytes: int, busy: float | None = None) -> Window:
         f, b = files / seconds, nbytes / seconds
         return Window(
             self.samples + 1,
@@ -150,6 +163,8 @@ class Window:
             self.files_squares + f * f,
             self.bytes_rates + b,
             self.bytes_squares + b * b,
+            self.busy + (busy or 0.0),
+            self.timed + (seconds if busy is not None else 0.0),
         )
 
     def merged(self, other: Window, keep_seconds: float) -> Window:
@@ -167,7 +182,17 @@ class Window:
             self.files_squares * f + other.files_squares,
             self.bytes_rates * f + other.bytes_rates,
             self.bytes_squares * f + other.bytes_squares,
+            self.busy * f + other.busy,
+            self.timed * f + other.timed,
         )
+
+    @property
+    def busy_share(self) -> float | None:
+        """The share of the time the client's event loop was busy (None: not measured)."""
+        # Most of the window must be measured: a sample or two alone say little.
+        if self.timed < 0.5 * self.seconds or self.timed <= 0:
+            return None
+        return self.busy / self.timed
 
     @property
     def files_per_second(self) -> float:
@@ -258,6 +283,7 @@ def observe(
         state = replace(state, ceiling=None)
     pushbacks = now.pushbacks - mark.pushbacks
     files, nbytes = now.files_done - mark.files_done, now.bytes_done - mark.bytes_done
+    busy = None if now.busy is None or mark.busy is None else now.busy - mark.busy
     if pushbacks > 0 and not state.cooling:
         if state.stage is Stage.HOLDING and pushbacks <= settings.tolerate * files:
             # A stray busy answer at a limit that has held: the edge is here, go no higher.
@@ -280,7 +306,8 @@ def observe(
     pace = max(files, nbytes / settings.unit_bytes) / seconds
     if now.at <= state.settle_until:
         return replace(state, mark=now, pace=pace), None
-    state = replace(state, mark=now, pace=pace, window=state.window.add(seconds, files, nbytes))
+    window = state.window.add(seconds, files, nbytes, busy)
+    state = replace(state, mark=now, pace=pace, window=window)
     state, change = _decide(settings, state, now.at)
     if change is not None and state.pace > 0:
         settle = min(settings.max_trial, state.limit / state.pace)
@@ -403,14 +430,15 @@ def _grow(
         new = _clamp(settings, state.limit // 2)
         reason = f"large files: trying fewer in flight than {state.limit}"
         return _moved(state, at, new, reason)
+    waiting = "" if large else _waiting(settings, window)
     if before is None:
         # The first sample at this limit is what the next step must beat (at the start of a
         # run it is low, which only makes the first step up look better).
         state = replace(state, before=window, before_limit=state.limit, window=Window())
-        new = _within(settings, state, state.limit * 2)
+        new = _within(settings, state, state.limit * (4 if waiting else 2))
         if new <= state.limit:
             return replace(state, stage=Stage.HOLDING, windows_held=0), None
-        reason = f"{state.note}starting to measure at {state.limit}"
+        reason = f"{state.note}starting to measure at {state.limit}{waiting}"
         return _moved(replace(state, note=""), at, new, reason)
     result = _worth(settings, compare(settings, window, before), large)
     if result.verdict is Verdict.UNSURE:
@@ -425,13 +453,15 @@ def _grow(
         # Throughput rising about as fast as the limit: far from any plateau, jump further
         # (not from the run's first sample, still in the wake of its start).
         share = result.gain / (state.limit / lower - 1) if state.limit > lower else 0.0
-        step = 4 if share >= settings.linear and before.samples > 1 and not large else 2
+        linear = share >= settings.linear and before.samples > 1
+        step = 4 if (linear or waiting) and not large else 2
         new = _within(settings, state, state.limit * step)
         state = replace(state, before=window, before_limit=state.limit, window=Window())
         if new <= state.limit:
             return replace(state, stage=Stage.HOLDING, windows_held=0), None
         rose = f"rose {result.gain:+.0%}" if result.gain else "seems to rise"
-        return _moved(state, at, new, f"throughput {rose} at {state.limit} in flight")
+        reason = f"throughput {rose} at {state.limit} in flight{waiting}"
+        return _moved(state, at, new, reason)
     held = replace(state, stage=Stage.HOLDING, windows_held=0, window=Window())
     if result.verdict is Verdict.FLAT and result.gain >= 0 and state.limit <= 2 * lower:
         if large:
@@ -567,6 +597,14 @@ def _worth(settings: TunerSettings, result: Comparison, large: bool) -> Comparis
     if large and result.verdict is Verdict.GAIN and result.gain < settings.large_gain:
         return Comparison(Verdict.FLAT, result.gain)
     return result
+
+
+def _waiting(settings: TunerSettings, window: Window) -> str:
+    """Why a climb from `window` may jump (the client mostly waited for the server), or ""."""
+    share = window.busy_share
+    if share is None or share >= settings.idle:
+        return ""
+    return f" (the client waited for the server {1 - share:.0%} of the time)"
 
 
 def _large(settings: TunerSettings, window: Window) -> bool:

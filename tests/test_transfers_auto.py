@@ -11,6 +11,7 @@ import pytest
 from test_cli_upload import run_cli, upload_args
 
 from bulkdrive import errors
+from bulkdrive.auto_transfers import loop_busy
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, RetryPolicy, Secret, TransferConfig
 from bulkdrive.emulator.network import NetworkModel
@@ -68,7 +69,11 @@ async def test_cli_auto_logs_each_change_and_reports_peak_and_mean(
     )
     assert done.returncode == 0, done.stderr.decode()
     output = done.stdout.decode() + done.stderr.decode()
-    assert "transfers 16 → 32: starting to measure at 16" in output
+    if loop_busy() is None:  # the loop's busy time is unknown here: a doubling
+        assert "transfers 16 → 32: starting to measure at 16" in output
+    else:
+        # 50 ms away the client mostly waits for the server: a jump, and why.
+        assert "transfers 16 → 64: starting to measure at 16 (the client waited" in output
     used = json.loads(report.read_text())["transfers_auto"]
     assert used["peak"] >= 8 and 1 <= used["mean"] <= used["peak"]
     assert "transfers auto: peak" in output
