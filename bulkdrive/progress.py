@@ -116,12 +116,20 @@ def finished_line(outcome: FileOutcome) -> Text:
     """The `-v` line for one finished file."""
     if outcome.outcome is Outcome.FAILED:
         return failure_line(outcome)
+    style = "dim" if outcome.outcome is Outcome.SKIPPED else ""
+    return Text(finished_text(outcome), style=style)
+
+
+def finished_text(outcome: FileOutcome) -> str:
+    """`finished_line` without styles: a plain string (no rich objects: a line per file)."""
+    if outcome.outcome is Outcome.FAILED:
+        return failure_line(outcome).plain
     name = printable(outcome.relative)
     if outcome.outcome is Outcome.SKIPPED:
         reason = f": {one_line(outcome.reason)}" if outcome.reason else ""
-        return Text(f"skipped {name}{reason}", style="dim")
+        return f"skipped {name}{reason}"
     extra = f", {outcome.attempts} attempts" if outcome.attempts > 1 else ""
-    return Text(
+    return (
         f"{outcome.outcome.value} {name} "
         f"({format_bytes(outcome.size)} in {format_duration(outcome.seconds)}{extra})"
     )
@@ -453,8 +461,11 @@ class _CountingReporter:
         self._target = ""
         self._closed = False
 
-    def _emit(self, line: Text) -> None:
+    def _emit(self, line: Text | str) -> None:
         raise NotImplementedError
+
+    def _finished_line(self, outcome: FileOutcome) -> Text | str:
+        return finished_line(outcome)
 
     def start(self, source: str, target: str) -> None:
         self._source = printable(source)
@@ -493,7 +504,7 @@ class _CountingReporter:
         if outcome.stopped_run:
             return
         if self.verbosity >= 1 or outcome.outcome is Outcome.FAILED:
-            self._emit(finished_line(outcome))
+            self._emit(self._finished_line(outcome))
 
     def transfers_changed(self, limit: int) -> None:
         self._counters.transfers_limit = limit
@@ -508,7 +519,15 @@ class PlainReporter(_CountingReporter):
 
     Lines are checked for on every event and, so that a stalled run still reports, by a
     heartbeat thread every `heartbeat` real seconds (None: events only, for tests).
-    `stats_interval=None` prints no stat lines at all (--no-progress)."""
+    `stats_interval=None` prints no stat lines at all (--no-progress).
+
+    Event lines (`-v`: one per file) are plain strings written to the console's file, which
+    is flushed at most every `FLUSH_EVERY` seconds (and by the heartbeat, and at the end), with
+    no rich Text per line and the stamp's date made once a second: a write system call and rich
+    objects per line were two thirds of what -v still cost (20 -> 9 µs per file). The same file
+    object carries everything else printed, so the order of lines is kept."""
+
+    FLUSH_EVERY = 0.2
 
     def __init__(
         self,
@@ -532,6 +551,10 @@ class PlainReporter(_CountingReporter):
         self._next_due = math.inf
         self._rate = RateMeter(stats_interval or DEFAULT_STATS_INTERVAL)
         self._ticker: _Ticker | None = None
+        self._flush_due = 0.0
+        self._unflushed = False
+        self._second = -1  # the whole second whose text `_stamp_prefix` holds
+        self._stamp_prefix = ""
 
     def _print(self, line: Text | str) -> None:
         # Styles dropped: a CI log gets no escape codes even from a console that forces colour.
@@ -544,11 +567,45 @@ class PlainReporter(_CountingReporter):
             out.write(text + "\n")
             out.flush()  # a line per event, as it happens, also into a pipe
             self.lines_printed += 1
+            self._unflushed = False
 
-    def _emit(self, line: Text) -> None:
+    def _emit(self, line: Text | str) -> None:
+        text = line.plain if isinstance(line, Text) else line
         if self.timestamps:
-            line = Text(f"{utc_stamp(time.time())} {line.plain}")
-        self._print(line)
+            text = f"{self._stamp()} {text}"
+        with self._out:
+            file = self.console.file
+            file.write(text + "\n")
+            self.lines_printed += 1
+            now = time.monotonic()
+            if now >= self._flush_due:
+                file.flush()
+                self._flush_due, self._unflushed = now + self.FLUSH_EVERY, False
+            else:
+                self._unflushed = True
+        self._maybe_stat()
+
+    def _finished_line(self, outcome: FileOutcome) -> Text | str:
+        return finished_text(outcome)
+
+    def _stamp(self) -> str:
+        """`utc_stamp` of now, its date and time of day made once per second."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp_prefix = utc_stamp(second)[:-4]  # "…T02:30:00." (utc_stamp ends ".000Z")
+        return f"{self._stamp_prefix}{int((now - second) * 1000):03d}Z"
+
+    def _flush(self) -> None:
+        """Lines written since the last flush reach the file now (a stalled run, the end)."""
+        with self._out:
+            if self._unflushed:
+                self._unflushed = False
+                self.console.file.flush()
+
+    def _heartbeat_tick(self) -> None:
+        self._flush()
         self._maybe_stat()
 
     def _stat(self) -> None:
@@ -575,8 +632,8 @@ class PlainReporter(_CountingReporter):
         self._rate.observe(self._started_at, 0)
         if self.stats_interval is not None:
             self._next_due = self._started_at + self.stats_interval
-            if self._heartbeat is not None:
-                self._ticker = _Ticker(self._heartbeat, self._maybe_stat)
+        if self._heartbeat is not None and (self.stats_interval is not None or self.verbosity):
+            self._ticker = _Ticker(self._heartbeat, self._heartbeat_tick)
 
     def file_found(self, size: int) -> None:
         super().file_found(size)
@@ -606,6 +663,7 @@ class PlainReporter(_CountingReporter):
         if self.summary:
             with self._out:
                 render_summary(summary, self.console)
+        self._flush()
 
 
 def _with_rate(fig: Figures, rate: float | None) -> Figures:
@@ -678,8 +736,8 @@ class RichReporter(_CountingReporter):
         # one print, one redraw of the live display under it, for the whole batch
         self.console.print(Text("\n").join(batch), soft_wrap=True)
 
-    def _emit(self, line: Text) -> None:
-        self._lines.append(line)
+    def _emit(self, line: Text | str) -> None:
+        self._lines.append(Text(line) if isinstance(line, str) else line)
         if len(self._lines) >= self.LINE_BACKLOG or not self._live.is_started:
             with self._out:
                 self._flush_lines()

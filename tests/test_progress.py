@@ -8,6 +8,7 @@ import logging
 import re
 import threading
 import time
+from pathlib import Path
 
 from outcomes import failed_outcome
 from rich.console import Console
@@ -227,6 +228,40 @@ def test_plain_prints_names_as_they_are_even_ones_that_look_like_markup() -> Non
     assert "uploaded [bold]x[/bold].txt (1 B in 1.0s)" in lines
     assert "uploaded é\\xe9.txt (1 B in 1.0s)" in lines  # the undecodable byte, escaped
     assert reporter.lines_printed == 1 + len(names)
+
+
+def test_plain_per_file_lines_are_plain_stamped_in_order_and_reach_the_file(
+    tmp_path: Path,
+) -> None:
+    """-v off a terminal: a line per file, each written as it is (no markup, no emoji codes),
+    stamped, in order; written without a flush each, yet in the file within a heartbeat."""
+    log_path = tmp_path / "out.log"
+    with log_path.open("w", encoding="utf-8") as stream:
+        console = Console(file=stream, force_terminal=False, width=100)
+        reporter = PlainReporter(
+            console, stats_interval=None, heartbeat=0.02, verbosity=1, timestamps=True
+        )
+        reporter.start("src", "dst")
+        names = [f"d/[bold]f{i}:smile:.bin" for i in range(300)]
+        for name in names:
+            reporter.file_started(name, 4096)
+            reporter.file_finished(uploaded(name, 4096))
+        # Not closed (a stalled run): the heartbeat gets the last lines out.
+        deadline = time.monotonic() + 5
+        while f"{names[-1]} (" not in log_path.read_text(encoding="utf-8"):
+            assert time.monotonic() < deadline, "the last lines never reached the file"
+            time.sleep(0.01)
+        reporter.close(RunTally().summary(1.0))
+    assert no_threads_left()
+    lines = [
+        line for line in log_path.read_text(encoding="utf-8").splitlines() if " uploaded " in line
+    ]
+    assert [line.split(" ", 2)[2] for line in lines] == [
+        f"{name} (4.0 KiB in 0.0s)" for name in names
+    ]
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+    assert all(stamp.match(line.split(" ", 1)[0]) for line in lines)
+    assert reporter.lines_printed >= len(names)
 
 
 def test_no_progress_prints_no_stat_lines_but_failures_and_summary() -> None:
