@@ -7,15 +7,22 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 import anyio.abc
 
 from bulkdrive import errors
-from bulkdrive.client import EdgeDriveClient
+from bulkdrive.client import FOLDER_CONNECTIONS, EdgeDriveClient
 from bulkdrive.names import InvalidNames, check_name, remote_name
 from bulkdrive.progress import Reporter
 from bulkdrive.protocol import remote_child, split_remote_path
+
+#: Folder creations at once: a small budget of their own, with connections of their own, so
+#: that a burst of folders never makes files wait for a connection. A creation is one small
+#: request and the walk finds folders far ahead of their files (on the benchmark's tree 6 of
+#: 50 000 files waited for their folder, with 2-3 creations at once on average): a few suffice.
+FOLDER_CREATIONS = FOLDER_CONNECTIONS
 
 #: Folders that could not be created, remembered so that their files fail with the folder's
 #: reason without a request each (past this, the oldest are forgotten: the server says).
@@ -36,24 +43,33 @@ def parent_of(relative: str) -> str:
     return relative.rpartition("/")[0]
 
 
+#: Remote folder paths kept by RemotePaths (then forgotten all at once: files come grouped by
+#: folder, so only the last few folders' files are in flight).
+_REMOTE_FOLDERS_KEPT = 64
+
+
 class RemotePaths:
     """Where paths relative to SRC land under the run's remote folder. Files come grouped by
-    folder: the last folder's remote path is kept, so that a file costs one name's mapping."""
+    folder: the remote paths of the last folders are kept, so that a file costs one name's
+    mapping. One folder was not enough on a tree: the files of a batch span ~11 folders and
+    the workers, outcomes and reports ask for them in turns."""
 
     def __init__(self, root: str) -> None:
         self.root = root
-        self._parent: str | None = None
-        self._folder = ""
+        self._folders: dict[str, str] = {}
 
     def folder_of(self, relative: str) -> str:
         """The remote folder of a file: names mapped by `--invalid-names escape`."""
         parent = relative.rpartition("/")[0]
-        if parent != self._parent:
+        folder = self._folders.get(parent)
+        if folder is None:
+            folders = self._folders
+            if len(folders) >= _REMOTE_FOLDERS_KEPT:
+                folders.clear()
             # The mapping of a path is that of its names: "/" is left alone and an escape
             # never looks past the end of its name.
-            self._folder = remote_child(self.root, *parts(remote_name(parent)))
-            self._parent = parent
-        return self._folder
+            folder = folders[parent] = remote_child(self.root, *parts(remote_name(parent)))
+        return folder
 
     def path_of(self, relative: str) -> str:
         if relative in ("", "."):
@@ -61,6 +77,22 @@ class RemotePaths:
         folder = self.folder_of(relative)
         name = remote_name(relative.rpartition("/")[2])
         return ("" if folder == "\\" else folder) + "\\" + name
+
+
+@dataclass(frozen=True)
+class FolderStatistics:
+    """What the run's folder creation did, and how often something had to wait for it."""
+
+    created: int
+    #: Creations under way now, the most there were at once, and the budget.
+    creating: int
+    most_at_once: int
+    limit: int
+    #: Folders found and not yet taken by a creator: now, and the most at once.
+    queued: int
+    most_queued: int
+    #: Files that found their folder still being created (each waited for it).
+    files_waited: int
 
 
 class FolderWaits:
@@ -77,6 +109,9 @@ class FolderWaits:
 
     def add(self, relative: str) -> None:
         self._pending[relative] = None
+
+    def pending(self, relative: str) -> bool:
+        return relative in self._pending
 
     def finish(self, relative: str, error: errors.FolderNotCreated | None) -> None:
         done = self._pending.pop(relative)
@@ -124,7 +159,7 @@ class RemoteFolders:
         self._stopping = stopping
         self.waits = FolderWaits()
         #: Folder creations meet the same server as the files: `--transfers auto` moves it.
-        self.slots = anyio.CapacityLimiter(max(1, transfers))
+        self.slots = anyio.CapacityLimiter(max(1, min(transfers, FOLDER_CREATIONS)))
         self.created = 0
         self._task_group: anyio.abc.TaskGroup | None = None
         self._queue: deque[str] = deque()
@@ -134,6 +169,19 @@ class RemoteFolders:
         #: Creations under way now, and the most there were at once.
         self.creating = 0
         self.most_at_once = 0
+        self._most_queued = 0
+        self._files_waited = 0
+
+    def statistics(self) -> FolderStatistics:
+        return FolderStatistics(
+            created=self.created,
+            creating=self.creating,
+            most_at_once=self.most_at_once,
+            limit=int(self.slots.total_tokens),
+            queued=len(self._queue),
+            most_queued=self._most_queued,
+            files_waited=self._files_waited,
+        )
 
     def start(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group
@@ -152,7 +200,10 @@ class RemoteFolders:
         creator is free and its parent exists."""
         assert self._task_group is not None and not self._closed
         self.waits.add(relative)
-        self._queue.append(relative)
+        queue = self._queue
+        queue.append(relative)
+        if len(queue) > self._most_queued:
+            self._most_queued = len(queue)
         if self._idle:
             self._idle.popleft().set()
         elif self._creators < self.slots.total_tokens:
@@ -166,7 +217,10 @@ class RemoteFolders:
             self._idle.popleft().set()
 
     async def wait_for_folder_of(self, relative: str) -> errors.FolderNotCreated | None:
-        return await self.waits.wait(parent_of(relative))
+        parent = parent_of(relative)
+        if self.waits.pending(parent):
+            self._files_waited += 1
+        return await self.waits.wait(parent)
 
     async def _creator(self) -> None:
         queue = self._queue

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from bulkdrive import errors
 from bulkdrive.auto_transfers import AutoTransfers
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import TransferConfig
-from bulkdrive.dispatch import DISPATCH_BATCH, Dispatcher, Handout, next_batch
+from bulkdrive.dispatch import DISPATCH_BATCH, Chosen, Dispatcher, Handout, next_batch
 from bulkdrive.engine_batches import EngineBatches, FileEngine
 from bulkdrive.file_events import EventSinks, FileEvents, RunCounters
 from bulkdrive.journal import Journal
@@ -83,6 +84,10 @@ class SchedulerStatistics:
     #: Seconds from the run's start until the count-only pass fixed the totals (None: not yet,
     #: or the upload's own walk finished first).
     total_known_after: float | None = None
+    #: Files that found their remote folder still being created, and waited for it.
+    files_waited_for_folder: int = 0
+    #: Times a worker found no file handed out and waited (the dispatcher was behind).
+    workers_waited: int = 0
 
 
 class TreeUpload:
@@ -201,6 +206,8 @@ class TreeUpload:
             pushbacks=self._counters.pushbacks,
             transfers_changes=self._auto.changes,
             total_known_after=self._total_known_after,
+            files_waited_for_folder=self._folders.statistics().files_waited,
+            workers_waited=self._handout.worker_waits,
         )
 
     def interrupt(self) -> None:
@@ -237,7 +244,12 @@ class TreeUpload:
                             tg.start_soon(self._auto.worker, self._handout.get, self._start)
                         else:
                             tg.start_soon(self._worker)
-                    with receive, self._handout:
+                    # The dispatcher's two stages work side by side: a batch is chosen
+                    # (journal) while the one before is read and committed, then handed out.
+                    # The stages meet without a buffer: one batch in each, one handed out.
+                    chosen, to_hand_out = anyio.create_memory_object_stream[list[Chosen]](0)
+                    tg.start_soon(self._hand_out, to_hand_out)
+                    with receive, chosen:
                         await self._folders.ensure_root(create=not plan.dry_run)
                         while self._run_error is None:
                             self._max_backlog = max(self._max_backlog, self._backlog_used())
@@ -245,9 +257,13 @@ class TreeUpload:
                             if not batch:
                                 break
                             try:
-                                await self._dispatcher.dispatch(batch)
+                                files = await self._dispatcher.choose(batch)
+                                if files:
+                                    await chosen.send(files)
                             except errors.RunFailed as exc:
                                 self._stop(exc)
+                            except anyio.BrokenResourceError:
+                                break  # the hand-out stopped the run
                         self._walk_scope.cancel()
         except BaseExceptionGroup as group:
             # Our tasks catch what they expect; hand back a lone error as it was raised.
@@ -311,6 +327,17 @@ class TreeUpload:
             self._tally.total_known(self._clock() - self._began)
             self._tally.walk_finished()
             self._reporter.walk_finished()
+
+    async def _hand_out(self, chosen: MemoryObjectReceiveStream[list[Chosen]]) -> None:
+        """The dispatcher's second stage, beside the first: each chosen batch read, committed
+        and handed out (to the workers, or to the engine); the workers end when it does."""
+        with chosen, self._handout:
+            async for files in chosen:
+                try:
+                    await self._dispatcher.hand_out(files)
+                except errors.RunFailed as exc:
+                    self._stop(exc)
+                    return
 
     def _folder_found(self, entry: FolderEntry) -> None:
         self._folders.found(entry.relative)

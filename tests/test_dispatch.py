@@ -10,7 +10,7 @@ import anyio.lowlevel
 import pytest
 
 from bulkdrive.dispatch import Handout, next_batch
-from bulkdrive.walk import WalkItem
+from bulkdrive.walk import FileEntry, FolderEntry, WalkItem
 
 pytestmark = pytest.mark.anyio
 
@@ -46,6 +46,7 @@ async def test_handout_gives_each_file_once_and_holds_the_next_batch_back() -> N
             tg.start_soon(worker, number)
     names = [name for _, name in taken]
     assert names == [f"file{n}" for n in range(20)]
+    assert handout.put_waits == 1  # the second batch waited for the first to be taken
     assert len({number for number, _ in taken}) == 3  # all workers took a share
     assert await handout.get() is None
 
@@ -59,3 +60,24 @@ async def test_next_batch_takes_what_the_backlog_holds_up_to_the_most() -> None:
         assert await next_batch(receive, 5) == [5, 6]
         send.close()
         assert await next_batch(receive, 5) == []
+
+
+async def test_a_batch_counts_files_and_folders_come_along() -> None:
+    """A batch costs its stages the same whatever it holds: the most is counted in files,
+    and the folders (and skips) between them come along, up to as many again."""
+    send, receive = anyio.create_memory_object_stream[WalkItem](100)
+
+    def file(n: int) -> FileEntry:
+        return FileEntry(f"/src/f{n}", f"f{n}", 1, 0)
+
+    items: list[WalkItem] = [FolderEntry("a"), file(0), FolderEntry("a/b"), file(1), file(2)]
+    items += [file(3), FolderEntry("c"), file(4)]
+    items += [FolderEntry(f"d{n}") for n in range(7)]
+    with send, receive:
+        for item in items:
+            send.send_nowait(item)
+        assert await next_batch(receive, 3) == items[:5]
+        # Two files, then the third non-file ends the batch: at most 3 of those too.
+        assert await next_batch(receive, 3) == items[5:10]
+        assert await next_batch(receive, 3) == items[10:13]
+        assert await next_batch(receive, 3) == items[13:]

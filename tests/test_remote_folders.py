@@ -19,7 +19,7 @@ from bulkdrive.emulator.network import NetworkModel
 from bulkdrive.names import QUOTE, InvalidNames, remote_name
 from bulkdrive.progress import NullReporter
 from bulkdrive.protocol import remote_child
-from bulkdrive.remote_folders import RemoteFolders, RemotePaths, parts
+from bulkdrive.remote_folders import FOLDER_CREATIONS, RemoteFolders, RemotePaths, parts
 
 from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
 
@@ -51,7 +51,7 @@ def test_src_itself_is_the_remote_folder() -> None:
 
 
 @pytest.mark.anyio
-async def test_folders_are_created_at_once_up_to_the_limit_each_after_its_parent(
+async def test_folders_are_created_at_once_up_to_their_budget_each_after_its_parent(
     make_emulator: EmulatorFactory,
 ) -> None:
     # Every request takes 50 ms, so creations that may overlap do; the server answers 404 to
@@ -74,7 +74,7 @@ async def test_folders_are_created_at_once_up_to_the_limit_each_after_its_parent
             RemotePaths("\\"),
             invalid_names=InvalidNames.ESCAPE,
             reporter=Messages(),
-            transfers=4,
+            transfers=8,
             stop=lambda exc: None,
             stopping=lambda: False,
         )
@@ -88,9 +88,25 @@ async def test_folders_are_created_at_once_up_to_the_limit_each_after_its_parent
                 assert await folders.wait_for_folder_of(f"{relative}/file") is None
             errors_ = [await folders.wait_for_folder_of(f"{r}/file") for r in refused]
     assert folders.created == len(found)
-    assert folders.most_at_once == 4 and folders.creating == 0
+    # A budget of their own, below --transfers: the uploads keep their connections.
+    stats = folders.statistics()
+    assert stats.limit == FOLDER_CREATIONS == 4 and stats.most_at_once == 4
+    assert stats.creating == 0 and stats.queued == 0 and stats.created == len(found)
+    assert stats.most_queued == len(found) + len(refused)  # all found before a creator ran
+    # The first file asked for its folder before any creation could end, and waited for it.
+    assert 1 <= stats.files_waited <= len(found)
     stored = emulator.config.root / SHARE_ID
     assert {p.relative_to(stored).as_posix() for p in stored.rglob("*")} == set(found)
     # The refused folder fails, and what is below it fails with it, without a request.
     assert all(isinstance(e, errors.FolderNotCreated) for e in errors_)
     assert [m for m in messages if "bad:name" in m] == [messages[0]] and len(messages) == 1
+
+
+def test_files_of_many_folders_in_turns_map_as_their_paths_do() -> None:
+    """The remote folders are kept for the last folders only: files asked for in turns, from
+    more folders than are kept, still map as their whole paths do."""
+    remote = RemotePaths("\\dest")
+    relatives = [f"d{n % 150}/s{n % 7}/f{n}" for n in range(600)]
+    for relative in relatives + relatives[::-1]:
+        names = parts(remote_name(relative))
+        assert remote.folder_of(relative) == remote_child("\\dest", *names[:-1])
