@@ -228,7 +228,7 @@ async def test_sigint_stops_cleanly_with_130(
             code = await process.wait()
             assert process.stderr is not None
             err = (await process.stderr.receive()).decode()
-    assert code == 130
+    assert code == 130, err
     assert "resume" in err
     assert "Traceback" not in err
 
