@@ -12,6 +12,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from bulkdrive import errors
@@ -286,6 +287,9 @@ class Dispatcher:
                     failure = exc
         if failure is not None:
             raise failure
+        # A stop (SIGINT) can cancel the read before its thread starts while the commit, under
+        # its shield, runs on: the read is then missing, and this is the place to stop too.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         contents = {e.relative: c for e, c in zip(small, read, strict=True)}
         await self._handout(
             [
