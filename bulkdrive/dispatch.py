@@ -230,7 +230,7 @@ class Dispatcher:
             return []
         records: dict[str, FileRecord] = {}
         if self._journal is not None:
-            records = await self._journal.lookup_many(f.relative for f in files)
+            records = await self._journal.lookup_many((f.relative for f in files), first_look=True)
         chosen: list[Chosen] = []
         marks: list[FileRecord] = []  # queued together: one journal call for the batch
         journaled = self._journal is not None

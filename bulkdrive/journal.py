@@ -172,6 +172,7 @@ class JournalStatistics:
     batches_committed: int
     rows_written: int  # fewer than records_queued: updates of one file coalesce
     backpressure_waits: int  # record() calls that waited for a commit: the queue was full
+    batch_reads: int = 0  # lookup_many() calls that read the file (a worker-thread hop each)
 
 
 # --- where journals live -----------------------------------------------------------------------
@@ -702,6 +703,9 @@ class Journal:
         self._batches_committed = 0
         self._rows_written = 0
         self._backpressure_waits = 0
+        self._batch_reads = 0
+        #: A run's journal that held no file when it opened (`lookup_many(first_look=True)`).
+        self._started_empty = False
 
     @classmethod
     @asynccontextmanager
@@ -779,6 +783,8 @@ class Journal:
         what they say for its reads."""
         if exclusive:
             _expand_marks(self._writer)
+            empty = self._writer.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None
+            self._started_empty = empty
         else:
             self._marked = _marks_applied(self._reader)
         row = self._writer.execute("SELECT coalesce(max(id), 0) FROM in_flight").fetchone()
@@ -1018,9 +1024,17 @@ class Journal:
             return _newer(self._marked.get(relative), committed)
         return committed
 
-    async def lookup_many(self, relatives: Iterable[str]) -> dict[str, FileRecord]:
+    async def lookup_many(
+        self, relatives: Iterable[str], *, first_look: bool = False
+    ) -> dict[str, FileRecord]:
         """The latest records of many files (those never recorded are absent), read in one
         worker-thread hop: for a batch of walked files, cheaper than one lookup() each.
+
+        `first_look`: the caller asks for each of these paths for the first time in this
+        run, before anything of it was recorded (a run's dispatcher: the walk yields each
+        path once). If the run's journal held no file when it opened, nothing on disk can be
+        theirs, so there is nothing to read: a first migration saves a worker-thread hop and
+        a query per batch (the dispatcher's stage waited 10-15 ms a batch for them).
 
         It never waits for a commit in progress (a run's dispatcher would wait for every
         commit): a connection of its own reads (WAL: the writer does not block it), then the
@@ -1031,12 +1045,16 @@ class Journal:
         if self._closed:
             raise RuntimeError("the journal is closed")
         inflight, pending = self._inflight, self._pending
-        async with self._batch_read_lock:
-            try:
-                found = await anyio.to_thread.run_sync(self._read_many, wanted)
-            except sqlite3.Error as exc:
-                message = f"cannot read journal {self.path}: {_one_line(exc)}"
-                raise JournalFailed(message) from exc
+        if first_look and self._started_empty:
+            found: dict[str, FileRecord] = {}
+        else:
+            async with self._batch_read_lock:
+                self._batch_reads += 1
+                try:
+                    found = await anyio.to_thread.run_sync(self._read_many, wanted)
+                except sqlite3.Error as exc:
+                    message = f"cannot read journal {self.path}: {_one_line(exc)}"
+                    raise JournalFailed(message) from exc
         if self._marked:
             for relative in wanted:
                 marked = _newer(self._marked.get(relative), found.get(relative))
@@ -1124,4 +1142,5 @@ class Journal:
             batches_committed=self._batches_committed,
             rows_written=self._rows_written,
             backpressure_waits=self._backpressure_waits,
+            batch_reads=self._batch_reads,
         )

@@ -254,6 +254,35 @@ async def test_lookup_many_does_not_wait_for_a_commit_and_sees_what_it_holds(
         assert found["queued-meanwhile"].offset == 5
 
 
+async def test_a_first_look_in_a_run_that_opened_an_empty_journal_reads_nothing(
+    tmp_path: Path,
+) -> None:
+    """A first migration: nothing on disk can be the walked files', so the dispatcher's
+    first look at them needs no worker-thread read; what this run queued is still seen."""
+    path = tmp_path / "j.sqlite"
+    async with Journal.open(path, exclusive=True) as journal:
+        await journal.record(rec("queued", state=FileState.PENDING))
+        found = await journal.lookup_many(["queued", "new"], first_look=True)
+        assert set(found) == {"queued"}
+        assert journal.statistics().batch_reads == 0
+        await journal.record(rec("done", state=FileState.DONE))
+        await journal.flush()
+        # not a first look: the committed row is read
+        assert (await journal.lookup_many(["done"]))["done"].state is FileState.DONE
+        assert journal.statistics().batch_reads == 1
+    # The next run's journal holds files: its first looks read them (resume, skips).
+    async with Journal.open(path, exclusive=True) as journal:
+        found = await journal.lookup_many(["done", "queued", "new"], first_look=True)
+        assert found["done"].state is FileState.DONE
+        assert found["queued"].state is FileState.PENDING
+        assert journal.statistics().batch_reads == 1
+    # A reader beside a run (not exclusive) always reads, even a journal empty when opened.
+    empty = tmp_path / "empty.sqlite"
+    async with Journal.open(empty) as reader:
+        assert await reader.lookup_many(["x"], first_look=True) == {}
+        assert reader.statistics().batch_reads == 1
+
+
 async def test_lookup_many_reads_a_batch_in_one_hop_queued_records_winning(
     tmp_path: Path,
 ) -> None:
