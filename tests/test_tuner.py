@@ -291,6 +291,25 @@ def test_large_files_on_a_plateau_keep_few_in_flight(per_file: float) -> None:
     assert statistics.mean(held) <= 14
 
 
+def test_large_files_lumpy_in_count_but_steady_in_bytes_are_left_alone() -> None:
+    # netlarge 2 ms away after easing to 8: the bytes (4 MiB chunks, ~85 a second) come
+    # steadily, the files (16 MiB each, ~20 a second) in lumps, as transfers started together
+    # end together. Judged by files too, lumps read as gains kept probes (10, 13, 26 in flight
+    # here) and falls as "conditions changed"; by bytes, the limit stays where it eased to.
+    tuner = TunerSettings(maximum=128)
+    for seed in range(8):
+        rng = random.Random(seed)
+        state = start(tuner)
+        at, nbytes, files = 0.0, 0, 0
+        for _ in range(160):  # 40 s
+            at += TICK
+            nbytes += int(350e6 * TICK * rng.uniform(0.9, 1.1))
+            files += rng.choice((0, 2, 4, 6, 8, 10, 12))
+            state, change = observe(tuner, state, Reading(at, nbytes, files, 0))
+            assert change is None or "conditions changed" not in change.reason
+        assert state.limit == 8
+
+
 def test_large_files_far_away_still_climb() -> None:
     # 0.5 s per round trip and four chunks a file: 2 s per file, 12 files/s take 24 in flight.
     server = Server(latency=2.0, capacity=12, file_bytes=LARGE_FILE, knee=3)
