@@ -3,13 +3,20 @@ are driven through whole runs in test_resume.py and test_scheduler.py)."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
 import pytest
 
-from bulkdrive.dispatch import Handout, next_batch
+from bulkdrive import dispatch
+from bulkdrive.config import SMALL_FILE_READ_AHEAD
+from bulkdrive.dispatch import INLINE_READ_PAUSE, Dispatcher, Handout, next_batch
+from bulkdrive.outcomes import RunOutcomes
+from bulkdrive.progress import NullReporter
+from bulkdrive.remote_folders import RemotePaths
+from bulkdrive.resume import ReadyFile
 from bulkdrive.walk import FileEntry, FolderEntry, WalkItem
 
 pytestmark = pytest.mark.anyio
@@ -81,3 +88,75 @@ async def test_a_batch_counts_files_and_folders_come_along() -> None:
         assert await next_batch(receive, 3) == items[5:10]
         assert await next_batch(receive, 3) == items[10:13]
         assert await next_batch(receive, 3) == items[13:]
+
+
+def _dispatcher(handed: list[list[ReadyFile]]) -> Dispatcher:
+    async def handout(files: list[ReadyFile]) -> None:
+        handed.append(files)
+
+    # hand_out reads and hands out; the outcomes (skips, failures) belong to `choose`.
+    return Dispatcher(
+        client=None,
+        journal=None,
+        paths=RemotePaths("\\"),
+        outcomes=cast(RunOutcomes, None),
+        reporter=NullReporter(),
+        handout=handout,
+        dry_run=False,
+        check_remote=False,
+        read_ahead=True,
+    )
+
+
+def _files(tmp_path: Path, count: int, prefix: str) -> list[FileEntry]:
+    entries = []
+    for i in range(count):
+        path = tmp_path / f"{prefix}{i}"
+        path.write_bytes(f"{prefix} {i} ".encode() * (i + 1))
+        st = path.stat()
+        entries.append(FileEntry(str(path), path.name, st.st_size, st.st_mtime_ns))
+    return entries
+
+
+async def test_small_files_are_read_on_the_loop_while_reads_are_quick(tmp_path: Path) -> None:
+    """From the page cache every small file of a batch is read on the event loop (no thread
+    hop); each worker gets its own file's bytes; a file above the read-ahead size is not read."""
+    handed: list[list[ReadyFile]] = []
+    dispatcher = _dispatcher(handed)
+    entries = _files(tmp_path, 20, "f")
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (SMALL_FILE_READ_AHEAD + 1))
+    st = big.stat()
+    entries.append(FileEntry(str(big), "big", st.st_size, st.st_mtime_ns))
+    await dispatcher.hand_out([(e, False, None) for e in entries])
+    (files,) = handed
+    assert [f.entry for f in files] == entries
+    for f in files[:-1]:
+        assert f.content is not None
+        assert f.content.data == Path(f.entry.path).read_bytes()
+    assert files[-1].content is None
+    assert (dispatcher.files_read_inline, dispatcher.files_read_in_thread) == (20, 0)
+
+
+async def test_a_slow_read_sends_the_next_batches_to_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read slower than the limit (here every read) sends the rest of its batch and the next
+    INLINE_READ_PAUSE batches to a worker thread; then the loop tries again. Bytes and order
+    are the same either way."""
+    monkeypatch.setattr(dispatch, "INLINE_READ_LIMIT", -1.0)
+    handed: list[list[ReadyFile]] = []
+    dispatcher = _dispatcher(handed)
+    batches = [_files(tmp_path, 5, f"b{n}-") for n in range(INLINE_READ_PAUSE + 2)]
+    for batch in batches:
+        await dispatcher.hand_out([(e, False, None) for e in batch])
+    for batch, files in zip(batches, handed, strict=True):
+        assert [f.entry for f in files] == batch
+        assert all(
+            f.content is not None and f.content.data == Path(f.entry.path).read_bytes()
+            for f in files
+        )
+    # batch 0: one read on the loop, 4 in the thread; the next PAUSE batches all in the
+    # thread; the one after: one on the loop again.
+    assert dispatcher.files_read_inline == 2
+    assert dispatcher.files_read_in_thread == 5 * len(batches) - 2
