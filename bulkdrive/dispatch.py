@@ -281,10 +281,9 @@ class Dispatcher:
     async def hand_out(self, chosen: list[Chosen]) -> None:
         """The second stage: the small files read (on the event loop while that is quick, the
         rest in one thread hop while the in-flight marks are committed), then the files handed
-        out. In a run it works beside
-        `choose` (the scheduler's `_hand_out`): each stage waits on a worker thread, and
-        one after the other they took longer than the workers took to send a batch of small
-        files (measured: all workers idle for 6-22 % of a run)."""
+        out. In a run it works beside `choose` (the scheduler's `_hand_out`): each stage waits
+        on a worker thread, and one after the other they took longer than the workers took to
+        send a batch of small files (measured: all workers idle for 6-22 % of a run)."""
         small = [
             e
             for e, stale, _ in chosen
