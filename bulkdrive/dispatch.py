@@ -202,12 +202,6 @@ class Dispatcher:
         self.would_upload_files = 0
         self.would_upload_bytes = 0
 
-    async def dispatch(self, batch: list[WalkItem]) -> None:
-        """Both stages for one batch, one after the other: `choose`, then `hand_out`."""
-        chosen = await self.choose(batch)
-        if chosen:
-            await self.hand_out(chosen)
-
     async def choose(self, batch: list[WalkItem]) -> list[Chosen]:
         """The first stage: what each item of a batch needs. Folders were sent to be created
         when the walk found them; skips and walk failures end here; the files to upload are

@@ -557,33 +557,31 @@ class PlainReporter(_CountingReporter):
         self._stamp_prefix = ""
 
     def _print(self, line: Text | str) -> None:
-        # Styles dropped: a CI log gets no escape codes even from a console that forces colour.
-        # Written to the file as it is, not through console.print: rich renders every call
-        # (~80 µs), which with -v on small files cost as much CPU as the upload itself, and it
-        # would turn a `:smile:` in a file name into an emoji.
-        text = line.plain if isinstance(line, Text) else line
-        with self._out:
-            out = self.console.file
-            out.write(text + "\n")
-            out.flush()  # a line per event, as it happens, also into a pipe
-            self.lines_printed += 1
-            self._unflushed = False
+        """A line that must reach the file now (the start, stat lines)."""
+        self._write(line.plain if isinstance(line, Text) else line, flush=True)
 
     def _emit(self, line: Text | str) -> None:
         text = line.plain if isinstance(line, Text) else line
         if self.timestamps:
             text = f"{self._stamp()} {text}"
+        self._write(text, flush=False)
+        self._maybe_stat()
+
+    def _write(self, text: str, *, flush: bool) -> None:
+        # Styles dropped: a CI log gets no escape codes even from a console that forces colour.
+        # Written to the file as it is, not through console.print: rich renders every call
+        # (~80 µs), which with -v on small files cost as much CPU as the upload itself, and it
+        # would turn a `:smile:` in a file name into an emoji.
         with self._out:
             file = self.console.file
             file.write(text + "\n")
             self.lines_printed += 1
             now = time.monotonic()
-            if now >= self._flush_due:
+            if flush or now >= self._flush_due:
                 file.flush()
                 self._flush_due, self._unflushed = now + self.FLUSH_EVERY, False
             else:
                 self._unflushed = True
-        self._maybe_stat()
 
     def _finished_line(self, outcome: FileOutcome) -> Text | str:
         return finished_text(outcome)
