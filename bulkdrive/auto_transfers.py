@@ -57,8 +57,10 @@ class AutoTransfers:
         self._reporter = reporter
         self._counters = counters
         self._clock = clock
-        #: A second limiter that follows the limit (the folder creations meet the same server).
+        #: A second limiter that follows the limit (the folder creations meet the same server),
+        #: never above its own budget: a fixed run creates at most that many folders at once.
         self._follow = follow
+        self._follow_most = int(follow.total_tokens) if follow is not None else 0
         self._peak = 0
         self._area = 0.0
         self._since = 0.0
@@ -158,7 +160,7 @@ class AutoTransfers:
                 self._raised.set()
                 self._raised = anyio.Event()
             if self._follow is not None:
-                self._follow.total_tokens = limit
+                self._follow.total_tokens = min(limit, self._follow_most)
         self._reporter.transfers_changed(limit)
 
     def used(self, started: float, ended: float) -> TransfersUsed:

@@ -86,6 +86,8 @@ class SchedulerStatistics:
     total_known_after: float | None = None
     #: Files that found their remote folder still being created, and waited for it.
     files_waited_for_folder: int = 0
+    #: The most folder creations that ran at once.
+    folders_at_once: int = 0
     #: Times a worker found no file handed out and waited (the dispatcher was behind).
     workers_waited: int = 0
 
@@ -207,6 +209,7 @@ class TreeUpload:
             transfers_changes=self._auto.changes,
             total_known_after=self._total_known_after,
             files_waited_for_folder=self._folders.statistics().files_waited,
+            folders_at_once=self._folders.most_at_once,
             workers_waited=self._handout.worker_waits,
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from bulkdrive.auto_transfers import loop_busy
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, RetryPolicy, Secret, TransferConfig
 from bulkdrive.emulator.network import NetworkModel
+from bulkdrive.remote_folders import FOLDER_CREATIONS
 from bulkdrive.scheduler import RunPlan, TreeUpload
 from bulkdrive.settings import load_settings, transfer_config
 
@@ -69,15 +71,46 @@ async def test_cli_auto_logs_each_change_and_reports_peak_and_mean(
     )
     assert done.returncode == 0, done.stderr.decode()
     output = done.stdout.decode() + done.stderr.decode()
-    if loop_busy() is None:  # the loop's busy time is unknown here: a doubling
-        assert "transfers 16 → 32: starting to measure at 16" in output
+    # 50 ms away the client mostly waits for the server: a jump, and why. Where the loop's
+    # busy time is unknown, or the machine is so loaded that the loop mostly waited for a
+    # core (which counts as busy), a doubling.
+    first = re.search(r"transfers 16 → (\d+): starting to measure at 16(.*)", output)
+    assert first is not None, output
+    if first[1] == "64":
+        assert loop_busy() is not None and first[2].startswith(" (the client waited")
     else:
-        # 50 ms away the client mostly waits for the server: a jump, and why.
-        assert "transfers 16 → 64: starting to measure at 16 (the client waited" in output
+        assert first[1] == "32" and first[2] == ""
     used = json.loads(report.read_text())["transfers_auto"]
     assert used["peak"] >= 8 and 1 <= used["mean"] <= used["peak"]
     assert "transfers auto: peak" in output
     assert_stored(source, emulator.config.root / SHARE_ID)
+
+
+async def test_auto_keeps_folder_creations_within_their_own_budget(
+    make_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    # 50 ms away, 40 folders found long before their creations end, and 16 or more files in
+    # flight: folder creations would overlap as far as they are allowed to.
+    emulator = await make_emulator(strict_parents=True, network=NetworkModel(latency=0.05))
+    source = tmp_path / "src"
+    for i in range(40):
+        folder = source / f"d{i:02d}" / "inner"
+        folder.mkdir(parents=True)
+        (folder / "f.bin").write_bytes(os.urandom(100 + i))
+    config = TransferConfig(transfers=32, auto_transfers=True)
+    plan = RunPlan(source=source, remote_folder="\\", config=config)
+    async with EdgeDriveClient.connect(
+        emulator.base_url, CREDENTIALS, share_id=SHARE_ID, config=config
+    ) as client:
+        run = TreeUpload(client, plan)
+        summary = await run.run()
+    stats = run.statistics()
+    assert summary.files.failed == 0 and stats.folders_created == 80
+    assert_stored(source, emulator.config.root / SHARE_ID)
+    # As many at once as a fixed --transfers allows (FOLDER_CREATIONS), not the tuner's limit:
+    # the uploads keep their connections.
+    assert summary.transfers is not None and summary.transfers.peak >= 16
+    assert stats.folders_at_once == FOLDER_CREATIONS
 
 
 def test_auto_is_bounded_by_max_transfers_and_by_memory() -> None:
