@@ -310,6 +310,33 @@ def test_large_files_lumpy_in_count_but_steady_in_bytes_are_left_alone() -> None
         assert state.limit == 8
 
 
+def test_a_few_large_files_in_a_tree_of_small_ones_do_not_move_the_limit() -> None:
+    # nettree at 0 ms: the client's cores are the limit (files/s on a plateau, whatever the
+    # limit), and 3 of its 10 000 files hold half its bytes. Their chunks, confirmed in
+    # bursts, made bytes/s leap fivefold for a second at an unchanged pace of files: judged
+    # by bytes too, that was a clear gain and a doubling. The limits must be the ones the
+    # same run chooses without the bursts.
+    tuner = TunerSettings(maximum=128)
+    for seed in range(8):
+        limits: list[list[int]] = []
+        for bursts in (False, True):
+            rng = random.Random(seed)
+            state = start(tuner)
+            at, nbytes, files = 0.0, 0, 0
+            chosen = []
+            for tick in range(60):  # 15 s
+                at += TICK
+                more = int(1000 * TICK * rng.uniform(0.8, 1.2))
+                files += more
+                nbytes += more * 8192
+                if bursts and tick % 20 in (8, 9, 10):
+                    nbytes += 10 * 4 * 1024 * 1024  # a large file's chunks, ten at once
+                state, _ = observe(tuner, state, Reading(at, nbytes, files, 0))
+                chosen.append(state.limit)
+            limits.append(chosen)
+        assert limits[1] == limits[0]
+
+
 def test_large_files_far_away_still_climb() -> None:
     # 0.5 s per round trip and four chunks a file: 2 s per file, 12 files/s take 24 in flight.
     server = Server(latency=2.0, capacity=12, file_bytes=LARGE_FILE, knee=3)
