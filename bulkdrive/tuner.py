@@ -341,8 +341,8 @@ def compare(settings: TunerSettings, new: Window, old: Window) -> Comparison:
     # come by the hundred. Small files are judged by their count: in a real tree a few
     # large files hold much of the bytes (nettree: half of them in 3 of its 10 000 files),
     # and their chunks, confirmed in bursts, made bytes/s leap fivefold in a quarter second
-    # at an unchanged pace of files (read as a clear gain, at 0 ms it sent the limit from
-    # 64 to 128 where it then did half the files/s).
+    # at an unchanged pace of files (read as a clear gain: at 0 ms, where the cores are the
+    # limit, it sent the tree from 64 to 128 in flight).
     large = _large(settings, new) and _large(settings, old)
     if min(new.files, old.files) >= settings.min_files and not large:
         gain, errors = _difference(settings, new, old, by_files=True)
