@@ -190,6 +190,28 @@ def _server_root(config: BenchConfig, run_root: Path, tag: str) -> Path:
     return base / f"bulkdrive-bench-{os.getpid()}-{run_root.name}" / tag
 
 
+def _server(
+    stack: contextlib.ExitStack,
+    config: BenchConfig,
+    workload: Workload,
+    root: Path,
+    run_dir: Path,
+) -> Server:
+    """The server a contender's run uploads to: the remote one, or a fresh local emulator
+    (stopped with `stack`) that, for a tree, refuses files whose folders were not created."""
+    if config.remote is not None:
+        return config.remote
+    return stack.enter_context(
+        local_emulator(
+            root,
+            config.python,
+            run_dir / "emulator.log",
+            strict_parents=workload.name in workloads.STRICT_PARENTS,
+            extra_args=config.emulator_args,
+        )
+    )
+
+
 def _order(contenders: Sequence[str], repetition: int) -> list[str]:
     k = repetition % len(contenders)
     return list(contenders[k:]) + list(contenders[:k])
@@ -248,18 +270,7 @@ def measure_one(
     folder = f"\\bench-{run_root.name}\\{tag}"
     stdout, stderr = run_dir / "stdout.txt", run_dir / "stderr.txt"
     with contextlib.ExitStack() as stack:
-        if config.remote is not None:
-            server = config.remote
-        else:
-            server = stack.enter_context(
-                local_emulator(
-                    server_root,
-                    config.python,
-                    run_dir / "emulator.log",
-                    strict_parents=workload.name in workloads.STRICT_PARENTS,
-                    extra_args=config.emulator_args,
-                )
-            )
+        server = _server(stack, config, workload, server_root, run_dir)
         argv, env = contender_command(
             contender,
             workload.source,
@@ -457,16 +468,7 @@ def profile_bulkdrive(
         folder = f"\\bench-{run_root.name}\\{tag}"
         raw_file = config.profile_dir / f"{workload.name}-{contender}.txt"
         with contextlib.ExitStack() as stack:
-            server = config.remote or stack.enter_context(
-                local_emulator(
-                    _server_root(config, run_root, tag),
-                    config.python,
-                    run_dir / "emulator.log",
-                    # As measured: a profile of `tree` must create the folders it needs.
-                    strict_parents=workload.name in workloads.STRICT_PARENTS,
-                    extra_args=config.emulator_args,
-                )
-            )
+            server = _server(stack, config, workload, _server_root(config, run_root, tag), run_dir)
             argv, env = contender_command(
                 contender,
                 workload.source,
