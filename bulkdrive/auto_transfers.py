@@ -50,17 +50,15 @@ class AutoTransfers:
         reporter: Reporter,
         counters: RunCounters,
         clock: Callable[[], float],
-        follow: anyio.CapacityLimiter | None = None,
+        follow: Callable[[int], None] | None = None,
         chunk_size: int = tuner.TunerSettings.unit_bytes,
     ) -> None:
         self.limit = limit
         self._reporter = reporter
         self._counters = counters
         self._clock = clock
-        #: A second limiter that follows the limit (the folder creations meet the same server),
-        #: never above its own budget: a fixed run creates at most that many folders at once.
+        #: Told each new limit: the folder creations follow it (they meet the same server).
         self._follow = follow
-        self._follow_most = int(follow.total_tokens) if follow is not None else 0
         self._peak = 0
         self._area = 0.0
         self._since = 0.0
@@ -160,7 +158,7 @@ class AutoTransfers:
                 self._raised.set()
                 self._raised = anyio.Event()
             if self._follow is not None:
-                self._follow.total_tokens = min(limit, self._follow_most)
+                self._follow(limit)
         self._reporter.transfers_changed(limit)
 
     def used(self, started: float, ended: float) -> TransfersUsed:

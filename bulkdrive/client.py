@@ -38,10 +38,21 @@ T = TypeVar("T")
 #: Requests besides the uploads and folder creations that may be in flight at once (metadata,
 #: renewals).
 SPARE_CONNECTIONS = 2
-#: Connections for folder creations, and the most at once (`remote_folders`): sharing the
-#: uploads' connections, a burst of folders made files wait for one (measured: ~1 upload
-#: waiting at any time on a tree of 50 000 files in 9 000 folders).
+#: Connections for folder creations, and the most at once (`remote_folders`), at 8 transfers
+#: or fewer: sharing the uploads' connections, a burst of folders made files wait for one
+#: (measured: ~1 upload waiting at any time on a tree of 50 000 files in 9 000 folders).
 FOLDER_CONNECTIONS = 4
+
+
+def folder_connections(transfers: int) -> int:
+    """Folder creations at once beside `transfers` uploads, each on a connection of its own.
+
+    On a fast link a few suffice: a creation takes a fraction of a millisecond and the walk
+    finds folders far ahead of their files. Far from the server each takes a round trip, and a
+    tree of a few files per folder needs about one creation in flight for every few transfers,
+    more where folders nest (a parent is created before its children): 20 ms away, 4 at once
+    capped `nettree` (10 000 files in ~1 800 folders) at 128 transfers near 450 files/s."""
+    return max(FOLDER_CONNECTIONS, transfers // 2)
 
 
 @dataclass(frozen=True)
@@ -100,7 +111,8 @@ class EdgeDriveClient:
         if credentials.token is None and (not credentials.user or credentials.password is None):
             raise errors.ConfigError("give a user name and a password, or a token")
         connector = aiohttp.TCPConnector(
-            limit=config.transfers + FOLDER_CONNECTIONS + SPARE_CONNECTIONS, ssl=ssl_setting(config)
+            limit=config.transfers + folder_connections(config.transfers) + SPARE_CONNECTIONS,
+            ssl=ssl_setting(config),
         )
         async with aiohttp.ClientSession(connector=connector) as session:
             client = cls(session, url, credentials, share_id=share_id, config=config)

@@ -13,16 +13,23 @@ import anyio
 import anyio.abc
 
 from bulkdrive import errors
-from bulkdrive.client import FOLDER_CONNECTIONS, EdgeDriveClient
+from bulkdrive.client import FOLDER_CONNECTIONS, EdgeDriveClient, folder_connections
 from bulkdrive.names import InvalidNames, check_name, remote_name
 from bulkdrive.progress import Reporter
 from bulkdrive.protocol import remote_child, split_remote_path
 
-#: Folder creations at once: a small budget of their own, with connections of their own, so
-#: that a burst of folders never makes files wait for a connection. A creation is one small
-#: request and the walk finds folders far ahead of their files (on the benchmark's tree 6 of
-#: 50 000 files waited for their folder, with 2-3 creations at once on average): a few suffice.
+#: Folder creations at once, at 8 transfers or fewer: a small budget of their own, with
+#: connections of their own, so that a burst of folders never makes files wait for a
+#: connection. Near the server a creation is one quick request and the walk finds folders far
+#: ahead of their files (on the benchmark's tree 6 of 50 000 files waited for their folder,
+#: with 2-3 creations at once on average); more transfers get more (`folder_connections`).
 FOLDER_CREATIONS = FOLDER_CONNECTIONS
+
+
+def folder_creations(transfers: int) -> int:
+    """The most folder creations at once beside `transfers` files in flight."""
+    return max(1, min(transfers, folder_connections(transfers)))
+
 
 #: Folders that could not be created, remembered so that their files fail with the folder's
 #: reason without a request each (past this, the oldest are forgotten: the server says).
@@ -159,7 +166,7 @@ class RemoteFolders:
         self._stopping = stopping
         self.waits = FolderWaits()
         #: Folder creations meet the same server as the files: `--transfers auto` moves it.
-        self.slots = anyio.CapacityLimiter(max(1, min(transfers, FOLDER_CREATIONS)))
+        self.slots = anyio.CapacityLimiter(folder_creations(transfers))
         self.created = 0
         self._task_group: anyio.abc.TaskGroup | None = None
         self._queue: deque[str] = deque()
@@ -182,6 +189,10 @@ class RemoteFolders:
             most_queued=self._most_queued,
             files_waited=self._files_waited,
         )
+
+    def follow_transfers(self, transfers: int) -> None:
+        """`--transfers auto` set a new limit: as many creations at once as at that setting."""
+        self.slots.total_tokens = folder_creations(transfers)
 
     def start(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group

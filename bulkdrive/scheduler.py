@@ -182,7 +182,7 @@ class TreeUpload:
             reporter=reporter,
             counters=self._counters,
             clock=clock,
-            follow=self._folders.slots,
+            follow=self._folders.follow_transfers,
             chunk_size=plan.config.chunk_size,
         )
 

@@ -16,7 +16,7 @@ from bulkdrive.auto_transfers import loop_busy
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, RetryPolicy, Secret, TransferConfig
 from bulkdrive.emulator.network import NetworkModel
-from bulkdrive.remote_folders import FOLDER_CREATIONS
+from bulkdrive.remote_folders import FOLDER_CREATIONS, folder_creations
 from bulkdrive.scheduler import RunPlan, TreeUpload
 from bulkdrive.settings import load_settings, transfer_config
 
@@ -86,11 +86,11 @@ async def test_cli_auto_logs_each_change_and_reports_peak_and_mean(
     assert_stored(source, emulator.config.root / SHARE_ID)
 
 
-async def test_auto_keeps_folder_creations_within_their_own_budget(
+async def test_folder_creations_follow_the_limit_as_at_a_fixed_setting(
     make_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
     # 50 ms away, 40 folders found long before their creations end, and 16 or more files in
-    # flight: folder creations would overlap as far as they are allowed to.
+    # flight: folder creations overlap as far as they are allowed to.
     emulator = await make_emulator(strict_parents=True, network=NetworkModel(latency=0.05))
     source = tmp_path / "src"
     for i in range(40):
@@ -107,10 +107,16 @@ async def test_auto_keeps_folder_creations_within_their_own_budget(
     stats = run.statistics()
     assert summary.files.failed == 0 and stats.folders_created == 80
     assert_stored(source, emulator.config.root / SHARE_ID)
-    # As many at once as a fixed --transfers allows (FOLDER_CREATIONS), not the tuner's limit:
-    # the uploads keep their connections.
+    # As many at once as a fixed --transfers at the limits it set allows: more than the 4 of a
+    # few transfers, never the tuner's whole limit (the uploads keep their connections).
     assert summary.transfers is not None and summary.transfers.peak >= 16
-    assert stats.folders_at_once == FOLDER_CREATIONS
+    assert FOLDER_CREATIONS < stats.folders_at_once <= folder_creations(summary.transfers.peak)
+
+
+def test_folder_creations_grow_with_the_transfers() -> None:
+    # A few beside a few transfers (a quick request each on a fast link); far from the server
+    # a tree's files wait for their folders unless about one is created per two transfers.
+    assert [folder_creations(t) for t in (1, 2, 4, 8, 16, 32, 128)] == [1, 2, 4, 4, 8, 16, 64]
 
 
 def test_auto_is_bounded_by_max_transfers_and_by_memory() -> None:
