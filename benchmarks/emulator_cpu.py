@@ -10,6 +10,12 @@ Each repetition writes into fresh folders; medians of the repetitions are printe
     python benchmarks/emulator_cpu.py                  # 5 000 files, 3 000 folders, 3 repetitions
     python benchmarks/emulator_cpu.py --quick          # a smoke run
     python benchmarks/emulator_cpu.py --profile OUT    # the serve process under cProfile
+    python benchmarks/emulator_cpu.py --compare DIR    # A/B against the checkout in DIR
+
+`--compare DIR` runs a second `serve` from the bulkdrive package of another checkout (DIR on
+PYTHONPATH, e.g. a `git worktree add --detach DIR COMMIT`) beside this one and alternates the
+phases between the two servers (the order turned each repetition), so that a change in the
+machine's load lands on both sides alike; it prints each side's medians and their ratio.
 """
 
 from __future__ import annotations
@@ -61,7 +67,16 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def serving(root: Path, profile: Path | None, extra: list[str]) -> Iterator[tuple[str, int]]:
+def serving(
+    root: Path, profile: Path | None, extra: list[str], checkout: Path | None = None
+) -> Iterator[tuple[str, int]]:
+    env = dict(os.environ)
+    # `python -m` puts the working folder first on sys.path: the other checkout's own.
+    cwd = None if checkout is None else str(checkout)
+    if checkout is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(checkout), env.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
     argv = [sys.executable]
     if profile is not None:
         argv += ["-c", PROFILED, str(profile), "serve"]
@@ -69,7 +84,9 @@ def serving(root: Path, profile: Path | None, extra: list[str]) -> Iterator[tupl
         argv += ["-m", "bulkdrive", "serve"]
     argv += ["--port", "0", "--root", str(root)]
     argv += ["--user", f"{USER}:{PASSWORD}", "--share", f"{SHARE}:bench", *extra]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=cwd
+    )
     assert proc.stdout is not None
     try:
         for raw in proc.stdout:
@@ -173,6 +190,39 @@ async def measure(url: str, pid: int, files: int, dirs: int, reps: int) -> dict[
     return results
 
 
+async def compare(
+    servers: list[tuple[str, int]], files: int, dirs: int, reps: int
+) -> list[dict[str, list[float]]]:
+    """measure() for several servers at once, each phase alternating between them."""
+    results: list[dict[str, list[float]]] = [{"file": [], "folder": []} for _ in servers]
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=CONCURRENCY * len(servers))
+    ) as http:
+        tokens = [await _login(http, url) for url, _ in servers]
+        for (url, _), token in zip(servers, tokens, strict=True):
+            await small_files(http, url, token, 99, 200)  # warm up
+        for rep in range(reps):
+            order = list(range(len(servers)))
+            if rep % 2:
+                order.reverse()
+            for i in order:
+                url, pid = servers[i]
+                before = _cpu_seconds(pid)
+                await small_files(http, url, tokens[i], rep, files)
+                results[i]["file"].append((_cpu_seconds(pid) - before) / files)
+            for i in order:
+                url, pid = servers[i]
+                before = _cpu_seconds(pid)
+                await folders(http, url, tokens[i], rep, dirs)
+                results[i]["folder"].append((_cpu_seconds(pid) - before) / (dirs + 1))
+    return results
+
+
+def _print(kind: str, values: list[float]) -> None:
+    shown = ", ".join(f"{v * 1e6:.0f}" for v in values)
+    print(f"  CPU per {kind:6s}: median {statistics.median(values) * 1e6:4.0f} µs  ({shown})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=5000)
@@ -181,6 +231,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--log-requests", action="store_true", help="serve --log-requests too")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run the serve of the checkout in DIR, alternating with this one",
+    )
     args = parser.parse_args()
     if args.quick:
         args.files, args.folders, args.repeat = 300, 200, 1
@@ -190,6 +247,27 @@ def main() -> None:
         extra = ["--strict-parents"]
         if args.log_requests:
             extra += ["--log-requests", str(Path(scratch) / "requests.jsonl")]
+        if args.compare is not None:
+            other = Path(scratch) / "other"
+            with (
+                serving(root, None, extra) as this_server,
+                serving(other, None, extra, args.compare) as other_server,
+            ):
+                started = time.perf_counter()
+                both = asyncio.run(
+                    compare([this_server, other_server], args.files, args.folders, args.repeat)
+                )
+                wall = time.perf_counter() - started
+            loop = os.environ.get("BULKDRIVE_LOOP") or "uvloop (default)"
+            print(f"emulator loop: {loop}; {args.repeat} repetition(s), alternating; {wall:.1f} s")
+            for label, results in (("this checkout", both[0]), (str(args.compare), both[1])):
+                print(label)
+                for kind, values in results.items():
+                    _print(kind, values)
+            for kind in ("file", "folder"):
+                ratio = statistics.median(both[0][kind]) / statistics.median(both[1][kind])
+                print(f"  {kind}: this / {args.compare} = {ratio:.2f}")
+            return
         with serving(root, args.profile, extra) as (url, pid):
             started = time.perf_counter()
             results = asyncio.run(measure(url, pid, args.files, args.folders, args.repeat))
@@ -197,8 +275,7 @@ def main() -> None:
     loop = os.environ.get("BULKDRIVE_LOOP") or "uvloop (default)"
     print(f"emulator loop: {loop}; {args.repeat} repetition(s); {wall:.1f} s")
     for kind, values in results.items():
-        shown = ", ".join(f"{v * 1e6:.0f}" for v in values)
-        print(f"  CPU per {kind:6s}: median {statistics.median(values) * 1e6:4.0f} µs  ({shown})")
+        _print(kind, values)
 
 
 if __name__ == "__main__":
