@@ -17,7 +17,7 @@ from bulkdrive.emulator.wire import Ctx, Refusal, Routes, Token, header, token_d
 class AuthRoutes(Routes):
     """Login, RenewLoginToken and Logout."""
 
-    async def _login(self, request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    async def _login(self, request: web.BaseRequest, ctx: Ctx) -> web.StreamResponse:
         root = protocol.LOGIN_RESP
         try:
             fields = await self._request_fields(request)
@@ -80,7 +80,7 @@ class AuthRoutes(Routes):
         await self.store.save_token(StoredToken(digest, user, device_id, idle))
         return token
 
-    async def _renew(self, request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    async def _renew(self, request: web.BaseRequest, ctx: Ctx) -> web.StreamResponse:
         try:
             fields = await self._request_fields(request)
         except Refusal as exc:
@@ -94,7 +94,7 @@ class AuthRoutes(Routes):
         self._counters.renewals += 1
         return self._reply(ctx.fmt, protocol.LOGIN_RESP, {"token": token, "userName": entry.user})
 
-    async def _logout(self, request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    async def _logout(self, request: web.BaseRequest, ctx: Ctx) -> web.StreamResponse:
         if self._user_of(request) is None:
             return self._denied(ctx.fmt)
         token = header(request, protocol.AUTHTOKEN) or ""

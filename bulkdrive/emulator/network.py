@@ -93,13 +93,15 @@ class NetworkStatistics:
     link_wait_seconds: float
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 class Network:
     """The middleware and its counters; `busy` builds the 503 in the request's format."""
 
-    def __init__(self, model: NetworkModel, busy: Callable[[web.Request], web.Response]) -> None:
+    def __init__(
+        self, model: NetworkModel, busy: Callable[[web.BaseRequest], web.Response]
+    ) -> None:
         self.model = model
         self._busy = busy
         self._active = 0
@@ -119,7 +121,7 @@ class Network:
         )
 
     @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def middleware(self, request: web.BaseRequest, handler: Handler) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         arrived = loop.time()
         model = self.model

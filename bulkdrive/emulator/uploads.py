@@ -30,16 +30,18 @@ ONE_STEP_FILE_BYTES = 1024 * 1024
 class UploadRoutes(Routes):
     """The three upload routes (a share, the user's drive, a public share)."""
 
-    async def _share_upload(self, request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    async def _share_upload(self, request: web.BaseRequest, ctx: Ctx) -> web.StreamResponse:
         return await self._upload(request, ctx, public=False)
 
-    async def _drive_upload(self, request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    async def _drive_upload(self, request: web.BaseRequest, ctx: Ctx) -> web.StreamResponse:
         return await self._upload(request, ctx, public=False)
 
-    async def _public_upload(self, request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    async def _public_upload(self, request: web.BaseRequest, ctx: Ctx) -> web.StreamResponse:
         return await self._upload(request, ctx, public=True)
 
-    async def _upload(self, request: web.Request, ctx: Ctx, *, public: bool) -> web.StreamResponse:
+    async def _upload(
+        self, request: web.BaseRequest, ctx: Ctx, *, public: bool
+    ) -> web.StreamResponse:
         fmt = ctx.fmt
         root = protocol.UPLOAD_RESP
         queries = query_params(request)
@@ -122,7 +124,7 @@ class UploadRoutes(Routes):
 
     async def _initiate(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         fmt: protocol.Format,
         target: StoreTarget,
         queries: Mapping[str, str],
@@ -233,7 +235,7 @@ class UploadRoutes(Routes):
 
     async def _small_file(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         fmt: protocol.Format,
         target: StoreTarget,
         parent: tuple[str, ...],
@@ -299,7 +301,7 @@ class UploadRoutes(Routes):
 
     async def _chunk(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         fmt: protocol.Format,
         target: StoreTarget,
         request_id: str,
@@ -364,7 +366,7 @@ class UploadRoutes(Routes):
 
     async def _receive(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         fmt: protocol.Format,
         session: Session,
         *,

@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 
 from bulkdrive import protocol
 from bulkdrive.emulator.config import EmulatorConfig, Share, User
@@ -105,7 +106,7 @@ class Ctx:
     share_id: str | None
 
 
-Handler = Callable[[web.Request, Ctx], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest, Ctx], Awaitable[web.StreamResponse]]
 
 
 #: protocol.render's JSON is json.dumps(..., ensure_ascii=False); these make the same text.
@@ -134,7 +135,21 @@ def flat_json(fields: protocol.Fields) -> bytes:
     return ("{" + ", ".join(parts) + "}").encode("utf-8")
 
 
-def header(request: web.Request, name: str) -> str | None:
+async def answer_expect(request: web.BaseRequest) -> None:
+    """`Expect: 100-continue` (curl sends it before a large body) answered with 100 Continue
+    before the body is read, any other expectation with 417, as aiohttp's router did for an
+    Application's routes."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version == HttpVersion11:
+        if expect.lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # Not the answer's bytes: aiohttp counts the response from here on.
+        request.writer.output_size = 0
+    await request.writer.drain()
+
+
+def header(request: web.BaseRequest, name: str) -> str | None:
     values = request.headers.getall(name, None)
     if not values:
         return None
@@ -143,12 +158,12 @@ def header(request: web.Request, name: str) -> str | None:
     return protocol.last_value(",".join(values))
 
 
-def query_params(request: web.Request) -> dict[str, str]:
+def query_params(request: web.BaseRequest) -> dict[str, str]:
     """Query parameters by lower-cased name; the last value wins."""
     return {key.lower(): value for key, value in request.query.items()}
 
 
-def query(request: web.Request, name: str) -> str | None:
+def query(request: web.BaseRequest, name: str) -> str | None:
     """Query parameters: names ignoring case, the last value wins."""
     return query_params(request).get(name.lower())
 
@@ -185,7 +200,7 @@ def windows_name_problem(name: str) -> str | None:
 DROPPED = web.RequestKey("bulkdrive.dropped", str)
 
 
-def drop_connection(request: web.Request, *, reset: bool) -> web.Response:
+def drop_connection(request: web.BaseRequest, *, reset: bool) -> web.Response:
     """Close the connection without an answer; the returned response is never sent."""
     request[DROPPED] = "reset" if reset else "closed"
     transport = request.transport
@@ -265,7 +280,7 @@ class Routes:
         fields: dict[str, str | int] = {**extra, "errorCode": status, "errorString": message}
         return self._reply(fmt, root, fields, status=status)
 
-    def _busy(self, request: web.Request) -> web.Response:
+    def _busy(self, request: web.BaseRequest) -> web.Response:
         fmt = protocol.negotiate(header(request, "Accept"), self.config.json_dialect)
         return self._error(fmt, protocol.GENERIC_RESP, 503, "server busy: too many requests")
 
@@ -278,7 +293,7 @@ class Routes:
             status=401,
         )
 
-    def _user_of(self, request: web.Request) -> str | None:
+    def _user_of(self, request: web.BaseRequest) -> str | None:
         token = header(request, protocol.AUTHTOKEN)
         if not token:
             return None
@@ -289,7 +304,7 @@ class Routes:
         entry.last_used = now
         return entry.user
 
-    async def _small_body(self, request: web.Request) -> bytes:
+    async def _small_body(self, request: web.BaseRequest) -> bytes:
         if request.content_length is not None and request.content_length > SMALL_BODY_LIMIT:
             raise Refusal(400, "request body too large")
         parts: list[bytes] = []
@@ -301,7 +316,7 @@ class Routes:
             parts.append(chunk)
         return b"".join(parts)
 
-    async def _request_fields(self, request: web.Request) -> dict[str, str]:
+    async def _request_fields(self, request: web.BaseRequest) -> dict[str, str]:
         """The fields of an XML or JSON request body (flat, or wrapped in its root name)."""
         body = await self._small_body(request)
         node = protocol.parse_body(body)
@@ -325,7 +340,7 @@ class Routes:
         return self._share_target(share.share_id)
 
     def _authorized_target(
-        self, request: web.Request, ctx: Ctx, *, upload: bool
+        self, request: web.BaseRequest, ctx: Ctx, *, upload: bool
     ) -> StoreTarget | web.Response:
         user = self._user_of(request)
         if user is None:
@@ -334,7 +349,7 @@ class Routes:
             return self.store.targets[f"drive:{user}"]
         return self._resolve_share(ctx.share_id, upload=upload)
 
-    def _path_param(self, request: web.Request) -> tuple[str, ...]:
+    def _path_param(self, request: web.BaseRequest) -> tuple[str, ...]:
         raw = query(request, "path")
         if raw is None:
             raise Refusal(400, "the path parameter is required")
@@ -355,7 +370,7 @@ class Routes:
                 )
 
     def _file_headers(
-        self, request: web.Request
+        self, request: web.BaseRequest
     ) -> tuple[str, tuple[str, ...], int, int, str | None]:
         raw_name = header(request, protocol.FILE_NAME)
         raw_size = header(request, protocol.FILE_SIZE)
@@ -404,7 +419,7 @@ class Routes:
         return name, parent, size, mtime, guid
 
     @staticmethod
-    def _hash_headers(request: web.Request) -> tuple[str | None, str | None]:
+    def _hash_headers(request: web.BaseRequest) -> tuple[str | None, str | None]:
         block = header(request, protocol.BLOCK_LEVEL_HASH) or header(
             request, protocol.BLOCK_LEVEL_HASH_ALIAS
         )
