@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +17,7 @@ from bulkdrive import protocol
 from bulkdrive.emulator import Emulator
 from bulkdrive.emulator.database import Database
 from bulkdrive.emulator.disk import INLINE_WRITE_BYTES
+from bulkdrive.emulator.records import Ids
 from bulkdrive.emulator.wire import flat_json
 
 import edge_raw as er
@@ -100,6 +102,43 @@ async def test_file_in_the_middle_of_the_path_and_folder_at_the_name(
     over = await er.upload_whole(http, base, token, "folder", b"x")
     assert over.status == 400, over.text
     assert (root / "1" / "folder").is_dir()
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_a_new_version_counts_instead_of_the_old_one(
+    make_emulator: EmulatorFactory, http: aiohttp.ClientSession, root: Path, size: int
+) -> None:
+    """The old version's size, taken from the one look at the name before the write (on the
+    event loop) or from a second one right before the rename (the I/O pool), leaves the quota
+    when the new version replaces it."""
+    emulator = await make_emulator(quota=3 * size)
+    base = emulator.base_url
+    token = await er.login(http, base)
+    assert (await er.upload_whole(http, base, token, "a.bin", b"1" * size)).status == 200
+    newer = er.payload(size + 100, seed=3)
+    assert (await er.upload_whole(http, base, token, "a.bin", newer)).status == 200
+    rest = er.payload(3 * size - len(newer), seed=4)
+    filled = await er.upload_whole(http, base, token, "b.bin", rest)
+    assert filled.status == 200, filled.text
+    over = await er.upload_whole(http, base, token, "c.bin", b"1")
+    assert over.status == 413, over.text
+    assert (root / "1" / "a.bin").read_bytes() == newer
+    assert (root / "1" / "b.bin").read_bytes() == rest
+    assert not (root / "1" / "c.bin").exists()
+
+
+def test_ids_are_version_4_guids_and_long_digit_strings() -> None:
+    ids = Ids()
+    guids = [ids.guid() for _ in range(2000)]
+    assert len(set(guids)) == len(guids)
+    for guid in guids:
+        as_uuid = uuid.UUID(hex=guid)
+        assert as_uuid.version == 4 and as_uuid.variant == uuid.RFC_4122
+        # Only the version and variant bits are set: uuid's own setting of them changes nothing.
+        assert uuid.UUID(int=as_uuid.int, version=4).hex == guid
+    request_ids = {ids.request_id() for _ in range(2000)}
+    assert len(request_ids) == 2000
+    assert all(rid.isdigit() and len(rid) in (42, 43) for rid in request_ids)
 
 
 async def test_strict_parents_and_quota_on_small_files(

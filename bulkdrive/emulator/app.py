@@ -116,6 +116,7 @@ class Emulator(AuthRoutes, UploadRoutes):
         self.base_url = ""
         self._counters = EmulatorCounters()
         self._tokens: dict[str, Token] = {}
+        self._token_digests: dict[str, str] = {}
         self._runner: web.ServerRunner | None = None
         self.request_log: RequestLog | None = None
         self._sweeper: asyncio.Task[None] | None = None

@@ -369,11 +369,15 @@ def write_small(
     mtime: int,
     strict: bool,
     verify: Callable[[], bool],
+    *,
+    recheck: bool = True,
 ) -> tuple[int, bool]:
     """A whole small file written and renamed into `root` (`directory`: its path as text) in one
     step: the path checked, then `verify` (the integrity check: True when a hash matched),
     then the bytes written to `partial` and renamed. Returns the old version's size and
-    what `verify` said."""
+    what `verify` said. `recheck=False` when nothing else can act between the first look at
+    the final name and the rename (on the event loop): that look then also serves for the
+    rename, which otherwise looks at the name again (replace_checked)."""
     final, st, existing = lstat_path(directory, (*parent, name))
     if existing < len(parent) and strict:
         raise StoreError(Why.NO_PARENT)
@@ -395,7 +399,13 @@ def write_small(
         if existing < len(parent):
             # Missing folders: the careful path (creates them, checks again after).
             return rename_into(root, parent, name, Path(partial), strict), verified
-        return replace_checked(final, parent, name, partial), verified
+        if recheck:
+            return replace_checked(final, parent, name, partial), verified
+        # `st` is the final name's lstat when every component exists (lstat_path), else None;
+        # a symbolic link or a folder there was refused above.
+        old = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
+        os.replace(partial, final)
+        return old, verified
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(partial)
@@ -413,20 +423,29 @@ class InlineWrites:
     def allows(self, size: int) -> bool:
         return size <= INLINE_WRITE_BYTES and time.monotonic() >= self._paused_until
 
+    def begin(self) -> tuple[float, int | None]:
+        """Before an inline write: what `end` compares with."""
+        return time.perf_counter(), voluntary_waits()
+
+    def end(self, begun: tuple[float, int | None]) -> None:
+        """After an inline write (also a failed one): pause inline writes when it was slow
+        because the thread waited in the kernel (a voluntary context switch: the disk), not
+        because the CPU was busy elsewhere (then the I/O pool would only add work). Where
+        waits are unknown, slow is enough."""
+        started, waits = begun
+        if time.perf_counter() - started > INLINE_SLOW_SECONDS and (
+            waits is None or voluntary_waits() != waits
+        ):
+            self._paused_until = time.monotonic() + INLINE_PAUSE_SECONDS
+
     @contextmanager
     def watching(self) -> Iterator[None]:
-        """Pause inline writes when one was slow because the thread waited in the kernel
-        (a voluntary context switch: the disk), not because the CPU was busy elsewhere (then
-        the I/O pool would only add work). Where waits are unknown, slow is enough."""
-        started = time.perf_counter()
-        waits = voluntary_waits()
+        """`begin` and `end` around a block."""
+        begun = self.begin()
         try:
             yield
         finally:
-            if time.perf_counter() - started > INLINE_SLOW_SECONDS and (
-                waits is None or voluntary_waits() != waits
-            ):
-                self._paused_until = time.monotonic() + INLINE_PAUSE_SECONDS
+            self.end(begun)
 
 
 class RootCheck:

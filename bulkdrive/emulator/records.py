@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import random
 import secrets
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +70,11 @@ class Completed:
     integrity_verified: bool
 
 
+#: The bits uuid.UUID(version=4) sets: the version (4) and the RFC 4122 variant.
+_VERSION_4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_VERSION_4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 class Ids:
     """Request ids and file GUIDs. Unique, not secret: a PRNG seeded once from the OS, because
     os.urandom on the event loop releases the GIL and then waits for it behind the I/O threads."""
@@ -83,8 +87,9 @@ class Ids:
         return str(self._random.getrandbits(140) | (1 << 139))
 
     def guid(self) -> str:
-        """A version-4 UUID's 32 hex digits."""
-        return uuid.UUID(int=self._random.getrandbits(128), version=4).hex
+        """A version-4 UUID's 32 hex digits: uuid.UUID(int=bits, version=4).hex without the
+        UUID object (~1.8 against ~0.7 µs; one per stored file)."""
+        return f"{self._random.getrandbits(128) & _VERSION_4_CLEAR | _VERSION_4_SET:032x}"
 
 
 def hash_of_block_digests(digests: Iterable[bytes]) -> str:

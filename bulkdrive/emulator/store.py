@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import sqlite3
@@ -464,7 +465,8 @@ class Store:
         size = len(body)
         self.check_quota(size)
         request_id = self._ids.request_id()
-        args = (
+        write = functools.partial(
+            self._write_small,
             target,
             parent,
             name,
@@ -479,13 +481,17 @@ class Store:
         try:
             if self._inline.allows(size):
                 # Nothing awaits between the quota check and the accounting below, so no
-                # reservation is needed.
-                with self._inline.watching():
-                    old, verified = self._write_small(*args)
+                # reservation is needed; nor between the write's first look at the final
+                # name and its rename, so the rename needs no second look.
+                begun = self._inline.begin()
+                try:
+                    old, verified = write(recheck=False)
+                finally:
+                    self._inline.end(begun)
             else:
                 self._reserved += size
                 try:
-                    old, verified = await self._on_io(self._write_small, *args)
+                    old, verified = await self._on_io(functools.partial(write, recheck=True))
                 finally:
                     self._reserved -= size
         except OSError as exc:
@@ -507,6 +513,8 @@ class Store:
         block_hash: str | None,
         full_hash: str | None,
         strict: bool,
+        *,
+        recheck: bool,
     ) -> tuple[int, bool]:
         def verify() -> bool:
             return integrity_verified(
@@ -520,7 +528,16 @@ class Store:
         self._roots.check(directory)
         partial = self.partials.prefix + request_id
         return write_small(
-            directory, target.directory, partial, parent, name, body, mtime, strict, verify
+            directory,
+            target.directory,
+            partial,
+            parent,
+            name,
+            body,
+            mtime,
+            strict,
+            verify,
+            recheck=recheck,
         )
 
     # -- folders and properties

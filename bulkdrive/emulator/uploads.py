@@ -87,7 +87,7 @@ class UploadRoutes(Routes):
                     f"({self.config.max_chunk_bytes} bytes)",
                 )
             if request_id:
-                response = await self._chunk(request, fmt, target, request_id, fault)
+                response = await self._chunk(request, fmt, target, request_id, eof, fault)
             else:
                 response = await self._initiate(
                     request,
@@ -95,6 +95,7 @@ class UploadRoutes(Routes):
                     target,
                     queries,
                     full_file=upload_type == "fullfile",
+                    eof=eof,
                     fault=fault,
                 )
         except Refusal as exc:
@@ -130,8 +131,10 @@ class UploadRoutes(Routes):
         queries: Mapping[str, str],
         *,
         full_file: bool,
+        eof: bool,
         fault: str | None,
     ) -> web.Response:
+        """`eof`: the request's FileEOF (a full-file upload is always the last request)."""
         root = protocol.UPLOAD_RESP
         kind = "fullFile" if full_file else "initiate"
         if full_file:
@@ -140,7 +143,7 @@ class UploadRoutes(Routes):
             self._counters.initiates += 1
         name, parent, size, mtime, guid = self._file_headers(request)
         path = protocol.join_remote_path((*parent, name))
-        eof = True if full_file else protocol.is_true(header(request, protocol.FILE_EOF))
+        eof = eof or full_file
         length = request.content_length
         force = protocol.is_true(queries.get("forcerestart"))
         verify = protocol.is_true(queries.get("verifyblocklevelfileintegrity"))
@@ -305,11 +308,11 @@ class UploadRoutes(Routes):
         fmt: protocol.Format,
         target: StoreTarget,
         request_id: str,
+        eof: bool,
         fault: str | None,
     ) -> web.Response:
         root = protocol.UPLOAD_RESP
         self._counters.chunks += 1
-        eof = protocol.is_true(header(request, protocol.FILE_EOF))
         session = await self.store.find(request_id)
         if session is None or session.target != target.key:
             self._record("chunk", target.key, "", request_id, 0, 0, 404, eof, fault)
