@@ -10,7 +10,6 @@ transient failures with the same policy the upload uses.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -187,7 +186,7 @@ class EdgeDriveClient:
                 # No session offered: the server is still receiving another request for this
                 # file (a definite refusal; nothing of this one was applied).
                 raise self._error(response, what=what)
-            return dataclasses.replace(reply, error_code=409)
+            return reply._replace(error_code=409)
         return self._upload_reply(response, what=what, in_session=False)
 
     async def send_chunk(
@@ -251,8 +250,9 @@ class EdgeDriveClient:
                 return None
             if response.status != 200:
                 raise self._error(response, what=what)
-            resource = response.node.first("fileResource")
-            return FileResource.from_node(resource if resource is not None else response.node)
+            node = response.node
+            resource = node.first("fileResource")
+            return FileResource.from_node(resource if resource is not None else node)
 
         return await self.repeat(call, what)
 

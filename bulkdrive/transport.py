@@ -8,13 +8,11 @@ caller's business (`bulkdrive.auth`): a request carries the one it is given.
 
 from __future__ import annotations
 
-import functools
 import logging
 import ssl
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
@@ -34,16 +32,17 @@ log = logging.getLogger("bulkdrive.client")
 Body = bytes | bytearray | memoryview
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(NamedTuple):
+    """A reply. A named tuple (one per request of a run: a frozen dataclass cost ~1 µs more)."""
+
     status: int
     body: bytes
     retry_after: float | None
 
-    @functools.cached_property
+    @property
     def node(self) -> Node:
-        """The body parsed, whatever its format; read on demand (an upload's 200 is read
-        straight into an UploadReply)."""
+        """The body parsed, whatever its format, at each use: an upload's 200 is read
+        straight into an UploadReply, the other replies once or twice."""
         return protocol.parse_body(self.body)
 
 
@@ -110,7 +109,12 @@ class Transport:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
-                retry_after = protocol.retry_after_seconds(resp.headers.get("Retry-After"))
+                # Only a refusal asks to come back later (429, 503; or a redirect).
+                retry_after = (
+                    None
+                    if status < 300
+                    else protocol.retry_after_seconds(resp.headers.get("Retry-After"))
+                )
         except TimeoutError:
             self.failed += 1
             raise self._transport_failed(
