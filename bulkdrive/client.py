@@ -159,12 +159,12 @@ class EdgeDriveClient:
         session's requestId and chunkOffset, not an error: the upload resumes from it. A 409
         without a requestId (the session is busy receiving) is SessionBusy.
         """
-        parent = parent_folder_path(folder)
+        parent, encoded_parent = _parent_header(folder)
         headers = {
             protocol.FILE_NAME: protocol.encode_name(name),
             protocol.FILE_SIZE: str(size),
             protocol.FILE_MTIME: str(max(0, mtime)),
-            protocol.PARENT_FOLDER: protocol.encode_name(parent),
+            protocol.PARENT_FOLDER: encoded_parent,
             protocol.FILE_EOF: "1" if eof else "0",
         }
         if block_hash is not None:
@@ -376,6 +376,13 @@ def parent_folder_path(folder: str) -> str:
         return protocol.join_remote_path(protocol.split_remote_path(folder))
     except ValueError as exc:
         raise errors.Rejected(f"invalid remote folder {folder!r}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=4096)  # as parent_folder_path: one folder's files come together
+def _parent_header(folder: str) -> tuple[str, str]:
+    """The ParentFolderPath of `folder`, and its header value (base64 of the UTF-8 path)."""
+    parent = parent_folder_path(folder)
+    return parent, protocol.encode_name(parent)
 
 
 def _total_count(node: Node) -> int | None:

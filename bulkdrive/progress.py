@@ -633,21 +633,28 @@ class PlainReporter(_CountingReporter):
         if self._heartbeat is not None and (self.stats_interval is not None or self.verbosity):
             self._ticker = _Ticker(self._heartbeat, self._heartbeat_tick)
 
+    # The counters' events, each followed by the cheap check for a stat line: several calls
+    # per file, so the counters are called directly rather than through `super()`.
+
     def file_found(self, size: int) -> None:
-        super().file_found(size)
-        self._maybe_stat()
+        self._counters.found(size)
+        if self._clock() >= self._next_due:
+            self._maybe_stat()
 
     def file_started(self, relative: str, size: int) -> None:
-        super().file_started(relative, size)
-        self._maybe_stat()
+        self._counters.started(relative, size)
+        if self._clock() >= self._next_due:
+            self._maybe_stat()
 
     def bytes_done(self, relative: str, n: int) -> None:
-        super().bytes_done(relative, n)
-        self._maybe_stat()
+        self._counters.confirmed(relative, n)
+        if self._clock() >= self._next_due:
+            self._maybe_stat()
 
     def file_finished(self, outcome: FileOutcome) -> None:
         super().file_finished(outcome)
-        self._maybe_stat()
+        if self._clock() >= self._next_due:
+            self._maybe_stat()
 
     def close(self, summary: RunSummary) -> None:
         if self._closed:

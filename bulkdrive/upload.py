@@ -518,9 +518,12 @@ def _remote_target(remote_folder: str, name: str) -> tuple[str, str]:
     cannot hold (it separates paths with backslashes, and names travel as UTF-8)."""
     if name in ("", ".", "..") or "\\" in name or "/" in name or "\x00" in name:
         raise errors.Rejected(f"{name!r}: not a file name Edge Drive can store")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise errors.Rejected(f"{name!r}: the name is not valid UTF-8") from None
+    if not name.isascii():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise errors.Rejected(f"{name!r}: the name is not valid UTF-8") from None
     folder = parent_folder_path(remote_folder)
-    return folder, protocol.remote_child(folder, name)
+    # `remote_child(folder, name)` for a normalised folder and one checked name, joined
+    # directly: once per file.
+    return folder, ("" if folder == "\\" else folder) + "\\" + name
