@@ -393,6 +393,7 @@ class TreeUpload:
             if outcome is None:  # interrupted: what the server accepted still counts
                 self._tally.sent_by_unfinished(events.accepted)
         outcomes.finish(outcome)
+        self._dispatcher.ended(relative)
 
     async def _prepare(
         self, entry: FileEntry, stale: bool, events: FileEvents, began: float

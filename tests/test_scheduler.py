@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from bulkdrive import errors
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, Secret, TransferConfig
 from bulkdrive.emulator import Emulator
+from bulkdrive.journal import FileState, Journal
 from bulkdrive.report import Outcome
 from bulkdrive.scheduler import RunPlan, TreeUpload, upload_tree
 from bulkdrive.walk import WalkFilters
@@ -166,3 +169,28 @@ def test_no_transfers_is_refused_rather_than_waiting_for_ever() -> None:
     # No worker would ever take a file: the run would wait for ever.
     with pytest.raises(errors.ConfigError, match="transfers"):
         TransferConfig(transfers=0)
+
+
+async def test_files_in_flight_are_marked_per_batch_and_each_file_writes_one_row(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The journal learns that a batch's files are in flight from one mark for the batch
+    (committed before their first request), not a PENDING row per file: a run of N small
+    files writes N rows (their ends), and leaves no mark behind once every file ended."""
+    source = make_tree(tmp_path / "src", small_files=150)
+    files = sum(1 for p in source.rglob("*") if p.is_file())
+    path = tmp_path / "journal.sqlite"
+    async with (
+        Journal.open(path, exclusive=True) as journal,
+        EdgeDriveClient.connect(emulator.base_url, CREDENTIALS, share_id=SHARE_ID) as client,
+    ):
+        plan = RunPlan(source=source, remote_folder="\\marks", config=client.config)
+        summary = await TreeUpload(client, plan, journal=journal).run()
+        stats = journal.statistics()
+        done = journal.summary().files[FileState.DONE]
+    assert summary.files.uploaded == files
+    assert done == files
+    assert stats.rows_written == files  # one row per file: its end
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT count(*) FROM in_flight").fetchone() == (0,)
+    assert_stored(source, emulator.config.root / SHARE_ID / "marks")
