@@ -243,10 +243,11 @@ async def test_a_journal_that_cannot_be_written_stops_the_run_in_one_line(
     )
     assert dry.returncode == 0, dry.stderr.decode()
     with contextlib.closing(sqlite3.connect(journal)) as db:  # every write now fails
-        db.execute(
-            "CREATE TRIGGER full BEFORE INSERT ON files "
-            "BEGIN SELECT RAISE(ABORT, 'simulated disk full'); END"
-        )
+        for table in ("files", "in_flight"):  # a file's end, a batch's in-flight mark
+            db.execute(
+                f"CREATE TRIGGER full_{table} BEFORE INSERT ON {table} "
+                "BEGIN SELECT RAISE(ABORT, 'simulated disk full'); END"
+            )
         db.commit()
     done = await run_cli(*upload_args(emulator, source, "--journal", str(journal)), cwd=tmp_path)
     assert done.returncode == 1, done.stderr.decode()
