@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import sqlite3
@@ -14,6 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from bulkdrive.cli import GC_YOUNG_THRESHOLD, collector_for_the_run
 from bulkdrive.emulator import Emulator
 from bulkdrive.journal import Journal
 
@@ -299,3 +301,14 @@ async def test_check_remote_survives_a_folder_it_cannot_list(
     output = (done.stdout + done.stderr).decode()
     assert "a.txt" in output and "b.txt" in output
     assert stored(emulator, "x").read_bytes() == b"a file where the run wants a folder"
+
+
+def test_the_run_collects_garbage_rarely_and_then_as_before() -> None:
+    """The upload's collector: what exists at the start frozen out of the collections, young
+    collections every GC_YOUNG_THRESHOLD allocations; both undone when the run ends."""
+    before = gc.get_threshold()
+    with collector_for_the_run():
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
