@@ -3,6 +3,7 @@ or on the I/O pool, path checks without a realpath per request, GUID rows writte
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -16,9 +17,9 @@ from hypothesis import strategies as st
 from bulkdrive import protocol
 from bulkdrive.emulator import Emulator
 from bulkdrive.emulator.database import Database
-from bulkdrive.emulator.disk import INLINE_WRITE_BYTES
+from bulkdrive.emulator.disk import _GUID_NAMESPACE, INLINE_WRITE_BYTES, derived_guid
 from bulkdrive.emulator.records import Ids
-from bulkdrive.emulator.wire import flat_json
+from bulkdrive.emulator.wire import flat_json, plain_json_fields
 
 import edge_raw as er
 from conftest import EmulatorFactory
@@ -222,9 +223,40 @@ def test_many_guid_rows_in_one_batch(tmp_path: Path) -> None:
         db.conn.close()
 
 
-@given(st.dictionaries(st.text(), st.one_of(st.text(), st.integers(), st.booleans()), max_size=6))
+_SCALARS = st.one_of(st.text(), st.integers(), st.booleans())
+_FIELDS = st.dictionaries(st.text(), _SCALARS, max_size=6)
+
+
+@given(_FIELDS, st.dictionaries(st.text(), st.lists(_FIELDS, max_size=3), max_size=2))
 def test_flat_json_replies_are_the_bytes_protocol_render_makes(
-    fields: dict[str, str | int | bool],
+    fields: dict[str, str | int | bool], children: dict[str, list[dict[str, str | int | bool]]]
 ) -> None:
     expected = protocol.render(protocol.Format.JSON, protocol.UPLOAD_RESP, fields)
     assert flat_json(fields) == expected
+    with_children = protocol.render(protocol.Format.JSON, protocol.UPLOAD_RESP, fields, children)
+    assert flat_json(fields, children) == with_children
+
+
+@given(
+    st.dictionaries(
+        st.text(),
+        st.one_of(st.text(), st.integers(), st.floats(allow_nan=False), st.booleans(), st.none()),
+        max_size=4,
+    ),
+    st.sampled_from(["", " ", "\n"]),
+)
+def test_plain_json_request_fields_are_what_parse_body_reads(
+    data: dict[str, object], space: str
+) -> None:
+    body = (space + json.dumps(data) + space).encode()
+    fields = plain_json_fields(body)
+    if fields is not None:  # else the request is read by parse_body itself
+        assert fields == dict(protocol.parse_body(body).fields)
+    plain = all(type(v) in (str, int, float) for v in data.values())
+    assert (fields is not None) == (bool(data) and plain)
+
+
+@given(st.text(), st.lists(st.text(), max_size=4))
+def test_derived_guids_are_uuid5s_of_the_target_and_path(target: str, parts: list[str]) -> None:
+    expected = uuid.uuid5(_GUID_NAMESPACE, f"{target}\x00{'/'.join(parts)}").hex
+    assert derived_guid(target, tuple(parts)) == expected

@@ -11,8 +11,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +58,10 @@ INLINE_PAUSE_SECONDS = 5.0
 
 
 _GUID_NAMESPACE = uuid.UUID("6b1f3c2e-0d44-4f8e-9a55-2b0c8f3e7d10")
+_GUID_NAMESPACE_BYTES = _GUID_NAMESPACE.bytes
+#: The bits uuid.UUID(version=5) sets: the version (5) and the RFC 4122 variant.
+_VERSION_5_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_VERSION_5_SET = (0x5000 << 64) | (0x8000 << 48)
 
 
 _FULL_DISK = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -237,8 +240,12 @@ def resource_fields(parts: tuple[str, ...], st: os.stat_result, guid: str) -> di
 
 
 def derived_guid(target: str, parts: tuple[str, ...]) -> str:
-    """A stable GUID for a path that has no recorded one (folders, files put there by hand)."""
-    return uuid.uuid5(_GUID_NAMESPACE, f"{target}\x00{'/'.join(parts)}").hex
+    """A stable GUID for a path that has no recorded one (folders, files put there by hand):
+    uuid.uuid5(_GUID_NAMESPACE, f"{target}\\x00{path}").hex, without the UUID object (~3.6
+    against ~1.5 µs; one per folder created, listed or looked at)."""
+    name = f"{target}\x00{'/'.join(parts)}".encode()
+    digest = hashlib.sha1(_GUID_NAMESPACE_BYTES + name).digest()
+    return f"{int.from_bytes(digest[:16]) & _VERSION_5_CLEAR | _VERSION_5_SET:032x}"
 
 
 def replace_checked(final: str, parent: tuple[str, ...], name: str, partial: str) -> int:
@@ -437,15 +444,6 @@ class InlineWrites:
             waits is None or voluntary_waits() != waits
         ):
             self._paused_until = time.monotonic() + INLINE_PAUSE_SECONDS
-
-    @contextmanager
-    def watching(self) -> Iterator[None]:
-        """`begin` and `end` around a block."""
-        begun = self.begin()
-        try:
-            yield
-        finally:
-            self.end(begun)
 
 
 class RootCheck:

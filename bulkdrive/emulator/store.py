@@ -549,13 +549,16 @@ class Store:
         if self._inline.allows(0):
             # On the loop, as a small file's write is: the hop to the I/O pool cost more than
             # the mkdir and its checks, once per folder of a tree (benchmarks/README.md).
-            with self._inline.watching():
+            begun = self._inline.begin()
+            try:
                 directory = self._dir_text[target.key]
                 self._roots.check(directory)
                 found = make_folder_in_place(directory, parent, name)
                 if found is None:
                     found = make_folder(target.directory, parent, name, strict)
                 st = found
+            finally:
+                self._inline.end(begun)
         else:
             st = await self._on_io(make_folder, target.directory, parent, name, strict)
         return resource_fields(parts, st, derived_guid(target.key, parts))

@@ -16,7 +16,7 @@ import struct
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -127,10 +127,26 @@ _json_string = json.encoder.encode_basestring
 _MEDIA_TYPES = {fmt: value.split(";")[0] for fmt, value in protocol.CONTENT_TYPES.items()}
 
 
-def flat_json(fields: protocol.Fields) -> bytes:
-    """The text json.dumps(fields, ensure_ascii=False) gives, for a flat object of strings,
-    integers and booleans, written directly: json.dumps builds an encoder per call, which
-    cost more than the rest of a small upload's reply."""
+def flat_json(
+    fields: protocol.Fields, children: Mapping[str, Sequence[protocol.Fields]] | None = None
+) -> bytes:
+    """The text protocol.render gives for JSON (json.dumps(..., ensure_ascii=False)), for an
+    object of strings, integers and booleans with lists of such objects as children, written
+    directly: json.dumps builds an encoder per call, which cost more than the rest of a small
+    upload's reply."""
+    text = _object_text(fields, children)
+    if text is None:
+        flat: dict[str, object] = dict(fields)
+        for tag, items in (children or {}).items():
+            flat[tag] = [dict(item) for item in items]
+        return _JSON.encode(flat).encode("utf-8")
+    return text.encode("utf-8")
+
+
+def _object_text(
+    fields: protocol.Fields, children: Mapping[str, Sequence[protocol.Fields]] | None
+) -> str | None:
+    """flat_json's text; None where it would differ from json.dumps's (then that is used)."""
     parts: list[str] = []
     for key, scalar in fields.items():
         value: object = scalar  # Fields promise str, int or bool; anything else falls back
@@ -141,9 +157,19 @@ def flat_json(fields: protocol.Fields) -> bytes:
         elif isinstance(value, int):
             text = int.__repr__(value)
         else:
-            return _JSON.encode(dict(fields)).encode("utf-8")
+            return None
         parts.append(f"{_json_string(key)}: {text}")
-    return ("{" + ", ".join(parts) + "}").encode("utf-8")
+    for tag, items in (children or {}).items():
+        if tag in fields:  # render's dict would keep the field's place for the list
+            return None
+        texts: list[str] = []
+        for item in items:
+            item_text = _object_text(item, None)
+            if item_text is None:
+                return None
+            texts.append(item_text)
+        parts.append(f"{_json_string(tag)}: [{', '.join(texts)}]")
+    return "{" + ", ".join(parts) + "}"
 
 
 async def answer_expect(request: web.BaseRequest) -> None:
@@ -158,6 +184,28 @@ async def answer_expect(request: web.BaseRequest) -> None:
         # Not the answer's bytes: aiohttp counts the response from here on.
         request.writer.output_size = 0
     await request.writer.drain()
+
+
+#: JSON values that protocol.parse_body makes a field of as `str(value)`.
+_PLAIN_SCALARS = frozenset({str, int, float})
+
+
+def plain_json_fields(body: bytes) -> dict[str, str] | None:
+    """The fields protocol.parse_body finds in a non-empty flat JSON object of plain values
+    (what clients send to createfolder and Login), without its Node; None for anything
+    else, which parse_body then reads."""
+    stripped = body.strip()
+    if not stripped.startswith(b"{"):
+        return None
+    try:
+        data = json.loads(stripped)
+    except ValueError:
+        return None
+    if type(data) is not dict or not data:
+        return None
+    if not all(type(value) in _PLAIN_SCALARS for value in data.values()):
+        return None
+    return {str(key).removeprefix("@"): str(value) for key, value in data.items()}
 
 
 def header(request: web.BaseRequest, name: str) -> str | None:
@@ -294,8 +342,8 @@ class Routes:
         children: Mapping[str, list[protocol.Fields]] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> web.Response:
-        if fmt is protocol.Format.JSON and not children:
-            body = flat_json(fields)
+        if fmt is protocol.Format.JSON:
+            body = flat_json(fields, children)
         else:
             body = protocol.render(fmt, root, fields, children)
         response = web.Response(
@@ -358,6 +406,9 @@ class Routes:
     async def _request_fields(self, request: web.BaseRequest) -> dict[str, str]:
         """The fields of an XML or JSON request body (flat, or wrapped in its root name)."""
         body = await self._small_body(request)
+        fields = plain_json_fields(body)
+        if fields is not None:
+            return fields
         node = protocol.parse_body(body)
         if not node.fields and not node.children:
             raise Refusal(400, "the body is not an XML element or a JSON object")
