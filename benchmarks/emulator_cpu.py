@@ -232,6 +232,9 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--log-requests", action="store_true", help="serve --log-requests too")
     parser.add_argument(
+        "--latency", default=None, metavar="DURATION", help="serve --latency too (e.g. 2ms)"
+    )
+    parser.add_argument(
         "--compare",
         type=Path,
         default=None,
@@ -247,6 +250,8 @@ def main() -> None:
         extra = ["--strict-parents"]
         if args.log_requests:
             extra += ["--log-requests", str(Path(scratch) / "requests.jsonl")]
+        if args.latency is not None:
+            extra += ["--latency", args.latency]
         if args.compare is not None:
             other = Path(scratch) / "other"
             with (

@@ -129,9 +129,9 @@ class Emulator(AuthRoutes, UploadRoutes):
             (
                 ("drive", "share", "{}", "file", "action", "upload"),
                 frozenset({"POST"}),
-                self._share_upload,
+                self._upload,
             ),
-            (("drive", "file", "action", "upload"), frozenset({"POST"}), self._drive_upload),
+            (("drive", "file", "action", "upload"), frozenset({"POST"}), self._upload),
             (
                 ("contentstore", "publicshare", "{}", "file", "action", "upload"),
                 frozenset({"POST"}),

@@ -207,6 +207,10 @@ class Store:
             return None
         return session
 
+    def holds(self, target: str, parent: tuple[str, ...], name: str) -> bool:
+        """Whether a session of the file may exist (find_for says which, if not expired)."""
+        return (target, parent, name) in self._by_file
+
     async def find_for(self, target: str, parent: tuple[str, ...], name: str) -> Session | None:
         session = self._by_file.get((target, parent, name))
         if session is not None and self._expired(session):

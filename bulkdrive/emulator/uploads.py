@@ -30,18 +30,14 @@ ONE_STEP_FILE_BYTES = 1024 * 1024
 class UploadRoutes(Routes):
     """The three upload routes (a share, the user's drive, a public share)."""
 
-    async def _share_upload(self, request: web.BaseRequest, ctx: Ctx) -> web.StreamResponse:
-        return await self._upload(request, ctx, public=False)
-
-    async def _drive_upload(self, request: web.BaseRequest, ctx: Ctx) -> web.StreamResponse:
-        return await self._upload(request, ctx, public=False)
-
     async def _public_upload(self, request: web.BaseRequest, ctx: Ctx) -> web.StreamResponse:
         return await self._upload(request, ctx, public=True)
 
     async def _upload(
-        self, request: web.BaseRequest, ctx: Ctx, *, public: bool
+        self, request: web.BaseRequest, ctx: Ctx, public: bool = False
     ) -> web.StreamResponse:
+        """An upload to a share or the user's drive (the route's handler itself: one await
+        less per request), or to a public share (`public`)."""
         fmt = ctx.fmt
         root = protocol.UPLOAD_RESP
         queries = query_params(request)
@@ -87,7 +83,7 @@ class UploadRoutes(Routes):
                     f"({self.config.max_chunk_bytes} bytes)",
                 )
             if request_id:
-                response = await self._chunk(request, fmt, target, request_id, eof, fault)
+                response = await self._chunk(request, fmt, target, request_id, eof, length, fault)
             else:
                 response = await self._initiate(
                     request,
@@ -96,6 +92,7 @@ class UploadRoutes(Routes):
                     queries,
                     full_file=upload_type == "fullfile",
                     eof=eof,
+                    length=length,
                     fault=fault,
                 )
         except Refusal as exc:
@@ -132,9 +129,11 @@ class UploadRoutes(Routes):
         *,
         full_file: bool,
         eof: bool,
+        length: int | None,
         fault: str | None,
     ) -> web.Response:
-        """`eof`: the request's FileEOF (a full-file upload is always the last request)."""
+        """`eof`: the request's FileEOF (a full-file upload is always the last request);
+        `length`: its Content-Length."""
         root = protocol.UPLOAD_RESP
         kind = "fullFile" if full_file else "initiate"
         if full_file:
@@ -144,7 +143,6 @@ class UploadRoutes(Routes):
         name, parent, size, mtime, guid = self._file_headers(request)
         path = protocol.join_remote_path((*parent, name))
         eof = eof or full_file
-        length = request.content_length
         force = protocol.is_true(queries.get("forcerestart"))
         verify = protocol.is_true(queries.get("verifyblocklevelfileintegrity"))
 
@@ -161,7 +159,9 @@ class UploadRoutes(Routes):
         if eof and verify and block_hash is None:
             raise Refusal(400, "BlockLevelHash is required on the last chunk")
 
-        existing = await self._settled(target.key, parent, name)
+        existing = None
+        if self.store.holds(target.key, parent, name):
+            existing = await self._settled(target.key, parent, name)
         if existing is not None:
             if existing.busy:
                 # Still receiving after the wait: its offset is not known yet (§5's "busy").
@@ -187,6 +187,7 @@ class UploadRoutes(Routes):
                 target,
                 parent,
                 name,
+                path,
                 kind=kind,
                 length=length,
                 mtime=mtime,
@@ -243,6 +244,7 @@ class UploadRoutes(Routes):
         target: StoreTarget,
         parent: tuple[str, ...],
         name: str,
+        path: str,
         *,
         kind: str,
         length: int,
@@ -255,7 +257,6 @@ class UploadRoutes(Routes):
     ) -> web.Response:
         """A whole small file in one request: read it (one buffer at most), store it at once."""
         root = protocol.UPLOAD_RESP
-        path = protocol.join_remote_path((*parent, name))
         try:
             # An empty body has an empty stream, on which readexactly(0) would fail.
             body = await request.content.readexactly(length) if length else b""
@@ -309,6 +310,7 @@ class UploadRoutes(Routes):
         target: StoreTarget,
         request_id: str,
         eof: bool,
+        length: int | None,
         fault: str | None,
     ) -> web.Response:
         root = protocol.UPLOAD_RESP
@@ -341,7 +343,6 @@ class UploadRoutes(Routes):
                 chunkOffset=session.offset,
             )
         remaining = session.size - session.offset
-        length = request.content_length
         block_hash, full_hash = self._hash_headers(request)
         refusal: str | None = None
         if length is not None and length > remaining:
