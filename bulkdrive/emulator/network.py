@@ -123,24 +123,28 @@ class Network:
     @web.middleware
     async def middleware(self, request: web.BaseRequest, handler: Handler) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
-        arrived = loop.time()
         model = self.model
+        answer_at = loop.time() + model.latency
         if model.max_active is not None and self._active >= model.max_active:
             self._refused += 1
             refusal = self._busy(request)
             refusal.headers["Retry-After"] = str(model.retry_after)
-            await _until(loop, arrived + model.latency)
+            await _until(loop, answer_at)
             return refusal
         self._active += 1
-        self._max_active_seen = max(self._max_active_seen, self._active)
+        if self._active > self._max_active_seen:
+            self._max_active_seen = self._active
         try:
-            length = request.content_length
-            if model.bandwidth is not None and length:
-                await self._carry(loop, length)
-            response = await handler(request)
-            if model.bandwidth is not None and length is None and request.body_exists:
-                await self._carry(loop, request.content.total_bytes)
-            await _until(loop, arrived + model.latency)
+            if model.bandwidth is None:
+                response = await handler(request)
+            else:
+                length = request.content_length
+                if length:
+                    await self._carry(loop, length)
+                response = await handler(request)
+                if length is None and request.body_exists:
+                    await self._carry(loop, request.content.total_bytes)
+            await _until(loop, answer_at)
             return response
         finally:
             self._active -= 1
@@ -157,6 +161,18 @@ class Network:
 
 
 async def _until(loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-    delay = deadline - loop.time()
-    if delay > 0:
-        await asyncio.sleep(delay)
+    """Wait on a timer until `deadline` of the loop's clock: asyncio.sleep's timer and
+    future, without its coroutine and its conversion to a delay (one wait per request)."""
+    if deadline <= loop.time():
+        return
+    woken: asyncio.Future[None] = loop.create_future()
+    timer = loop.call_at(deadline, _wake, woken)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+
+
+def _wake(woken: asyncio.Future[None]) -> None:
+    if not woken.done():  # it may have been cancelled meanwhile
+        woken.set_result(None)
