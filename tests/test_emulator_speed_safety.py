@@ -19,7 +19,7 @@ from bulkdrive.emulator import Emulator
 from bulkdrive.emulator.database import Database
 from bulkdrive.emulator.disk import _GUID_NAMESPACE, INLINE_WRITE_BYTES, derived_guid
 from bulkdrive.emulator.records import Ids
-from bulkdrive.emulator.wire import flat_json, plain_json_fields
+from bulkdrive.emulator.wire import completed_json, flat_json, plain_json_fields
 
 import edge_raw as er
 from conftest import EmulatorFactory
@@ -235,6 +235,22 @@ def test_flat_json_replies_are_the_bytes_protocol_render_makes(
     assert flat_json(fields) == expected
     with_children = protocol.render(protocol.Format.JSON, protocol.UPLOAD_RESP, fields, children)
     assert flat_json(fields, children) == with_children
+
+
+@given(st.text(), st.integers(min_value=0), st.text(), st.booleans())
+def test_the_reply_that_completes_a_file_is_the_bytes_protocol_render_makes(
+    request_id: str, offset: int, guid: str, verified: bool
+) -> None:
+    fields: dict[str, str | int] = {
+        "requestId": request_id,
+        "chunkOffset": offset,
+        "errorCode": 0,
+        "fileGUID": guid,
+    }
+    if verified:
+        fields["fileIntegrityVerified"] = 1
+    expected = protocol.render(protocol.Format.JSON, protocol.UPLOAD_RESP, fields)
+    assert completed_json(request_id, offset, guid, verified) == expected
 
 
 @given(

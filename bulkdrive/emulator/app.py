@@ -351,7 +351,7 @@ class Emulator(AuthRoutes, UploadRoutes):
         root = protocol.FILE_RESOURCE_RESP
         try:
             target = self._authorized_target(request, ctx, upload=True)
-            if isinstance(target, web.Response):
+            if not isinstance(target, StoreTarget):  # web.Response would take an ABC check
                 return target
             fields = await self._request_fields(request)
             name = fields.get("name", "")
@@ -378,7 +378,7 @@ class Emulator(AuthRoutes, UploadRoutes):
         root = protocol.FILE_RESOURCE_RESP
         try:
             target = self._authorized_target(request, ctx, upload=False)
-            if isinstance(target, web.Response):
+            if not isinstance(target, StoreTarget):  # web.Response would take an ABC check
                 return target
             parts = self._path_param(request)
             resource = await self.store.metadata(target, parts)
@@ -391,7 +391,7 @@ class Emulator(AuthRoutes, UploadRoutes):
         root = protocol.FILE_RESOURCE_RESP
         try:
             target = self._authorized_target(request, ctx, upload=False)
-            if isinstance(target, web.Response):
+            if not isinstance(target, StoreTarget):  # web.Response would take an ABC check
                 return target
             parts = self._path_param(request)
             limit = self._paging(request, "limit", 50)

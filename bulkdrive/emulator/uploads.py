@@ -11,13 +11,14 @@ from aiohttp import web
 
 from bulkdrive import protocol
 from bulkdrive.emulator import faults as fault_kinds
-from bulkdrive.emulator.records import Session, StoreTarget
+from bulkdrive.emulator.records import Completed, Session, StoreTarget
 from bulkdrive.emulator.refusals import BUSY_SESSION, BodyIncomplete, StoreError, Why
 from bulkdrive.emulator.wire import (
     Ctx,
     Refusal,
     Routes,
     UploadRecord,
+    completed_json,
     drop_connection,
     header,
     query_params,
@@ -69,7 +70,8 @@ class UploadRoutes(Routes):
                 target = self._resolve_share(share, upload=True)
             else:
                 resolved = self._authorized_target(request, ctx, upload=True)
-                if isinstance(resolved, web.Response):
+                # Not isinstance(..., web.Response): a MutableMapping, checked through its ABC.
+                if not isinstance(resolved, StoreTarget):
                     self._record(kind, share, "", request_id or "", 0, 0, 401, eof, fault)
                     return resolved
                 target = resolved
@@ -101,6 +103,25 @@ class UploadRoutes(Routes):
         if fault == fault_kinds.FAULT_LOST_RESPONSE:
             return drop_connection(request, reset=False)
         return response
+
+    def _completed(
+        self, fmt: protocol.Format, request_id: str, completed: Completed
+    ) -> web.Response:
+        """The 200 of the request that completed a file."""
+        if fmt is protocol.Format.JSON:
+            body = completed_json(
+                request_id, completed.size, completed.guid, completed.integrity_verified
+            )
+            return web.Response(body=body, content_type="application/json", charset="utf-8")
+        fields: dict[str, str | int] = {
+            "requestId": request_id,
+            "chunkOffset": completed.size,
+            "errorCode": 0,
+            "fileGUID": completed.guid,
+        }
+        if completed.integrity_verified:
+            fields["fileIntegrityVerified"] = 1
+        return self._reply(fmt, protocol.UPLOAD_RESP, fields)
 
     def _record(
         self,
@@ -284,15 +305,7 @@ class UploadRoutes(Routes):
         self._counters.bytes_received += length
         self._counters.completed_files += 1
         self._record(kind, target.key, path, request_id, 0, length, 200, True, fault)
-        fields: dict[str, str | int] = {
-            "requestId": request_id,
-            "chunkOffset": completed.size,
-            "errorCode": 0,
-            "fileGUID": completed.guid,
-        }
-        if completed.integrity_verified:
-            fields["fileIntegrityVerified"] = 1
-        return self._reply(fmt, root, fields)
+        return self._completed(fmt, request_id, completed)
 
     async def _settled(self, target: str, parent: tuple[str, ...], name: str) -> Session | None:
         """The unfinished session of a file, after any chunk in flight on it has ended."""
@@ -490,12 +503,4 @@ class UploadRoutes(Routes):
             return self._error(fmt, root, exc.status, exc.message)
         self._counters.completed_files += 1
         done(200)
-        fields: dict[str, str | int] = {
-            "requestId": session.request_id,
-            "chunkOffset": completed.size,
-            "errorCode": 0,
-            "fileGUID": completed.guid,
-        }
-        if completed.integrity_verified:
-            fields["fileIntegrityVerified"] = 1
-        return self._reply(fmt, root, fields)
+        return self._completed(fmt, session.request_id, completed)

@@ -143,6 +143,15 @@ def flat_json(
     return text.encode("utf-8")
 
 
+def completed_json(request_id: str, offset: int, guid: str, verified: bool) -> bytes:
+    """flat_json of the reply that completes a file (one per stored file), from a template."""
+    tail = ', "fileIntegrityVerified": 1}' if verified else "}"
+    return (
+        f'{{"requestId": {_json_string(request_id)}, "chunkOffset": {int.__repr__(offset)}, '
+        f'"errorCode": 0, "fileGUID": {_json_string(guid)}{tail}'
+    ).encode()
+
+
 def _object_text(
     fields: protocol.Fields, children: Mapping[str, Sequence[protocol.Fields]] | None
 ) -> str | None:
