@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -116,10 +115,3 @@ def open_folder(path: str, follow_symlinks: bool) -> Batch:
     """The first batch of a directory; OSError when it cannot be opened."""
     listing: Listing = os.scandir(path)
     return read_batch(listing, follow_symlinks)
-
-
-def open_folder_timed(path: str, follow_symlinks: bool) -> tuple[Batch, float]:
-    """`open_folder` and the seconds it took (in a worker thread: whether the disk is quick)."""
-    began = time.perf_counter()
-    batch = open_folder(path, follow_symlinks)
-    return batch, time.perf_counter() - began

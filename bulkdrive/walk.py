@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -38,16 +39,27 @@ from bulkdrive.scan import (
     SKIP_SPECIAL,
     VANISHED,
     Batch,
+    Listing,
     open_folder,
-    open_folder_timed,
     read_batch,
     special_kind,
 )
 from bulkdrive.shard import Shard
 
-#: A folder is opened (its first batch read) on the event loop while that takes less than this;
-#: longer, and the next folders are opened in a worker thread until one opens quickly again.
+#: A folder is read (a batch of its entries) on the event loop while that takes less than
+#: this per INLINE_ENTRIES entries (at least this); longer, and the next reads go to a worker
+#: thread until one is quick again. From the page cache an entry reads in ~3-6 µs: a batch of
+#: 512 in ~2-3 ms, which a limit per folder sent to the thread, where beside a busy loop its
+#: two GIL hand-overs per entry made it ~30 ms (measured on `--cluster`'s coordinator, 500
+#: files a folder: the walk, ~16 000 files/s at most, was what it waited for). A cold or
+#: network disk takes 100 µs and more per entry.
 INLINE_OPEN_LIMIT = 0.002  # seconds
+INLINE_ENTRIES = 64
+
+
+def _quick(seconds: float, entries: int) -> bool:
+    return seconds <= INLINE_OPEN_LIMIT * max(1.0, entries / INLINE_ENTRIES)
+
 
 SYMLINK_LOOP = "symbolic link loop (points to a folder above it)"
 SKIP_LOOP = "symbolic link loop"
@@ -67,9 +79,10 @@ class FolderEntry:
     relative: str
 
 
-@dataclass(frozen=True, slots=True)
-class FileEntry:
-    """A regular file to upload. `size` and `mtime_ns` are from the walk's `stat`."""
+class FileEntry(NamedTuple):
+    """A regular file to upload. `size` and `mtime_ns` are from the walk's `stat`.
+
+    A named tuple, not a frozen dataclass: one per file, built in a third of the time."""
 
     path: str
     relative: str  # "/"-separated, relative to SRC
@@ -145,6 +158,8 @@ class WalkFilters:
     empty_folders: bool = False
     _include: GlobSet = field(init=False, repr=False, compare=False)
     _exclude: GlobSet = field(init=False, repr=False, compare=False)
+    #: No glob, size bound or shard: every file is kept (the walk skips asking, per file).
+    keeps_every_file: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("min_size", "max_size"):
@@ -156,6 +171,9 @@ class WalkFilters:
             raise ConfigError(f"min-size ({low}) is larger than max-size ({high})")
         object.__setattr__(self, "_include", compile_globs(self.include))
         object.__setattr__(self, "_exclude", compile_globs(self.exclude))
+        every = not (self.include or self.exclude or self.shard is not None)
+        every = every and low is None and high is None
+        object.__setattr__(self, "keeps_every_file", every)
 
     def excludes(self, relative: str, *, is_folder: bool) -> bool:
         return self._exclude.matches(relative, is_folder=is_folder)
@@ -186,10 +204,27 @@ class _Frame:
     index: int = 0
     key: tuple[int, int] | None = None
     included: bool = False  # this folder or one above it matched an include glob
+    #: `path` and `relative` ready for a name to be appended (`os.path.join`'s result).
+    path_prefix: str = ""
+    relative_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        self.path_prefix = os.path.join(self.path, "")
+        self.relative_prefix = f"{self.relative}/" if self.relative else ""
 
 
 def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
+
+
+T = TypeVar("T")
+
+
+def _timed(read: Callable[[T, bool], Batch], what: T, follow: bool) -> tuple[Batch, float]:
+    """`read` and the seconds it took (in a worker thread: whether the disk is quick)."""
+    began = time.perf_counter()
+    batch = read(what, follow)
+    return batch, time.perf_counter() - began
 
 
 class _ReceiverGone(Exception):
@@ -212,24 +247,39 @@ class _Walker:
     opened_inline: int = 0
     opened_in_thread: int = 0
     inline: bool = True
+    _nowait: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.send_stream, MemoryObjectSendStream):
+            # Room in the buffer: no need to go through the event loop for every item.
+            self._nowait = self.send_stream.send_nowait
 
     async def open_folder(self, path: str, follow: bool) -> Batch:
         """A folder's first batch. From the page cache, a small folder reads in ~30-40 µs and
         a hop to a worker thread and back costs ~110-130 µs of CPU more (measured on the
         benchmark's tree: one folder per ~5.6 files): so it is read on the event loop. A read
-        that took longer than INLINE_OPEN_LIMIT (a cold or network disk, a huge folder) sends
-        the next ones to a worker thread, so a slow disk never holds up the uploads for long;
-        a quick read there brings them back. OSError when it cannot be opened."""
+        that took longer than INLINE_OPEN_LIMIT per INLINE_ENTRIES entries (a cold or network
+        disk) sends the next ones to a worker thread, so a slow disk never holds up the
+        uploads for long; a quick read there brings them back. OSError when it cannot be
+        opened."""
         if self.inline:
             self.opened_inline += 1
+        else:
+            self.opened_in_thread += 1
+        return await self._read(open_folder, path, follow)
+
+    async def read_more(self, listing: Listing, follow: bool) -> Batch:
+        """The next batch of a folder with more entries than a batch: as `open_folder`."""
+        return await self._read(read_batch, listing, follow)
+
+    async def _read(self, read: Callable[[T, bool], Batch], what: T, follow: bool) -> Batch:
+        if self.inline:
             began = time.perf_counter()
-            try:
-                return open_folder(path, follow)
-            finally:
-                self.inline = time.perf_counter() - began <= INLINE_OPEN_LIMIT
-        self.opened_in_thread += 1
-        batch, seconds = await anyio.to_thread.run_sync(open_folder_timed, path, follow)
-        self.inline = seconds <= INLINE_OPEN_LIMIT
+            batch = read(what, follow)
+            self.inline = _quick(time.perf_counter() - began, len(batch.entries))
+            return batch
+        batch, seconds = await anyio.to_thread.run_sync(_timed, read, what, follow)
+        self.inline = _quick(seconds, len(batch.entries))
         return batch
 
     def theirs(self, relative: str) -> bool:
@@ -241,18 +291,20 @@ class _Walker:
 
     async def send(self, item: WalkItem) -> None:
         try:
-            if isinstance(self.send_stream, MemoryObjectSendStream):
-                # Room in the buffer: no need to go through the event loop for every item.
+            if self._nowait is not None:
                 try:
-                    self.send_stream.send_nowait(item)
+                    self._nowait(item)
                 except anyio.WouldBlock:
                     await self.send_stream.send(item)
             else:
                 await self.send_stream.send(item)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             raise _ReceiverGone from None
-        if self.on_file is not None and isinstance(item, FileEntry):
-            self.on_file(item)
+        if isinstance(item, FileEntry):
+            self.files += 1
+            self.bytes += item.size
+            if self.on_file is not None:
+                self.on_file(item)
 
     async def send_path(self, stack: list[_Frame], sent: int) -> None:
         """The folders on the path that were not yet sent (`stack[sent + 1 :]`), from the top."""
@@ -305,8 +357,6 @@ class _Walker:
         if self.theirs(name):
             return
         await self.send(FileEntry(os.fspath(root), name, st.st_size, st.st_mtime_ns))
-        self.files += 1
-        self.bytes += st.st_size
 
     async def tree(self, root: Path, st: os.stat_result) -> None:
         follow = self.filters.follow_symlinks
@@ -321,6 +371,7 @@ class _Walker:
             )
         ]
         sent = 0  # stack[1 : sent + 1] are folders already sent; SRC itself is never sent
+        every_file = self.filters.keeps_every_file
         try:
             while stack:
                 frame = stack[-1]
@@ -339,20 +390,21 @@ class _Walker:
                         stack.pop()
                         sent = min(sent, len(stack) - 1)
                         continue
-                    frame.batch = await anyio.to_thread.run_sync(read_batch, batch.listing, follow)
+                    frame.batch = await self.read_more(batch.listing, follow)
                     frame.index = 0
                     continue
                 seen = batch.entries[frame.index]
                 frame.index += 1
-                relative = _join(frame.relative, seen.name)
+                relative = frame.relative_prefix + seen.name
                 if seen.kind == FILE:
-                    if not self.wanted(
-                        relative, is_folder=False, included=frame.included
-                    ) or not self.filters.size_ok(seen.size):
-                        self.filtered += 1
-                        continue
-                    if self.theirs(relative):
-                        continue
+                    if not every_file:
+                        if not self.wanted(
+                            relative, is_folder=False, included=frame.included
+                        ) or not self.filters.size_ok(seen.size):
+                            self.filtered += 1
+                            continue
+                        if self.theirs(relative):
+                            continue
                     # The folders on the path that were not yet sent, from the top.
                     while sent < len(stack) - 1:
                         folder = FolderEntry(stack[sent + 1].relative)
@@ -362,12 +414,8 @@ class _Walker:
                         sent += 1
                         self.folders += 1
                     await self.send(
-                        FileEntry(
-                            os.path.join(frame.path, seen.name), relative, seen.size, seen.mtime_ns
-                        )
+                        FileEntry(frame.path_prefix + seen.name, relative, seen.size, seen.mtime_ns)
                     )
-                    self.files += 1
-                    self.bytes += seen.size
                 elif seen.kind == FOLDER:
                     if self.filters.excludes(relative, is_folder=True):
                         self.filtered += 1

@@ -430,6 +430,27 @@ async def test_folders_opened_on_the_loop_or_in_a_thread_give_the_same_walk(
     assert opened == ((1, folders - 2) if limit == 0 else (folders - 1, 0))  # SRC: a thread
 
 
+@pytest.mark.parametrize("limit", [0.0, 3600.0])
+async def test_a_folder_larger_than_a_batch_reads_the_same_on_the_loop_or_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: float
+) -> None:
+    # Its later batches follow its first: on the loop while reads are quick (judged per
+    # entry, so a full batch is not "slow" for its size), else in a worker thread.
+    src = tmp_path / "src"
+    for i in range(BATCH_SIZE + 20):
+        write(src / "big" / f"f{i:04}", b"x" * (i % 7))
+    write(src / "big" / "sub" / "inner.txt")
+    write(src / "after" / "last.txt")
+    baseline, _ = await collect(src)
+    monkeypatch.setattr(walk_module, "INLINE_OPEN_LIMIT", limit)
+    items, stats = await collect(src)
+    assert items == baseline
+    assert len(files_of(items)) == BATCH_SIZE + 22
+    check_folder_order(items)
+    opened = (stats.opened_inline, stats.opened_in_thread)
+    assert opened == ((1, 2) if limit == 0 else (3, 0))  # big, big/sub, after (SRC: a thread)
+
+
 async def test_folder_that_vanishes_is_a_failure_and_the_walk_goes_on(tmp_path: Path) -> None:
     src = tmp_path / "src"
     write(src / "a.txt")
