@@ -716,11 +716,13 @@ class Journal:
         *,
         batch_size: int = 512,
         flush_interval: float = 0.5,
-        max_pending: int = 4096,
+        max_pending: int = 16384,
         exclusive: bool = False,
     ) -> AsyncIterator[Journal]:
         """Open (creating, migrating) the journal at `path`; a commit every `batch_size`
         records or `flush_interval` seconds; at most `max_pending` files queued in memory.
+        (`--cluster` queues the ends of a batch of up to 2 048 files at once, a few batches
+        at a time: 16 384 records of a few hundred bytes each, ~4 MiB at most.)
         At exit, even on error or cancellation, what is queued is committed and the file closed.
         `key` is stored on first open; a journal of another job is refused with ConfigError.
         `exclusive` (a run's journal) refuses a journal another process holds exclusively
@@ -908,6 +910,31 @@ class Journal:
         target = self._records_queued if through is None else through
         if self._committed_through < target:
             await self._commit(through=target)
+
+    async def flush_mark(self, mark: int) -> None:
+        """Return once the batch mark `mark` is committed: the marks queued now are committed
+        on their own if need be, ahead of the records queued before them (the files going out
+        wait for their mark only: not behind the ends of the batches before, which a
+        coordinator queues by the thousand). Raises RunFailed if the journal cannot be
+        written."""
+        if self._failure is not None:
+            raise self._failure
+        if mark not in self._marks and not self._commit_lock.locked():
+            return  # committed already (else maybe in the commit under way: wait for it)
+        async with self._commit_lock:
+            if self._failure is not None:
+                raise self._failure
+            if mark not in self._marks:
+                return  # committed while we waited for the lock
+            marks, self._marks = self._marks, {}
+            try:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._write_batch, [], marks, [])
+            except sqlite3.Error as exc:
+                self._marks = {**marks, **self._marks}
+                self._failure = JournalFailed(f"cannot write journal {self.path}: {_one_line(exc)}")
+                raise self._failure from exc
+            self._batches_committed += 1
 
     async def _write_in_background(self) -> None:
         while self._failure is None:

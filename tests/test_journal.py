@@ -553,6 +553,38 @@ async def test_a_batch_mark_goes_with_its_files_ends(tmp_path: Path) -> None:
     assert summary.total_files == 2 and summary.files[FileState.PENDING] == 0
 
 
+async def test_a_batch_mark_is_committed_ahead_of_the_ends_queued_before_it(
+    tmp_path: Path,
+) -> None:
+    """The files of a batch wait for their mark's commit only: the ends of earlier batches
+    queued before it stay queued for the writer's next commit."""
+    path = tmp_path / "j.sqlite"
+
+    def marks_on_disk() -> int:
+        with sqlite3.connect(path) as conn:
+            count: int = conn.execute("SELECT count(*) FROM in_flight").fetchone()[0]
+            return count
+
+    async with Journal.open(path, exclusive=True, flush_interval=3600) as journal:
+        await journal.record_many(
+            [rec(f"done{i}", state=FileState.DONE, offset=100) for i in range(3)]
+        )
+        mark = await journal.mark_in_flight([("a", 100, MTIME), ("b", 100, MTIME)])
+        await journal.flush_mark(mark)
+        assert marks_on_disk() == 1
+        assert rows_on_disk(path) == {}  # the ends queued before it: not yet
+        assert journal.lookup("done0") is not None  # and still read from the queue
+        await journal.flush_mark(mark)  # committed: nothing more to do
+        await journal.record(rec("a", state=FileState.DONE, offset=100))
+        await journal.record(rec("b", state=FileState.DONE, offset=100))
+        journal.unmark(mark)
+        await journal.flush()
+        assert marks_on_disk() == 0
+    assert {name: row[0] for name, row in rows_on_disk(path).items()} == {
+        name: "done" for name in ("done0", "done1", "done2", "a", "b")
+    }
+
+
 async def test_a_done_record_replaces_every_field_of_the_row_it_updates(tmp_path: Path) -> None:
     """DONE records are written by a narrower statement: the row must read as the record."""
     path = tmp_path / "j.sqlite"
