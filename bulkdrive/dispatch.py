@@ -8,7 +8,6 @@ rather than a thread hop each per file.
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -35,7 +34,7 @@ from bulkdrive.resume import (
     ready_file,
     was_in_flight,
 )
-from bulkdrive.source import LocalContent
+from bulkdrive.source import InlineReads, LocalContent
 from bulkdrive.upload import read_small_files
 from bulkdrive.walk import FileEntry, SkippedEntry, WalkFailure, WalkItem
 
@@ -84,16 +83,6 @@ async def next_batch(
 #: A file of a dispatched batch: its walk entry, whether the journal holds an older version's
 #: unfinished session (stale), and its journal record.
 Chosen = tuple[FileEntry, bool, FileRecord | None]
-
-
-#: Small files are read on the event loop while each read is quicker than this. From the page
-#: cache a small file reads in ~15 µs of CPU on the loop, but ~55 µs in a worker thread beside
-#: a busy loop (its five system calls each hand the GIL over and take it back). A slower read
-#: (a cold or network disk) sends the rest of the batch, and the next INLINE_READ_PAUSE
-#: batches, to a worker thread, so a slow disk holds the uploads up for one read every so
-#: many batches. Per read, not per batch: on a busy machine a whole batch is often preempted.
-INLINE_READ_LIMIT = 0.001
-INLINE_READ_PAUSE = 4
 
 
 async def _read_small_files(paths: list[str], into: list[LocalContent | None]) -> None:
@@ -207,10 +196,7 @@ class Dispatcher:
         self._listings: OrderedDict[str, dict[str, Version]] = OrderedDict()
         #: The marked batch of each file handed out and not ended yet.
         self._marked: dict[str, _MarkedBatch] = {}
-        #: Batches left before small files are read on the event loop again (0: now).
-        self._reads_paused = 0
-        self.files_read_inline = 0
-        self.files_read_in_thread = 0
+        self._reads = InlineReads(SMALL_FILE_READ_AHEAD)
         self.would_upload_files = 0
         self.would_upload_bytes = 0
 
@@ -255,6 +241,10 @@ class Dispatcher:
         chosen: list[Chosen] = []
         marked: list[tuple[str, int, int]] = []  # in flight: one journal mark for the batch
         journaled = self._journal is not None
+        if not records and not self._check_remote and not self._dry_run and not self._commit_marks:
+            # Nothing known of these files and nothing to ask (a first run under an engine,
+            # which marks the batch itself): each goes, as below, without a call per file.
+            return [(entry, False, None) for entry in files]
         for entry in files:
             record = records.get(entry.relative)
             skip = await self._skip_reason(entry, record)
@@ -311,11 +301,11 @@ class Dispatcher:
         ]
         read: list[LocalContent | None] = []
         paths = [e.path for e in small]
-        inline = self._read_inline(paths, read)
+        inline = self._reads.read(paths, read)
         failure: errors.RunFailed | None = None
         async with anyio.create_task_group() as tg:
             if inline < len(paths):
-                self.files_read_in_thread += len(paths) - inline
+                self._reads.files_in_thread += len(paths) - inline
                 tg.start_soon(_read_small_files, paths[inline:], read)
             if self._journal is not None and self._commit_marks:
                 # The in-flight marks are on disk before the first request of these files.
@@ -332,26 +322,19 @@ class Dispatcher:
         await self._handout(
             [
                 ready_file(entry, stale, contents.get(entry.relative), record)
+                if record is not None or contents
+                else ReadyFile(entry, stale, None, None, b"")  # what ready_file makes of it
                 for entry, stale, record in chosen
             ]
         )
 
-    def _read_inline(self, paths: list[str], into: list[LocalContent | None]) -> int:
-        """Read `paths` on the event loop until one read is slower than INLINE_READ_LIMIT; how
-        many were read (the caller reads the rest in a worker thread)."""
-        if self._reads_paused:
-            self._reads_paused -= 1
-            return 0
-        done = 0
-        while done < len(paths):
-            began = time.perf_counter()
-            into.extend(read_small_files(paths[done : done + 1], SMALL_FILE_READ_AHEAD))
-            done += 1
-            if time.perf_counter() - began > INLINE_READ_LIMIT:
-                self._reads_paused = INLINE_READ_PAUSE
-                break
-        self.files_read_inline += done
-        return done
+    @property
+    def files_read_inline(self) -> int:
+        return self._reads.files_inline
+
+    @property
+    def files_read_in_thread(self) -> int:
+        return self._reads.files_in_thread
 
     async def mark_started(self, entry: FileEntry, record: FileRecord | None) -> None:
         """Queue a record that the file is in flight, committed before its first request.

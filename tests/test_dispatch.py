@@ -10,13 +10,14 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from bulkdrive import dispatch
+from bulkdrive import source
 from bulkdrive.config import SMALL_FILE_READ_AHEAD
-from bulkdrive.dispatch import INLINE_READ_PAUSE, Dispatcher, Handout, next_batch
+from bulkdrive.dispatch import Dispatcher, Handout, next_batch
 from bulkdrive.outcomes import RunOutcomes
 from bulkdrive.progress import NullReporter
 from bulkdrive.remote_folders import RemotePaths
 from bulkdrive.resume import ReadyFile
+from bulkdrive.source import INLINE_READ_PAUSE
 from bulkdrive.walk import FileEntry, FolderEntry, WalkItem
 
 pytestmark = pytest.mark.anyio
@@ -144,7 +145,7 @@ async def test_a_slow_read_sends_the_next_batches_to_a_thread(
     """A read slower than the limit (here every read) sends the rest of its batch and the next
     INLINE_READ_PAUSE batches to a worker thread; then the loop tries again. Bytes and order
     are the same either way."""
-    monkeypatch.setattr(dispatch, "INLINE_READ_LIMIT", -1.0)
+    monkeypatch.setattr(source, "INLINE_READ_LIMIT", -1.0)
     handed: list[list[ReadyFile]] = []
     dispatcher = _dispatcher(handed)
     batches = [_files(tmp_path, 5, f"b{n}-") for n in range(INLINE_READ_PAUSE + 2)]
