@@ -24,7 +24,7 @@ from bulkdrive.journal import Journal
 from bulkdrive.names import remote_name
 from bulkdrive.outcomes import Completed, RunOutcomes
 from bulkdrive.progress import Reporter
-from bulkdrive.remote_folders import RemotePaths, name_of
+from bulkdrive.remote_folders import RemotePaths
 from bulkdrive.report import FileOutcome, RunSummary
 from bulkdrive.resume import ReadyFile
 from bulkdrive.session import ResumePoint
@@ -33,28 +33,44 @@ from bulkdrive.walk import FileEntry
 
 
 class EngineFile(NamedTuple):
-    """A file handed to an engine: where it goes, what the journal knew of it, and the
-    events its upload tells."""
+    """A file handed to an engine: where it goes, and what the journal knew of it."""
 
     entry: FileEntry
     remote_folder: str
     remote_name: str
     resume: ResumePoint | None
     known_digests: bytes
-    events: UploadEvents
+
+
+#: The events of the i-th file of a batch, made when first asked for.
+EventsOf = Callable[[int], UploadEvents]
 
 
 class FileEngine(Protocol):
     """Where the files' uploads run when not in this process (`--cluster`).
 
-    `upload_batch` uploads a batch of the walk's files and tells each file's `events` what
-    `upload_file` would have told them; it returns, in order, each file's result or the
-    error it ended with (a file's error is never raised). At most `batches` batches are out
-    at once; `summarize` adds the engine's own figures to the run's summary."""
+    `upload_batch` uploads a batch of the walk's files and tells the i-th file's `events(i)`
+    what `upload_file` would have told them, beyond its end (a file that only completed has
+    nothing to tell: most files, and no events object is made for them); it returns, in
+    order, each file's result or the error it ended with (a file's error is never raised).
+    At most `batches` batches of at most `batch_files` files are out at once; `summarize`
+    adds the engine's own figures to the run's summary."""
 
     batches: int
 
-    async def upload_batch(self, files: Sequence[EngineFile]) -> list[Completed | Exception]: ...
+    @property
+    def batch_files(self) -> int:
+        """Files the run hands over at most in its next batch."""
+        ...
+
+    @property
+    def most_batch_files(self) -> int:
+        """The most `batch_files` says."""
+        ...
+
+    async def upload_batch(
+        self, files: Sequence[EngineFile], events: EventsOf
+    ) -> list[Completed | Exception]: ...
 
     def summarize(self, summary: RunSummary) -> RunSummary: ...
 
@@ -72,6 +88,7 @@ class EngineBatches:
         engine: FileEngine,
         *,
         prepare: Prepare,
+        check_name: Callable[[str], None],
         outcomes: RunOutcomes,
         sinks: EventSinks,
         reporter: Reporter,
@@ -84,6 +101,7 @@ class EngineBatches:
         self._engine = engine
         self._journal = journal
         self._prepare = prepare
+        self._check_name = check_name
         self._outcomes = outcomes
         self._sinks = sinks
         self._reporter = reporter
@@ -108,28 +126,28 @@ class EngineBatches:
         goes on with the next batch, and deleted once the files' ends are recorded."""
         assert self._task_group is not None
         journal = self._journal
-        ticket = mark = 0
+        mark = 0
         if journal is not None:
             marked = [(e.relative, e.size, e.mtime_ns) for e, stale, _, _, _ in ready if not stale]
             if marked:
                 mark = await journal.mark_in_flight(marked)
-            ticket = journal.sequence
         await self._slots.acquire()
         try:
-            self._task_group.start_soon(self._send, ready, ticket, mark)
+            self._task_group.start_soon(self._send, ready, mark)
         except BaseException:
             self._slots.release()
             raise
 
-    async def _send(self, ready: list[ReadyFile], ticket: int, mark: int) -> None:
+    async def _send(self, ready: list[ReadyFile], mark: int) -> None:
         journal = self._journal
         try:
-            files = await self._checked(ready)
+            files, made = await self._checked(ready)
             if files:
-                if journal is not None:
-                    # The in-flight mark is on disk before any of these files goes.
-                    await journal.flush(through=ticket)
-                await self._upload(files)
+                if journal is not None and mark:
+                    # The in-flight mark is on disk before any of these files goes (a stale
+                    # file, not in it, was marked and committed on its own in `_checked`).
+                    await journal.flush_mark(mark)
+                await self._upload(files, made)
             if journal is not None and mark:
                 # Every file's end is queued: the mark goes with them (or after). A batch
                 # cut short leaves its mark, for the next run to ask the server.
@@ -137,44 +155,64 @@ class EngineBatches:
         finally:
             self._slots.release()
 
-    async def _checked(self, ready: list[ReadyFile]) -> list[EngineFile]:
-        """The batch's files that may go, each started as one process starts it."""
+    async def _checked(
+        self, ready: list[ReadyFile]
+    ) -> tuple[list[EngineFile], dict[int, FileEvents]]:
+        """The batch's files that may go, each started as one process starts it, and the
+        events made so far (by index in the files that go).
+
+        A file's full check (`prepare`) waits for its folder; the files after it in the same
+        folder (the walk sends them together) need only their name checked once it passed."""
         began = self._clock()
         outcomes = self._outcomes
         files: list[EngineFile] = []
+        made: dict[int, FileEvents] = {}
+        checked_parent: str | None = None  # the folder whose files passed `prepare`
+        remote_folder = ""
         for entry, stale, _content, resume, digests in ready:
             if self._stopping():
                 break  # the run is stopping: start nothing new
             self.started += 1
             relative = entry.relative
-            events = FileEvents(self._sinks, entry)
             self._reporter.file_started(relative, entry.size)
+            parent, _, name = relative.rpartition("/")
+            events: FileEvents | None = None
             try:
-                if not await self._prepare(entry, stale, events, began):
-                    continue
+                if stale or parent != checked_parent:
+                    checked_parent = None
+                    events = FileEvents(self._sinks, entry)
+                    if not await self._prepare(entry, stale, events, began):
+                        continue
+                    if not stale:
+                        checked_parent = parent
+                    remote_folder = self._paths.folder_of(relative)
+                else:
+                    self._check_name(relative)
             except Exception as exc:
                 if isinstance(exc, errors.RunFailed):
                     self._stop(exc)
+                events = events or FileEvents(self._sinks, entry)
                 outcomes.finish(await outcomes.failed(entry, exc, events, self._clock() - began))
                 continue
-            files.append(
-                EngineFile(
-                    entry,
-                    self._paths.folder_of(relative),
-                    remote_name(name_of(relative)),
-                    resume,
-                    digests,
-                    events,
-                )
-            )
-        return files
+            if events is not None:
+                made[len(files)] = events
+            files.append(EngineFile(entry, remote_folder, remote_name(name), resume, digests))
+        return files, made
 
-    async def _upload(self, files: list[EngineFile]) -> None:
+    async def _upload(self, files: list[EngineFile], made: dict[int, FileEvents]) -> None:
         began = self._clock()
+        sinks = self._sinks
+
+        def events_of(index: int) -> FileEvents:
+            events = made.get(index)
+            if events is None:
+                events = made[index] = FileEvents(sinks, files[index].entry)
+            return events
+
         self.in_flight += len(files)
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            results = await self._engine.upload_batch(files)
+            results = await self._engine.upload_batch(files, events_of)
         finally:
             # Interrupted: nothing of these files was accounted yet, nothing is told.
             self.in_flight -= len(files)
@@ -183,19 +221,23 @@ class EngineBatches:
         success = outcomes.success
         ended: list[FileOutcome] = []
         done: list[tuple[FileEntry, Completed]] = []
-        for file, result in zip(files, results, strict=True):
-            entry, folder, name, _, _, events = file
-            assert isinstance(events, FileEvents)
+        for index, (file, result) in enumerate(zip(files, results, strict=True)):
+            entry, folder, name, _, _ = file
             if isinstance(result, Exception):
                 if isinstance(result, errors.RunFailed):
                     self._stop(result)
-                ended.append(await outcomes.failed(entry, result, events, seconds))
+                ended.append(await outcomes.failed(entry, result, events_of(index), seconds))
             else:
-                events.completed()
+                events = made.get(index)
+                if events is None:
+                    accepted = entry.size  # told nothing but its end: all of it sent now
+                else:
+                    events.completed()
+                    accepted = events.accepted
                 done.append((entry, result))
                 # The file's remote path, as `RemotePaths.path_of` spells it.
                 path = ("" if folder == "\\" else folder) + "\\" + name
-                ended.append(success(entry, result, events, seconds, path))
+                ended.append(success(entry, result, accepted, seconds, path))
         # The batch's DONE records in one journal call, then each file's outcome told.
         await outcomes.record_done(done)
         finish = outcomes.finish

@@ -73,7 +73,7 @@ class RunOutcomes:
             await self._save(self._journal.record(done_record(entry, result)))
             # Not waited for: a file the server completed whose DONE record a SIGKILL lost
             # is still marked in flight, and the re-run asks the server about it first.
-        return self.success(entry, result, events, seconds)
+        return self.success(entry, result, events.accepted, seconds)
 
     async def record_done(self, done: Sequence[tuple[FileEntry, Completed]]) -> None:
         """The DONE records of a batch's files, queued in one journal call (`succeeded`
@@ -85,11 +85,12 @@ class RunOutcomes:
         self,
         entry: FileEntry,
         result: Completed,
-        events: FileEvents,
+        accepted: int,
         seconds: float,
         remote_path: str | None = None,
     ) -> FileOutcome:
-        """A completed file's outcome (its journal record queued by the caller); its
+        """A completed file's outcome (its journal record queued by the caller): `accepted`
+        the bytes the server accepted from this run (`FileEvents.accepted`); its
         `remote_path` when the caller knows it already."""
         relative = entry.relative
         return FileOutcome(
@@ -100,7 +101,7 @@ class RunOutcomes:
             result.file_guid,
             result.attempts,
             seconds,
-            events.accepted,
+            accepted,
         )
 
     async def failed(

@@ -42,9 +42,9 @@ from bulkdrive.source import LocalContent
 from bulkdrive.upload import ResumePoint, UploadResult, upload_file
 from bulkdrive.walk import FileEntry, FolderEntry, WalkFilters, WalkItem, count_files, walk
 
-#: Under an engine a dispatched batch goes out whole: up to this many files (one journal
-#: read and commit each), gathered from the backlog for at most `ENGINE_LINGER` seconds.
-ENGINE_DISPATCH_BATCH = 512
+#: Under an engine a dispatched batch goes out whole: up to `engine.batch_files` files (one
+#: journal read and commit each; the engine says how many, batch by batch), gathered from
+#: the backlog for at most `ENGINE_LINGER` seconds; the backlog holds two of its largest.
 ENGINE_LINGER = 0.02
 
 __all__ = ["FileEngine", "RunPlan", "SchedulerStatistics", "TreeUpload", "upload_tree"]
@@ -114,6 +114,10 @@ class TreeUpload:
         self._journal = journal
         self._clock = clock
         self._engine = engine
+        # Under an engine, room for two of its batches: the walk keeps one ready.
+        self._backlog_size = (
+            plan.backlog if engine is None else max(plan.backlog, 2 * engine.most_batch_files)
+        )
         self._tally = RunTally()
         self._run_error: errors.RunFailed | None = None
         self._interrupted = False
@@ -154,6 +158,7 @@ class TreeUpload:
             self._batches = EngineBatches(
                 engine,
                 prepare=self._prepare,
+                check_name=lambda relative: check_name(relative, plan.invalid_names),
                 outcomes=self._outcomes,
                 sinks=self._sinks,
                 reporter=reporter,
@@ -200,7 +205,7 @@ class TreeUpload:
             max_in_flight=self._max_in_flight if batches is None else batches.max_in_flight,
             backlog_used=self._backlog_used(),
             max_backlog_used=self._max_backlog,
-            backlog_size=self._plan.backlog,
+            backlog_size=self._backlog_size,
             folders_created=self._folders.created,
             would_upload_files=self._dispatcher.would_upload_files,
             would_upload_bytes=self._dispatcher.would_upload_bytes,
@@ -223,11 +228,14 @@ class TreeUpload:
         plan = self._plan
         engine = self._engine
         self._reporter.start(str(plan.source), plan.remote_folder)
-        send, receive = anyio.create_memory_object_stream[WalkItem](plan.backlog)
+        send, receive = anyio.create_memory_object_stream[WalkItem](self._backlog_size)
         self._backlog_used = lambda: receive.statistics().current_buffer_used
         # Under --cluster the workers' own limits hold; the coordinator only hands out.
         auto = plan.config.auto_transfers and not plan.dry_run and engine is None
-        dispatch_batch = DISPATCH_BATCH if engine is None else ENGINE_DISPATCH_BATCH
+
+        def dispatch_batch() -> int:
+            return DISPATCH_BATCH if engine is None else engine.batch_files
+
         linger = 0.0 if engine is None else ENGINE_LINGER
         try:
             with self._run_scope:
@@ -256,7 +264,7 @@ class TreeUpload:
                         await self._folders.ensure_root(create=not plan.dry_run)
                         while self._run_error is None:
                             self._max_backlog = max(self._max_backlog, self._backlog_used())
-                            batch = await next_batch(receive, dispatch_batch, linger)
+                            batch = await next_batch(receive, dispatch_batch(), linger)
                             if not batch:
                                 break
                             try:

@@ -34,10 +34,21 @@ from test_resume import (
 
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.cluster import ClusterOptions, batches_out, open_cluster
+from bulkdrive.cluster_engine import (
+    BATCH_FILES,
+    FIRST_BATCH_FILES,
+    START_TASK_FILES,
+    TASK_SECONDS,
+    ClusterEngine,
+)
+from bulkdrive.cluster_wire import BatchReport, FileReport
 from bulkdrive.config import Credentials, Secret, TransferConfig
 from bulkdrive.emulator import Emulator
 from bulkdrive.emulator.app import UploadRecord
+from bulkdrive.engine_batches import EngineFile
+from bulkdrive.names import InvalidNames
 from bulkdrive.scheduler import RunPlan, TreeUpload
+from bulkdrive.walk import FileEntry
 
 from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
 from trees import assert_stored, make_tree
@@ -292,3 +303,71 @@ async def test_workers_read_src_under_worker_path(
     assert done.returncode == 0, done.stderr.decode()
     assert assert_stored(mount, stored(emulator)) > 20
     assert stored(emulator, "a", "b", "c", "deep.txt").read_bytes() == b"DEEP"
+
+
+def test_tasks_hold_about_a_second_of_a_workers_time() -> None:
+    """A task's files follow the workers' pace: as many as allowed while tasks end at once
+    (the coordinator benchmark's stub), about TASK_SECONDS' worth of real uploads, and the
+    first tasks' size at least."""
+    engine = ClusterEngine(None, "run", in_flight=1)
+    assert engine._task_files == START_TASK_FILES
+
+    def took(files: int, seconds: float) -> BatchReport:
+        reports = (FileReport(ok=True),) * files
+        return BatchReport(
+            worker="w", files=reports, started=10.0, ended=10.0 + seconds, accepted=0, rerun=False
+        )
+
+    for _ in range(30):
+        engine._paced(took(512, 0.0))
+    assert engine._task_files == engine.batch_files == engine.most_batch_files == BATCH_FILES
+    for _ in range(30):
+        engine._paced(took(512, 2.0))  # 256 files a second
+    assert abs(engine._task_files - 256 * TASK_SECONDS) <= 256 * TASK_SECONDS * 0.02
+    engine._tasks = 100  # past the first, smaller tasks
+    files = [
+        EngineFile(FileEntry(f"/src/f{i}", f"f{i}", 1, 0), "\\", f"f{i}", None, b"")
+        for i in range(1000)
+    ]
+    assert [len(p) for p in engine._pieces(files)] == [len(p) for p in _chunks(1000, 256)]
+    for _ in range(30):
+        engine._paced(took(10, 60.0))  # large files
+    assert engine._task_files == FIRST_BATCH_FILES
+
+
+def _chunks(total: int, size: int) -> list[range]:
+    return [range(start, min(total, start + size)) for start in range(0, total, size)]
+
+
+async def test_a_name_refused_in_a_folder_fails_that_file_alone(
+    dask_cluster: Any, emulator: Emulator, tmp_path: Path
+) -> None:
+    """The files after a folder's first are checked by name only (their folder was waited for
+    once): under --invalid-names fail a bad name among them fails alone."""
+    source = tmp_path / "src"
+    (source / "d").mkdir(parents=True)
+    for name in (b"a.txt", b"b\xe9.txt", b"c.txt"):
+        with open(os.path.join(os.fsencode(source / "d"), name), "wb") as f:
+            f.write(name * 3)
+    (source / "e").mkdir()
+    (source / "e" / "x.txt").write_bytes(b"x")
+    config = TransferConfig(transfers=4)
+    credentials = Credentials(user=USER, password=Secret(PASSWORD))
+    async with (
+        EdgeDriveClient.connect(
+            emulator.base_url, credentials, share_id=SHARE_ID, config=config
+        ) as client,
+        open_cluster(
+            ClusterOptions(address=dask_cluster.scheduler_address, source=source),
+            client,
+            emulator.base_url,
+            config,
+        ) as engine,
+    ):
+        plan = RunPlan(source=source, config=config, invalid_names=InvalidNames.FAIL)
+        summary = await TreeUpload(client, plan, engine=engine).run()
+    assert (summary.files.uploaded, summary.files.failed) == (3, 1)
+    assert stored(emulator, "d", "a.txt").read_bytes() == b"a.txt" * 3
+    assert stored(emulator, "d", "c.txt").read_bytes() == b"c.txt" * 3
+    assert stored(emulator, "e", "x.txt").read_bytes() == b"x"
+    assert sorted(p.name for p in stored(emulator, "d").iterdir()) == ["a.txt", "c.txt"]
