@@ -74,6 +74,11 @@ LOW_LEVEL_LOG_LENGTH = 16
 #: the host's CPU, memory, disk and network with psutil, for a dashboard nobody opens:
 #: Dask's default of 500 ms cost ~2 % of the coordinator's event loop.
 SYSTEM_MONITOR_INTERVAL = "5s"
+#: The workers' statistical profiler (a thread walking every thread's stack each 10 ms, for
+#: the dashboard): ~6 % of a `--cluster local:N` worker's CPU in py-spy on small files. Off
+#: for the workers a local cluster starts (they take the coordinator's Dask settings);
+#: a running cluster's workers keep their own settings.
+WORKER_PROFILE = False
 
 
 #: The coordinator's garbage collector: a young collection every this many allocations
@@ -98,6 +103,7 @@ def coordinator_config() -> Iterator[None]:
             {
                 "distributed.admin.low-level-log-length": LOW_LEVEL_LOG_LENGTH,
                 "distributed.admin.system-monitor.interval": SYSTEM_MONITOR_INTERVAL,
+                "distributed.worker.profile.enabled": WORKER_PROFILE,
             }
         ):
             yield
