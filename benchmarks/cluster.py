@@ -93,17 +93,14 @@ def _cpu_of_children() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def upload_once(source: Path, extra: list[str], serve_extra: list[str]) -> dict[str, Any]:
-    """One `bulkdrive upload` against a fresh `bulkdrive serve`; its --report, plus wall time
-    and the CPU seconds of the upload (with its Dask workers) and of the server."""
+def _serve(root: Path, serve_extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    """`bulkdrive serve` in its own process, on a free port; returns once it listens."""
     port = _free_port()
-    cpu: dict[str, float] = {}
-    root = _server_root()
-    work = Path(tempfile.mkdtemp(prefix="bulkdrive-cluster-run-"))
-    bulkdrive = [sys.executable, "-m", "bulkdrive"]
     server = subprocess.Popen(
         [
-            *bulkdrive,
+            sys.executable,
+            "-m",
+            "bulkdrive",
             "serve",
             "--port",
             str(port),
@@ -118,16 +115,28 @@ def upload_once(source: Path, extra: list[str], serve_extra: list[str]) -> dict[
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server, port
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.terminate()
+                server.wait(timeout=30)
+                raise
+            time.sleep(0.05)
+
+
+def upload_once(source: Path, extra: list[str], serve_extra: list[str]) -> dict[str, Any]:
+    """One `bulkdrive upload` against a fresh `bulkdrive serve`; its --report, plus wall time
+    and the CPU seconds of the upload (with its Dask workers) and of the server."""
+    cpu: dict[str, float] = {}
+    root = _server_root()
+    work = Path(tempfile.mkdtemp(prefix="bulkdrive-cluster-run-"))
+    bulkdrive = [sys.executable, "-m", "bulkdrive"]
+    server, port = _serve(root, serve_extra)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
         env = {**os.environ, "BULKDRIVE_PASSWORD": PASSWORD, "BULKDRIVE_STATE_DIR": str(work)}
         report = work / "report.json"
         command = [
@@ -250,29 +259,28 @@ async def _coordinate(source: Path, journal_path: Path) -> dict[str, float]:
     from bulkdrive.cluster import batches_out, coordinator_config, local_cluster
     from bulkdrive.cluster_engine import ClusterEngine
     from bulkdrive.config import Credentials, Secret, TransferConfig
-    from bulkdrive.emulator import EmulatorConfig, Share, User, running_emulator
     from bulkdrive.journal import JobKey, Journal
     from bulkdrive.scheduler import RunPlan, TreeUpload
 
+    # The server in its own process, as a real coordinator's is (it creates the remote
+    # folders): in this process it shared the coordinator's event loop and interpreter lock.
     root = Path(tempfile.mkdtemp(prefix="bulkdrive-coordinator-bench-"))
-    config = EmulatorConfig(
-        root=root, users=(User(USER, PASSWORD),), shares=(Share(SHARE, "bench"),), port=0
-    )
+    server, port = _serve(root, [])
+    url = f"http://127.0.0.1:{port}/webconsole/api"
     try:
         with coordinator_config():
             async with (
-                running_emulator(config) as emulator,
                 # The LocalCluster `--cluster local:2` starts (its scheduler in this process).
                 local_cluster(2) as cluster,
                 distributed.Client(cluster, asynchronous=True) as dask,
                 EdgeDriveClient.connect(
-                    emulator.base_url,
+                    url,
                     Credentials(USER, Secret(PASSWORD)),
                     share_id=SHARE,
                     config=TransferConfig(),
                 ) as client,
                 Journal.open(
-                    journal_path, JobKey.of(emulator.base_url, SHARE, "", source), exclusive=True
+                    journal_path, JobKey.of(url, SHARE, "", source), exclusive=True
                 ) as journal,
             ):
                 # SRC's path on the workers, as `open_cluster` gives it to a real run.
@@ -297,6 +305,8 @@ async def _coordinate(source: Path, journal_path: Path) -> dict[str, float]:
                     "main_thread_cpu_seconds": time.thread_time() - main_thread,
                 }
     finally:
+        server.terminate()
+        server.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -308,9 +318,14 @@ def _process_cpu() -> float:
 def coordinator_child(source: Path) -> None:
     import anyio
 
+    from bulkdrive.cli import _loop_options
+
     work = Path(tempfile.mkdtemp(prefix="bulkdrive-coordinator-journal-"))
     try:
-        result = anyio.run(_coordinate, source, work / "journal.sqlite")
+        # The event loop `bulkdrive upload` runs on (uvloop where it is installed).
+        result = anyio.run(
+            _coordinate, source, work / "journal.sqlite", backend_options=_loop_options()
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
