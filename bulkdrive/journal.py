@@ -854,6 +854,35 @@ class Journal:
                 pending = self._pending  # a commit swapped it out
             self._queue(record)
 
+    async def record_done_many(self, done: Sequence[tuple[str, int, int, str, int, bool]]) -> None:
+        """Queue the DONE records of files the server holds whole, (relative, size, mtime_ns,
+        file_guid, attempts, verified) each: `record_many` of those records, each built once
+        with its times (a `--cluster` coordinator records thousands a second)."""
+        if self._closed:
+            raise RuntimeError("the journal is closed")
+        if self._failure is not None:
+            raise self._failure
+        pending, inflight = self._pending, self._inflight
+        now = time.time()
+        state = FileState.DONE
+        records: list[FileRecord] = []
+        for relative, size, mtime_ns, file_guid, attempts, verified in done:
+            previous = pending.get(relative) or inflight.get(relative)
+            created = previous.created_at if previous is not None else now
+            # In FileRecord's order: no session, offset at the end, no digests nor error.
+            row = (relative, size, mtime_ns, state, None, size, b"", file_guid, attempts, None)
+            records.append(FileRecord(*row, created, now, verified))
+        if len(pending) + len(records) > self._max_pending:
+            await self.record_many(records)  # room to wait for
+            return
+        for record in records:
+            pending[record.relative] = record
+        self._records_queued += len(records)
+        if records and not self._has_pending.is_set():
+            self._has_pending.set()
+        if len(pending) >= self._batch_size and not self._batch_full.is_set():
+            self._batch_full.set()
+
     def note(self, record: FileRecord) -> None:
         """Queue the progress of a file in flight without waiting (best effort).
 

@@ -79,7 +79,11 @@ class RunOutcomes:
         """The DONE records of a batch's files, queued in one journal call (`succeeded`
         without the outcome: then `success` each)."""
         if self._journal is not None and done:
-            await self._save(self._journal.record_many(done_record(*file) for file in done))
+            rows = [
+                (e.relative, e.size, e.mtime_ns, r.file_guid, r.attempts, r.integrity_verified)
+                for e, r in done
+            ]
+            await self._save(self._journal.record_done_many(rows))
 
     def success(
         self,

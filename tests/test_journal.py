@@ -585,6 +585,33 @@ async def test_a_batch_mark_is_committed_ahead_of_the_ends_queued_before_it(
     }
 
 
+async def test_done_records_queued_in_one_call_read_as_records(tmp_path: Path) -> None:
+    """`record_done_many` (a --cluster batch's ends) queues what `record_many` of each file's
+    DONE record would: the same fields, the creation time of a record already queued kept."""
+    path = tmp_path / "j.sqlite"
+    async with Journal.open(path, flush_interval=3600) as journal:
+        await journal.record(rec("a", request_id="req-1", offset=40))
+        first = journal.lookup("a")
+        assert first is not None
+        await journal.record_done_many(
+            [("a", 100, MTIME, "guid-a", 2, True), ("b", 7, MTIME, "guid-b", 1, False)]
+        )
+        a, b = journal.lookup("a"), journal.lookup("b")
+        assert a is not None and b is not None
+        assert a.created_at == first.created_at and a.updated_at >= first.updated_at
+        expected = {
+            "a": ("a", 100, MTIME, FileState.DONE, None, 100, b"", "guid-a", 2, None),
+            "b": ("b", 7, MTIME, FileState.DONE, None, 7, b"", "guid-b", 1, None),
+        }
+        assert a[:10] == expected["a"] and a.verified is True
+        assert b[:10] == expected["b"] and b.verified is False
+        await journal.flush()
+    async with Journal.open(path) as reader:
+        for name, fields in expected.items():
+            stored = reader.lookup(name)
+            assert stored is not None and stored[:10] == fields
+
+
 async def test_a_done_record_replaces_every_field_of_the_row_it_updates(tmp_path: Path) -> None:
     """DONE records are written by a narrower statement: the row must read as the record."""
     path = tmp_path / "j.sqlite"
