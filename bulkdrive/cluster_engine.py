@@ -25,16 +25,15 @@ from bulkdrive.outcomes import Completed
 from bulkdrive.progress import Reporter
 from bulkdrive.report import RunSummary, WorkerFigures
 
-#: A task holds at most this many files, or this many bytes (a larger file goes alone), and
-#: about TASK_SECONDS of a worker's time at the pace its last tasks went: a task costs the
-#: coordinator and Dask's scheduler the same messages whatever it holds (on the coordinator
-#: benchmark, ~10 µs per file at 512 files a task, a quarter of its event loop), while a
-#: short task keeps the run's end even across the workers. Real uploads of small files
-#: (~500 files/s a task on two tasks a worker) keep ~512 files a task, as before.
+#: A task holds at most this many files, or this many bytes (a larger file goes alone); past
+#: START_TASK_FILES, only while it takes a worker about TASK_SECONDS at the pace its last
+#: tasks went. A task costs the coordinator and Dask's scheduler the same messages whatever
+#: it holds (on the coordinator benchmark, ~10 µs per file at 512 files a task, a quarter of
+#: its event loop), while short tasks keep the run's end even across the workers. Real
+#: uploads of small files (~350 files/s a task, two tasks a worker, 5 ms away) keep 512.
 BATCH_FILES = 2048
 BATCH_BYTES = 1 << 30
 TASK_SECONDS = 1.0
-#: Files a task holds until the workers' pace is known.
 START_TASK_FILES = 512
 #: The first tasks are smaller (16, 32, 64, ... files) so that every worker gets work at
 #: once, even from a small tree.
@@ -180,7 +179,7 @@ class ClusterEngine:
         self._seconds_per_file = pace
         most = self.most_batch_files
         fit = most if pace <= 0 else int(TASK_SECONDS / pace)
-        self._task_files = max(FIRST_BATCH_FILES, min(most, fit))
+        self._task_files = max(min(START_TASK_FILES, most), min(most, fit))
 
     async def _run_task(self, piece: Sequence[EngineFile]) -> tuple[FileReport, ...] | Exception:
         """One Dask task: its files' reports, or why the cluster could not run it."""

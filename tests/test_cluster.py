@@ -36,7 +36,6 @@ from bulkdrive.client import EdgeDriveClient
 from bulkdrive.cluster import ClusterOptions, batches_out, open_cluster
 from bulkdrive.cluster_engine import (
     BATCH_FILES,
-    FIRST_BATCH_FILES,
     START_TASK_FILES,
     TASK_SECONDS,
     ClusterEngine,
@@ -307,8 +306,8 @@ async def test_workers_read_src_under_worker_path(
 
 def test_tasks_hold_about_a_second_of_a_workers_time() -> None:
     """A task's files follow the workers' pace: as many as allowed while tasks end at once
-    (the coordinator benchmark's stub), about TASK_SECONDS' worth of real uploads, and the
-    first tasks' size at least."""
+    (the coordinator benchmark's stub), about TASK_SECONDS' worth of quick uploads, and
+    START_TASK_FILES at least."""
     engine = ClusterEngine(None, "run", in_flight=1)
     assert engine._task_files == START_TASK_FILES
 
@@ -322,17 +321,18 @@ def test_tasks_hold_about_a_second_of_a_workers_time() -> None:
         engine._paced(took(512, 0.0))
     assert engine._task_files == engine.batch_files == engine.most_batch_files == BATCH_FILES
     for _ in range(30):
-        engine._paced(took(512, 2.0))  # 256 files a second
-    assert abs(engine._task_files - 256 * TASK_SECONDS) <= 256 * TASK_SECONDS * 0.02
+        engine._paced(took(512, 0.5))  # 1 024 files a second
+    assert abs(engine._task_files - 1024 * TASK_SECONDS) <= 1024 * TASK_SECONDS * 0.02
     engine._tasks = 100  # past the first, smaller tasks
     files = [
         EngineFile(FileEntry(f"/src/f{i}", f"f{i}", 1, 0), "\\", f"f{i}", None, b"")
-        for i in range(1000)
+        for i in range(3000)
     ]
-    assert [len(p) for p in engine._pieces(files)] == [len(p) for p in _chunks(1000, 256)]
+    sizes = [len(p) for p in engine._pieces(files)]
+    assert sizes == [len(p) for p in _chunks(3000, engine._task_files)]
     for _ in range(30):
-        engine._paced(took(10, 60.0))  # large files
-    assert engine._task_files == FIRST_BATCH_FILES
+        engine._paced(took(10, 60.0))  # large files: never fewer than the first tasks had
+    assert engine._task_files == START_TASK_FILES
 
 
 def _chunks(total: int, size: int) -> list[range]:
