@@ -691,6 +691,9 @@ class Journal:
         self._marks: dict[int, tuple[float, list[tuple[str, int, int]]]] = {}
         self._unmarks: list[int] = []
         self._next_mark = 1
+        #: Every mark up to this id is committed (commits take all the marks queued, and
+        #: ids grow).
+        self._marks_committed_through = 0
         #: A reader's view of the marks a run wrote (the run expands them when it opens).
         self._marked: dict[str, FileRecord] = {}
         self._commit_lock = anyio.Lock()  # one batch at a time, in order
@@ -791,6 +794,7 @@ class Journal:
             self._marked = _marks_applied(self._reader)
         row = self._writer.execute("SELECT coalesce(max(id), 0) FROM in_flight").fetchone()
         self._next_mark = int(row[0]) + 1
+        self._marks_committed_through = self._next_mark - 1
 
     # --- writes ---
 
@@ -948,12 +952,12 @@ class Journal:
         written."""
         if self._failure is not None:
             raise self._failure
-        if mark not in self._marks and not self._commit_lock.locked():
-            return  # committed already (else maybe in the commit under way: wait for it)
+        if mark <= self._marks_committed_through:
+            return
         async with self._commit_lock:
             if self._failure is not None:
                 raise self._failure
-            if mark not in self._marks:
+            if mark <= self._marks_committed_through or mark not in self._marks:
                 return  # committed while we waited for the lock
             marks, self._marks = self._marks, {}
             try:
@@ -963,6 +967,7 @@ class Journal:
                 self._marks = {**marks, **self._marks}
                 self._failure = JournalFailed(f"cannot write journal {self.path}: {_one_line(exc)}")
                 raise self._failure from exc
+            self._marks_committed_through = max(self._marks_committed_through, *marks)
             self._batches_committed += 1
 
     async def _write_in_background(self) -> None:
@@ -1007,6 +1012,8 @@ class Journal:
                 raise self._failure from exc
             self._inflight = {}
             self._committed_through = sequence
+            if marks:
+                self._marks_committed_through = max(self._marks_committed_through, *marks)
             self._batches_committed += 1
             self._rows_written += len(batch)
 
