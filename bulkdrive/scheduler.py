@@ -435,19 +435,20 @@ class TreeUpload:
                 await self._journal.flush()
         return True
 
-    async def _send(
+    def _send(
         self,
         entry: FileEntry,
         events: FileEvents,
         content: LocalContent | None,
         resume: ResumePoint | None,
         known: bytes,
-    ) -> UploadResult:
-        """The file's bytes, from this process."""
+    ) -> Awaitable[UploadResult]:
+        """The file's bytes, from this process (the upload itself, awaited by the caller: a
+        coroutine less for each of its requests to pass through)."""
         assert self._client is not None
         folder = self._paths.folder_of(entry.relative)
         name = remote_name(name_of(entry.relative))
-        return await upload_file(
+        return upload_file(
             self._client,
             entry.path,
             folder,

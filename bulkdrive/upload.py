@@ -162,6 +162,7 @@ class _Upload:
         self._known_digests = known_digests  # the journal's, for [0, n × 4 MiB) of this file
         self._blocks_reported = 0
         self._restarts_seen = 0
+        self.attempts = 0  # calls of `run`: 1 + the §8 recoveries
 
     def progress(self) -> int:
         """What the retry budget counts from: the most bytes the server ever confirmed to
@@ -170,6 +171,9 @@ class _Upload:
         return self._confirmed_high + self.state.watched_bytes + self.state.watched_looks
 
     async def run(self) -> None:
+        """One attempt: the file driven through the state machine until it is done, or an
+        error ends the attempt (the retry policy decides on the next one)."""
+        self.attempts += 1
         while self.state.phase is not Phase.DONE:
             if self.state.restarts != self._restarts_seen:
                 self._started_over()
@@ -252,7 +256,10 @@ class _Upload:
                 block_hash=block_hash,
             )
 
-        reply, self._ahead = await self._send_reading_ahead(send, chunk, final)
+        if final:  # a small file: nothing to read ahead (and one coroutine less per resume)
+            reply = await send()
+        else:
+            reply, self._ahead = await self._send_reading_ahead(send, chunk, final)
         self.state = initiated(self.state, reply, now=time.monotonic())
         self._heard(reply)
 
@@ -472,12 +479,6 @@ async def upload_file(
         resume=resume,
         known_digests=known_digests,
     )
-    attempts = 0
-
-    async def attempt() -> None:
-        nonlocal attempts
-        attempts += 1
-        await upload.run()
 
     def before_sleep(retry_state: RetryCallState) -> None:
         outcome = retry_state.outcome
@@ -488,7 +489,11 @@ async def upload_file(
 
     try:
         await repeat(
-            attempt, config.retry, sleep=sleep, before_sleep=before_sleep, progress=upload.progress
+            upload.run,
+            config.retry,
+            sleep=sleep,
+            before_sleep=before_sleep,
+            progress=upload.progress,
         )
     except RetryError as failure:
         error = exhausted(failure, f"upload {remote_path}")
@@ -506,7 +511,7 @@ async def upload_file(
         size=state.size,
         file_guid=state.file_guid,
         bytes_sent=upload.bytes_sent,
-        attempts=attempts,
+        attempts=upload.attempts,
         resumes=state.resumes,
         restarts=state.restarts,
         integrity_verified=state.integrity_verified,
