@@ -18,8 +18,12 @@ from bulkdrive.report import TransfersUsed
 
 #: Seconds between two looks of `--transfers auto` at the run's counters.
 TUNE_TICK = 0.25
-#: Under `--transfers auto`, the limit the run starts with.
-AUTO_START = tuner.TunerSettings.start
+#: Under `--transfers auto`, the limit the run starts with: on this 2-core machine on the
+#: plateau of the best fixed settings from loopback to 2 ms away, where a run of a few seconds
+#: cannot afford a long climb (2 ms away 16 did clearly worse: the tree at 1 230 files/s
+#: against 1 985 at 32, medians of 3; on loopback 8 to 128 were alike). Large files then try
+#: `TunerSettings.large_start` first.
+AUTO_START = 32
 
 T = TypeVar("T")
 

@@ -25,7 +25,7 @@ How it decides:
   it grows again.
 - Large files (1 MiB or more on average in what finished): each transfer holds chunk
   buffers and churns the page cache, and a few in flight often keep the cores or the link
-  busy. The run first tries half its start (EASING; kept unless clearly worse), a step up
+  busy. The run first tries fewer (EASING: `large_start`; kept unless clearly worse), a step up
   must gain at least `large_gain` and never jumps, and a plateau keeps the lower limit.
 - Push-back (503/429 answers and timeouts) lowers the limit at once — back to the limit before
   the last step up, or by `backoff` — and the limit at which it came is not tried again for
@@ -60,9 +60,10 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True)
 class TunerSettings:
-    #: Where a run starts: on this 2-core machine the best fixed setting 2 ms away, and
-    #: no worse than 8 on loopback (a run of a few seconds cannot afford a long climb).
+    #: Where the tuner starts (a run of `--transfers auto` starts at `AUTO_START`).
     start: int = 16
+    #: Large files: the limit tried first, below `start` (see EASING).
+    large_start: int = 8
     minimum: int = 1
     maximum: int = 256
     #: Seconds of samples behind a look at an unchanged limit (HOLDING).
@@ -109,7 +110,7 @@ class TunerSettings:
     #: Files at least this large on average (in what finished) are large: each transfer
     #: holds chunk buffers and churns the page cache, so more in flight must pay for itself.
     #: Where throughput is flat a plateau keeps the lower limit, a climb never jumps, and the
-    #: run first tries half its starting limit.
+    #: run first tries `large_start`.
     large_file: int = 1024 * 1024
     #: With large files a step up counts as a gain only when it rose by this much (it
     #: doubles the memory held; their coarse samples make smaller rises a matter of chance).
@@ -419,7 +420,7 @@ def _grow(
     large = _large(settings, window)
     if before is None and large and not state.eased and state.limit > settings.minimum:
         # Large files: every limit from a few up is often alike (the cores or the link are
-        # the limit), and each transfer holds memory: try half first, against a second of
+        # the limit), and each transfer holds memory: try fewer first, against a second of
         # samples at the start limit (one large-file sample is too coarse to judge on).
         if window.seconds < settings.window or window.samples < 2:
             return state, None
@@ -431,7 +432,7 @@ def _grow(
             window=Window(),
             eased=True,
         )
-        new = _clamp(settings, state.limit // 2)
+        new = _clamp(settings, min(settings.large_start, state.limit // 2))
         reason = f"large files: trying fewer in flight than {state.limit}"
         return _moved(state, at, new, reason)
     waiting = "" if large else _waiting(settings, window)

@@ -31,7 +31,7 @@ CREDENTIALS = Credentials(user=USER, password=Secret(PASSWORD))
 async def test_auto_backs_off_a_busy_server_and_every_file_arrives(
     make_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    # 50 ms away, each transfer completes ~20 files/s: more in flight pays, and the 16 it
+    # 50 ms away, each transfer completes ~20 files/s: more in flight pays, and the 32 it
     # starts with are more than the server takes at once.
     emulator = await make_emulator(network=NetworkModel(latency=0.05, max_active=10))
     source = tmp_path / "src"
@@ -39,7 +39,7 @@ async def test_auto_backs_off_a_busy_server_and_every_file_arrives(
     for i in range(700):
         (source / f"f{i:03d}.bin").write_bytes(os.urandom(64 + i))
     config = TransferConfig(
-        transfers=32, auto_transfers=True, retry=RetryPolicy(attempts=20, max_wait=1.0)
+        transfers=64, auto_transfers=True, retry=RetryPolicy(attempts=20, max_wait=1.0)
     )
     plan = RunPlan(source=source, remote_folder="\\auto", config=config)
     async with EdgeDriveClient.connect(
@@ -61,9 +61,10 @@ async def test_auto_backs_off_a_busy_server_and_every_file_arrives(
 async def test_cli_auto_logs_each_change_and_reports_peak_and_mean(
     make_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    # 50 ms away: 16 in flight take over a second for the 400 files, time for a step up.
+    # 50 ms away: the 32 in flight it starts with take over a second for the 800 files, time
+    # for a step up.
     emulator = await make_emulator(network=NetworkModel(latency=0.05))
-    source = make_tree(tmp_path / "src", small_files=400)
+    source = make_tree(tmp_path / "src", small_files=800)
     report = tmp_path / "report.json"
     done = await run_cli(
         *upload_args(emulator, source, "--transfers", "auto", "-v", "--report", str(report)),
@@ -74,12 +75,12 @@ async def test_cli_auto_logs_each_change_and_reports_peak_and_mean(
     # 50 ms away the client mostly waits for the server: a jump, and why. Where the loop's
     # busy time is unknown, or the machine is so loaded that the loop mostly waited for a
     # core (which counts as busy), a doubling.
-    first = re.search(r"transfers 16 → (\d+): starting to measure at 16(.*)", output)
+    first = re.search(r"transfers 32 → (\d+): starting to measure at 32(.*)", output)
     assert first is not None, output
-    if first[1] == "64":
+    if first[1] == "128":
         assert loop_busy() is not None and first[2].startswith(" (the client waited")
     else:
-        assert first[1] == "32" and first[2] == ""
+        assert first[1] == "64" and first[2] == ""
     used = json.loads(report.read_text())["transfers_auto"]
     assert used["peak"] >= 8 and 1 <= used["mean"] <= used["peak"]
     assert "transfers auto: peak" in output
