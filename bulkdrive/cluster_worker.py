@@ -40,6 +40,7 @@ from bulkdrive.protocol import mtime_seconds
 from bulkdrive.session import ResumePoint
 from bulkdrive.source import InlineReads, LocalContent
 from bulkdrive.upload import upload_file
+from bulkdrive.work_queue import WorkQueue
 
 
 class _Recorder:
@@ -155,10 +156,8 @@ class _Uploads:
 
     def __init__(self, run: _WorkerRun) -> None:
         self._run = run
-        self._queue: deque[tuple[_Batch, int, LocalContent | None]] = deque()
-        self._idle: deque[anyio.Event] = deque()  # a task each, woken one per file
+        self._queue: WorkQueue[tuple[_Batch, int, LocalContent | None]] = WorkQueue()
         self._full: deque[anyio.Event] = deque()  # batches waiting for room to put
-        self._closed = False
 
     async def put(self, batch: _Batch, start: int, contents: list[LocalContent | None]) -> None:
         """Queue `batch`'s files from `start` on (their contents read ahead, or None), once
@@ -167,23 +166,14 @@ class _Uploads:
             room = anyio.Event()
             self._full.append(room)
             await room.wait()
-        queue = self._queue
-        for offset, content in enumerate(contents):
-            queue.append((batch, start + offset, content))
-        idle = self._idle
-        for _ in range(min(len(contents), len(idle))):
-            idle.popleft().set()
+        self._queue.put_many(
+            (batch, start + offset, content) for offset, content in enumerate(contents)
+        )
 
     async def work(self) -> None:
         queue, run = self._queue, self._run
-        while True:
-            while not queue:
-                if self._closed:
-                    return
-                idle = anyio.Event()
-                self._idle.append(idle)
-                await idle.wait()
-            batch, index, content = queue.popleft()
+        while (item := await queue.get()) is not None:
+            batch, index, content = item
             if len(queue) < SMALL_FILE_BATCH and self._full:
                 self._full.popleft().set()
             try:
@@ -196,9 +186,7 @@ class _Uploads:
 
     async def close(self) -> None:
         """The run is over: the tasks end (once the queue is empty)."""
-        self._closed = True
-        while self._idle:
-            self._idle.popleft().set()
+        self._queue.close()
 
 
 _RUNS: dict[str, _WorkerRun] = {}

@@ -5,7 +5,7 @@ relative to SRC lands on the server (names mapped by `--invalid-names escape`)."
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +17,7 @@ from bulkdrive.client import FOLDER_CONNECTIONS, EdgeDriveClient, folder_connect
 from bulkdrive.names import InvalidNames, check_name, remote_name
 from bulkdrive.progress import Reporter
 from bulkdrive.protocol import remote_child, split_remote_path
+from bulkdrive.work_queue import WorkQueue
 
 #: Folder creations at once, at 8 transfers or fewer: a small budget of their own, with
 #: connections of their own, so that a burst of folders never makes files wait for a
@@ -169,8 +170,7 @@ class RemoteFolders:
         self.slots = anyio.CapacityLimiter(folder_creations(transfers))
         self.created = 0
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._queue: deque[str] = deque()
-        self._idle: deque[anyio.Event] = deque()  # one per creator waiting for a folder
+        self._queue: WorkQueue[str] = WorkQueue()
         self._creators = 0
         self._closed = False
         #: Creations under way now, and the most there were at once.
@@ -212,20 +212,17 @@ class RemoteFolders:
         assert self._task_group is not None and not self._closed
         self.waits.add(relative)
         queue = self._queue
-        queue.append(relative)
+        woken = queue.put(relative)
         if len(queue) > self._most_queued:
             self._most_queued = len(queue)
-        if self._idle:
-            self._idle.popleft().set()
-        elif self._creators < self.slots.total_tokens:
+        if not woken and self._creators < self.slots.total_tokens:
             self._creators += 1
             self._task_group.start_soon(self._creator)
 
     def close(self) -> None:
         """No more folders (the walk is over): the creators end once the queue is empty."""
         self._closed = True
-        while self._idle:
-            self._idle.popleft().set()
+        self._queue.close()
 
     async def wait_for_folder_of(self, relative: str) -> errors.FolderNotCreated | None:
         parent = parent_of(relative)
@@ -234,15 +231,8 @@ class RemoteFolders:
         return await self.waits.wait(parent)
 
     async def _creator(self) -> None:
-        queue = self._queue
-        while True:
-            while not queue:
-                if self._closed:
-                    return
-                idle = anyio.Event()
-                self._idle.append(idle)
-                await idle.wait()
-            await self._make_folder(queue.popleft())
+        while (relative := await self._queue.get()) is not None:
+            await self._make_folder(relative)
 
     async def _make_folder(self, relative: str) -> None:
         error: errors.FolderNotCreated | None = None

@@ -61,11 +61,13 @@ ROOMS: dict[str, frozenset[str]] = {
         # ...a file's upload events, and the counters --transfers auto measures...
         "file_events": "journal progress report resume walk",
         # ...the remote folders, created ahead of their files...
-        "remote_folders": "client names progress protocol",
+        "remote_folders": "client names progress protocol work_queue",
         # ...and the --transfers auto driver loop around the pure tuner.
         "auto_transfers": "file_events progress report tuner",
         # --transfers auto: a pure controller, measurements in, the next limit out.
         "tuner": "",
+        # Work for a few long-lived tasks (folder creators, a worker's uploads).
+        "work_queue": "",
         # --cluster: the run's files uploaded by Dask workers with the same per-file engine.
         "cluster": "client cluster_engine cluster_wire cluster_worker progress",
         # ...its coordinator's engine (batches out as Dask tasks), the replay of a worker's
@@ -73,7 +75,7 @@ ROOMS: dict[str, frozenset[str]] = {
         "cluster_engine": "cluster_replay cluster_wire cluster_worker engine_batches outcomes "
         "progress report",
         "cluster_replay": "cluster_wire upload",
-        "cluster_worker": "client cluster_wire config protocol session source upload",
+        "cluster_worker": "client cluster_wire config protocol session source upload work_queue",
         "cluster_wire": "session",
         "resume": "journal source upload walk",
         "check": "client journal listing names protocol walk",
