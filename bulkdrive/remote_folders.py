@@ -13,22 +13,19 @@ import anyio
 import anyio.abc
 
 from bulkdrive import errors
-from bulkdrive.client import FOLDER_CONNECTIONS, EdgeDriveClient, folder_connections
+from bulkdrive.client import EdgeDriveClient, folder_connections
 from bulkdrive.names import InvalidNames, check_name, remote_name
 from bulkdrive.progress import Reporter
 from bulkdrive.protocol import remote_child, split_remote_path
 from bulkdrive.work_queue import WorkQueue
 
-#: Folder creations at once, at 8 transfers or fewer: a small budget of their own, with
-#: connections of their own, so that a burst of folders never makes files wait for a
-#: connection. Near the server a creation is one quick request and the walk finds folders far
-#: ahead of their files (on the benchmark's tree 6 of 50 000 files waited for their folder,
-#: with 2-3 creations at once on average); more transfers get more (`folder_connections`).
-FOLDER_CREATIONS = FOLDER_CONNECTIONS
-
 
 def folder_creations(transfers: int) -> int:
-    """The most folder creations at once beside `transfers` files in flight."""
+    """The most folder creations at once beside `transfers` files in flight: a budget of their
+    own, on connections of their own, so that a burst of folders never makes files wait for a
+    connection. Near the server a few suffice (on the benchmark's tree 6 of 50 000 files waited
+    for their folder, with 2-3 creations at once on average); far from it more transfers need
+    more (`client.folder_connections`)."""
     return max(1, min(transfers, folder_connections(transfers)))
 
 

@@ -19,7 +19,7 @@ from bulkdrive.emulator.network import NetworkModel
 from bulkdrive.names import QUOTE, InvalidNames, remote_name
 from bulkdrive.progress import NullReporter
 from bulkdrive.protocol import remote_child
-from bulkdrive.remote_folders import FOLDER_CREATIONS, RemoteFolders, RemotePaths, parts
+from bulkdrive.remote_folders import RemoteFolders, RemotePaths, folder_creations, parts
 
 from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
 
@@ -90,7 +90,7 @@ async def test_folders_are_created_at_once_up_to_their_budget_each_after_its_par
     assert folders.created == len(found)
     # A budget of their own, below --transfers: the uploads keep their connections.
     stats = folders.statistics()
-    assert stats.limit == FOLDER_CREATIONS == 4 and stats.most_at_once == 4
+    assert stats.limit == folder_creations(8) == 4 and stats.most_at_once == 4
     assert stats.creating == 0 and stats.queued == 0 and stats.created == len(found)
     assert stats.most_queued == len(found) + len(refused)  # all found before a creator ran
     # The first file asked for its folder before any creation could end, and waited for it.

@@ -16,7 +16,7 @@ from bulkdrive.auto_transfers import loop_busy
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import Credentials, RetryPolicy, Secret, TransferConfig
 from bulkdrive.emulator.network import NetworkModel
-from bulkdrive.remote_folders import FOLDER_CREATIONS, folder_creations
+from bulkdrive.remote_folders import folder_creations
 from bulkdrive.scheduler import RunPlan, TreeUpload
 from bulkdrive.settings import load_settings, transfer_config
 
@@ -111,7 +111,7 @@ async def test_folder_creations_follow_the_limit_as_at_a_fixed_setting(
     # As many at once as a fixed --transfers at the limits it set allows: more than the 4 of a
     # few transfers, never the tuner's whole limit (the uploads keep their connections).
     assert summary.transfers is not None and summary.transfers.peak >= 16
-    assert FOLDER_CREATIONS < stats.folders_at_once <= folder_creations(summary.transfers.peak)
+    assert folder_creations(8) < stats.folders_at_once <= folder_creations(summary.transfers.peak)
 
 
 def test_folder_creations_grow_with_the_transfers() -> None:
