@@ -44,3 +44,10 @@ def test_the_steady_rate_leaves_out_the_ramps() -> None:
     assert midrun.steady_rate(times) == pytest.approx(100, rel=0.02)
     assert midrun.steady_rate(times[:5]) == 0.0
     assert midrun.per_second([]) == []
+
+
+def test_the_seconds_after_a_switch_count_from_the_switch() -> None:
+    # The restart left 2.5 s without a server: those seconds count against the recovery.
+    times = [12.5, 12.6, 13.6, 13.7, 13.8]
+    assert midrun.per_second(times, start=10.0) == [0.0, 0.0, 2.0, 3.0]
+    assert midrun.per_second(times) == [2.0, 3.0]  # from the first completion

@@ -27,7 +27,8 @@ class MidrunConfig:
     bench: harness.BenchConfig
     before: float = 0.002
     after: float = 0.020
-    #: Seconds of the run at `before`, then the emulator restarts at `after` (same port, root).
+    #: Seconds of the run at `before`, then the emulator restarts at `after` (same port, root);
+    #: the recovery is counted from that moment.
     switch_after: float = 5.0
     #: Fixed settings measured at `after` alone, for the best to recover to.
     reference: tuple[int, ...] = (32, 64, 128)
@@ -126,6 +127,9 @@ def _switching_run(
                 # 20 ms: 22 s against 10 s), which the fixed reference runs do not pay.
                 upload = subprocess.Popen(argv, env=env, stdout=out, stderr=err, cwd=run_dir)
                 time.sleep(config.switch_after)
+                # The change starts as the first emulator stops: the seconds of the restart,
+                # with no server to answer, count against the recovery.
+                switched = time.time()
             log(f"  midrun: emulator restarted at {config.after * 1000:g} ms latency")
             with emulator(config.after, "--log-requests", str(after_log)):
                 code = upload.wait(bench.timeout)
@@ -141,7 +145,9 @@ def _switching_run(
     return {
         "ok": not error,
         "error": error,
-        "rates_after_switch": [round(r, 1) for r in per_second(completions(after_log))],
+        "rates_after_switch": [
+            round(r, 1) for r in per_second(completions(after_log), start=switched)
+        ],
         "transfers_auto": used,  # peak, time-weighted mean and number of changes
     }
 
@@ -160,10 +166,11 @@ def completions(log_path: Path) -> list[float]:
     return sorted(times)
 
 
-def per_second(times: Sequence[float]) -> list[float]:
+def per_second(times: Sequence[float], start: float | None = None) -> list[float]:
+    """Completions in each second from `start` (the first completion when not given)."""
     if not times:
         return []
-    start = times[0]
+    start = times[0] if start is None else min(start, times[0])
     counts = [0] * (int(times[-1] - start) + 1)
     for t in times:
         counts[int(t - start)] += 1

@@ -94,7 +94,8 @@ _FILE = click.Path(path_type=Path)
     default="large,small,mixed",
     show_default=True,
     metavar="W,W,…",
-    help="Comma list of workloads: large, small, mixed, quick, sample.",
+    help="Comma list of workloads: large, small, mixed, quick, sample, tree, tree-flat; "
+    "netsmall, netlarge, nettree (network sweep); netmidrun (--midrun).",
 )
 @click.option(
     "--repeat",
@@ -147,7 +148,7 @@ _FILE = click.Path(path_type=Path)
     metavar="D,D",
     help="Restart the emulator mid-run from the first latency to the second (e.g. "
     "2ms,20ms): how soon --transfers auto is back to 0.8x the best of --sweep's fixed "
-    "settings (default 32,64,128) at the second (default workload small).",
+    "settings (default 32,64,128) at the second (default workload netmidrun).",
 )
 @click.option(
     "--max-active",
@@ -263,7 +264,7 @@ def run(args: BenchArgs) -> int:
     if args.latency is not None and args.workload == "large,small,mixed" and not args.quick:
         args = replace(args, workload="netsmall,netlarge")
     if args.midrun is not None and args.workload == "large,small,mixed" and not args.quick:
-        args = replace(args, workload="small")
+        args = replace(args, workload="netmidrun")
     try:
         config = config_from(args)
     except ValueError as exc:

@@ -10,6 +10,7 @@
     python -m bulkdrive.bench.workloads nettree DIR    # the tree's shape, 10 000 files
     python -m bulkdrive.bench.workloads netsmall DIR   # 20 000 × 4 KiB (network sweep)
     python -m bulkdrive.bench.workloads netlarge DIR   # 128 × 16 MiB (network sweep)
+    python -m bulkdrive.bench.workloads netmidrun DIR  # 60 000 × 4 KiB (the mid-run change)
 
 A tree that exists already is reused as long as it is still the workload's definition: its
 marker holds a fingerprint of the definition (every path and size, and the seed), so a tree
@@ -146,6 +147,14 @@ def net_tree_files() -> Iterator[tuple[str, int]]:
     yield from tree_files(files=TREE_FILES // 5, folders=TREE_FOLDERS // 5)
 
 
+def net_midrun_files() -> Iterator[tuple[str, int]]:
+    """The mid-run change's small files (`bench --midrun`): 60 000, so that after 5 s at the
+    first latency ~15 s are left at the second, at the ~3 000 files/s one client reaches here.
+    With netsmall's 20 000 the run ended 3 s after the restart: too soon to tell whether it
+    recovered within 10 s."""
+    yield from small_files(count=60_000)
+
+
 def net_large_files() -> Iterator[tuple[str, int]]:
     """The network sweep's large files: 128 of 16 MiB (four chunks each), as many as the
     largest fixed setting sends at once; 2.1 GB, ~7 s on loopback (48 files lasted 2-3 s on a
@@ -164,6 +173,7 @@ WORKLOADS = {
     "netsmall": net_small_files,
     "netlarge": net_large_files,
     "nettree": net_tree_files,
+    "netmidrun": net_midrun_files,
 }
 #: Workloads measured on an emulator that refuses uploads into missing folders
 #: (`serve --strict-parents`): every folder must be created by the contender.
