@@ -51,3 +51,16 @@ def test_the_seconds_after_a_switch_count_from_the_switch() -> None:
     times = [12.5, 12.6, 13.6, 13.7, 13.8]
     assert midrun.per_second(times, start=10.0) == [0.0, 0.0, 2.0, 3.0]
     assert midrun.per_second(times) == [2.0, 3.0]  # from the first completion
+
+
+def test_the_recovery_is_the_first_second_at_the_target() -> None:
+    assert midrun.recovered_after([100.0, 700.0, 900.0, 600.0], 800.0) == 3
+    assert midrun.recovered_after([100.0, 700.0], 800.0) is None
+
+
+def test_the_verdict_is_the_median_run_a_run_that_never_recovered_the_longest() -> None:
+    assert midrun.median_seconds([3, 1, 2]) == 2
+    assert midrun.median_seconds([None, 4, 2]) == 4
+    assert midrun.median_seconds([None, None, 2]) is None
+    assert midrun.median_seconds([2, 5]) == 3.5
+    assert midrun.median_seconds([]) is None

@@ -3,6 +3,8 @@
 bulkdrive `--transfers auto` uploads to an emulator that is restarted mid-run (same port and
 root) at another latency; from the emulator's request log, how many seconds until its rate of
 completed uploads is back to a share of the best fixed setting measured at the new latency.
+Each of `--repeat` repetitions runs the fixed settings and one switching run; the best fixed
+setting is the best of the settings' medians, and the verdict the median recovery time.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import shutil
 import socket
+import statistics
 import subprocess
 import time
 from collections.abc import Sequence
@@ -47,42 +51,50 @@ def run_midrun(config: MidrunConfig, log: harness.Log = harness._stderr_log) -> 
     harness.warm_page_cache(workload.source)
     run_root = harness._unique(bench.data_dir / "runs" / time.strftime("midrun-%Y%m%d-%H%M%S"))
     run_root.mkdir(parents=True)
+    steady: dict[int, list[float]] = {setting: [] for setting in config.reference}
+    runs: list[dict[str, Any]] = []
     try:
-        best = 0.0
-        for setting in config.reference:
-            log_path = run_root / f"fixed-{setting}.requests.ndjson"
-            args = ("--latency", f"{config.after}s", "--log-requests", str(log_path))
-            m = harness.measure_one(
-                replace(bench, emulator_args=args),
-                workload,
-                "bulkdrive",
-                setting,
-                0,
-                run_root,
-                log,
-            )
-            if m.ok:
-                best = max(best, steady_rate(completions(log_path)))
-        auto = _switching_run(config, bench, workload, run_root, log)
+        # Repetitions interleave the fixed runs (in a rotating order) with the switching run,
+        # so that a machine that gets busier or quieter weighs on both sides alike.
+        for repetition in range(bench.repeat):
+            shift = repetition % len(config.reference)
+            for setting in config.reference[shift:] + config.reference[:shift]:
+                log_path = run_root / f"fixed-{setting}-r{repetition}.requests.ndjson"
+                args = ("--latency", f"{config.after}s", "--log-requests", str(log_path))
+                m = harness.measure_one(
+                    replace(bench, emulator_args=args),
+                    workload,
+                    "bulkdrive",
+                    setting,
+                    repetition,
+                    run_root,
+                    log,
+                )
+                if m.ok:
+                    steady[setting].append(steady_rate(completions(log_path)))
+            runs.append(_switching_run(config, bench, workload, run_root, repetition, log))
     finally:
         if not bench.keep:
             shutil.rmtree(run_root, ignore_errors=True)
             if bench.server_dir is not None:
                 where = harness._server_root(bench, run_root, "x").parent
                 shutil.rmtree(where, ignore_errors=True)
-    per_second = auto["rates_after_switch"]
+    best = max((statistics.median(rates) for rates in steady.values() if rates), default=0.0)
     target = config.recover_share * best
-    recovered = next((i + 1 for i, r in enumerate(per_second) if r >= target), None)
+    for run in runs:
+        run["recovered_after_seconds"] = recovered_after(run["rates_after_switch"], target)
     return {
         "kind": "bulkdrive-midrun",
         "workload": name,
         "before": config.before,
         "after": config.after,
         "switch_after": config.switch_after,
+        "fixed_files_per_s": {str(k): [round(r, 1) for r in v] for k, v in steady.items()},
         "best_fixed_files_per_s": round(best, 1),
         "target_files_per_s": round(target, 1),
-        "recovered_after_seconds": recovered,
-        **auto,
+        "recovered_after_seconds": median_seconds([r["recovered_after_seconds"] for r in runs]),
+        "ok": all(r["ok"] for r in runs),
+        "runs": runs,
     }
 
 
@@ -91,15 +103,16 @@ def _switching_run(
     bench: harness.BenchConfig,
     workload: harness.Workload,
     run_root: Path,
+    repetition: int,
     log: harness.Log,
 ) -> dict[str, Any]:
     with socket.socket() as probe:  # a free port both emulators take in turn
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server_root = run_root / "switch-server"
-    run_dir = run_root / "switch"
+    server_root = run_root / f"switch-server-r{repetition}"
+    run_dir = run_root / f"switch-r{repetition}"
     run_dir.mkdir()
-    after_log = run_root / "after.requests.ndjson"
+    after_log = run_root / f"after-r{repetition}.requests.ndjson"
 
     def emulator(
         latency: float, *extra: str
@@ -150,6 +163,23 @@ def _switching_run(
         ],
         "transfers_auto": used,  # peak, time-weighted mean and number of changes
     }
+
+
+def recovered_after(per_second: Sequence[float], target: float) -> int | None:
+    """Seconds from the change until the first second at `target` or above (None: never)."""
+    return next((i + 1 for i, rate in enumerate(per_second) if rate >= target), None)
+
+
+def median_seconds(seconds: Sequence[int | None]) -> float | None:
+    """The median of the runs' recovery times, a run that never recovered counting as the
+    longest (None when that is the median)."""
+    ordered = sorted(seconds, key=lambda s: math.inf if s is None else s)
+    if not ordered:
+        return None
+    middle = ordered[(len(ordered) - 1) // 2 : len(ordered) // 2 + 1]
+    if any(s is None for s in middle):
+        return None
+    return statistics.median(s for s in middle if s is not None)
 
 
 def completions(log_path: Path) -> list[float]:
