@@ -115,6 +115,10 @@ class Handout:
         # One event per waiting worker, woken one per file: with thousands of workers (a
         # --cluster run's slots) a shared event would wake them all for every batch.
         self._waiters: deque[anyio.Event] = deque()
+        #: The event loop's own Event class, known from the first wait: `anyio.Event()`
+        #: looks the async library up on every call (~1 % of a run's CPU when transfers
+        #: outnumber a batch's files and nearly every file is taken after a wait).
+        self._event: Callable[[], anyio.Event] | None = None
         self._emptied = anyio.Event()
         self._emptied.set()
         #: Times a worker found the hand-out empty and waited for a batch (a dispatcher
@@ -137,7 +141,11 @@ class Handout:
             if self._closed:
                 return None
             self.worker_waits += 1
-            waiter = anyio.Event()
+            if self._event is None:
+                waiter = anyio.Event()
+                self._event = type(waiter)
+            else:
+                waiter = self._event()
             self._waiters.append(waiter)
             await waiter.wait()
         ready = self._files.popleft()

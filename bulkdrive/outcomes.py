@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from bulkdrive import errors
 from bulkdrive.file_events import FileEvents, RunCounters
-from bulkdrive.journal import FileRecord, FileState, Journal
+from bulkdrive.journal import FileState, Journal
 from bulkdrive.progress import Reporter
 from bulkdrive.remote_folders import RemotePaths
 from bulkdrive.report import FileOutcome, FileReportWriter, Outcome, RunTally, outcome_to_json
@@ -70,7 +70,9 @@ class RunOutcomes:
         self, entry: FileEntry, result: UploadResult, events: FileEvents, seconds: float
     ) -> FileOutcome:
         if self._journal is not None:
-            await self._save(self._journal.record(done_record(entry, result)))
+            # `record` of the file's DONE record, built once with its times.
+            done = (entry.relative, entry.size, entry.mtime_ns, result.file_guid, result.attempts)
+            await self._save(self._journal.record_done_many(((*done, result.integrity_verified),)))
             # Not waited for: a file the server completed whose DONE record a SIGKILL lost
             # is still marked in flight, and the re-run asks the server about it first.
         return self.success(entry, result, events.accepted, seconds)
@@ -176,27 +178,6 @@ class RunOutcomes:
                     level=logging.ERROR,
                 )
                 self._file_report = None
-
-
-def done_record(entry: FileEntry, result: Completed) -> FileRecord:
-    """The journal's record of a file the server holds whole (built positionally: one per
-    file)."""
-    size = entry.size
-    return FileRecord(
-        entry.relative,
-        size,
-        entry.mtime_ns,
-        FileState.DONE,
-        None,
-        size,
-        b"",
-        result.file_guid,
-        result.attempts,
-        None,
-        0.0,
-        0.0,
-        result.integrity_verified,
-    )
 
 
 def failure(exc: Exception) -> tuple[str, str, str]:
