@@ -4,15 +4,17 @@ measured within one run, medians of `--repeat`) and not the absolute numbers.
 
     python benchmarks/cluster.py overhead [--repeat 3]   # --cluster local:1 vs one process
     python benchmarks/cluster.py latency [--repeat 3]    # local:2 vs one process, 5 ms server
-    python benchmarks/cluster.py coordinator [--files 200000]  # stub workers: files/s, memory
+    python benchmarks/cluster.py coordinator [--files 200000] [--repeat 3]  # stub workers
 
 `overhead` and `latency` run `bulkdrive upload` as a program against `bulkdrive serve` (its own
 process, a fresh root per run) and compare the run's own `elapsed_seconds` from `--report`:
 the time from the start of the walk to the last outcome, without the few seconds a LocalCluster
 takes to start its worker processes (paid once per command, whatever the tree's size).
 `coordinator` runs the whole coordinator (walk, journal, batches through Dask, outcomes) in this
-process with workers whose task returns "uploaded" at once, and reports files/s and the
-process's peak RSS at two tree sizes (flat memory: the same peak for 4× the files).
+process with workers whose task returns "uploaded" at once, on `--files` files and on twice
+as many, `--repeat` runs of each interleaved, and reports the medians of files/s, CPU per file
+and the process's peak RSS, with its RSS over each run (flat memory: the same peak for twice
+the files, both runs past the ramp of the first batches).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -251,7 +254,9 @@ def latency(data_dir: Path, repeat: int) -> None:
 # --- the coordinator alone, with stub workers ----------------------------------------------
 
 
-async def _coordinate(source: Path, journal_path: Path) -> dict[str, float]:
+async def _coordinate(
+    source: Path, journal_path: Path, sampling: tuple[threading.Thread, threading.Event] | None
+) -> dict[str, Any]:
     import distributed
     from cluster_stub import stub_batch
 
@@ -295,7 +300,13 @@ async def _coordinate(source: Path, journal_path: Path) -> dict[str, float]:
                 )
                 run = TreeUpload(client, RunPlan(source=source), journal=journal, engine=engine)
                 cpu, main_thread = _process_cpu(), time.thread_time()
-                summary = await run.run()
+                if sampling is not None:
+                    sampling[0].start()
+                try:
+                    summary = await run.run()
+                finally:
+                    if sampling is not None:
+                        sampling[1].set()
                 return {
                     "files": summary.files.uploaded,
                     "seconds": summary.elapsed_seconds,
@@ -315,40 +326,105 @@ def _process_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MiB
+
+
+def _sample_rss(samples: list[tuple[float, float]], stop: threading.Event) -> None:
+    """The process's RSS every RSS_EVERY seconds, from the start of the run to its end."""
+    began = time.monotonic()
+    while not stop.is_set():
+        samples.append((time.monotonic() - began, _rss_mib()))
+        stop.wait(RSS_EVERY)
+
+
+#: How often the coordinator's RSS is sampled during a run (seconds).
+RSS_EVERY = 0.25
+
+
 def coordinator_child(source: Path) -> None:
     import anyio
 
     from bulkdrive.cli import _loop_options
 
     work = Path(tempfile.mkdtemp(prefix="bulkdrive-coordinator-journal-"))
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample_rss, args=(samples, stop), daemon=True)
     try:
         # The event loop `bulkdrive upload` runs on (uvloop where it is installed).
         result = anyio.run(
-            _coordinate, source, work / "journal.sqlite", backend_options=_loop_options()
+            _coordinate,
+            source,
+            work / "journal.sqlite",
+            (sampler, stop),
+            backend_options=_loop_options(),
         )
     finally:
+        stop.set()
         shutil.rmtree(work, ignore_errors=True)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # The RSS over the run, in tenths of its time (the highest sample of each tenth).
+    seconds = max((t for t, _ in samples), default=0.0) or 1.0
+    tenths = [0.0] * 10
+    for at, rss in samples:
+        tenth = min(9, int(at / seconds * 10))
+        tenths[tenth] = max(tenths[tenth], rss)
+    result["rss_by_tenth_mib"] = tenths
+    # CPU of the children that ended: the stub workers' processes and the server.
+    result["children_cpu_seconds"] = _cpu_of_children()
     print(json.dumps(result))
 
 
-def coordinator(data_dir: Path, files: int) -> None:
-    for count in (files // 4, files):
-        source = make_tree(data_dir / f"cluster-stub-{count}", count, 0, per_folder=500)
-        done = subprocess.run(
-            [sys.executable, __file__, "coordinator-child", str(source)],
-            capture_output=True,
-            check=True,
-        )
-        result = json.loads(done.stdout.decode().strip().splitlines()[-1])
-        files_done = result["files"]
-        rate = files_done / result["seconds"]
+def coordinator(data_dir: Path, files: int, repeat: int) -> None:
+    """The coordinator with stub workers on `files` and on twice as many files, `repeat` runs
+    of each, interleaved; medians. Memory is flat when the larger tree's peak RSS is no
+    higher than the smaller one's: both runs are long past the ramp of the first batches."""
+    sizes = (files, 2 * files)
+    sources = {
+        count: make_tree(data_dir / f"cluster-stub-{count}", count, 0, per_folder=500)
+        for count in sizes
+    }
+    runs: dict[int, list[dict[str, Any]]] = {count: [] for count in sizes}
+    for _ in range(repeat):
+        for count in sizes:
+            done = subprocess.run(
+                [sys.executable, __file__, "coordinator-child", str(sources[count])],
+                capture_output=True,
+                check=True,
+            )
+            result = json.loads(done.stdout.decode().strip().splitlines()[-1])
+            runs[count].append(result)
+            n = result["files"]
+            print(
+                f"  {n:,} files in {result['seconds']:.2f} s = {n / result['seconds']:,.0f}"
+                f" files/s; peak RSS {result['peak_rss_mib']:.0f} MiB; RSS by tenth of the run "
+                + " ".join(f"{r:.0f}" for r in result["rss_by_tenth_mib"]),
+                flush=True,
+            )
+    for count in sizes:
+        results = runs[count]
+        n = results[0]["files"]
+
+        def median(key: str, of: list[dict[str, Any]] = results) -> float:
+            return float(statistics.median(r[key] for r in of))
+
+        rates = sorted(r["files"] / r["seconds"] for r in results)
         print(
-            f"coordinator, stub workers: {files_done:,} files in {result['seconds']:.1f} s"
-            f" = {rate:,.0f} files/s; peak RSS {result['peak_rss_mib']:.0f} MiB;"
-            f" CPU µs per file: process {result['cpu_seconds'] / files_done * 1e6:.0f},"
-            f" event loop {result['main_thread_cpu_seconds'] / files_done * 1e6:.0f}"
+            f"coordinator, stub workers: {n:,} files: median {statistics.median(rates):,.0f}"
+            f" files/s (runs " + ", ".join(f"{r:,.0f}" for r in rates) + ");"
+            f" CPU µs per file: process {median('cpu_seconds') / n * 1e6:.0f},"
+            f" event loop {median('main_thread_cpu_seconds') / n * 1e6:.0f},"
+            f" stub workers and server {median('children_cpu_seconds') / n * 1e6:.0f};"
+            f" peak RSS {median('peak_rss_mib'):.0f} MiB"
+            f" (runs " + ", ".join(f"{r['peak_rss_mib']:.0f}" for r in results) + ")"
         )
+    small, large = (statistics.median(r["peak_rss_mib"] for r in runs[c]) for c in sizes)
+    print(
+        f"memory: peak RSS {large:.0f} MiB for {sizes[1]:,} files against {small:.0f} MiB for"
+        f" {sizes[0]:,} ({large / small:.2f}×)"
+    )
 
 
 def main() -> None:
@@ -362,7 +438,7 @@ def main() -> None:
     if args.what == "coordinator-child":
         coordinator_child(args.source)
     elif args.what == "coordinator":
-        coordinator(args.data_dir, args.files)
+        coordinator(args.data_dir, args.files, args.repeat)
     elif args.what == "overhead":
         overhead(args.data_dir, args.repeat)
     else:

@@ -71,7 +71,8 @@ class ClusterEngine:
         self._dask = dask
         self._run_id = run_id
         self.batches = max(1, in_flight)
-        self._path_map = path_map
+        #: A file's path on the workers, from its path here.
+        self._worker_path = _worker_paths(path_map)
         #: The Dask task that uploads a batch (a benchmark gives a stub).
         if task is None:
             from bulkdrive.cluster_worker import upload_batch
@@ -108,6 +109,13 @@ class ClusterEngine:
         for piece, report in zip(pieces, reports, strict=True):
             if isinstance(report, Exception):
                 results += [report] * len(piece)
+                continue
+            if len(report) != len(piece):
+                raise ValueError(f"a report of {len(report)} files for a task of {len(piece)}")
+            if not any(not r.ok or r.events or r.already_there for r in report):
+                # Nothing to replay, the common case: each file that completed is told its
+                # end only (its block digests serve only to continue an unfinished one).
+                results += report
                 continue
             for file, file_report in zip(piece, report, strict=True):
                 if file_report.ok and not (file_report.events or file_report.already_there):
@@ -188,16 +196,8 @@ class ClusterEngine:
         worker_path = self._worker_path
         batch = Batch(
             [  # in BatchFile's order
-                (
-                    worker_path(f.entry.path),
-                    f.entry.size,
-                    f.entry.mtime_ns,
-                    f.remote_folder,
-                    f.remote_name,
-                    f.resume,
-                    f.known_digests,
-                )
-                for f in piece
+                (worker_path(entry[0]), entry[2], entry[3], folder, name, resume, digests)
+                for entry, folder, name, resume, digests in piece
             ]
         )
         future = None
@@ -249,13 +249,15 @@ class ClusterEngine:
                 + (" (a batch run again)" if report.rerun else "")
             )
 
-    def _worker_path(self, local_path: str) -> str:
-        """The file's path on the workers: SRC as the walk spelled it (maybe relative to the
-        coordinator's folder) becomes `--worker-path`, or else SRC's absolute path."""
-        if self._path_map is None:
-            return os.path.abspath(local_path)
-        source, prefix = self._path_map
-        tail = local_path[len(source) :]
-        if tail and tail[0] not in "/\\":  # SRC given as "src/": "src/a" leaves "a"
-            tail = os.sep + tail
-        return prefix + tail
+
+def _worker_paths(path_map: tuple[str, str] | None) -> Callable[[str], str]:
+    """The files' paths on the workers: SRC as the walk spelled it (maybe relative to the
+    coordinator's folder) becomes `--worker-path`, or else SRC's absolute path. The walk's
+    paths are SRC, a separator unless SRC ends with one, then the path in SRC."""
+    if path_map is None:
+        return os.path.abspath
+    source, prefix = path_map
+    start = len(source)
+    if source[-1:] in ("/", "\\"):  # SRC given as "src/": "src/a" leaves "a"
+        prefix += os.sep
+    return lambda local_path: prefix + local_path[start:]

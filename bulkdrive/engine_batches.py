@@ -22,7 +22,7 @@ from bulkdrive import errors
 from bulkdrive.file_events import EventSinks, FileEvents
 from bulkdrive.journal import Journal
 from bulkdrive.names import remote_name
-from bulkdrive.outcomes import Completed, RunOutcomes
+from bulkdrive.outcomes import Completed, Done, RunOutcomes
 from bulkdrive.progress import Reporter
 from bulkdrive.remote_folders import RemotePaths
 from bulkdrive.report import FileOutcome, RunSummary
@@ -88,7 +88,7 @@ class EngineBatches:
         engine: FileEngine,
         *,
         prepare: Prepare,
-        check_name: Callable[[str], None],
+        check_name: Callable[[str], None] | None,
         outcomes: RunOutcomes,
         sinks: EventSinks,
         reporter: Reporter,
@@ -169,12 +169,16 @@ class EngineBatches:
         made: dict[int, FileEvents] = {}
         checked_parent: str | None = None  # the folder whose files passed `prepare`
         remote_folder = ""
+        check_name = self._check_name
+        file_started = self._reporter.file_started
+        stopping = self._stopping
+        started = 0
         for entry, stale, _content, resume, digests in ready:
-            if self._stopping():
+            if stopping():
                 break  # the run is stopping: start nothing new
-            self.started += 1
+            started += 1
             relative = entry.relative
-            self._reporter.file_started(relative, entry.size)
+            file_started(relative, entry.size)
             parent, _, name = relative.rpartition("/")
             events: FileEvents | None = None
             try:
@@ -186,8 +190,8 @@ class EngineBatches:
                     if not stale:
                         checked_parent = parent
                     remote_folder = self._paths.folder_of(relative)
-                else:
-                    self._check_name(relative)
+                elif check_name is not None:
+                    check_name(relative)
             except Exception as exc:
                 if isinstance(exc, errors.RunFailed):
                     self._stop(exc)
@@ -197,6 +201,7 @@ class EngineBatches:
             if events is not None:
                 made[len(files)] = events
             files.append(EngineFile(entry, remote_folder, remote_name(name), resume, digests))
+        self.started += started
         return files, made
 
     async def _upload(self, files: list[EngineFile], made: dict[int, FileEvents]) -> None:
@@ -218,28 +223,25 @@ class EngineBatches:
             self.in_flight -= len(files)
         seconds = self._clock() - began
         outcomes = self._outcomes
-        success = outcomes.success
-        ended: list[FileOutcome] = []
-        done: list[tuple[FileEntry, Completed]] = []
+        failed: list[FileOutcome] = []
+        done: list[Done] = []
         for index, (file, result) in enumerate(zip(files, results, strict=True)):
             entry, folder, name, _, _ = file
             if isinstance(result, Exception):
                 if isinstance(result, errors.RunFailed):
                     self._stop(result)
-                ended.append(await outcomes.failed(entry, result, events_of(index), seconds))
+                failed.append(await outcomes.failed(entry, result, events_of(index), seconds))
+                continue
+            events = made.get(index) if made else None
+            if events is None:
+                accepted = entry.size  # told nothing but its end: all of it sent now
             else:
-                events = made.get(index)
-                if events is None:
-                    accepted = entry.size  # told nothing but its end: all of it sent now
-                else:
-                    events.completed()
-                    accepted = events.accepted
-                done.append((entry, result))
-                # The file's remote path, as `RemotePaths.path_of` spells it.
-                path = ("" if folder == "\\" else folder) + "\\" + name
-                ended.append(success(entry, result, accepted, seconds, path))
-        # The batch's DONE records in one journal call, then each file's outcome told.
-        await outcomes.record_done(done)
+                events.completed()
+                accepted = events.accepted
+            # The file's remote path, as `RemotePaths.path_of` spells it.
+            done.append((entry, result, accepted, ("" if folder == "\\" else folder) + "\\" + name))
+        # The batch's DONE records in one journal call, each file's outcome told.
+        await outcomes.completed_many(done, seconds)
         finish = outcomes.finish
-        for outcome in ended:
+        for outcome in failed:
             finish(outcome)

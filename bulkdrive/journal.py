@@ -869,20 +869,37 @@ class Journal:
         pending, inflight = self._pending, self._inflight
         now = time.time()
         state = FileState.DONE
-        records: list[FileRecord] = []
-        for relative, size, mtime_ns, file_guid, attempts, verified in done:
-            previous = pending.get(relative) or inflight.get(relative)
-            created = previous.created_at if previous is not None else now
-            # In FileRecord's order: no session, offset at the end, no digests nor error.
-            row = (relative, size, mtime_ns, state, None, size, b"", file_guid, attempts, None)
-            records.append(FileRecord(*row, created, now, verified))
-        if len(pending) + len(records) > self._max_pending:
+        if len(pending) + len(done) > self._max_pending:
+            records = [  # stamped with their times when queued
+                FileRecord(r, size, mtime, state, None, size, b"", guid, tries, verified=verified)
+                for r, size, mtime, guid, tries, verified in done
+            ]
             await self.record_many(records)  # room to wait for
             return
-        for record in records:
-            pending[record.relative] = record
-        self._records_queued += len(records)
-        if records and not self._has_pending.is_set():
+        make = FileRecord._make
+        for relative, size, mtime_ns, file_guid, attempts, verified in done:
+            previous = pending.get(relative) or (inflight.get(relative) if inflight else None)
+            created = now if previous is None else previous.created_at
+            # In FileRecord's order: no session, offset at the end, no digests nor error.
+            pending[relative] = make(
+                (
+                    relative,
+                    size,
+                    mtime_ns,
+                    state,
+                    None,
+                    size,
+                    b"",
+                    file_guid,
+                    attempts,
+                    None,
+                    created,
+                    now,
+                    verified,
+                )
+            )
+        self._records_queued += len(done)
+        if done and not self._has_pending.is_set():
             self._has_pending.set()
         if len(pending) >= self._batch_size and not self._batch_full.is_set():
             self._batch_full.set()

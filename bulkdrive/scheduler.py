@@ -158,7 +158,12 @@ class TreeUpload:
             self._batches = EngineBatches(
                 engine,
                 prepare=self._prepare,
-                check_name=lambda relative: check_name(relative, plan.invalid_names),
+                # Only `--invalid-names fail` refuses a name (`check_name`).
+                check_name=(
+                    (lambda relative: check_name(relative, plan.invalid_names))
+                    if plan.invalid_names is InvalidNames.FAIL
+                    else None
+                ),
                 outcomes=self._outcomes,
                 sinks=self._sinks,
                 reporter=reporter,
