@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -56,6 +57,10 @@ SCHEMA_VERSION = 3
 # Per connection, in KiB (negative = KiB for SQLite): what bounds the journal's memory.
 CACHE_KIB = 2048
 BUSY_TIMEOUT_MS = 5000
+#: Records a background commit holds at most: a batch mark to commit (`Journal.flush_mark`)
+#: waits for one such transaction, not for the thousands of ends a `--cluster` coordinator
+#: queues (a transaction of 16 384 took up to ~0.9 s beside its busy event loop).
+COMMIT_ROWS = 2048
 
 T = TypeVar("T")
 
@@ -774,7 +779,7 @@ class Journal:
             with anyio.CancelScope(shield=True):
                 try:
                     journal._failure = None  # one last try for what is queued
-                    await journal._commit()
+                    await journal._commit_all()
                 finally:
                     journal._closed = True
                     try:
@@ -854,7 +859,7 @@ class Journal:
             if len(pending) >= most and record.relative not in pending:
                 # Full: commit rather than grow. The lock orders us behind a commit in progress.
                 self._backpressure_waits += 1
-                await self._commit(only_if_full=True)
+                await self._commit(only_if_full=True, most=COMMIT_ROWS)
                 pending = self._pending  # a commit swapped it out
             self._queue(record)
 
@@ -958,7 +963,7 @@ class Journal:
         if self._failure is not None:
             raise self._failure
         target = self._records_queued if through is None else through
-        if self._committed_through < target:
+        while self._committed_through < target:
             await self._commit(through=target)
 
     async def flush_mark(self, mark: int) -> None:
@@ -997,22 +1002,37 @@ class Journal:
                     self._batch_full = anyio.Event()
                     await self._batch_full.wait()
             try:
-                await self._commit()
+                await self._commit(most=COMMIT_ROWS)
             except RunFailed:
                 return  # record() and flush() raise it now; the exit retries once
 
-    async def _commit(self, *, only_if_full: bool = False, through: int | None = None) -> None:
+    async def _commit(
+        self, *, only_if_full: bool = False, through: int | None = None, most: int | None = None
+    ) -> None:
+        """One transaction: the marks queued, and the records queued (or the `most` oldest of
+        them); with the last of the records queued, the marks to delete (each one after the
+        ends of its files)."""
         async with self._commit_lock:
             if only_if_full and len(self._pending) < self._max_pending:
                 return
             if through is not None and self._committed_through >= through:
                 return  # a batch committed while we waited for the lock held our records
             if not self._pending and not self._marks and not self._unmarks:
+                # Nothing queued, nothing being committed: every record is on disk.
+                self._committed_through = self._records_queued
                 return
             sequence = self._records_queued
-            self._inflight, self._pending = self._pending, {}
+            pending = self._pending
+            whole = most is None or len(pending) <= most
+            if whole:
+                self._inflight, self._pending = pending, {}
+                unmarks, self._unmarks = self._unmarks, []
+            else:
+                chunk = dict(itertools.islice(pending.items(), most))
+                for relative in chunk:
+                    del pending[relative]
+                self._inflight, unmarks = chunk, []
             marks, self._marks = self._marks, {}
-            unmarks, self._unmarks = self._unmarks, []
             batch = list(self._inflight.values())
             try:
                 # Shielded: a batch is either committed and accounted, or rolled back and
@@ -1028,11 +1048,17 @@ class Journal:
                 self._failure = JournalFailed(f"cannot write journal {self.path}: {_one_line(exc)}")
                 raise self._failure from exc
             self._inflight = {}
-            self._committed_through = sequence
+            if whole:
+                self._committed_through = sequence
             if marks:
                 self._marks_committed_through = max(self._marks_committed_through, *marks)
             self._batches_committed += 1
             self._rows_written += len(batch)
+
+    async def _commit_all(self) -> None:
+        """Commit until nothing is queued."""
+        while self._pending or self._marks or self._unmarks:
+            await self._commit()
 
     async def note_run_skips(self, skips: Mapping[str, int]) -> None:
         """The run's skipped files counted by kind, in the run metadata (replacing the last
