@@ -302,11 +302,11 @@ class Dispatcher:
         out. In a run it works beside `choose` (the scheduler's `_hand_out`): each stage waits
         on a worker thread, and one after the other they took longer than the workers took to
         send a batch of small files (measured: all workers idle for 6-22 % of a run)."""
-        small = [
-            e
-            for e, stale, _ in chosen
-            if not stale and e.size <= SMALL_FILE_READ_AHEAD and self._read_ahead
-        ]
+        small = (
+            [e for e, stale, _ in chosen if not stale and e.size <= SMALL_FILE_READ_AHEAD]
+            if self._read_ahead
+            else []
+        )
         read: list[LocalContent | None] = []
         paths = [e.path for e in small]
         inline = self._reads.read(paths, read)

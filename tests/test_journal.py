@@ -585,6 +585,36 @@ async def test_a_batch_mark_is_committed_ahead_of_the_ends_queued_before_it(
     }
 
 
+async def test_a_background_commit_takes_the_oldest_records_and_deletes_marks_last(
+    tmp_path: Path,
+) -> None:
+    """A commit of the writer holds at most COMMIT_ROWS records (a mark to commit waits for
+    one such transaction), the oldest first; a batch mark is deleted only in the transaction
+    that takes the last records queued, so never before the ends of its files."""
+    path = tmp_path / "j.sqlite"
+
+    def marks_on_disk() -> int:
+        with sqlite3.connect(path) as conn:
+            count: int = conn.execute("SELECT count(*) FROM in_flight").fetchone()[0]
+            return count
+
+    async with Journal.open(path, exclusive=True, flush_interval=3600) as journal:
+        files = [(f"f{i}", 100, MTIME) for i in range(5)]
+        mark = await journal.mark_in_flight(files)
+        await journal.flush_mark(mark)
+        await journal.record_done_many([(r, s, m, f"g{r}", 1, False) for r, s, m in files])
+        journal.unmark(mark)
+        await journal._commit(most=2)
+        assert set(rows_on_disk(path)) == {"f0", "f1"} and marks_on_disk() == 1
+        await journal._commit(most=2)
+        assert set(rows_on_disk(path)) == {"f0", "f1", "f2", "f3"} and marks_on_disk() == 1
+        await journal._commit(most=2)  # the last record: the mark goes with it
+        assert len(rows_on_disk(path)) == 5 and marks_on_disk() == 0
+        await journal.record_many([rec(f"more{i}") for i in range(3)])
+        await journal.flush()  # a flush commits everything queued at once
+        assert len(rows_on_disk(path)) == 8
+
+
 async def test_done_records_queued_in_one_call_read_as_records(tmp_path: Path) -> None:
     """`record_done_many` (a --cluster batch's ends) queues what `record_many` of each file's
     DONE record would: the same fields, the creation time of a record already queued kept."""
