@@ -269,6 +269,20 @@ ON CONFLICT (relative) DO UPDATE SET
     attempts = excluded.attempts, last_error = NULL, updated_at = excluded.updated_at,
     verified = excluded.verified
 """
+#: `_UPSERT_DONE` of many rows at once: ?1 a JSON list of [relative, size, mtime_ns, offset,
+#: file_guid, attempts, verified], ?2 their time (created and updated).
+_UPSERT_DONE_JSON = """
+INSERT INTO files (relative, size, mtime_ns, state, confirmed_offset, file_guid, attempts,
+    created_at, updated_at, verified)
+SELECT value->>0, value->>1, value->>2, 'done', value->>3, value->>4, value->>5, ?2, ?2,
+    value->>6
+FROM json_each(?1) WHERE true
+ON CONFLICT (relative) DO UPDATE SET
+    size = excluded.size, mtime_ns = excluded.mtime_ns, state = 'done', request_id = NULL,
+    confirmed_offset = excluded.confirmed_offset, digests = x'', file_guid = excluded.file_guid,
+    attempts = excluded.attempts, last_error = NULL, updated_at = excluded.updated_at,
+    verified = excluded.verified
+"""
 _LOOKUP = f"SELECT {_COLUMNS} FROM files WHERE relative = ?"
 #: A batch mark's file becomes a PENDING row unless its row is newer than the mark (this run
 #: recorded its end) or holds this very version in flight already (its session to continue).
@@ -1094,7 +1108,7 @@ class Journal:
                 if others:
                     conn.executemany(_UPSERT, map(_record_to_row, others))
                 if plain:
-                    conn.executemany(_UPSERT_DONE, map(_done_row, plain))
+                    self._write_done(plain)
                 conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('updated_at', ?)",
                     (max(r.updated_at for r in batch),),
@@ -1111,6 +1125,27 @@ class Journal:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _write_done(self, plain: list[FileRecord]) -> None:
+        """DONE rows: those first recorded now (created when updated) and keyed by text, as
+        one JSON list per time stamp (a `--cluster` batch's ends share one), in one statement
+        each; the others one row at a time. One statement is one step of SQLite, run without
+        the interpreter lock: a row at a time, the lock is taken back after every row, a wait
+        each beside a busy event loop (~25 µs a row of wall time against ~8 of CPU)."""
+        conn = self._writer
+        by_time: dict[float, list[tuple[Any, ...]]] = {}
+        rest: list[FileRecord] = []
+        for r in plain:
+            key = _key(r.relative)
+            if r.created_at == r.updated_at and isinstance(key, str):
+                row = (key, r.size, r.mtime_ns, r.offset, r.file_guid, r.attempts, r.verified)
+                by_time.setdefault(r.updated_at, []).append(row)
+            else:
+                rest.append(r)
+        for at, rows in by_time.items():
+            conn.execute(_UPSERT_DONE_JSON, (json.dumps(rows), at))
+        if rest:
+            conn.executemany(_UPSERT_DONE, map(_done_row, rest))
 
     def _close_connections(self) -> None:
         self._batch_reader.close()

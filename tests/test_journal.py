@@ -642,6 +642,33 @@ async def test_done_records_queued_in_one_call_read_as_records(tmp_path: Path) -
             assert stored is not None and stored[:10] == fields
 
 
+async def test_done_records_written_together_read_back_exactly(tmp_path: Path) -> None:
+    """A batch's DONE records go to SQLite as one JSON list per time stamp: every field and
+    name reads back exactly as queued (non-ASCII and undecodable names, large numbers, no
+    guid), also where a row existed (its creation time kept)."""
+    path = tmp_path / "j.sqlite"
+    names = ["a", "é/ü.txt", "emoji 😀/x", "bad\udce9name", 'quote"\\back']
+    async with Journal.open(path, flush_interval=3600) as journal:
+        await journal.record(rec("a", request_id="req-1", offset=40))
+        await journal.flush()
+        first = journal.lookup("a")
+        assert first is not None
+        await journal.record_done_many(
+            [
+                (n, 2**40 + i, 2**62 + i, None if i == 2 else f"g{i}", i + 1, i % 2 == 0)
+                for i, n in enumerate(names)
+            ]
+        )
+        queued = {n: journal.lookup(n) for n in names}
+    async with Journal.open(path) as reader:
+        for name in names:
+            expected = queued[name]
+            assert expected is not None
+            if name == "a":  # its row's creation stays
+                expected = expected._replace(created_at=first.created_at)
+            assert reader.lookup(name) == expected
+
+
 async def test_a_done_record_replaces_every_field_of_the_row_it_updates(tmp_path: Path) -> None:
     """DONE records are written by a narrower statement: the row must read as the record."""
     path = tmp_path / "j.sqlite"
