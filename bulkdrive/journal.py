@@ -716,6 +716,9 @@ class Journal:
         #: A reader's view of the marks a run wrote (the run expands them when it opens).
         self._marked: dict[str, FileRecord] = {}
         self._commit_lock = anyio.Lock()  # one batch at a time, in order
+        #: Set when the transaction under way ends (then replaced): `flush_mark` waits for
+        #: transactions to end rather than for the lock, behind every commit waiting for it.
+        self._ended = anyio.Event()
         self._has_pending = anyio.Event()
         self._batch_full = anyio.Event()
         self._failure: RunFailed | None = None
@@ -984,27 +987,44 @@ class Journal:
         """Return once the batch mark `mark` is committed: the marks queued now are committed
         on their own if need be, ahead of the records queued before them (the files going out
         wait for their mark only: not behind the ends of the batches before, which a
-        coordinator queues by the thousand). Raises RunFailed if the journal cannot be
-        written."""
+        coordinator queues by the thousand). Every transaction takes the marks queued when it
+        begins, so while one is under way this waits for it to end, not for the lock behind
+        the commits queued for it (at most the transaction under way and the next). Raises
+        RunFailed if the journal cannot be written."""
         if self._failure is not None:
             raise self._failure
-        if mark <= self._marks_committed_through:
-            return
+        while mark > self._marks_committed_through:
+            if self._commit_lock.locked():
+                await self._ended.wait()
+                if self._failure is not None:
+                    raise self._failure
+                continue
+            async with self._transaction():
+                if self._failure is not None:
+                    raise self._failure
+                if mark <= self._marks_committed_through or mark not in self._marks:
+                    return  # committed while we waited for the lock
+                marks, self._marks = self._marks, {}
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(self._write_batch, [], marks, [])
+                except sqlite3.Error as exc:
+                    self._marks = {**marks, **self._marks}
+                    message = f"cannot write journal {self.path}: {_one_line(exc)}"
+                    self._failure = JournalFailed(message)
+                    raise self._failure from exc
+                self._marks_committed_through = max(self._marks_committed_through, *marks)
+                self._batches_committed += 1
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """The commit lock, held for one transaction; its end told to `flush_mark`."""
         async with self._commit_lock:
-            if self._failure is not None:
-                raise self._failure
-            if mark <= self._marks_committed_through or mark not in self._marks:
-                return  # committed while we waited for the lock
-            marks, self._marks = self._marks, {}
             try:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._write_batch, [], marks, [])
-            except sqlite3.Error as exc:
-                self._marks = {**marks, **self._marks}
-                self._failure = JournalFailed(f"cannot write journal {self.path}: {_one_line(exc)}")
-                raise self._failure from exc
-            self._marks_committed_through = max(self._marks_committed_through, *marks)
-            self._batches_committed += 1
+                yield
+            finally:
+                ended, self._ended = self._ended, anyio.Event()
+                ended.set()
 
     async def _write_in_background(self) -> None:
         while self._failure is None:
@@ -1026,7 +1046,7 @@ class Journal:
         """One transaction: the marks queued, and the records queued (or the `most` oldest of
         them); with the last of the records queued, the marks to delete (each one after the
         ends of its files)."""
-        async with self._commit_lock:
+        async with self._transaction():
             if only_if_full and len(self._pending) < self._max_pending:
                 return
             if through is not None and self._committed_through >= through:
@@ -1077,7 +1097,7 @@ class Journal:
     async def note_run_skips(self, skips: Mapping[str, int]) -> None:
         """The run's skipped files counted by kind, in the run metadata (replacing the last
         run's): a few numbers, however many files were skipped."""
-        async with self._commit_lock:
+        async with self._transaction():
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._write_run_skips, json.dumps(dict(skips)))
 

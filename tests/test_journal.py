@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import os
@@ -613,6 +614,43 @@ async def test_a_background_commit_takes_the_oldest_records_and_deletes_marks_la
         await journal.record_many([rec(f"more{i}") for i in range(3)])
         await journal.flush()  # a flush commits everything queued at once
         assert len(rows_on_disk(path)) == 8
+
+
+async def test_a_mark_waits_for_the_transaction_under_way_not_for_the_commits_queued(
+    tmp_path: Path,
+) -> None:
+    """A coordinator's batch waits for its mark's commit: the next transaction takes the
+    mark, and the batch goes on then, not after every commit queued for the lock meanwhile
+    (a coordinator's ends queue several, each a transaction of COMMIT_ROWS records)."""
+    async with Journal.open(tmp_path / "j.sqlite", flush_interval=3600) as journal:
+        await journal.record_many([rec(f"f{i}") for i in range(8)])
+        write_started, release = threading.Event(), threading.Event()
+        write = journal._write_batch
+        order: list[str] = []
+
+        def gated_write(batch: list[FileRecord], *marks: Any) -> None:
+            write_started.set()
+            release.wait(10)
+            write(batch, *marks)
+            order.append("write" + ("+mark" if marks and marks[0] else ""))
+
+        journal._write_batch = gated_write  # type: ignore[method-assign]
+
+        async def mark_committed(mark: int) -> None:
+            await journal.flush_mark(mark)
+            order.append("mark committed")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(journal._commit, most=2))
+            await anyio.to_thread.run_sync(write_started.wait, 10)
+            for _ in range(3):  # queued for the lock behind the one under way
+                tg.start_soon(functools.partial(journal._commit, most=2))
+            await anyio.sleep(0.05)
+            mark = await journal.mark_in_flight([("a", 100, MTIME)])
+            tg.start_soon(mark_committed, mark)
+            await anyio.sleep(0.05)
+            release.set()
+        assert order == ["write", "write+mark", "mark committed", "write", "write"]
 
 
 async def test_done_records_queued_in_one_call_read_as_records(tmp_path: Path) -> None:
