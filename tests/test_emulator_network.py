@@ -6,17 +6,19 @@ before its latency, a body never before the link carried it), counts and stored 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 import pytest
 from click.testing import CliRunner
 
 from bulkdrive import protocol
 from bulkdrive.emulator.command import serve
-from bulkdrive.emulator.network import NetworkModel, parse_duration, parse_rate
+from bulkdrive.emulator.network import Deadlines, NetworkModel, parse_duration, parse_rate
 
 import edge_raw as er
 from conftest import EmulatorFactory
@@ -51,6 +53,70 @@ async def test_every_answer_waits_for_the_latency_on_a_timer(
     assert cpu < 0.5 * wall
     for i in range(20):
         assert er.stored(emulator.root, f"\\f{i}.bin").read_bytes() == data
+
+
+async def test_waits_on_one_timer_each_end_no_sooner_than_their_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(0.03)
+    deadlines.start(loop)
+    woken: list[tuple[int, float, float]] = []  # (wait, its deadline, the clock when woken)
+
+    async def one(i: int) -> None:
+        deadline = deadlines.deadline()
+        waiting = deadlines.until(deadline)
+        assert waiting is not None
+        await waiting
+        woken.append((i, deadline, loop.time()))
+
+    with anyio.fail_after(5):  # a timer not armed again would leave the waits hanging
+        async with anyio.create_task_group() as tg:
+            for i in range(12):
+                tg.start_soon(one, i)
+                if i % 3 == 2:
+                    await anyio.sleep(0.005)  # a few taken in each turn of the loop
+            # A wait whose request went away (cancelled) holds up none behind it.
+            with anyio.move_on_after(0.01):
+                await deadlines.wait()
+            await anyio.lowlevel.checkpoint()
+            tg.start_soon(one, 12)
+    # A deadline that has passed needs no wait at all.
+    assert deadlines.until(loop.time()) is None
+    # With the queue empty the timer is armed again; a wait behind the head gets it once the
+    # head's has fired, though no wait comes after it.
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, 13)
+            await anyio.sleep(0.005)
+            tg.start_soon(one, 14)
+    assert [i for i, _, _ in woken] == list(range(15))  # in the order they were taken
+    assert all(now >= deadline for _, deadline, now in woken)
+
+
+async def test_a_request_that_goes_away_during_its_latency_holds_up_no_other(
+    make_emulator: EmulatorFactory, http: aiohttp.ClientSession
+) -> None:
+    emulator = await make_emulator(network=NetworkModel(latency=0.1))
+    token = await er.login(http, emulator.base_url)
+    path = f"/webconsole/api/{er.upload_path()}?uploadType=fullFile"
+    headers = er.file_headers("gone.bin", 3, token=token, eof=True)
+    # Sent, then the connection closed while the answer waits for its latency.
+    head = er.raw_head(path, headers, 3, port=emulator.port)
+    await er.send_truncated(emulator.port, head, b"abc")
+    began = time.monotonic()
+    replies = []
+
+    async def one(i: int) -> None:
+        reply = await er.upload_whole(http, emulator.base_url, token, f"after{i}.bin", b"xy")
+        replies.append((reply.status, time.monotonic() - began))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(3):
+            tg.start_soon(one, i)
+    assert [status for status, _ in replies] == [200, 200, 200]
+    assert min(elapsed for _, elapsed in replies) >= 0.1
+    for i in range(3):
+        assert er.stored(emulator.root, f"\\after{i}.bin").read_bytes() == b"xy"
+    assert emulator.network.statistics().active == 0
 
 
 async def test_beyond_max_active_requests_get_503_with_retry_after(

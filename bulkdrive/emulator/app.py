@@ -29,7 +29,7 @@ from bulkdrive import protocol
 from bulkdrive.emulator.auth import AuthRoutes
 from bulkdrive.emulator.config import EmulatorConfig
 from bulkdrive.emulator.faults import FaultInjector
-from bulkdrive.emulator.network import Network
+from bulkdrive.emulator.network import Deadlines, Network
 from bulkdrive.emulator.records import StoreTarget
 from bulkdrive.emulator.refusals import StoreError
 from bulkdrive.emulator.store import Store
@@ -108,6 +108,7 @@ class Emulator(AuthRoutes, UploadRoutes):
         self.faults = FaultInjector(
             config.fault_rate, config.fault_seed, config.faults, config.fault_delay_seconds
         )
+        self.fault_delays = Deadlines(config.fault_delay_seconds)
         self.network = Network(config.network, self._busy)
         self._network_on = not config.network.is_direct
         self._handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]] = self._dispatch
@@ -184,6 +185,9 @@ class Emulator(AuthRoutes, UploadRoutes):
         )
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.network.start(loop)
+        self.fault_delays.start(loop)
         await self.store.open()
         now = time.time()
         for stored in self.store.tokens:

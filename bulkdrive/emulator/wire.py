@@ -27,6 +27,7 @@ from aiohttp.http import HttpVersion11
 from bulkdrive import protocol
 from bulkdrive.emulator.config import EmulatorConfig, Share, User
 from bulkdrive.emulator.faults import FaultInjector
+from bulkdrive.emulator.network import Deadlines
 from bulkdrive.emulator.records import StoreTarget
 from bulkdrive.emulator.store import Store
 
@@ -336,6 +337,8 @@ class Routes:
     users: dict[str, User]
     store: Store
     faults: FaultInjector
+    #: The waits of injected delay faults (one timer for all, as the latency's).
+    fault_delays: Deadlines
     upload_log: deque[UploadRecord]
     _counters: EmulatorCounters
     _tokens: dict[str, Token]
