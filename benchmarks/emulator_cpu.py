@@ -224,6 +224,7 @@ def _print(kind: str, values: list[float]) -> None:
 
 
 def main() -> None:
+    global CONCURRENCY  # the one setting of this script's helpers
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--folders", type=int, default=3000)
@@ -235,6 +236,19 @@ def main() -> None:
         "--latency", default=None, metavar="DURATION", help="serve --latency too (e.g. 2ms)"
     )
     parser.add_argument(
+        "--fault-delay",
+        default=None,
+        metavar="SECONDS",
+        help="serve --faults delay --fault-rate 1 --fault-delay-seconds SECONDS too (how "
+        "benchmarks/cluster.py latency makes a latency-bound server)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="requests in flight (default 8; the network sweep's settings are 64-128)",
+    )
+    parser.add_argument(
         "--compare",
         type=Path,
         default=None,
@@ -242,6 +256,7 @@ def main() -> None:
         help="also run the serve of the checkout in DIR, alternating with this one",
     )
     args = parser.parse_args()
+    CONCURRENCY = args.concurrency
     if args.quick:
         args.files, args.folders, args.repeat = 300, 200, 1
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
@@ -252,6 +267,9 @@ def main() -> None:
             extra += ["--log-requests", str(Path(scratch) / "requests.jsonl")]
         if args.latency is not None:
             extra += ["--latency", args.latency]
+        if args.fault_delay is not None:
+            extra += ["--faults", "delay", "--fault-rate", "1"]
+            extra += ["--fault-delay-seconds", args.fault_delay]
         if args.compare is not None:
             other = Path(scratch) / "other"
             with (
