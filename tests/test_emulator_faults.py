@@ -7,6 +7,7 @@ chunk, and a clean one again tells the authoritative offset (a 409 on initiate, 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -143,10 +144,15 @@ async def test_delay_fault_answers_normally(
     base = emulator.base_url
     token = await er.login(http, base)
     data = er.payload(5000, seed=3)
+    began = time.monotonic()
     reply = await er.upload_chunked(http, base, token, "slow.bin", data, 1000)
+    elapsed = time.monotonic() - began
     assert reply.status == 200, reply.text
     assert reply.upload.chunk_offset == len(data)
     assert er.stored(tmp_path / "server", "\\slow.bin").read_bytes() == data
+    # One request after the other, each delayed: not answered sooner than all their delays.
+    delayed = emulator.statistics().faults["delay"]
+    assert delayed >= 5 and elapsed >= delayed * 0.05
 
 
 async def fault_pattern(root: Path, seed: int) -> list[int]:

@@ -108,7 +108,8 @@ class Emulator(AuthRoutes, UploadRoutes):
         self.faults = FaultInjector(
             config.fault_rate, config.fault_seed, config.faults, config.fault_delay_seconds
         )
-        self.fault_delays = Deadlines(config.fault_delay_seconds)
+        self._fault_delays = Deadlines(config.fault_delay_seconds)
+        self.fault_delay = self._fault_delays.wait
         self.network = Network(config.network, self._busy)
         self._network_on = not config.network.is_direct
         self._handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]] = self._dispatch
@@ -187,7 +188,7 @@ class Emulator(AuthRoutes, UploadRoutes):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.network.start(loop)
-        self.fault_delays.start(loop)
+        self._fault_delays.start(loop)
         await self.store.open()
         now = time.time()
         for stored in self.store.tokens:

@@ -61,7 +61,7 @@ class UploadRoutes(Routes):
             self._record(kind, share, "", request_id or "", 0, 0, 0, eof, fault)
             return drop_connection(request, reset=True)
         if fault == fault_kinds.FAULT_DELAY:
-            await self.fault_delays.wait()
+            await self.fault_delay()
         try:
             if public:
                 found = self.shares.get(share)

@@ -27,7 +27,6 @@ from aiohttp.http import HttpVersion11
 from bulkdrive import protocol
 from bulkdrive.emulator.config import EmulatorConfig, Share, User
 from bulkdrive.emulator.faults import FaultInjector
-from bulkdrive.emulator.network import Deadlines
 from bulkdrive.emulator.records import StoreTarget
 from bulkdrive.emulator.store import Store
 
@@ -337,8 +336,8 @@ class Routes:
     users: dict[str, User]
     store: Store
     faults: FaultInjector
-    #: The waits of injected delay faults (one timer for all, as the latency's).
-    fault_delays: Deadlines
+    #: The wait of an injected delay fault (network.Deadlines: one timer for all).
+    fault_delay: Callable[[], Awaitable[None]]
     upload_log: deque[UploadRecord]
     _counters: EmulatorCounters
     _tokens: dict[str, Token]
