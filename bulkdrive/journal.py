@@ -269,20 +269,6 @@ ON CONFLICT (relative) DO UPDATE SET
     attempts = excluded.attempts, last_error = NULL, updated_at = excluded.updated_at,
     verified = excluded.verified
 """
-#: `_UPSERT_DONE` of many rows at once: ?1 a JSON list of [relative, size, mtime_ns, offset,
-#: file_guid, attempts, verified], ?2 their time (created and updated).
-_UPSERT_DONE_JSON = """
-INSERT INTO files (relative, size, mtime_ns, state, confirmed_offset, file_guid, attempts,
-    created_at, updated_at, verified)
-SELECT value->>0, value->>1, value->>2, 'done', value->>3, value->>4, value->>5, ?2, ?2,
-    value->>6
-FROM json_each(?1) WHERE true
-ON CONFLICT (relative) DO UPDATE SET
-    size = excluded.size, mtime_ns = excluded.mtime_ns, state = 'done', request_id = NULL,
-    confirmed_offset = excluded.confirmed_offset, digests = x'', file_guid = excluded.file_guid,
-    attempts = excluded.attempts, last_error = NULL, updated_at = excluded.updated_at,
-    verified = excluded.verified
-"""
 _LOOKUP = f"SELECT {_COLUMNS} FROM files WHERE relative = ?"
 #: A batch mark's file becomes a PENDING row unless its row is newer than the mark (this run
 #: recorded its end) or holds this very version in flight already (its session to continue).
@@ -716,9 +702,6 @@ class Journal:
         #: A reader's view of the marks a run wrote (the run expands them when it opens).
         self._marked: dict[str, FileRecord] = {}
         self._commit_lock = anyio.Lock()  # one batch at a time, in order
-        #: Set when the transaction under way ends (then replaced): `flush_mark` waits for
-        #: transactions to end rather than for the lock, behind every commit waiting for it.
-        self._ended = anyio.Event()
         self._has_pending = anyio.Event()
         self._batch_full = anyio.Event()
         self._failure: RunFailed | None = None
@@ -987,44 +970,27 @@ class Journal:
         """Return once the batch mark `mark` is committed: the marks queued now are committed
         on their own if need be, ahead of the records queued before them (the files going out
         wait for their mark only: not behind the ends of the batches before, which a
-        coordinator queues by the thousand). Every transaction takes the marks queued when it
-        begins, so while one is under way this waits for it to end, not for the lock behind
-        the commits queued for it (at most the transaction under way and the next). Raises
-        RunFailed if the journal cannot be written."""
+        coordinator queues by the thousand). Raises RunFailed if the journal cannot be
+        written."""
         if self._failure is not None:
             raise self._failure
-        while mark > self._marks_committed_through:
-            if self._commit_lock.locked():
-                await self._ended.wait()
-                if self._failure is not None:
-                    raise self._failure
-                continue
-            async with self._transaction():
-                if self._failure is not None:
-                    raise self._failure
-                if mark <= self._marks_committed_through or mark not in self._marks:
-                    return  # committed while we waited for the lock
-                marks, self._marks = self._marks, {}
-                try:
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(self._write_batch, [], marks, [])
-                except sqlite3.Error as exc:
-                    self._marks = {**marks, **self._marks}
-                    message = f"cannot write journal {self.path}: {_one_line(exc)}"
-                    self._failure = JournalFailed(message)
-                    raise self._failure from exc
-                self._marks_committed_through = max(self._marks_committed_through, *marks)
-                self._batches_committed += 1
-
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[None]:
-        """The commit lock, held for one transaction; its end told to `flush_mark`."""
+        if mark <= self._marks_committed_through:
+            return
         async with self._commit_lock:
+            if self._failure is not None:
+                raise self._failure
+            if mark <= self._marks_committed_through or mark not in self._marks:
+                return  # committed while we waited for the lock
+            marks, self._marks = self._marks, {}
             try:
-                yield
-            finally:
-                ended, self._ended = self._ended, anyio.Event()
-                ended.set()
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._write_batch, [], marks, [])
+            except sqlite3.Error as exc:
+                self._marks = {**marks, **self._marks}
+                self._failure = JournalFailed(f"cannot write journal {self.path}: {_one_line(exc)}")
+                raise self._failure from exc
+            self._marks_committed_through = max(self._marks_committed_through, *marks)
+            self._batches_committed += 1
 
     async def _write_in_background(self) -> None:
         while self._failure is None:
@@ -1046,7 +1012,7 @@ class Journal:
         """One transaction: the marks queued, and the records queued (or the `most` oldest of
         them); with the last of the records queued, the marks to delete (each one after the
         ends of its files)."""
-        async with self._transaction():
+        async with self._commit_lock:
             if only_if_full and len(self._pending) < self._max_pending:
                 return
             if through is not None and self._committed_through >= through:
@@ -1097,7 +1063,7 @@ class Journal:
     async def note_run_skips(self, skips: Mapping[str, int]) -> None:
         """The run's skipped files counted by kind, in the run metadata (replacing the last
         run's): a few numbers, however many files were skipped."""
-        async with self._transaction():
+        async with self._commit_lock:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._write_run_skips, json.dumps(dict(skips)))
 
@@ -1128,7 +1094,7 @@ class Journal:
                 if others:
                     conn.executemany(_UPSERT, map(_record_to_row, others))
                 if plain:
-                    self._write_done(plain)
+                    conn.executemany(_UPSERT_DONE, map(_done_row, plain))
                 conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('updated_at', ?)",
                     (max(r.updated_at for r in batch),),
@@ -1145,27 +1111,6 @@ class Journal:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-
-    def _write_done(self, plain: list[FileRecord]) -> None:
-        """DONE rows: those first recorded now (created when updated) and keyed by text, as
-        one JSON list per time stamp (a `--cluster` batch's ends share one), in one statement
-        each; the others one row at a time. One statement is one step of SQLite, run without
-        the interpreter lock: a row at a time, the lock is taken back after every row, a wait
-        each beside a busy event loop (~25 µs a row of wall time against ~8 of CPU)."""
-        conn = self._writer
-        by_time: dict[float, list[tuple[Any, ...]]] = {}
-        rest: list[FileRecord] = []
-        for r in plain:
-            key = _key(r.relative)
-            if r.created_at == r.updated_at and isinstance(key, str):
-                row = (key, r.size, r.mtime_ns, r.offset, r.file_guid, r.attempts, r.verified)
-                by_time.setdefault(r.updated_at, []).append(row)
-            else:
-                rest.append(r)
-        for at, rows in by_time.items():
-            conn.execute(_UPSERT_DONE_JSON, (json.dumps(rows), at))
-        if rest:
-            conn.executemany(_UPSERT_DONE, map(_done_row, rest))
 
     def _close_connections(self) -> None:
         self._batch_reader.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import gc
 import hashlib
 import os
@@ -616,43 +615,6 @@ async def test_a_background_commit_takes_the_oldest_records_and_deletes_marks_la
         assert len(rows_on_disk(path)) == 8
 
 
-async def test_a_mark_waits_for_the_transaction_under_way_not_for_the_commits_queued(
-    tmp_path: Path,
-) -> None:
-    """A coordinator's batch waits for its mark's commit: the next transaction takes the
-    mark, and the batch goes on then, not after every commit queued for the lock meanwhile
-    (a coordinator's ends queue several, each a transaction of COMMIT_ROWS records)."""
-    async with Journal.open(tmp_path / "j.sqlite", flush_interval=3600) as journal:
-        await journal.record_many([rec(f"f{i}") for i in range(8)])
-        write_started, release = threading.Event(), threading.Event()
-        write = journal._write_batch
-        order: list[str] = []
-
-        def gated_write(batch: list[FileRecord], *marks: Any) -> None:
-            write_started.set()
-            release.wait(10)
-            write(batch, *marks)
-            order.append("write" + ("+mark" if marks and marks[0] else ""))
-
-        journal._write_batch = gated_write  # type: ignore[method-assign]
-
-        async def mark_committed(mark: int) -> None:
-            await journal.flush_mark(mark)
-            order.append("mark committed")
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(functools.partial(journal._commit, most=2))
-            await anyio.to_thread.run_sync(write_started.wait, 10)
-            for _ in range(3):  # queued for the lock behind the one under way
-                tg.start_soon(functools.partial(journal._commit, most=2))
-            await anyio.sleep(0.05)
-            mark = await journal.mark_in_flight([("a", 100, MTIME)])
-            tg.start_soon(mark_committed, mark)
-            await anyio.sleep(0.05)
-            release.set()
-        assert order == ["write", "write+mark", "mark committed", "write", "write"]
-
-
 async def test_done_records_queued_in_one_call_read_as_records(tmp_path: Path) -> None:
     """`record_done_many` (a --cluster batch's ends) queues what `record_many` of each file's
     DONE record would: the same fields, the creation time of a record already queued kept."""
@@ -678,33 +640,6 @@ async def test_done_records_queued_in_one_call_read_as_records(tmp_path: Path) -
         for name, fields in expected.items():
             stored = reader.lookup(name)
             assert stored is not None and stored[:10] == fields
-
-
-async def test_done_records_written_together_read_back_exactly(tmp_path: Path) -> None:
-    """A batch's DONE records go to SQLite as one JSON list per time stamp: every field and
-    name reads back exactly as queued (non-ASCII and undecodable names, large numbers, no
-    guid), also where a row existed (its creation time kept)."""
-    path = tmp_path / "j.sqlite"
-    names = ["a", "é/ü.txt", "emoji 😀/x", "bad\udce9name", 'quote"\\back']
-    async with Journal.open(path, flush_interval=3600) as journal:
-        await journal.record(rec("a", request_id="req-1", offset=40))
-        await journal.flush()
-        first = journal.lookup("a")
-        assert first is not None
-        await journal.record_done_many(
-            [
-                (n, 2**40 + i, 2**62 + i, None if i == 2 else f"g{i}", i + 1, i % 2 == 0)
-                for i, n in enumerate(names)
-            ]
-        )
-        queued = {n: journal.lookup(n) for n in names}
-    async with Journal.open(path) as reader:
-        for name in names:
-            expected = queued[name]
-            assert expected is not None
-            if name == "a":  # its row's creation stays
-                expected = expected._replace(created_at=first.created_at)
-            assert reader.lookup(name) == expected
 
 
 async def test_a_done_record_replaces_every_field_of_the_row_it_updates(tmp_path: Path) -> None:
