@@ -19,7 +19,7 @@ import anyio
 
 from bulkdrive import errors
 from bulkdrive.cluster_replay import replay
-from bulkdrive.cluster_wire import Batch, BatchReport, FileReport, marker_name
+from bulkdrive.cluster_wire import Batch, BatchReport, FileReport, batch_key, marker_name
 from bulkdrive.engine_batches import EngineFile, EventsOf
 from bulkdrive.outcomes import Completed
 from bulkdrive.progress import Reporter
@@ -207,7 +207,7 @@ class ClusterEngine:
                 self._run_id,
                 batch_id,
                 batch,
-                key=f"bulkdrive-batch-{self._run_id}-{batch_id}",
+                key=batch_key(self._run_id, batch_id),
                 retries=TASK_RETRIES,
                 pure=False,
             )

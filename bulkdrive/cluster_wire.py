@@ -159,6 +159,11 @@ def plugin_name(run_id: str) -> str:
     return f"bulkdrive-access-{run_id}"
 
 
+def batch_key(run_id: str, batch_id: int) -> str:
+    """A batch's Dask task key (the worker looks its task's state up by it)."""
+    return f"bulkdrive-batch-{run_id}-{batch_id}"
+
+
 def marker_name(run_id: str, batch_id: int) -> str:
     """The Dask Event a batch sets when it starts: found set, the batch is run again."""
     return f"bulkdrive-{run_id}-{batch_id}"

@@ -1,7 +1,9 @@
-"""`--cluster`, the worker side: `upload_batch` is the Dask task, run in a worker thread.
+"""`--cluster`, the worker side: `upload_batch` is the Dask task, a coroutine on the worker's
+event loop.
 
-Each worker process keeps one client per run (a module cache keyed by the run id), on one
-event loop thread of its own, and uploads its batch with `bulkdrive.upload.upload_file` at
+Each worker process keeps one client per run (a module cache keyed by the run id), on the
+worker's own event loop (uvloop for the workers `--cluster local:N` starts), and uploads its
+batch with `bulkdrive.upload.upload_file` at
 most `transfers` files at once per process (§8 recovery, integrity, retries as on one
 machine). A batch that Dask runs again (its worker died) first asks the server about each
 file: a file it holds whole is not sent again, a partial one continues from the server's
@@ -11,16 +13,13 @@ offset (its session answers the initiate with 409). Every file's end travels bac
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
-import anyio.from_thread
 import distributed
 
 from bulkdrive import errors
@@ -32,6 +31,7 @@ from bulkdrive.cluster_wire import (
     BatchReport,
     FileReport,
     WorkerAccess,
+    batch_key,
     marker_name,
     plugin_name,
 )
@@ -93,39 +93,64 @@ class _Recorder:
 
 
 class _WorkerRun:
-    """One run's client in one worker process, on an event loop thread of its own."""
+    """One run's client in one worker process and its `transfers` upload tasks, on the
+    worker's own event loop: one task (`_serve`) holds them for the run, as a blocking
+    portal's thread did before (that thread's loop and Dask's took the interpreter lock in
+    turns, and each batch waited in an executor thread for the portal)."""
 
     def __init__(self, access: WorkerAccess) -> None:
-        self._stack = contextlib.ExitStack()
-        options = {"use_uvloop": True} if _have_uvloop() else {}
-        self.portal = self._stack.enter_context(
-            anyio.from_thread.start_blocking_portal("asyncio", backend_options=options)
-        )
-        try:
-            self.client = self._stack.enter_context(
-                self.portal.wrap_async_context_manager(
-                    EdgeDriveClient.connect(
-                        access.url,
-                        access.credentials,
-                        share_id=access.share_id,
-                        config=access.config,
-                    )
-                )
-            )
-            self.config = access.config
-            self.uploads = _Uploads(self)
-            for _ in range(max(1, access.config.transfers)):
-                self.portal.start_task_soon(self.uploads.work)
-            self._stack.callback(self.portal.call, self.uploads.close)
-        except BaseException:
-            self._stack.close()
-            raise
-        #: Small files read on this run's event loop while quick, as one process does (in
-        #: a worker thread beside the busy loop, each read's system calls wait for the GIL).
+        self.access = access
+        self.config = access.config
+        self.uploads = _Uploads(self)
+        #: Small files read on the event loop while quick, as one process does (in a
+        #: worker thread beside the busy loop, each read's system calls wait for the GIL).
         self.reads = InlineReads(SMALL_FILE_READ_AHEAD)
+        self._client: EdgeDriveClient | None = None
+        self._failure: Exception | None = None
+        self._ready = anyio.Event()
+        self._served: asyncio.Task[None] | None = None
 
-    def close(self) -> None:
-        self._stack.close()
+    @property
+    def client(self) -> EdgeDriveClient:
+        assert self._client is not None, "the run's client is not ready"
+        return self._client
+
+    def start(self) -> None:
+        self._served = asyncio.get_running_loop().create_task(self._serve())
+
+    async def ready(self) -> None:
+        """Once the client is logged in; its error if it could not be."""
+        await self._ready.wait()
+        if self._failure is not None:
+            raise RuntimeError(
+                f"this worker could not reach the server: {type(self._failure).__name__}: "
+                f"{self._failure}"
+            )
+
+    async def close(self) -> None:
+        """The run is over: the upload tasks end (once the queue is empty), the client
+        goes."""
+        self.uploads.close()
+        if self._served is not None:
+            await self._served
+
+    async def _serve(self) -> None:
+        access = self.access
+        try:
+            async with (
+                EdgeDriveClient.connect(
+                    access.url, access.credentials, share_id=access.share_id, config=self.config
+                ) as client,
+                anyio.create_task_group() as uploads,
+            ):
+                self._client = client
+                for _ in range(max(1, self.config.transfers)):
+                    uploads.start_soon(self.uploads.work)
+                self._ready.set()
+        except Exception as exc:  # a batch waiting for the client reports it
+            self._failure = exc
+        finally:
+            self._ready.set()
 
 
 class _Batch:
@@ -184,30 +209,36 @@ class _Uploads:
             finally:
                 batch.ended()
 
-    async def close(self) -> None:
+    def close(self) -> None:
         """The run is over: the tasks end (once the queue is empty)."""
         self._queue.close()
 
 
 _RUNS: dict[str, _WorkerRun] = {}
-_RUNS_LOCK = threading.Lock()
 
 
-def _worker_run(access: WorkerAccess) -> _WorkerRun:
-    with _RUNS_LOCK:
-        run = _RUNS.get(access.run_id)
-        if run is None:
-            run = _RUNS[access.run_id] = _WorkerRun(access)
-        return run
+async def _worker_run(access: WorkerAccess) -> _WorkerRun:
+    """The run's client in this process: made by its first batch, waited for by the others
+    (all on the worker's event loop)."""
+    run = _RUNS.get(access.run_id)
+    if run is None:
+        run = _RUNS[access.run_id] = _WorkerRun(access)
+        run.start()
+    try:
+        await run.ready()
+    except Exception:
+        if _RUNS.get(access.run_id) is run:
+            del _RUNS[access.run_id]  # the next batch tries again
+        raise
+    return run
 
 
-def close_worker_run(run_id: str) -> bool:
-    """Run on every worker at the end of a run: its client and loop thread go."""
-    with _RUNS_LOCK:
-        run = _RUNS.pop(run_id, None)
+async def close_worker_run(run_id: str) -> bool:
+    """Run on every worker at the end of a run: its client and upload tasks go."""
+    run = _RUNS.pop(run_id, None)
     if run is None:
         return False
-    run.close()
+    await run.close()
     return True
 
 
@@ -223,16 +254,17 @@ class AccessPlugin(distributed.WorkerPlugin):
         self.name = plugin_name(access.run_id)
 
     def setup(self, worker: Any) -> None:
-        pass  # the client is made by the first batch, on the thread that runs it
+        pass  # the client is made by the first batch
 
-    def teardown(self, worker: Any) -> None:
-        close_worker_run(self.access.run_id)
+    async def teardown(self, worker: Any) -> None:
+        await close_worker_run(self.access.run_id)
 
 
-def upload_batch(run_id: str, batch_id: int, batch: Batch) -> BatchReport:
-    """The Dask task: upload a batch of files, return each one's outcome."""
+async def upload_batch(run_id: str, batch_id: int, batch: Batch) -> BatchReport:
+    """The Dask task, a coroutine that Dask runs on the worker's event loop: upload a batch
+    of files, return each one's outcome."""
     files = batch.files
-    from distributed import Event, get_worker
+    from distributed import get_worker
 
     worker = get_worker()
     plugin = worker.plugins.get(plugin_name(run_id))
@@ -240,21 +272,24 @@ def upload_batch(run_id: str, batch_id: int, batch: Batch) -> BatchReport:
         raise RuntimeError("this worker has no access for the run (its plugin is missing)")
     access = plugin.access
     # Set once per batch: a batch that finds it set is being run again (its first worker
-    # died), so the server may hold some of its files already, whole or in part.
-    marker: Any = Event(marker_name(access.run_id, batch_id))  # type: ignore[no-untyped-call]
-    rerun: bool = marker.is_set()
-    marker.set()
-    run = _worker_run(access)
-    key = worker.get_current_task()
+    # died), so the server may hold some of its files already, whole or in part. A Dask
+    # Event's calls, made on the worker's own connection to the scheduler (no Dask client
+    # in the worker).
+    marker = marker_name(access.run_id, batch_id)
+    rerun = bool(await worker.scheduler.event_is_set(name=marker))
+    await worker.scheduler.event_set(name=marker)
+    run = await _worker_run(access)
+    key = batch_key(run_id, batch_id)
+    tasks = worker.state.tasks
 
     def wanted() -> bool:
         # A batch whose coordinator is gone (killed: Dask released its task) starts no
         # more files; the re-run of the job continues them from the journal.
-        task = worker.state.tasks.get(key)
+        task = tasks.get(key)
         return task is not None and task.state not in ("cancelled", "released", "forgotten")
 
     started = time.time()
-    reports = run.portal.call(_upload_all, run, files, rerun, wanted)
+    reports = await _upload_all(run, files, rerun, wanted)
     return BatchReport(
         worker=worker.address,
         files=tuple(report for report, _ in reports),
@@ -360,13 +395,3 @@ async def _held_whole(client: EdgeDriveClient, file: BatchFile) -> bool:
         and not resource.is_directory
         and (resource.size, resource.modified_time) == (file.size, mtime_seconds(file.mtime_ns))
     )
-
-
-def _have_uvloop() -> bool:
-    if os.environ.get("BULKDRIVE_LOOP", "").lower() == "asyncio":
-        return False
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
