@@ -7,6 +7,7 @@ itself in this process where a test inspects what reaches the workers.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from test_resume import (
 )
 
 from bulkdrive.client import EdgeDriveClient
-from bulkdrive.cluster import ClusterOptions, batches_out, open_cluster
+from bulkdrive.cluster import ClusterOptions, batches_out, coordinator_config, open_cluster
 from bulkdrive.cluster_engine import (
     BATCH_FILES,
     START_TASK_FILES,
@@ -333,6 +334,23 @@ def test_tasks_hold_about_a_second_of_a_workers_time() -> None:
     for _ in range(30):
         engine._paced(took(10, 60.0))  # large files: never fewer than the first tasks had
     assert engine._task_files == START_TASK_FILES
+
+
+def test_local_workers_run_their_uploads_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local cluster's worker processes take the coordinator's Dask settings: their event
+    loop, where a batch runs (`upload_batch` is a coroutine), is uvloop unless
+    BULKDRIVE_LOOP=asyncio asks for asyncio's own."""
+    import dask
+
+    from bulkdrive.cluster_worker import upload_batch
+
+    assert inspect.iscoroutinefunction(upload_batch)
+    monkeypatch.delenv("BULKDRIVE_LOOP", raising=False)
+    with coordinator_config():
+        assert dask.config.get("distributed.admin.event-loop") == "uvloop"
+    monkeypatch.setenv("BULKDRIVE_LOOP", "asyncio")
+    with coordinator_config():
+        assert dask.config.get("distributed.admin.event-loop") == "asyncio"
 
 
 def _chunks(total: int, size: int) -> list[range]:
