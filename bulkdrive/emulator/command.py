@@ -127,7 +127,8 @@ def _collections_while_serving() -> Iterator[None]:
     """What exists once the server runs (modules, the application) frozen out of the
     collections, and young collections rarer: a request allocates hundreds of objects that
     reference counting frees, so Python's default ran a young collection every few requests
-    (~6.5 µs per request in all, benchmarks/README.md). Memory stays bounded: only reference
+    (~6.5 µs per request in all; no gain measurable above the noise, benchmarks/README.md),
+    as `bulkdrive upload` does for the client. Memory stays bounded: only reference
     cycles wait for a collection, at most GC_YOUNG_THRESHOLD allocations of them. Undone
     after (serve may run inside another program's process)."""
     thresholds = gc.get_threshold()

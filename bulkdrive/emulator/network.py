@@ -195,10 +195,11 @@ def _wake(woken: asyncio.Future[None]) -> None:
 class Deadlines:
     """Waits of one fixed `delay` from their start (a request's answer `latency` after it
     arrived, an injected delay), all on one timer: their deadlines come in the order they
-    were taken, so a queue in that order and a timer for its head replace a timer per wait
-    (~45 µs of CPU per request went to waiting with `--latency` on, benchmarks/README.md).
-    Waits that fall due together (under uvloop, whose clock moves in whole milliseconds, all
-    those taken in one turn of the loop) are woken in one go."""
+    were taken, so a queue in that order and a timer for its head replace a timer (and, for
+    the delay fault, an asyncio.sleep) per wait. Waits that fall due together (under uvloop,
+    whose clock moves in whole milliseconds, all those taken in one turn of the loop) are
+    woken in one go. What `--latency` costs the emulator per request is mostly not this but
+    the wake-ups it brings (benchmarks/README.md)."""
 
     def __init__(self, delay: float) -> None:
         self._delay = delay
