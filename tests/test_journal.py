@@ -642,6 +642,46 @@ async def test_done_records_queued_in_one_call_read_as_records(tmp_path: Path) -
             assert stored is not None and stored[:10] == fields
 
 
+async def test_done_records_of_their_own_time_stamps_many_to_a_statement_read_back(
+    tmp_path: Path,
+) -> None:
+    """A single-process run queues each file's DONE record on its own (a time stamp each):
+    written many to a statement, a commit of several statements' worth, new rows and rows
+    they replace (a session and an error to clear), reads back record by record."""
+    path = tmp_path / "j.sqlite"
+    names = [f"f{i:03d}" for i in range(130)]  # 55 + 55 + 20 rows
+    async with Journal.open(path, batch_size=1000, flush_interval=3600) as journal:
+        for name in names[::3]:
+            await journal.record(
+                rec(name, state=FileState.PARTIAL, request_id="r", offset=4, last_error="slow")
+            )
+        await journal.flush()
+        for i, name in enumerate(names):
+            await journal.record_done_many([(name, 100 + i, MTIME, f"g{i}", 1 + i % 3, i % 2 == 0)])
+        queued = {name: journal.lookup(name) for name in names}
+        await journal.flush()
+    async with Journal.open(path) as reader:
+        for i, name in enumerate(names):
+            stored, expected = reader.lookup(name), queued[name]
+            assert stored is not None and expected is not None
+            assert stored.updated_at == expected.updated_at
+            if i % 3:  # a new row; a replaced one keeps its creation time
+                assert stored.created_at == expected.created_at
+            assert stored[:10] == (
+                name,
+                100 + i,
+                MTIME,
+                FileState.DONE,
+                None,
+                100 + i,
+                b"",
+                f"g{i}",
+                1 + i % 3,
+                None,
+            )
+            assert stored.verified is (i % 2 == 0)
+
+
 async def test_a_done_record_replaces_every_field_of_the_row_it_updates(tmp_path: Path) -> None:
     """DONE records are written by a narrower statement: the row must read as the record."""
     path = tmp_path / "j.sqlite"
