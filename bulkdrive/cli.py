@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import gc
 import importlib
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
@@ -24,7 +23,7 @@ import anyio
 import click
 from rich.console import Console
 
-from bulkdrive import errors
+from bulkdrive import collector, errors
 from bulkdrive.config import Credentials, Secret
 from bulkdrive.settings import SETTINGS, Settings, load_settings, parse_size
 
@@ -303,7 +302,7 @@ def upload(
     )
     try:
         _one_malloc_arena()
-        with collector_for_the_run():
+        with collector.fewer_collections():
             code = anyio.run(_with_signals, request, run_job, backend_options=_loop_options())
     except KeyboardInterrupt:  # before the signal handlers were in place
         code = conclude(summary_without_run(0.0, interrupted=True), report, logged=False)
@@ -338,28 +337,6 @@ async def _with_signals(request: Any, run: Callable[..., Any]) -> int:
     except BaseExceptionGroup as group:
         raise errors.alone(group) from None
     return code
-
-
-#: The run's garbage collector: a young collection every this many allocations (Python's
-#: default is 700). Each request leaves a few objects that die young; at 700, with the files in
-#: flight alive and the modules scanned by the full collections that follow, collections took
-#: ~5 µs of CPU per small file at 8 transfers and ~32 µs at 64 (10 000 files, `gc.callbacks`).
-GC_YOUNG_THRESHOLD = 10_000
-
-
-@contextlib.contextmanager
-def collector_for_the_run() -> Iterator[None]:
-    """What exists when the run starts (the modules, mostly) frozen out of the collections,
-    and young collections rarer; both undone after. Memory stays bounded: only reference
-    cycles wait for a collection, and at most GC_YOUNG_THRESHOLD allocations of them."""
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
 
 
 def _one_malloc_arena() -> None:

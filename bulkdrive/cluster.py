@@ -30,7 +30,6 @@ so that the token and the batches travel encrypted; see the README.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import uuid
@@ -41,7 +40,7 @@ from typing import Any
 
 import anyio
 
-from bulkdrive import errors
+from bulkdrive import collector, errors
 
 try:
     import distributed
@@ -95,13 +94,6 @@ def worker_event_loop() -> str:
     return "uvloop"
 
 
-#: The coordinator's garbage collector: a young collection every this many allocations
-#: (Python's default is 700). The coordinator allocates a few tuples per file that die
-#: young; at 700, with Dask's objects and the modules scanned by the full collections that
-#: follow, collections took ~8 µs per file of its event loop (~15 %).
-GC_YOUNG_THRESHOLD = 10_000
-
-
 @contextlib.contextmanager
 def coordinator_config() -> Iterator[None]:
     """Settings for the coordinator's process (its Dask client, and a local scheduler):
@@ -109,11 +101,9 @@ def coordinator_config() -> Iterator[None]:
     is frozen out of the collections; collections are rarer)."""
     import dask
 
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
-    try:
-        with dask.config.set(
+    with (
+        collector.fewer_collections(),
+        dask.config.set(
             {
                 "distributed.admin.low-level-log-length": LOW_LEVEL_LOG_LENGTH,
                 "distributed.admin.system-monitor.interval": SYSTEM_MONITOR_INTERVAL,
@@ -121,11 +111,9 @@ def coordinator_config() -> Iterator[None]:
                 # Read only where Dask makes a loop: a local cluster's worker processes.
                 "distributed.admin.event-loop": worker_event_loop(),
             }
-        ):
-            yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
+        ),
+    ):
+        yield
 
 
 def batches_out(threads: int, workers: int) -> int:

@@ -20,7 +20,7 @@ import bulkdrive
 PACKAGE = Path(bulkdrive.__file__).parent
 
 #: The leaves: anyone may import them.
-LEAVES = frozenset({"errors", "config"})
+LEAVES = frozenset({"errors", "config", "collector"})
 
 #: Module → the modules of ours it may import besides LEAVES (names without `bulkdrive.`;
 #: the package itself is ``__init__``). `config` is a leaf that reads the one wire constant
@@ -113,6 +113,9 @@ ROOMS: dict[str, frozenset[str]] = {
         "protocol": "",
         "errors": "",
         "config": "protocol",
+        # The garbage collector tuned for a long run of small requests (upload, coordinator,
+        # serve): a leaf, standard library only.
+        "collector": "",
         # The commands' options as one typed object, and how they become a TransferConfig.
         "settings": "protocol",
         # -- the emulator: a second program, sharing only the wire contract and the errors
@@ -156,7 +159,9 @@ ROOMS: dict[str, frozenset[str]] = {
 }
 
 #: What the emulator may import from the uploader's side.
-EMULATOR_MAY_IMPORT = frozenset({"protocol", "errors"})
+#: The emulator is a second program: it shares the wire contract and the errors, and the
+#: garbage collector's tuning for a long run of small requests (no behaviour of the uploader).
+EMULATOR_MAY_IMPORT = frozenset({"protocol", "errors", "collector"})
 
 
 def _modules() -> Iterator[tuple[str, Path]]:
@@ -225,7 +230,7 @@ def test_the_arrows_point_one_way() -> None:
         assert ROOMS[leaf] <= {"protocol"} and ROOMS["protocol"] == frozenset(), leaf
 
 
-def test_the_emulator_imports_only_the_wire_contract_and_the_errors() -> None:
+def test_the_emulator_imports_only_the_wire_contract_the_errors_and_the_collector() -> None:
     for name, allowed in ROOMS.items():
         if name == "emulator" or name.startswith("emulator."):
             outside = {a for a in allowed | LEAVES if not a.startswith("emulator")}

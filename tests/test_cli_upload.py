@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from bulkdrive.cli import GC_YOUNG_THRESHOLD, collector_for_the_run
+from bulkdrive.collector import YOUNG_THRESHOLD, fewer_collections
 from bulkdrive.emulator import Emulator
 from bulkdrive.journal import Journal
 
@@ -305,10 +305,10 @@ async def test_check_remote_survives_a_folder_it_cannot_list(
 
 def test_the_run_collects_garbage_rarely_and_then_as_before() -> None:
     """The upload's collector: what exists at the start frozen out of the collections, young
-    collections every GC_YOUNG_THRESHOLD allocations; both undone when the run ends."""
+    collections every YOUNG_THRESHOLD allocations; both undone when the run ends."""
     before = gc.get_threshold()
-    with collector_for_the_run():
-        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+    with fewer_collections():
+        assert gc.get_threshold()[0] == YOUNG_THRESHOLD
         assert gc.get_freeze_count() > 0
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0

@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import gc
 import ipaddress
 import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from bulkdrive import protocol
+from bulkdrive import collector, protocol
 from bulkdrive.emulator.app import running_emulator
 from bulkdrive.emulator.config import EmulatorConfig, Share, User
 from bulkdrive.emulator.faults import parse_kinds
@@ -118,29 +117,6 @@ def _reuse_freed_memory() -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
 
 
-#: Allocations between young collections while serving (Python's default: 700).
-GC_YOUNG_THRESHOLD = 10_000
-
-
-@contextlib.contextmanager
-def _collections_while_serving() -> Iterator[None]:
-    """What exists once the server runs (modules, the application) frozen out of the
-    collections, and young collections rarer: a request allocates hundreds of objects that
-    reference counting frees, so Python's default ran a young collection every few requests
-    (~6.5 µs per request in all; no gain measurable above the noise, benchmarks/README.md),
-    as `bulkdrive upload` does for the client. Memory stays bounded: only reference
-    cycles wait for a collection, at most GC_YOUNG_THRESHOLD allocations of them. Undone
-    after (serve may run inside another program's process)."""
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
-
-
 def _print_line(text: str) -> None:
     click.echo(text)
     sys.stdout.flush()
@@ -155,7 +131,7 @@ async def _serve(config: EmulatorConfig, announce: list[str]) -> None:
         for line in announce:
             _print_line(line)
         _print_line(f"bulkdrive emulator listening on {emulator.base_url} (root {emulator.root})")
-        with _collections_while_serving():
+        with collector.fewer_collections():
             await stop.wait()
     _print_line("bulkdrive emulator stopped")
 
