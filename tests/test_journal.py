@@ -52,6 +52,13 @@ def digests(name: str, count: int) -> bytes:
     return b"".join(hashlib.sha256(f"{name}/{k}".encode()).digest() for k in range(count))
 
 
+def marks_on_disk(path: Path) -> int:
+    """Batch marks committed to the journal file (what a killed run leaves)."""
+    with sqlite3.connect(path) as conn:
+        count: int = conn.execute("SELECT count(*) FROM in_flight").fetchone()[0]
+        return count
+
+
 def rows_on_disk(path: Path) -> dict[str, tuple[Any, ...]]:
     """What another process would read: committed rows only."""
     with sqlite3.connect(path) as conn:
@@ -560,18 +567,13 @@ async def test_a_batch_mark_is_committed_ahead_of_the_ends_queued_before_it(
     queued before it stay queued for the writer's next commit."""
     path = tmp_path / "j.sqlite"
 
-    def marks_on_disk() -> int:
-        with sqlite3.connect(path) as conn:
-            count: int = conn.execute("SELECT count(*) FROM in_flight").fetchone()[0]
-            return count
-
     async with Journal.open(path, exclusive=True, flush_interval=3600) as journal:
         await journal.record_many(
             [rec(f"done{i}", state=FileState.DONE, offset=100) for i in range(3)]
         )
         mark = await journal.mark_in_flight([("a", 100, MTIME), ("b", 100, MTIME)])
         await journal.flush_mark(mark)
-        assert marks_on_disk() == 1
+        assert marks_on_disk(path) == 1
         assert rows_on_disk(path) == {}  # the ends queued before it: not yet
         assert journal.lookup("done0") is not None  # and still read from the queue
         await journal.flush_mark(mark)  # committed: nothing more to do
@@ -579,7 +581,7 @@ async def test_a_batch_mark_is_committed_ahead_of_the_ends_queued_before_it(
         await journal.record(rec("b", state=FileState.DONE, offset=100))
         journal.unmark(mark)
         await journal.flush()
-        assert marks_on_disk() == 0
+        assert marks_on_disk(path) == 0
     assert {name: row[0] for name, row in rows_on_disk(path).items()} == {
         name: "done" for name in ("done0", "done1", "done2", "a", "b")
     }
@@ -593,11 +595,6 @@ async def test_a_background_commit_takes_the_oldest_records_and_deletes_marks_la
     that takes the last records queued, so never before the ends of its files."""
     path = tmp_path / "j.sqlite"
 
-    def marks_on_disk() -> int:
-        with sqlite3.connect(path) as conn:
-            count: int = conn.execute("SELECT count(*) FROM in_flight").fetchone()[0]
-            return count
-
     async with Journal.open(path, exclusive=True, flush_interval=3600) as journal:
         files = [(f"f{i}", 100, MTIME) for i in range(5)]
         mark = await journal.mark_in_flight(files)
@@ -605,11 +602,11 @@ async def test_a_background_commit_takes_the_oldest_records_and_deletes_marks_la
         await journal.record_done_many([(r, s, m, f"g{r}", 1, False) for r, s, m in files])
         journal.unmark(mark)
         await journal._commit(most=2)
-        assert set(rows_on_disk(path)) == {"f0", "f1"} and marks_on_disk() == 1
+        assert set(rows_on_disk(path)) == {"f0", "f1"} and marks_on_disk(path) == 1
         await journal._commit(most=2)
-        assert set(rows_on_disk(path)) == {"f0", "f1", "f2", "f3"} and marks_on_disk() == 1
+        assert set(rows_on_disk(path)) == {"f0", "f1", "f2", "f3"} and marks_on_disk(path) == 1
         await journal._commit(most=2)  # the last record: the mark goes with it
-        assert len(rows_on_disk(path)) == 5 and marks_on_disk() == 0
+        assert len(rows_on_disk(path)) == 5 and marks_on_disk(path) == 0
         await journal.record_many([rec(f"more{i}") for i in range(3)])
         await journal.flush()  # a flush commits everything queued at once
         assert len(rows_on_disk(path)) == 8
