@@ -78,6 +78,12 @@ SYSTEM_MONITOR_INTERVAL = "5s"
 #: for the workers a local cluster starts (they take the coordinator's Dask settings);
 #: a running cluster's workers keep their own settings.
 WORKER_PROFILE = False
+#: The environment Dask sets in the worker processes a local cluster spawns, less its
+#: MALLOC_TRIM_THRESHOLD_ (65 536): an explicit trim threshold turns off glibc's adaptive
+#: mmap threshold, so every chunk buffer (4 MiB) was a fresh mmap, faulted in page by page and
+#: unmapped when freed. Measured on 32 × 128 MiB `--no-verify`, `local:1`: 1 323 212 minor
+#: faults in the worker against 52 173 in one process, and 11.8 against 8.9 CPU seconds.
+WORKER_ENVIRON_UNSET = ("MALLOC_TRIM_THRESHOLD_",)
 
 
 def worker_event_loop() -> str:
@@ -108,6 +114,11 @@ def coordinator_config() -> Iterator[None]:
                 "distributed.admin.low-level-log-length": LOW_LEVEL_LOG_LENGTH,
                 "distributed.admin.system-monitor.interval": SYSTEM_MONITOR_INTERVAL,
                 "distributed.worker.profile.enabled": WORKER_PROFILE,
+                # None unsets a variable Dask would set (`distributed.nanny`).
+                **{
+                    f"distributed.nanny.pre-spawn-environ.{name}": None
+                    for name in WORKER_ENVIRON_UNSET
+                },
                 # Read only where Dask makes a loop: a local cluster's worker processes.
                 "distributed.admin.event-loop": worker_event_loop(),
             }
