@@ -104,8 +104,15 @@ def extended(hasher: BlockHasher, data: Buffer) -> BlockHasher:
     return twin
 
 
+def extended_if_quick(hasher: BlockHasher, data: Buffer) -> BlockHasher | None:
+    """`extended(hasher, data)` when `data` is small enough to hash on the event loop (a
+    thread hop would cost more than the hash); None when it is not."""
+    return extended(hasher, data) if memoryview(data).nbytes <= INLINE_HASH_BYTES else None
+
+
 async def hash_off_loop(hasher: BlockHasher, data: Buffer) -> BlockHasher:
     """`extended(hasher, data)` without blocking the event loop."""
-    if memoryview(data).nbytes <= INLINE_HASH_BYTES:
-        return extended(hasher, data)
+    quick = extended_if_quick(hasher, data)
+    if quick is not None:
+        return quick
     return await anyio.to_thread.run_sync(extended, hasher, data)

@@ -25,7 +25,7 @@ from tenacity import RetryCallState, RetryError
 from bulkdrive import errors, protocol
 from bulkdrive.client import EdgeDriveClient, parent_folder_path
 from bulkdrive.config import TransferConfig
-from bulkdrive.integrity import INLINE_HASH_BYTES, BlockHasher, extended, hash_off_loop
+from bulkdrive.integrity import BlockHasher, extended_if_quick, hash_off_loop
 from bulkdrive.protocol import BLOCK_SIZE, UploadReply
 from bulkdrive.retry import exhausted, repeat
 from bulkdrive.session import (
@@ -323,9 +323,11 @@ class _Upload:
             return _Chunk(offset, data, None)
         if hasher is None:
             hasher = await self._hasher_at(offset)
-        if len(data) <= INLINE_HASH_BYTES:  # `hash_off_loop`'s choice, without its coroutine
-            return _Chunk(offset, data, extended(hasher, data))
-        return _Chunk(offset, data, await hash_off_loop(hasher, data))
+        # A small chunk is hashed here, without `hash_off_loop`'s coroutine.
+        hashed = extended_if_quick(hasher, data)
+        if hashed is None:
+            hashed = await hash_off_loop(hasher, data)
+        return _Chunk(offset, data, hashed)
 
     async def _hasher_at(self, offset: int) -> BlockHasher:
         """The block-level hash of the local file's [0, offset), a server-confirmed offset:
