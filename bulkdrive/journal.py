@@ -23,6 +23,7 @@ import functools
 import hashlib
 import itertools
 import json
+import operator
 import os
 import re
 import sqlite3
@@ -289,16 +290,46 @@ WHERE {_MARK_APPLIES}
 _MARKS = "SELECT id, marked_at, files FROM in_flight ORDER BY id"
 _LOOKUP_MANY = f"SELECT {_COLUMNS} FROM files WHERE relative IN"
 _IN_LIMIT = 500  # parameters per query, well under SQLITE_MAX_VARIABLE_NUMBER
-#: DONE rows per `_upsert_done` statement (9 parameters each).
-_DONE_ROWS = _IN_LIMIT // 9
+#: Parameters a DONE row binds (`_DONE_VALUES`).
+_DONE_PARAMETERS = 9
+#: The fields of a DONE record `_UPSERT_DONE` binds, in its order (`_done_row`), read in C.
+_DONE_FIELDS = operator.itemgetter(0, 1, 2, 5, 7, 8, 10, 11, 12)
+_UPDATED_AT = operator.itemgetter(11)
 
 
-@functools.lru_cache(maxsize=_DONE_ROWS)
+@functools.lru_cache(maxsize=64)
 def _upsert_done(rows: int) -> str:
     """The upsert of `rows` DONE rows, `_done_row` of each one after the other (one step of
     SQLite for them all; measured with callgrind on a run of 2 500 small files: ~30 k fewer
     instructions a file than `executemany`, the writer's and the event loop's together)."""
     return _UPSERT_DONE.format(values=", ".join([_DONE_VALUES] * rows))
+
+
+def _statement_sizes(largest: int) -> tuple[int, ...]:
+    """The DONE rows a statement holds: `largest`, then the powers of 2 below it.
+
+    Few statements a commit (2 048 rows in one, any count in at most a dozen): SQLite steps
+    a statement without the interpreter lock, and each step ends with the writer taking the
+    lock back from a busy event loop (up to a switch interval, 5 ms, each time). Few
+    distinct statements: SQLite prepares one in ~4 µs a row, more than running it costs, and
+    a prepared one holds ~1 KiB a row, so only these sizes are prepared (kept in the
+    connection's statement cache: ~4 MiB for them all)."""
+    sizes = [largest]
+    size = 1 << (largest.bit_length() - 1)
+    if size == largest:
+        size >>= 1
+    while size >= 1:
+        sizes.append(size)
+        size >>= 1
+    return tuple(sizes)
+
+
+def _done_statements(rows: int, sizes: Sequence[int]) -> Iterator[int]:
+    """`rows` DONE rows as statements of `sizes` (largest first), the largest that fit."""
+    for size in sizes:
+        while rows >= size:
+            yield size
+            rows -= size
 
 
 _FAILURES = f"SELECT {_COLUMNS} FROM files WHERE state = 'failed' ORDER BY relative"
@@ -728,6 +759,9 @@ class Journal:
         self._batch_reads = 0
         #: A run's journal that held no file when it opened (`lookup_many(first_look=True)`).
         self._started_empty = False
+        variables = writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        most = max(1, min(COMMIT_ROWS, variables // _DONE_PARAMETERS))
+        self._done_sizes = _statement_sizes(most)
 
     @classmethod
     @asynccontextmanager
@@ -1107,14 +1141,11 @@ class Journal:
                     (plain if simple and r.state is FileState.DONE else others).append(r)
                 if others:
                     conn.executemany(_UPSERT, map(_record_to_row, others))
-                # Many rows to a statement: `executemany` steps SQLite once a row, without the
-                # interpreter lock, and takes the lock back from a busy event loop after each.
-                for start in range(0, len(plain), _DONE_ROWS):
-                    rows = plain[start : start + _DONE_ROWS]
-                    conn.execute(_upsert_done(len(rows)), [v for r in rows for v in _done_row(r)])
+                if plain:
+                    self._write_done(plain)
                 conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('updated_at', ?)",
-                    (max(r.updated_at for r in batch),),
+                    (max(map(_UPDATED_AT, batch)),),
                 )
             if marks:
                 conn.executemany(
@@ -1128,6 +1159,20 @@ class Journal:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _write_done(self, plain: list[FileRecord]) -> None:
+        """DONE rows, many to a statement (`_statement_sizes`): `executemany` would step
+        SQLite once a row, and take the interpreter lock back from the event loop after each."""
+        conn = self._writer
+        values = list(itertools.chain.from_iterable(map(_DONE_FIELDS, plain)))
+        if not all(map(str.isascii, values[::_DONE_PARAMETERS])):
+            # Names that are not ASCII: keyed as `_key` says (a name not valid UTF-8 as bytes).
+            values = list(itertools.chain.from_iterable(map(_done_row, plain)))
+        start = 0
+        for rows in _done_statements(len(plain), self._done_sizes):
+            end = start + rows * _DONE_PARAMETERS
+            conn.execute(_upsert_done(rows), values[start:end])
+            start = end
 
     def _close_connections(self) -> None:
         self._batch_reader.close()

@@ -679,6 +679,38 @@ async def test_done_records_of_their_own_time_stamps_many_to_a_statement_read_ba
             assert stored.verified is (i % 2 == 0)
 
 
+async def test_a_commit_of_thousands_of_done_records_in_a_few_statements_reads_back(
+    tmp_path: Path,
+) -> None:
+    """A coordinator's commit: thousands of DONE records in statements of a few sizes
+    (2 048 rows, then powers of two), names not ASCII and not UTF-8 among them (keyed as
+    bytes), a replaced row among new ones; each reads back as queued, none lost, none twice."""
+    path = tmp_path / "j.sqlite"
+    names = [f"d{i // 500}/f{i:05d}" for i in range(3001)]  # 2 048 + 512 + 256 + 128 + 32 + ...
+    names[7] = "d0/caf\u00e9-\u5199\u771f"
+    names[2500] = os.fsdecode(b"d5/not-utf8-\xff")
+    async with Journal.open(path, exclusive=True, batch_size=4096, flush_interval=3600) as journal:
+        await journal.record(rec(names[9], state=FileState.PARTIAL, request_id="r", offset=4))
+        await journal.flush()
+        await journal.record_done_many(
+            [(name, i, MTIME, f"g{i}", 1, i % 2 == 0) for i, name in enumerate(names)]
+        )
+        await journal.flush()
+        assert journal.statistics().batches_committed == 2
+    async with Journal.open(path) as reader:
+        found = await reader.lookup_many(names)
+        summary = reader.summary()
+    assert summary.files[FileState.DONE] == summary.total_files == len(names)
+    assert summary.bytes[FileState.DONE] == sum(range(len(names)))
+    for i, name in enumerate(names):
+        record = found[name]
+        assert record[:10] == (name, i, MTIME, FileState.DONE, None, i, b"", f"g{i}", 1, None)
+        assert record.verified is (i % 2 == 0)
+    with sqlite3.connect(path) as conn:
+        keys = {row[0] for row in conn.execute("SELECT relative FROM files")}
+    assert b"d5/not-utf8-\xff" in keys and "d0/caf\u00e9-\u5199\u771f" in keys
+
+
 async def test_a_done_record_replaces_every_field_of_the_row_it_updates(tmp_path: Path) -> None:
     """DONE records are written by a narrower statement: the row must read as the record."""
     path = tmp_path / "j.sqlite"
