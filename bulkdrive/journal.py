@@ -63,6 +63,8 @@ BUSY_TIMEOUT_MS = 5000
 #: waits for one such transaction, not for the thousands of ends a `--cluster` coordinator
 #: queues (a transaction of 16 384 took up to ~0.9 s beside its busy event loop).
 COMMIT_ROWS = 2048
+#: DONE rows a statement holds at most (`_statement_sizes`): a commit of COMMIT_ROWS in four.
+STATEMENT_ROWS = 512
 
 T = TypeVar("T")
 
@@ -308,12 +310,13 @@ def _upsert_done(rows: int) -> str:
 def _statement_sizes(largest: int) -> tuple[int, ...]:
     """The DONE rows a statement holds: `largest`, then the powers of 2 below it.
 
-    Few statements a commit (2 048 rows in one, any count in at most a dozen): SQLite steps
+    Few statements a commit (2 048 rows in four, fewer in at most a dozen): SQLite steps
     a statement without the interpreter lock, and each step ends with the writer taking the
-    lock back from a busy event loop (up to a switch interval, 5 ms, each time). Few
-    distinct statements: SQLite prepares one in ~4 µs a row, more than running it costs, and
-    a prepared one holds ~1 KiB a row, so only these sizes are prepared (kept in the
-    connection's statement cache: ~4 MiB for them all)."""
+    lock back from a busy event loop (up to a switch interval, 5 ms, each time; statements
+    of 55 rows made a coordinator's commits of 2 048 take ~1.3 times as long). Few distinct
+    statements: SQLite prepares one in ~4 µs a row, more than running it costs, and a
+    prepared one holds ~1 KiB a row, so only these sizes are prepared (kept in the
+    connection's statement cache: ~1 MiB for them all)."""
     sizes = [largest]
     size = 1 << (largest.bit_length() - 1)
     if size == largest:
@@ -760,7 +763,7 @@ class Journal:
         #: A run's journal that held no file when it opened (`lookup_many(first_look=True)`).
         self._started_empty = False
         variables = writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        most = max(1, min(COMMIT_ROWS, variables // _DONE_PARAMETERS))
+        most = max(1, min(STATEMENT_ROWS, variables // _DONE_PARAMETERS))
         self._done_sizes = _statement_sizes(most)
 
     @classmethod

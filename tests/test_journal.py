@@ -683,10 +683,10 @@ async def test_a_commit_of_thousands_of_done_records_in_a_few_statements_reads_b
     tmp_path: Path,
 ) -> None:
     """A coordinator's commit: thousands of DONE records in statements of a few sizes
-    (2 048 rows, then powers of two), names not ASCII and not UTF-8 among them (keyed as
+    (512 rows, then powers of two), names not ASCII and not UTF-8 among them (keyed as
     bytes), a replaced row among new ones; each reads back as queued, none lost, none twice."""
     path = tmp_path / "j.sqlite"
-    names = [f"d{i // 500}/f{i:05d}" for i in range(3001)]  # 2 048 + 512 + 256 + 128 + 32 + ...
+    names = [f"d{i // 500}/f{i:05d}" for i in range(3001)]  # 5 × 512 + 256 + 128 + ... + 1
     names[7] = "d0/caf\u00e9-\u5199\u771f"
     names[2500] = os.fsdecode(b"d5/not-utf8-\xff")
     async with Journal.open(path, exclusive=True, batch_size=4096, flush_interval=3600) as journal:
