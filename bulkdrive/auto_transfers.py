@@ -120,6 +120,8 @@ class AutoTransfers:
             counters.files_done,
             counters.pushbacks,
             loop_busy(),
+            counters.files_started,
+            counters.large_started,
         )
         state, _ = tuner.observe(settings, state, measurement)  # the first sample starts now
         self._trace(measurement, state.limit)  # logged too: a recorded run then replays exactly
@@ -133,6 +135,8 @@ class AutoTransfers:
                     counters.files_done,
                     counters.pushbacks,
                     loop_busy(),
+                    counters.files_started,
+                    counters.large_started,
                 )
                 state, change = tuner.observe(settings, state, measurement)
                 self._trace(measurement, state.limit)
@@ -146,7 +150,8 @@ class AutoTransfers:
         """What the tuner was given and the limit it then had (-vv): a trace tests replay."""
         self._reporter.message(
             f"tuner: t={reading.at:.3f} limit={limit} bytes={reading.bytes_done} "
-            f"files={reading.files_done} pushbacks={reading.pushbacks} busy={reading.busy}",
+            f"files={reading.files_done} pushbacks={reading.pushbacks} busy={reading.busy} "
+            f"started={reading.files_started} large={reading.large_started}",
             level=logging.DEBUG,
         )
 

@@ -11,6 +11,7 @@ from bulkdrive.journal import FileState, Journal
 from bulkdrive.progress import Reporter
 from bulkdrive.report import RunTally
 from bulkdrive.resume import journal_record
+from bulkdrive.tuner import LARGE_FILE
 from bulkdrive.walk import FileEntry
 
 log = logging.getLogger("bulkdrive.run")
@@ -28,6 +29,9 @@ class RunCounters:
     files_done: int = 0
     #: 503/429 answers and timeouts.
     pushbacks: int = 0
+    #: Files handed to a transfer, and those of them of `tuner.LARGE_FILE` bytes or more.
+    files_started: int = 0
+    large_started: int = 0
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,10 @@ class FileEvents:
     def __init__(self, sinks: EventSinks, entry: FileEntry) -> None:
         self._sinks = sinks
         self._entry = entry
+        counters = sinks.counters
+        counters.files_started += 1
+        if entry.size >= LARGE_FILE:
+            counters.large_started += 1
         self._relative = entry.relative
         self.request_id: str | None = None
         self.offset = 0

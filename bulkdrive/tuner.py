@@ -41,6 +41,8 @@ from dataclasses import dataclass, replace
 
 #: The longest a limit that keeps meeting push-back is kept out of reach.
 MAX_CEILING_SECONDS = 600.0
+#: Files at least this large are large (`TunerSettings.large_file`, `Reading.large_started`).
+LARGE_FILE = 1024 * 1024
 
 
 class Stage(enum.Enum):
@@ -111,7 +113,7 @@ class TunerSettings:
     #: holds chunk buffers and churns the page cache, so more in flight must pay for itself.
     #: Where throughput is flat a plateau keeps the lower limit, a climb never jumps, and the
     #: run first tries `large_start`.
-    large_file: int = 1024 * 1024
+    large_file: int = LARGE_FILE
     #: With large files a step up counts as a gain only when it rose by this much (it
     #: doubles the memory held; their coarse samples make smaller rises a matter of chance).
     large_gain: float = 0.25
@@ -135,6 +137,9 @@ class Reading:
     #: Seconds the client's event loop was running or waiting for a core so far (None: not
     #: known on this system).
     busy: float | None = None
+    #: Files handed to a transfer so far, and how many of them were `LARGE_FILE` or more.
+    files_started: int = 0
+    large_started: int = 0
 
 
 @dataclass(frozen=True)
@@ -272,6 +277,17 @@ def observe(
     settings: TunerSettings, state: TunerState, now: Reading
 ) -> tuple[TunerState, Change | None]:
     """The state after `now`, and the change of limit it calls for (None: keep it)."""
+    if _large_from_the_start(settings, state, now):
+        # Known before anything finished: no second of large files at the start limit (each
+        # transfer reading chunks) to learn what their sizes already say.
+        eased = replace(
+            state, eased=True, mark=now if now.files_done or now.bytes_done else state.mark
+        )
+        reason = (
+            f"large files: starting with fewer in flight than {state.limit} "
+            f"({now.large_started} of the first {now.files_started} are 1 MiB or more)"
+        )
+        return _moved(eased, now.at, _clamp(settings, settings.large_start), reason)
     mark = state.mark
     if mark is None or mark.files_done == mark.bytes_done == 0:
         # The first sample starts once something has finished: before, the run was logging
@@ -610,6 +626,18 @@ def _waiting(settings: TunerSettings, window: Window) -> str:
     if share is None or share >= settings.idle:
         return ""
     return f" (the client waited for the server {1 - share:.0%} of the time)"
+
+
+def _large_from_the_start(settings: TunerSettings, state: TunerState, now: Reading) -> bool:
+    """Whether the first files handed out, one per transfer, were mostly large."""
+    return (
+        state.stage is Stage.GROWING
+        and state.before is None
+        and not state.eased
+        and state.limit > settings.large_start
+        and now.files_started >= state.limit
+        and 2 * now.large_started >= now.files_started
+    )
 
 
 def _large(settings: TunerSettings, window: Window) -> bool:

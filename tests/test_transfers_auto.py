@@ -87,6 +87,25 @@ async def test_cli_auto_logs_each_change_and_reports_peak_and_mean(
     assert_stored(source, emulator.config.root / SHARE_ID)
 
 
+async def test_cli_auto_starts_large_files_with_fewer_in_flight(
+    make_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    # The first files handed out, one per transfer, are over 1 MiB: the run goes down to 8
+    # at the tuner's first look, before a file has finished, and says why.
+    emulator = await make_emulator(network=NetworkModel(latency=0.1))
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(64):
+        (source / f"f{i:02d}.bin").write_bytes(os.urandom(2**20 + i))
+    done = await run_cli(*upload_args(emulator, source, "--transfers", "auto", "-v"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    output = done.stdout.decode() + done.stderr.decode()
+    first = re.search(r"transfers 32 → (\d+): (.*)", output)
+    assert first is not None, output
+    assert first[1] == "8" and first[2].startswith("large files: starting with fewer")
+    assert_stored(source, emulator.config.root / SHARE_ID)
+
+
 async def test_folder_creations_follow_the_limit_as_at_a_fixed_setting(
     make_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:

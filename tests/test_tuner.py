@@ -89,9 +89,12 @@ def simulate(
     seed: int = 0,
     fixed: int | None = None,
     files_to_send: float = float("inf"),
+    hand_out: bool = False,
 ) -> Run:
     """Feed the tuner what a run against `server_at(t)` would measure every TICK seconds (at
-    a `fixed` limit instead, for comparison), until `seconds` or `files_to_send` are done."""
+    a `fixed` limit instead, for comparison), until `seconds` or `files_to_send` are done.
+    With `hand_out`, the readings also count the files handed to a transfer (those done and
+    one per transfer in flight), as a run does."""
     tuner = tuner or TunerSettings()
     rng = random.Random(seed)
     state: TunerState = start(tuner)
@@ -113,7 +116,9 @@ def simulate(
         run.busy.append((t, busy))
         run.limits.append((t, limit))
         t += TICK
-        reading = Reading(t, int(bytes_), int(files), int(pushbacks), loop)
+        started = int(files) + limit if hand_out else 0
+        large = started if server.file_bytes >= LARGE_FILE else 0
+        reading = Reading(t, int(bytes_), int(files), int(pushbacks), loop, started, large)
         state, change = observe(tuner, state, reading)
         if change is not None:
             run.changes.append(change)
@@ -353,6 +358,66 @@ def test_large_files_easing_that_loses_goes_back_and_climbs() -> None:
     pairs = [(c.old, c.new) for c in run.changes]
     assert pairs[:3] == [(16, 8), (8, 16), (16, 32)]
     assert "did worse" in run.changes[1].reason
+
+
+def test_large_files_handed_out_ease_off_before_any_finishes() -> None:
+    # netlarge: the first 32 files, one per transfer, are 16 MiB each. Their sizes say so
+    # at once; the start limit need not read chunks for a second to learn it.
+    tuner = TunerSettings(start=32, maximum=128)
+    state = start(tuner)
+    state, change = observe(tuner, state, Reading(0.0, 0, 0, 0))
+    assert change is None
+    state, change = observe(tuner, state, Reading(0.25, 0, 0, 0, None, 32, 30))
+    assert change is not None and (change.old, change.new) == (32, 8)
+    assert (
+        "large files: starting with fewer" in change.reason
+        and "30 of the first 32" in change.reason
+    )
+    # Once only: what follows is judged on what finishes, as after easing off.
+    for i in range(2, 12):
+        state, change = observe(tuner, state, Reading(i * 0.25, i * 40 * 2**20, i, 0, None, 40, 38))
+        assert change is None or "starting with fewer" not in change.reason
+
+
+@pytest.mark.parametrize(
+    ("started", "large"),
+    [(32, 15), (31, 31), (0, 0)],
+    ids=["mostly-small", "fewer-than-the-limit", "nothing-counted"],
+)
+def test_small_or_too_few_files_handed_out_keep_the_start(started: int, large: int) -> None:
+    # A tree's first folder may hold a few videos among its small files; a file or two say
+    # nothing; a run that does not count (a recorded trace) is judged as before.
+    tuner = TunerSettings(start=32, maximum=128)
+    state = start(tuner)
+    state, _ = observe(tuner, state, Reading(0.0, 0, 0, 0))
+    state, change = observe(tuner, state, Reading(0.25, 0, 0, 0, None, started, large))
+    assert change is None and state.limit == 32
+
+
+def test_large_files_started_low_still_climb_far_away() -> None:
+    # From 8, with the sizes known at once: a far server still takes the run up (doublings).
+    server = Server(latency=2.0, capacity=12, file_bytes=LARGE_FILE, knee=3)
+    for seed in range(4):
+        run = simulate(
+            lambda t: server, 60, TunerSettings(start=32), noise=0.1, seed=seed, hand_out=True
+        )
+        assert (run.changes[0].old, run.changes[0].new) == (32, 8)
+        assert run.changes[0].at <= 2 * TICK
+        assert mean_rate(run, since=30) >= 0.85 * best_fixed(server)
+        assert run.limits[-1][1] >= 24
+
+
+@pytest.mark.parametrize("per_file", [0.1, 0.15, 0.25], ids=["loopback", "2ms", "20ms"])
+def test_large_files_started_low_on_a_plateau_stay_low(per_file: float) -> None:
+    server = Server(latency=per_file, capacity=12, file_bytes=LARGE_FILE, knee=3, cpu_cost=0.002)
+    for seed in range(8):
+        run = simulate(
+            lambda t: server, 30, TunerSettings(start=32), noise=LOADED, seed=seed, hand_out=True
+        )
+        assert run.changes[0].new == 8 and run.changes[0].at <= 2 * TICK
+        late = [limit for t, limit in run.limits if t >= 5]
+        assert statistics.median(late) <= 16
+        assert mean_rate(run, since=3) >= 0.9 * best_fixed(server)
 
 
 def test_auto_backs_off_a_server_that_answers_busy() -> None:
