@@ -38,7 +38,7 @@ from bulkdrive.cluster_wire import (
 from bulkdrive.config import SMALL_FILE_BATCH, SMALL_FILE_READ_AHEAD
 from bulkdrive.protocol import mtime_seconds
 from bulkdrive.session import ResumePoint
-from bulkdrive.source import InlineReads, LocalContent
+from bulkdrive.source import ChunkBuffers, InlineReads, LocalContent
 from bulkdrive.upload import upload_file
 from bulkdrive.work_queue import WorkQueue
 
@@ -105,6 +105,8 @@ class _WorkerRun:
         #: Small files read on the event loop while quick, as one process does (in a
         #: worker thread beside the busy loop, each read's system calls wait for the GIL).
         self.reads = InlineReads(SMALL_FILE_READ_AHEAD)
+        #: The chunk buffers of the files in flight here, reused from file to file.
+        self.buffers = ChunkBuffers(self.config.chunk_size, most=2 * self.config.transfers)
         self._client: EdgeDriveClient | None = None
         self._failure: Exception | None = None
         self._ready = anyio.Event()
@@ -346,6 +348,7 @@ async def _upload_one(
             resume=resume,
             known_digests=file.known_digests,
             content=content,
+            buffers=run.buffers,
         )
     except Exception as exc:  # every error travels back as data: this file's outcome
         if isinstance(exc, errors.BulkdriveError):

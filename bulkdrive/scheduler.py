@@ -38,7 +38,7 @@ from bulkdrive.protocol import UploadReply, mtime_seconds
 from bulkdrive.remote_folders import RemoteFolders, RemotePaths, name_of
 from bulkdrive.report import FileOutcome, FileReportWriter, RunSummary, RunTally
 from bulkdrive.resume import ReadyFile
-from bulkdrive.source import LocalContent
+from bulkdrive.source import ChunkBuffers, LocalContent
 from bulkdrive.upload import ResumePoint, UploadResult, upload_file
 from bulkdrive.walk import FileEntry, FolderEntry, WalkFilters, WalkItem, count_files, walk
 
@@ -132,6 +132,8 @@ class TreeUpload:
         self._max_backlog = 0
         self._backlog_used: Callable[[], int] = lambda: 0
         self._paths = RemotePaths(plan.remote_folder)
+        # The chunk buffers of the files in flight, reused from file to file.
+        self._buffers = ChunkBuffers(plan.config.chunk_size, most=2 * plan.config.transfers)
         self._folders = RemoteFolders(
             client,
             self._paths,
@@ -463,6 +465,7 @@ class TreeUpload:
             content=content,
             resume=resume,
             known_digests=known,
+            buffers=self._buffers,
         )
 
     async def _discard_stale_session(self, entry: FileEntry) -> None:

@@ -40,7 +40,7 @@ from bulkdrive.session import (
     sending,
     waited,
 )
-from bulkdrive.source import LocalContent, Source, read_small_files
+from bulkdrive.source import ChunkBuffers, LocalContent, Source, read_small_files
 
 __all__ = [
     "LocalContent",
@@ -114,7 +114,7 @@ class UploadResult(NamedTuple):
 
 class _Chunk(NamedTuple):
     offset: int
-    data: bytes
+    data: bytes | memoryview  # a view of one of the run's chunk buffers, or a small file's bytes
     hasher: BlockHasher | None  # the block-level hash of the local file's [0, end), if hashed
 
     @property
@@ -451,6 +451,7 @@ async def upload_file(
     content: LocalContent | None = None,
     resume: ResumePoint | None = None,
     known_digests: bytes = b"",
+    buffers: ChunkBuffers | None = None,
 ) -> UploadResult:
     """Upload one local file into `remote_folder` (backslash or slash separated) of the
     client's share, complete and byte-identical, or raise a `bulkdrive.errors` error.
@@ -463,6 +464,8 @@ async def upload_file(
     initiate, and continues only from an offset that session can hold of ours.
     `known_digests`, the block digests the journal kept, are compared with the local file's
     prefix before it continues (a difference costs a restart, never a wrong file).
+    `buffers`, the run's chunk buffers (`transfers × 2` of the chunk size), are read into and
+    reused from file to file; without them the file reuses its own two.
     """
     config = config or client.config
     events = events or NullEvents()
@@ -472,7 +475,9 @@ async def upload_file(
     if content is not None and content.size <= config.chunk_size:
         source = Source.of_content(path, content)
     else:
-        source = await Source.open(path, preload_limit=config.chunk_size)
+        if buffers is None or buffers.size != config.chunk_size:
+            buffers = ChunkBuffers(config.chunk_size, most=2)
+        source = await Source.open(path, preload_limit=config.chunk_size, buffers=buffers)
     upload = _Upload(
         client,
         source,
