@@ -22,7 +22,14 @@ from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from bulkdrive import errors
 
-__all__ = ["ChunkBuffers", "Identity", "LocalContent", "Source", "read_small_files"]
+__all__ = [
+    "BufferStatistics",
+    "ChunkBuffers",
+    "Identity",
+    "LocalContent",
+    "Source",
+    "read_small_files",
+]
 
 
 class Identity(NamedTuple):
