@@ -312,8 +312,9 @@ def _statement_sizes(largest: int) -> tuple[int, ...]:
 
     Few statements a commit (2 048 rows in four, fewer in at most a dozen): SQLite steps
     a statement without the interpreter lock, and each step ends with the writer taking the
-    lock back from a busy event loop (up to a switch interval, 5 ms, each time; statements
-    of 55 rows made a coordinator's commits of 2 048 take ~1.3 times as long). Few distinct
+    lock back from a busy event loop (up to a switch interval, 5 ms, each time: a
+    coordinator's commits of 2 048 rows took a median 20 ms in statements of 2 048 rows,
+    26-29 ms in statements of 55). Few distinct
     statements: SQLite prepares one in ~4 µs a row, more than running it costs, and a
     prepared one holds ~1 KiB a row, so only these sizes are prepared (kept in the
     connection's statement cache: ~1 MiB for them all)."""
