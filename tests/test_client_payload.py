@@ -72,3 +72,53 @@ async def test_aiohttp_sends_the_chunk_through_our_slices() -> None:
         await runner.cleanup()
     assert slices == [len(chunk)], "aiohttp no longer writes the body through write_with_length"
     assert received == [chunk]
+
+
+async def test_the_headers_go_with_a_small_first_piece_then_slices() -> None:
+    """aiohttp joins the headers with the body's first piece into a new bytes: that piece is
+    `_FIRST` bytes, not a slice (a 1 MiB copy per chunk), and the rest goes in slices."""
+    received: list[bytes] = []
+
+    async def store(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app.router.add_post("/", store)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    pieces: list[int] = []
+
+    class Recorded:
+        """aiohttp's own writer, each piece it is given noted."""
+
+        def __init__(self, writer: object) -> None:
+            self._writer = writer
+
+        async def write(self, chunk: memoryview) -> None:
+            pieces.append(len(chunk))
+            await self._writer.write(chunk)  # type: ignore[attr-defined]
+
+    class Noted(transport._ChunkPayload):
+        async def write_with_length(self, writer, content_length):  # type: ignore[no-untyped-def]
+            await super().write_with_length(Recorded(writer), content_length)
+
+    chunk = bytearray(range(256)) * 10_000  # 2.44 MiB
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{port}/"
+            async with session.post(url, data=Noted(memoryview(chunk))) as response:
+                assert response.status == 200
+    finally:
+        await runner.cleanup()
+    assert received == [bytes(chunk)]
+    rest = len(chunk) - transport._FIRST
+    assert pieces == [
+        transport._FIRST,
+        transport._SLICE,
+        transport._SLICE,
+        rest - 2 * transport._SLICE,
+    ]
