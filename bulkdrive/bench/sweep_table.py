@@ -238,6 +238,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{workload} (dotted: sequential SDK; ★ auto at its mean transfers)")
         ax.set_xlabel("--transfers")
         ax.set_ylabel(f"{rows[0]['unit']} (median)" if rows else "")
+        ax.set_ylim(bottom=0)  # from zero: a 10 % difference must look like one
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
