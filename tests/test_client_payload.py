@@ -4,8 +4,10 @@ These tests fail loudly when an aiohttp release moves what it relies on."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tomllib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -41,7 +43,9 @@ def test_the_payload_keeps_the_chunk_it_was_given_without_a_copy() -> None:
     assert payload.size == len(chunk)
 
 
-async def test_aiohttp_sends_the_chunk_through_our_slices() -> None:
+@contextlib.asynccontextmanager
+async def _receiver() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A plain aiohttp server on loopback: its URL, and the bodies it received."""
     received: list[bytes] = []
 
     async def store(request: web.Request) -> web.Response:
@@ -52,9 +56,15 @@ async def test_aiohttp_sends_the_chunk_through_our_slices() -> None:
     app.router.add_post("/", store)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/", received
+    finally:
+        await runner.cleanup()
+
+
+async def test_aiohttp_sends_the_chunk_through_our_slices() -> None:
     slices: list[int] = []
 
     class Counted(transport._ChunkPayload):
@@ -63,13 +73,12 @@ async def test_aiohttp_sends_the_chunk_through_our_slices() -> None:
             await super().write_with_length(writer, content_length)
 
     chunk = bytes(range(256)) * 12_288  # 3 MiB
-    try:
-        async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{port}/"
-            async with session.post(url, data=Counted(chunk)) as response:
-                assert response.status == 200
-    finally:
-        await runner.cleanup()
+    async with (
+        _receiver() as (url, received),
+        aiohttp.ClientSession() as session,
+        session.post(url, data=Counted(chunk)) as response,
+    ):
+        assert response.status == 200
     assert slices == [len(chunk)], "aiohttp no longer writes the body through write_with_length"
     assert received == [chunk]
 
@@ -77,19 +86,6 @@ async def test_aiohttp_sends_the_chunk_through_our_slices() -> None:
 async def test_the_headers_go_with_a_small_first_piece_then_slices() -> None:
     """aiohttp joins the headers with the body's first piece into a new bytes: that piece is
     `_FIRST` bytes, not a slice (a 1 MiB copy per chunk), and the rest goes in slices."""
-    received: list[bytes] = []
-
-    async def store(request: web.Request) -> web.Response:
-        received.append(await request.read())
-        return web.Response(text="ok")
-
-    app = web.Application(client_max_size=8 * 1024 * 1024)
-    app.router.add_post("/", store)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     pieces: list[int] = []
 
     class Recorded:
@@ -107,13 +103,12 @@ async def test_the_headers_go_with_a_small_first_piece_then_slices() -> None:
             await super().write_with_length(Recorded(writer), content_length)
 
     chunk = bytearray(range(256)) * 10_000  # 2.44 MiB
-    try:
-        async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{port}/"
-            async with session.post(url, data=Noted(memoryview(chunk))) as response:
-                assert response.status == 200
-    finally:
-        await runner.cleanup()
+    async with (
+        _receiver() as (url, received),
+        aiohttp.ClientSession() as session,
+        session.post(url, data=Noted(memoryview(chunk))) as response,
+    ):
+        assert response.status == 200
     assert received == [bytes(chunk)]
     rest = len(chunk) - transport._FIRST
     assert pieces == [
