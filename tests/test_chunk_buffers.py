@@ -14,7 +14,7 @@ from test_upload import FAST_RETRY, connected, make_file, stored
 from bulkdrive.config import TransferConfig
 from bulkdrive.emulator import Emulator
 from bulkdrive.emulator.network import NetworkModel
-from bulkdrive.source import BufferStatistics, ChunkBuffers
+from bulkdrive.source import BufferStatistics, ChunkBuffers, Source
 from bulkdrive.upload import upload_file
 
 from conftest import EmulatorFactory
@@ -61,6 +61,22 @@ def test_past_the_bound_a_chunk_gets_a_buffer_of_its_own() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_file_no_larger_than_a_chunk_is_read_whole_into_a_buffer(tmp_path: Path) -> None:
+    path, data = make_file(tmp_path, "m.bin", 100 * KiB, seed=3)
+    buffers = ChunkBuffers(256 * KiB, most=2)
+    source = await Source.open(str(path), preload_limit=256 * KiB, buffers=buffers)
+    try:
+        whole = await source.read(0, len(data))
+        assert isinstance(whole, memoryview) and bytes(whole) == data
+        assert len(whole.obj) == 256 * KiB  # type: ignore[arg-type]
+        other = buffers.take(256 * KiB)  # the source still holds its buffer
+        assert other.obj is not whole.obj
+        assert bytes(await source.read(0, len(data))) == data
+    finally:
+        await source.close()
+
+
+@pytest.mark.anyio
 async def test_files_in_flight_share_the_runs_buffers_and_store_their_own_bytes(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -82,7 +98,8 @@ async def test_files_in_flight_share_the_runs_buffers_and_store_their_own_bytes(
     stats = buffers.statistics()
     chunks = sum(-(-len(data) // config.chunk_size) for _, data in files)  # 36
     assert stats.made <= 6 and stats.spare == 0
-    assert stats.made + stats.reused == chunks
+    # A buffer for each chunk, and one for each file's open (to read it whole if it fits).
+    assert stats.made + stats.reused == chunks + len(files)
 
 
 @pytest.mark.anyio
@@ -94,9 +111,11 @@ async def test_buffers_handed_out_during_sends_never_touch_a_chunk_in_flight(
     would store the scribble."""
     emulator = await make_emulator(network=NetworkModel(latency=0.002))
     config = TransferConfig(retry=FAST_RETRY, chunk_size=256 * KiB, verify=False)
-    buffers = ChunkBuffers(config.chunk_size, most=2 * 2 + 2)
+    buffers = ChunkBuffers(config.chunk_size, most=2 * 4 + 2)
     rng = random.Random(7)
+    # Two files of six chunks and more, two read whole (no larger than a chunk).
     sizes = [6 * 256 * KiB + rng.randrange(KiB) for _ in range(2)]
+    sizes += [200 * KiB + rng.randrange(KiB), 256 * KiB]
     files = [make_file(tmp_path, f"s{i}.bin", size, seed=i) for i, size in enumerate(sizes)]
     scribble = b"\xee" * config.chunk_size
     handed = 0
