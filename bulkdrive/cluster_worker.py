@@ -106,7 +106,7 @@ class _WorkerRun:
         #: worker thread beside the busy loop, each read's system calls wait for the GIL).
         self.reads = InlineReads(SMALL_FILE_READ_AHEAD)
         #: The chunk buffers of the files in flight here, reused from file to file.
-        self.buffers = ChunkBuffers(self.config.chunk_size, most=2 * self.config.transfers)
+        self.buffers = ChunkBuffers(self.config.chunk_size, most=self.config.chunks_held)
         self._client: EdgeDriveClient | None = None
         self._failure: Exception | None = None
         self._ready = anyio.Event()

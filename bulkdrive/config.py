@@ -80,6 +80,10 @@ SMALL_FILE_READ_AHEAD = 128 * 1024
 SMALL_FILE_BATCH = 64
 
 
+#: Chunks one transfer holds at most: the one being sent and the one read ahead of it.
+CHUNKS_PER_TRANSFER = 2
+
+
 @dataclass(frozen=True)
 class TransferConfig:
     """Limits of one run, checked when the object is made (ConfigError names the knob).
@@ -122,7 +126,12 @@ class TransferConfig:
     def memory_bound(self) -> int:
         """Bytes of file data a run holds at most (see the class's docstring)."""
         read_ahead = 2 * SMALL_FILE_BATCH * SMALL_FILE_READ_AHEAD
-        return self.transfers * 2 * self.chunk_size + read_ahead
+        return self.chunks_held * self.chunk_size + read_ahead
+
+    @property
+    def chunks_held(self) -> int:
+        """Chunk buffers the run's transfers hold at most (`source.ChunkBuffers`)."""
+        return self.transfers * CHUNKS_PER_TRANSFER
 
 
 def _transfer_problems(config: TransferConfig) -> list[str]:

@@ -133,7 +133,7 @@ class TreeUpload:
         self._backlog_used: Callable[[], int] = lambda: 0
         self._paths = RemotePaths(plan.remote_folder)
         # The chunk buffers of the files in flight, reused from file to file.
-        self._buffers = ChunkBuffers(plan.config.chunk_size, most=2 * plan.config.transfers)
+        self._buffers = ChunkBuffers(plan.config.chunk_size, most=plan.config.chunks_held)
         self._folders = RemoteFolders(
             client,
             self._paths,

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from bulkdrive.config import MAX_TRANSFERS, RetryPolicy, Timeouts, TransferConfig
+from bulkdrive.config import (
+    CHUNKS_PER_TRANSFER,
+    MAX_TRANSFERS,
+    RetryPolicy,
+    Timeouts,
+    TransferConfig,
+)
 from bulkdrive.errors import ConfigError
 from bulkdrive.protocol import BLOCK_SIZE
 
@@ -358,11 +364,11 @@ def transfer_config(settings: Settings) -> TransferConfig:
     auto = settings.transfers == AUTO
     if settings.transfers == AUTO:
         # The memory bound holds at any limit the tuner reaches.
-        by_memory = settings.max_memory // (2 * chunk)
+        by_memory = settings.max_memory // (CHUNKS_PER_TRANSFER * chunk)
         if by_memory < 1:
             raise ConfigError(
                 f"--max-memory: {settings.max_memory} bytes cannot hold one transfer "
-                f"(2 x chunk size = {2 * chunk} bytes)"
+                f"(2 x chunk size = {CHUNKS_PER_TRANSFER * chunk} bytes)"
             )
         transfers = min(settings.max_transfers, by_memory)
     else:

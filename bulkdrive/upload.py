@@ -24,7 +24,7 @@ from tenacity import RetryCallState, RetryError
 
 from bulkdrive import errors, protocol
 from bulkdrive.client import EdgeDriveClient, parent_folder_path
-from bulkdrive.config import TransferConfig
+from bulkdrive.config import CHUNKS_PER_TRANSFER, TransferConfig
 from bulkdrive.integrity import BlockHasher, extended_if_quick, hash_off_loop
 from bulkdrive.protocol import BLOCK_SIZE, UploadReply
 from bulkdrive.retry import exhausted, repeat
@@ -476,7 +476,7 @@ async def upload_file(
         source = Source.of_content(path, content)
     else:
         if buffers is None or buffers.size != config.chunk_size:
-            buffers = ChunkBuffers(config.chunk_size, most=2)
+            buffers = ChunkBuffers(config.chunk_size, most=CHUNKS_PER_TRANSFER)
         source = await Source.open(path, preload_limit=config.chunk_size, buffers=buffers)
     upload = _Upload(
         client,
