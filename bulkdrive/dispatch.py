@@ -187,6 +187,7 @@ class Dispatcher:
         check_remote: bool,
         read_ahead: bool,
         commit_marks: bool = True,
+        reads: InlineReads | None = None,
     ) -> None:
         self._client = client
         self._journal = journal
@@ -204,7 +205,8 @@ class Dispatcher:
         self._listings: OrderedDict[str, dict[str, Version]] = OrderedDict()
         #: The marked batch of each file handed out and not ended yet.
         self._marked: dict[str, _MarkedBatch] = {}
-        self._reads = InlineReads(SMALL_FILE_READ_AHEAD)
+        #: Small files read ahead (tests hand in theirs, with its own policy).
+        self._reads = reads if reads is not None else InlineReads(SMALL_FILE_READ_AHEAD)
         self.would_upload_files = 0
         self.would_upload_bytes = 0
 

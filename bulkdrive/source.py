@@ -11,7 +11,6 @@ import io
 import os
 import stat
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -22,6 +21,7 @@ import anyio.to_thread
 from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from bulkdrive import errors
+from bulkdrive.inline_io import InlineIO
 
 __all__ = [
     "BufferStatistics",
@@ -126,42 +126,36 @@ def read_small_files(paths: Sequence[str], limit: int) -> list[LocalContent | No
     return contents
 
 
-#: Small files are read on the event loop while each read is quicker than this. From the page
-#: cache a small file reads in ~15 µs of CPU on the loop, but ~55 µs in a worker thread beside
-#: a busy loop (its five system calls each hand the GIL over and take it back). A slower read
-#: (a cold or network disk) sends the rest of the batch, and the next INLINE_READ_PAUSE
-#: batches, to a worker thread, so a slow disk holds the uploads up for one read every so
-#: many batches. Per read, not per batch: on a busy machine a whole batch is often preempted.
-INLINE_READ_LIMIT = 0.001
-INLINE_READ_PAUSE = 4
+#: A small file's read on the event loop slower than this, while the thread waited in the
+#: kernel, counts as slow for the policy (`bulkdrive.inline_io`) that then sends small files to
+#: a worker thread for a while. From the page cache a small file reads in ~15 µs of CPU on the
+#: loop, but ~55 µs in a worker thread beside a busy loop (its five system calls each hand the
+#: GIL over and take it back), plus the hop's wake-ups.
+INLINE_READ_SLOW_SECONDS = 0.001
 
 
 class InlineReads:
-    """Small files read on the event loop while each read is quick (INLINE_READ_LIMIT); after
-    a slow one, the rest and the next INLINE_READ_PAUSE groups go to a worker thread. The
-    dispatcher's, and a `--cluster` worker's (which reads its batches' files itself)."""
+    """Small files read on the event loop while `InlineIO` allows it, else in a worker thread.
+    The dispatcher's, and a `--cluster` worker's (which reads its batches' files itself).
 
-    def __init__(self, limit: int) -> None:
+    `policy` decides (tests hand in one with their own clock)."""
+
+    def __init__(self, limit: int, policy: InlineIO | None = None) -> None:
         self._limit = limit  # the size up to which a file is read ahead (`read_small_files`)
-        #: Groups left before small files are read on the event loop again (0: now).
-        self._paused = 0
+        self._policy = policy if policy is not None else InlineIO(INLINE_READ_SLOW_SECONDS)
         self.files_inline = 0
         self.files_in_thread = 0
 
     def read(self, paths: list[str], into: list[LocalContent | None]) -> int:
-        """Read `paths` on the event loop until one read is slower than INLINE_READ_LIMIT; how
-        many were read (the caller reads the rest in a worker thread)."""
-        if self._paused:
-            self._paused -= 1
-            return 0
+        """Read `paths` on the event loop while the policy allows it; how many were read (the
+        caller reads the rest in a worker thread). Per read, not per batch: on a busy machine
+        a whole batch is often preempted."""
         done = 0
-        while done < len(paths):
-            began = time.perf_counter()
+        while done < len(paths) and self._policy.allowed():
+            begun = self._policy.begin()
             into.extend(read_small_files(paths[done : done + 1], self._limit))
+            self._policy.end(begun)
             done += 1
-            if time.perf_counter() - began > INLINE_READ_LIMIT:
-                self._paused = INLINE_READ_PAUSE
-                break
         self.files_inline += done
         return done
 

@@ -11,14 +11,14 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from bulkdrive import source
 from bulkdrive.config import SMALL_FILE_READ_AHEAD
 from bulkdrive.dispatch import Dispatcher, Handout, next_batch
+from bulkdrive.inline_io import PAUSE_SECONDS, SLOW_IN_A_ROW, InlineIO
 from bulkdrive.outcomes import RunOutcomes
 from bulkdrive.progress import NullReporter
 from bulkdrive.remote_folders import RemotePaths
 from bulkdrive.resume import ReadyFile
-from bulkdrive.source import INLINE_READ_PAUSE
+from bulkdrive.source import INLINE_READ_SLOW_SECONDS, InlineReads
 from bulkdrive.walk import FileEntry, FolderEntry, WalkItem
 
 pytestmark = pytest.mark.anyio
@@ -92,7 +92,7 @@ async def test_a_batch_counts_files_and_folders_come_along() -> None:
         assert await next_batch(receive, 3) == items[13:]
 
 
-def _dispatcher(handed: list[list[ReadyFile]]) -> Dispatcher:
+def _dispatcher(handed: list[list[ReadyFile]], reads: InlineReads) -> Dispatcher:
     async def handout(files: list[ReadyFile]) -> None:
         handed.append(files)
 
@@ -107,6 +107,7 @@ def _dispatcher(handed: list[list[ReadyFile]]) -> Dispatcher:
         dry_run=False,
         check_remote=False,
         read_ahead=True,
+        reads=reads,
     )
 
 
@@ -120,16 +121,14 @@ def _files(tmp_path: Path, count: int, prefix: str) -> list[FileEntry]:
     return entries
 
 
-async def test_small_files_are_read_on_the_loop_while_reads_are_quick(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_small_files_are_read_on_the_loop_while_reads_are_quick(tmp_path: Path) -> None:
     """From the page cache every small file of a batch is read on the event loop (no thread
     hop); each worker gets its own file's bytes; a file above the read-ahead size is not read."""
     # Quick by definition: a loaded machine can make a page-cache read outlast the real
     # limit, which sent a file to the thread and failed this test once in `make test`.
-    monkeypatch.setattr(source, "INLINE_READ_LIMIT", math.inf)
+    reads = InlineReads(SMALL_FILE_READ_AHEAD, InlineIO(math.inf))
     handed: list[list[ReadyFile]] = []
-    dispatcher = _dispatcher(handed)
+    dispatcher = _dispatcher(handed, reads)
     entries = _files(tmp_path, 20, "f")
     big = tmp_path / "big"
     big.write_bytes(b"x" * (SMALL_FILE_READ_AHEAD + 1))
@@ -145,25 +144,51 @@ async def test_small_files_are_read_on_the_loop_while_reads_are_quick(
     assert (dispatcher.files_read_inline, dispatcher.files_read_in_thread) == (20, 0)
 
 
-async def test_a_slow_read_sends_the_next_batches_to_a_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+class _Disk:
+    """The clock and the count of kernel waits that the reads' policy sees: every look at the
+    clock finds it 10 ms on (each read is slow), and each read waits in the kernel while the
+    disk is `stalling` (else it was only preempted)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits = 0
+        self.stalling = True
+
+    def clock(self) -> float:
+        self.now += 0.01
+        return self.now
+
+    def voluntary_waits(self) -> int:
+        self.waits += self.stalling
+        return self.waits
+
+
+async def test_reads_that_stall_in_a_row_send_small_files_to_a_thread_for_a_while(
+    tmp_path: Path,
 ) -> None:
-    """A read slower than the limit (here every read) sends the rest of its batch and the next
-    INLINE_READ_PAUSE batches to a worker thread; then the loop tries again. Bytes and order
-    are the same either way."""
-    monkeypatch.setattr(source, "INLINE_READ_LIMIT", -1.0)
+    """SLOW_IN_A_ROW stalled reads on the loop send the rest of their batch, and every batch of
+    the next PAUSE_SECONDS, to a worker thread; reads that were only slow (preempted, no wait
+    in the kernel) keep the loop. Bytes and order are the same either way."""
+    disk = _Disk()
+    policy = InlineIO(INLINE_READ_SLOW_SECONDS, disk.clock, disk.voluntary_waits)
     handed: list[list[ReadyFile]] = []
-    dispatcher = _dispatcher(handed)
-    batches = [_files(tmp_path, 5, f"b{n}-") for n in range(INLINE_READ_PAUSE + 2)]
-    for batch in batches:
-        await dispatcher.hand_out([(e, False, None) for e in batch])
+    dispatcher = _dispatcher(handed, InlineReads(SMALL_FILE_READ_AHEAD, policy))
+    batches = [_files(tmp_path, 5, f"b{n}-") for n in range(3)]
+
+    def counts() -> tuple[int, int]:
+        return dispatcher.files_read_inline, dispatcher.files_read_in_thread
+
+    await dispatcher.hand_out([(e, False, None) for e in batches[0]])
+    assert counts() == (SLOW_IN_A_ROW, 5 - SLOW_IN_A_ROW)
+    await dispatcher.hand_out([(e, False, None) for e in batches[1]])
+    assert counts() == (SLOW_IN_A_ROW, 10 - SLOW_IN_A_ROW)
+    disk.now += PAUSE_SECONDS
+    disk.stalling = False
+    await dispatcher.hand_out([(e, False, None) for e in batches[2]])
+    assert counts() == (SLOW_IN_A_ROW + 5, 10 - SLOW_IN_A_ROW)
     for batch, files in zip(batches, handed, strict=True):
         assert [f.entry for f in files] == batch
         assert all(
             f.content is not None and f.content.data == Path(f.entry.path).read_bytes()
             for f in files
         )
-    # batch 0: one read on the loop, 4 in the thread; the next PAUSE batches all in the
-    # thread; the one after: one on the loop again.
-    assert dispatcher.files_read_inline == 2
-    assert dispatcher.files_read_in_thread == 5 * len(batches) - 2

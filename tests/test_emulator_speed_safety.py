@@ -19,11 +19,7 @@ from bulkdrive.emulator import Emulator
 from bulkdrive.emulator.database import Database
 from bulkdrive.emulator.disk import (
     _GUID_NAMESPACE,
-    INLINE_PAUSE_SECONDS,
-    INLINE_SLOW_IN_A_ROW,
-    INLINE_SLOW_SECONDS,
     INLINE_WRITE_BYTES,
-    InlineWrites,
     derived_guid,
 )
 from bulkdrive.emulator.records import Ids
@@ -284,67 +280,3 @@ def test_plain_json_request_fields_are_what_parse_body_reads(
 def test_derived_guids_are_uuid5s_of_the_target_and_path(target: str, parts: list[str]) -> None:
     expected = uuid.uuid5(_GUID_NAMESPACE, f"{target}\x00{'/'.join(parts)}").hex
     assert derived_guid(target, tuple(parts)) == expected
-
-
-class _Ticks:
-    """A clock and a count of kernel waits that a test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.waits = 0
-
-    def clock(self) -> float:
-        return self.now
-
-    def voluntary_waits(self) -> int:
-        return self.waits
-
-
-def _write(inline: InlineWrites, ticks: _Ticks, seconds: float, *, waited: bool) -> None:
-    begun = inline.begin()
-    ticks.now += seconds
-    ticks.waits += 1 if waited else 0
-    inline.end(begun)
-
-
-def test_inline_writes_pause_only_after_slow_writes_in_a_row_that_waited() -> None:
-    ticks = _Ticks()
-    inline = InlineWrites(ticks.clock, ticks.voluntary_waits)
-    slow = INLINE_SLOW_SECONDS * 2
-    assert inline.allows(INLINE_WRITE_BYTES) and not inline.allows(INLINE_WRITE_BYTES + 1)
-    # Slow while the CPU was elsewhere (no wait in the kernel): never a pause.
-    for _ in range(INLINE_SLOW_IN_A_ROW * 2):
-        _write(inline, ticks, slow, waited=False)
-    # Slow waits broken by a quick write (or a quick one that waited): no pause either.
-    for quick_waited in (False, True):
-        for _ in range(INLINE_SLOW_IN_A_ROW - 1):
-            _write(inline, ticks, slow, waited=True)
-        _write(inline, ticks, INLINE_SLOW_SECONDS / 2, waited=quick_waited)
-    assert inline.allows(4096) and inline.pauses == 0
-    # A stalling disk: slow writes that waited, in a row.
-    for _ in range(INLINE_SLOW_IN_A_ROW):
-        assert inline.allows(4096)
-        _write(inline, ticks, slow, waited=True)
-    assert not inline.allows(4096) and inline.pauses == 1
-    ticks.now += INLINE_PAUSE_SECONDS - slow
-    assert not inline.allows(4096)
-    ticks.now += slow
-    assert inline.allows(4096)
-    # Still stalling after the pause: the next slow write pauses again at once.
-    _write(inline, ticks, slow, waited=True)
-    assert not inline.allows(4096) and inline.pauses == 2
-    ticks.now += INLINE_PAUSE_SECONDS
-    # A quick write after the pause starts the count afresh.
-    _write(inline, ticks, 0.0, waited=False)
-    _write(inline, ticks, slow, waited=True)
-    assert inline.allows(4096) and inline.pauses == 2
-
-
-def test_inline_writes_without_a_count_of_waits_pause_on_slowness_alone() -> None:
-    ticks = _Ticks()
-    inline = InlineWrites(ticks.clock, lambda: None)
-    for _ in range(INLINE_SLOW_IN_A_ROW):
-        begun = inline.begin()
-        ticks.now += INLINE_SLOW_SECONDS * 2
-        inline.end(begun)
-    assert not inline.allows(0) and inline.pauses == 1

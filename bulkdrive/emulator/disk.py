@@ -1,6 +1,6 @@
 """The emulator's files on disk: path safety (no symbolic link, no escape from a target's
-folder), placing a finished file, the small-file write policy, and the plain I/O helpers that
-run on the store's I/O pool."""
+folder), placing a finished file, and the plain I/O helpers that run on the store's I/O pool
+(or, for small files, on the event loop)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import errno
 import hashlib
 import os
 import stat
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,21 +16,6 @@ from typing import Any
 
 from bulkdrive import protocol
 from bulkdrive.emulator.refusals import StoreError, Why
-
-try:
-    import resource
-
-    _RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
-except ImportError:  # not a Unix
-    _RUSAGE_THREAD = None
-
-
-def voluntary_waits() -> int | None:
-    """How often this thread has waited in the kernel so far; None where unknown."""
-    if _RUSAGE_THREAD is None:
-        return None
-    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
-
 
 #: Bytes gathered from the socket before one write on the I/O pool (bounds memory per request).
 WRITE_BATCH = 1024 * 1024
@@ -48,23 +32,10 @@ _IOV_MAX = 512
 INLINE_WRITE_BYTES = 64 * 1024
 
 
-#: Page-cache writes may still stall (dirty-page throttling, a slow disk). INLINE_SLOW_IN_A_ROW
-#: inline writes in a row that each take longer than this, waiting in the kernel, send the
-#: following ones to the I/O pool for INLINE_PAUSE_SECONDS, so a stalling disk blocks the
-#: event loop a few times, briefly, and then once per pause while it stalls.
+#: A small file's write on the event loop slower than this, while the thread waited in the
+#: kernel, counts as slow for the policy (`bulkdrive.inline_io`) that then sends small files to
+#: the I/O pool for a while, so a stalling disk blocks the event loop a few times, briefly.
 INLINE_SLOW_SECONDS = 0.005
-
-
-INLINE_PAUSE_SECONDS = 5.0
-
-
-#: A stalling disk stalls every write. One slow write alone is more often something else that
-#: also waits in the kernel: the interpreter lock, held by another thread of the server (the
-#: database's) while the CPU was busy with other processes, or a profiler's stop; the I/O
-#: pool's threads only add to that. Paused by one such write, a `--cluster local:2` run against
-#: the delay-fault server on 2 cores sent most of its files through the pool (server CPU
-#: 3.0 -> 5.1 s, scheduler slices ~4 000 -> 45 000 for 10 000 files).
-INLINE_SLOW_IN_A_ROW = 3
 
 
 _GUID_NAMESPACE = uuid.UUID("6b1f3c2e-0d44-4f8e-9a55-2b0c8f3e7d10")
@@ -427,51 +398,6 @@ def write_small(
         with contextlib.suppress(OSError):
             os.unlink(partial)
         raise
-
-
-class InlineWrites:
-    """The policy for whole small files: written on the event loop itself (no hop to the I/O
-    pool) when at most INLINE_WRITE_BYTES, unless the recent inline writes waited on the disk;
-    then the pool takes them for INLINE_PAUSE_SECONDS (measured costs: benchmarks/README.md).
-
-    `clock` and `waits` are the time and the thread's count of waits in the kernel (tests
-    hand in their own)."""
-
-    def __init__(
-        self,
-        clock: Callable[[], float] = time.monotonic,
-        waits: Callable[[], int | None] = voluntary_waits,
-    ) -> None:
-        self._clock = clock
-        self._waits = waits
-        self._paused_until = 0.0
-        #: Slow inline writes since the last quick one. Not reset by a pause: after it, one
-        #: more slow write is enough (the disk stalled a moment ago).
-        self._slow_in_a_row = 0
-        self.pauses = 0
-
-    def allows(self, size: int) -> bool:
-        return size <= INLINE_WRITE_BYTES and self._clock() >= self._paused_until
-
-    def begin(self) -> tuple[float, int | None]:
-        """Before an inline write: what `end` compares with."""
-        return self._clock(), self._waits()
-
-    def end(self, begun: tuple[float, int | None]) -> None:
-        """After an inline write (also a failed one). It counts as slow when it took longer
-        than INLINE_SLOW_SECONDS because the thread waited in the kernel (a voluntary context
-        switch: the disk, or the interpreter lock), not because the CPU was busy elsewhere
-        (then the I/O pool would only add work); where waits are unknown, slow is enough.
-        INLINE_SLOW_IN_A_ROW slow ones in a row pause inline writes."""
-        started, waits = begun
-        now = self._clock()
-        if now - started <= INLINE_SLOW_SECONDS or (waits is not None and self._waits() == waits):
-            self._slow_in_a_row = 0
-            return
-        self._slow_in_a_row += 1
-        if self._slow_in_a_row >= INLINE_SLOW_IN_A_ROW:
-            self._paused_until = now + INLINE_PAUSE_SECONDS
-            self.pauses += 1
 
 
 class RootCheck:

@@ -13,8 +13,8 @@ partial files are cut back to their recorded offset and orphans are removed.
 
 Every SQLite call runs on one dedicated thread (calls stay in order); file operations run on a
 small thread pool, except whole files of at most disk.INLINE_WRITE_BYTES in one request, which are
-written on the event loop (see there). The event loop otherwise only streams request bodies and
-makes decisions.
+written on the event loop while that stays quick (`bulkdrive.inline_io`). The event loop
+otherwise only streams request bodies and makes decisions.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from typing import Any, TypeVar
 from bulkdrive import protocol
 from bulkdrive.emulator.database import Database, GuidBook, StoredToken
 from bulkdrive.emulator.disk import (
+    INLINE_SLOW_SECONDS,
+    INLINE_WRITE_BYTES,
     WRITE_BATCH,
-    InlineWrites,
     Partials,
     RootCheck,
     check_destination,
@@ -62,6 +63,7 @@ from bulkdrive.emulator.records import (
     integrity_verified,
 )
 from bulkdrive.emulator.refusals import BodyIncomplete, StoreError, Why
+from bulkdrive.inline_io import InlineIO
 
 T = TypeVar("T")
 
@@ -102,7 +104,7 @@ class Store:
         self._guid_book = GuidBook(self._on_db, lambda: self.db)
         self._dir_text = {t.key: str(t.directory) for t in self.targets.values()}
         self._roots = RootCheck()
-        self._inline = InlineWrites()
+        self._inline = InlineIO(INLINE_SLOW_SECONDS)
 
     # -- plumbing
 
@@ -464,8 +466,8 @@ class Store:
         strict_parents: bool,
     ) -> tuple[str, Completed]:
         """A whole file that came in one small request: checked, written and renamed in one
-        step — on the event loop when disk.InlineWrites allows it, else in one hop to the I/O pool
-        (per-file overhead is what limits many small files)."""
+        step: on the event loop when at most INLINE_WRITE_BYTES and `InlineIO` allows it, else
+        in one hop to the I/O pool (per-file overhead is what limits many small files)."""
         size = len(body)
         self.check_quota(size)
         request_id = self._ids.request_id()
@@ -483,7 +485,7 @@ class Store:
             strict_parents,
         )
         try:
-            if self._inline.allows(size):
+            if size <= INLINE_WRITE_BYTES and self._inline.allowed():
                 # Nothing awaits between the quota check and the accounting below, so no
                 # reservation is needed; nor between the write's first look at the final
                 # name and its rename, so the rename needs no second look.
@@ -550,7 +552,7 @@ class Store:
         self, target: StoreTarget, parent: tuple[str, ...], name: str, strict: bool
     ) -> dict[str, str | int]:
         parts = (*parent, name)
-        if self._inline.allows(0):
+        if self._inline.allowed():
             # On the loop, as a small file's write is: the hop to the I/O pool cost more than
             # the mkdir and its checks, once per folder of a tree (benchmarks/README.md).
             begun = self._inline.begin()
