@@ -12,9 +12,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from bulkdrive.emulator import running_emulator
+from bulkdrive.emulator.network import NetworkModel
 
 import edge_raw as er
 from conftest import emulator_config
@@ -76,6 +78,34 @@ async def test_a_dropped_connection_is_logged_without_a_status(tmp_path: Path) -
     assert len(upload) == 1
     assert upload[0]["status"] == 0
     assert upload[0]["dropped"] == "reset"
+
+
+@pytest.mark.anyio
+async def test_a_refusal_beyond_max_active_is_logged_as_503(tmp_path: Path) -> None:
+    # The network sweep counts a busy server's 503s from this log: a refusal answered before
+    # any dispatch must be in it too (it was not, and the sweep read 0 % busy answers).
+    log = tmp_path / "requests.ndjson"
+    config = emulator_config(
+        tmp_path / "server", request_log=log, network=NetworkModel(latency=0.3, max_active=1)
+    )
+    statuses: dict[int, int] = {}
+    async with running_emulator(config) as emu, er.client() as http:
+        token = await er.login(http, emu.base_url)
+
+        async def one(i: int) -> None:
+            await anyio.sleep(0.1 * i)  # the first arrives first and holds the one place
+            reply = await er.upload_whole(http, emu.base_url, token, f"b{i}.bin", b"xyz")
+            statuses[i] = reply.status
+
+        async with anyio.create_task_group() as tg:
+            for i in range(2):
+                tg.start_soon(one, i)
+    assert statuses == {0: 200, 1: 503}
+    uploads = [e for e in read_log(log) if e["path"].endswith("/upload")]
+    assert sorted(e["status"] for e in uploads) == [200, 503]
+    assert all(set(e) >= FIELDS for e in uploads)
+    assert er.stored(tmp_path / "server", "\\b0.bin").read_bytes() == b"xyz"
+    assert not er.stored(tmp_path / "server", "\\b1.bin").exists()
 
 
 def test_serve_log_requests_flag(tmp_path: Path) -> None:

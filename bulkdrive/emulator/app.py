@@ -110,7 +110,7 @@ class Emulator(AuthRoutes, UploadRoutes):
         )
         self._fault_delays = Deadlines(config.fault_delay_seconds)
         self.fault_delay = self._fault_delays.wait
-        self.network = Network(config.network, self._busy)
+        self.network = Network(config.network, self._refuse)
         self._network_on = not config.network.is_direct
         self._handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]] = self._dispatch
         self.upload_log: deque[UploadRecord] = deque(maxlen=100_000)
@@ -259,6 +259,24 @@ class Emulator(AuthRoutes, UploadRoutes):
         if self._network_on:
             return await self.network.middleware(request, self._handler)
         return await self._handler(request)
+
+    def _refuse(self, request: web.BaseRequest) -> web.Response:
+        """The 503 of `--max-active`, logged as every answered request is (the network
+        model answers it before any dispatch): a busy server's log must show its refusals."""
+        response = self._busy(request)
+        if self.request_log is not None:
+            self.request_log.write(
+                {
+                    "time": utc_stamp(time.time()),
+                    "method": request.method,
+                    "path": request.path,
+                    "query": request.query_string,
+                    "status": response.status,
+                    "bytes": request.content.total_bytes,
+                    "duration": 0.0,
+                }
+            )
+        return response
 
     async def _logged_dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         arrived = time.time()
