@@ -28,9 +28,12 @@ How it decides:
   busy. The run first tries fewer (EASING: `large_start`; kept unless clearly worse), a step up
   must gain at least `large_gain` and never jumps, and a plateau keeps the lower limit.
 - Push-back (503/429 answers and timeouts) lowers the limit at once — back to the limit before
-  the last step up, or by `backoff` — and the limit at which it came is not tried again for
-  `ceiling_seconds` (twice as long each time the same edge is met again). A stray busy answer
-  at a limit that has held (at most `tolerate` of the files finished) only stops the probes.
+  the last step up, or by as many as the busy answers of the last second (each transfer
+  beyond the server's limit is refused once per Retry-After), at most by half — and the
+  limit at which it came is not tried again for `ceiling_seconds` (twice as long each time
+  the same edge is met again). Refusals before anything finished count too (a start beyond
+  the server's limit). A stray busy answer at a limit that has held (at most `tolerate` of
+  the files finished, and none in the `stray_gap` seconds before) only stops the probes.
 """
 
 from __future__ import annotations
@@ -86,8 +89,6 @@ class TunerSettings:
     #: A fall at an unchanged limit that means the conditions changed (2 ms -> 20 ms away
     #: at 32 in flight on this machine is a fall of a third: it must be caught at once).
     drop: float = 0.3
-    #: The limit is multiplied by this on push-back (outside a step up).
-    backoff: float = 0.7
     #: A climb from a window in which the client's event loop was busy (running, or waiting
     #: for a core) less than this share of the time quadruples: the client was waiting for
     #: the server, so more small files in flight only add to what finishes (20 ms away, 16
@@ -99,6 +100,17 @@ class TunerSettings:
     #: a stray request (one more for a folder, a request arriving as another leaves), and a
     #: 30 % cut held for seconds costs far more than a file that waits its Retry-After.
     tolerate: float = 0.01
+    #: A busy answer counts as a stray only when none came in this many seconds before it
+    #: (since the last back-off's cooling): a server that refuses transfers beyond its limit
+    #: refuses each of them again after every Retry-After, so its refusals keep coming, at
+    #: a rate far below `tolerate` of the files (`serve --max-active 16` with 1 s Retry-After:
+    #: 6 a second at 22 in flight, 0.3 % of ~2 300 files/s; that limit was held for good).
+    stray_gap: float = 2.0
+    #: The busy answers of the last this many seconds count the transfers beyond the
+    #: server's limit: a back-off steps down by as many (each refused transfer is refused
+    #: once per Retry-After), by at most `deepest` of the limit.
+    excess_span: float = 1.0
+    deepest: float = 0.5
     #: Windows held between two probes upwards.
     probe_every: int = 5
     #: How long a limit that met push-back stays out of reach.
@@ -267,6 +279,10 @@ class TunerState:
     settle_until: float = 0.0
     #: Fewer in flight were tried (large files, once per run).
     eased: bool = False
+    #: (time, busy answers so far) of the readings of the last `excess_span` seconds; when
+    #: a busy answer was last seen (since the last cooling).
+    busy_seen: tuple[tuple[float, int], ...] = ()
+    last_busy: float = -math.inf
 
 
 def start(settings: TunerSettings) -> TunerState:
@@ -289,7 +305,13 @@ def observe(
         )
         return _moved(eased, now.at, _clamp(settings, settings.large_start), reason)
     mark = state.mark
+    state = _seen(settings, state, now)
     if mark is None or mark.files_done == mark.bytes_done == 0:
+        if mark is not None and now.pushbacks > mark.pushbacks:
+            # Refused before anything finished: the start is beyond the server's limit (the
+            # refused transfers wait out Retry-After, and would be refused again).
+            state = replace(state, mark=now)
+            return _back_off(settings, state, now.at, now.pushbacks - mark.pushbacks, 0.0)
         # The first sample starts once something has finished: before, the run was logging
         # in and walking, which says nothing about the limit.
         return replace(state, mark=now), None
@@ -302,7 +324,9 @@ def observe(
     files, nbytes = now.files_done - mark.files_done, now.bytes_done - mark.bytes_done
     busy = None if now.busy is None or mark.busy is None else now.busy - mark.busy
     if pushbacks > 0 and not state.cooling:
-        if state.stage is Stage.HOLDING and pushbacks <= settings.tolerate * files:
+        stray = now.at - state.last_busy > settings.stray_gap
+        state = replace(state, last_busy=now.at)
+        if stray and state.stage is Stage.HOLDING and pushbacks <= settings.tolerate * files:
             # A stray busy answer at a limit that has held: the edge is here, go no higher.
             state = replace(
                 state,
@@ -340,7 +364,15 @@ def _decide(
         # server's Retry-After): this window says little about the new limit.
         if state.window.seconds < settings.window:
             return state, None
-        return replace(state, cooling=False, window=Window()), None
+        # The refusals of the transfers above the new limit (each retried once more after
+        # Retry-After) are behind: what comes now is judged afresh.
+        return replace(
+            state,
+            cooling=False,
+            window=Window(),
+            busy_seen=state.busy_seen[-1:],
+            last_busy=-math.inf,
+        ), None
     if state.stage is Stage.GROWING:
         return _grow(settings, state, at)
     if state.stage is Stage.PROBING:
@@ -406,7 +438,13 @@ def _back_off(
     if state.stage in (Stage.PROBING, Stage.GROWING) and 0 < state.before_limit < state.limit:
         new = state.before_limit  # the last step up found the edge: undo it
     else:
-        new = min(state.limit - 1, math.floor(state.limit * settings.backoff))
+        # As many fewer as the busy answers of the last second say were beyond the server's
+        # limit (a 30 % cut for one transfer too many held 16 at 11 for 30 s and more).
+        excess = max(pushbacks, _recent_pushbacks(settings, state))
+        new = min(
+            state.limit - 1,
+            max(state.limit - excess, math.ceil(state.limit * settings.deepest)),
+        )
     new = _clamp(settings, new)
     ceiling = state.limit if state.ceiling is None else min(state.ceiling, state.limit)
     # The same edge met again: it is likely to stay, so it is tried again less often.
@@ -427,6 +465,18 @@ def _back_off(
     )
     reason = f"the server pushed back ({pushbacks} busy answers or timeouts in {seconds:.1f}s)"
     return _moved(state, at, new, reason)
+
+
+def _seen(settings: TunerSettings, state: TunerState, now: Reading) -> TunerState:
+    """`state` with `now`'s busy answers remembered for `excess_span` seconds."""
+    kept = [(at, n) for at, n in state.busy_seen if now.at - at <= settings.excess_span]
+    return replace(state, busy_seen=(*kept, (now.at, now.pushbacks)))
+
+
+def _recent_pushbacks(settings: TunerSettings, state: TunerState) -> int:
+    """Busy answers in the last `excess_span` seconds (at most)."""
+    seen = state.busy_seen
+    return seen[-1][1] - seen[0][1] if len(seen) >= 2 else 0
 
 
 def _grow(

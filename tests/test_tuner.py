@@ -46,6 +46,11 @@ class Server:
     stray: float = 0.0
     #: Seconds of the client's event loop per file finished (None: its busy time unknown).
     loop_per_file: float | None = None
+    #: The Retry-After of the busy answers (None: each transfer beyond `max_active` is
+    #: refused once per `latency`, as if it retried at once). A refused transfer waits it
+    #: out, so each one beyond the limit is refused once per `retry_after` seconds, and a
+    #: step up is refused at once for each transfer it adds beyond the limit.
+    retry_after: float | None = None
 
     def files_per_second(self, limit: int) -> float:
         served = limit if self.max_active is None else min(limit, self.max_active)
@@ -66,7 +71,13 @@ class Server:
     def busy_per_second(self, limit: int) -> float:
         if self.max_active is None or limit < self.max_active:
             return 0.0
-        return self.stray + (limit - self.max_active) / self.latency
+        return self.stray + (limit - self.max_active) / (self.retry_after or self.latency)
+
+    def refused_at_once(self, old: int, new: int) -> int:
+        """Busy answers at once when the limit goes from `old` to `new` (Retry-After model)."""
+        if self.max_active is None or self.retry_after is None:
+            return 0
+        return max(0, new - max(old, self.max_active))
 
 
 @dataclass
@@ -102,6 +113,9 @@ def simulate(
     loop: float | None = None
     run = Run([], [], [], [])
     t = 0.0
+    previous = 0
+    # The run's first look is at its start, before anything finished (as the driver's).
+    state, _ = observe(tuner, state, Reading(0.0, 0, 0, 0))
     while t <= seconds and files < files_to_send:
         server = server_at(t)
         limit = state.limit if fixed is None else fixed
@@ -109,7 +123,8 @@ def simulate(
         busy = server.busy_per_second(limit)
         files += rate * TICK
         bytes_ += rate * TICK * server.file_bytes
-        pushbacks += busy * TICK
+        pushbacks += busy * TICK + server.refused_at_once(previous, limit)
+        previous = limit
         share = server.loop_busy(rate)
         loop = None if share is None else (loop or 0.0) + share * TICK
         run.done.append((t, rate))
@@ -432,6 +447,55 @@ def test_auto_backs_off_a_server_that_answers_busy() -> None:
     done = sum(r for t, r in run.done if t >= 5)
     assert busy <= 0.01 * (busy + done)
     assert any("pushed back" in c.reason for c in run.changes)
+
+
+#: `serve --latency 2ms --max-active 16` on the 2-core machine: the cores cap small files near
+#: 2 300 files/s from 16 in flight on; beyond 16 each transfer is refused once per second.
+BUSY_2MS = Server(
+    latency=0.006, capacity=2300, knee=3, max_active=16, retry_after=1.0, cpu_cost=0.001
+)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_transfers_beyond_the_servers_limit_are_stepped_down_by_their_refusals(seed: int) -> None:
+    # Starting at 32 against a server that takes 16: the 16 beyond it are refused at once,
+    # then each once a second (Retry-After: 1), at most 0.7 % of the files finished. Read as
+    # strays, that held the run at 22 (0.89x the best fixed setting, the refused files
+    # waiting out Retry-After at the run's end); counted, they step it down to the limit.
+    run = simulate(lambda t: BUSY_2MS, 40, TunerSettings(start=32), noise=0.1, seed=seed)
+    late = [limit for t, limit in run.limits if t >= 3]
+    assert statistics.median(late) == 16
+    # Above the limit only while a rare probe finds the edge again; never far below it.
+    assert sum(limit > 16 for limit in late) <= 0.05 * len(late)
+    assert min(late) >= 14
+    busy = sum(b for t, b in run.busy if t >= 5)
+    done = sum(r for t, r in run.done if t >= 5)
+    assert busy <= 0.002 * (busy + done)
+    assert run.changes[0].new == 16 and run.changes[0].at <= 1.0
+    assert "pushed back" in run.changes[0].reason
+
+
+def test_refusals_before_anything_finished_step_the_start_down() -> None:
+    # The start limit met the server's at once: 16 refused before the first file finished.
+    # Those are no strays to wait for: each refused transfer would be refused again.
+    tuner = TunerSettings(start=32, maximum=128)
+    state = start(tuner)
+    state, change = observe(tuner, state, Reading(0.0, 0, 0, 0))
+    assert change is None
+    state, change = observe(tuner, state, Reading(0.25, 0, 0, 16))
+    assert change is not None and (change.old, change.new) == (32, 16)
+    assert "pushed back (16 busy answers" in change.reason
+
+
+def test_one_transfer_too_many_costs_one() -> None:
+    # A limit that held, one above the server's: one refusal a second. The old rule cut 30 %
+    # (17 -> 11) once the refusals kept coming; counted, the step is one.
+    server = replace(BUSY_2MS, max_active=16)
+    tuner = TunerSettings(start=17, maximum=17)  # held at 17: no step up to undo
+    run = simulate(lambda t: server, 20, tuner, noise=0.05, seed=1)
+    down = [c for c in run.changes if "pushed back" in c.reason]
+    assert down and (down[0].old, down[0].new) == (17, 16)
+    assert min(limit for t, limit in run.limits if t >= 1) >= 15
 
 
 def test_a_stray_busy_answer_at_the_edge_does_not_cut_the_limit() -> None:
