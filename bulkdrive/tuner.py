@@ -311,7 +311,8 @@ def observe(
             # Refused before anything finished: the start is beyond the server's limit (the
             # refused transfers wait out Retry-After, and would be refused again).
             state = replace(state, mark=now)
-            return _back_off(settings, state, now.at, now.pushbacks - mark.pushbacks, 0.0)
+            refused = now.pushbacks - mark.pushbacks
+            return _back_off(settings, state, now.at, refused, now.at - mark.at)
         # The first sample starts once something has finished: before, the run was logging
         # in and walking, which says nothing about the limit.
         return replace(state, mark=now), None

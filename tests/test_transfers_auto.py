@@ -50,11 +50,12 @@ async def test_auto_backs_off_a_busy_server_and_every_file_arrives(
     stats = run.statistics()
     assert summary.files.failed == 0
     assert_stored(source, emulator.config.root / SHARE_ID / "auto")
-    # Past what the server takes, it met the 503s and went down.
+    # Past what the server takes, it met the 503s and went down (at the first look, by the
+    # refusals counted: at most by half at once).
     assert emulator.network.statistics().refused > 0 and stats.pushbacks > 0
-    assert summary.transfers is not None and summary.transfers.peak > 10
-    assert stats.transfers_limit < summary.transfers.peak
-    assert stats.transfers_changes >= 2 and summary.transfers.changes == stats.transfers_changes
+    assert summary.transfers is not None and summary.transfers.peak == 32
+    assert stats.transfers_limit <= 16
+    assert stats.transfers_changes >= 1 and summary.transfers.changes == stats.transfers_changes
     assert 1 <= summary.transfers.mean <= summary.transfers.peak
 
 
