@@ -38,6 +38,7 @@ from bulkdrive.cluster import ClusterOptions, batches_out, coordinator_config, o
 from bulkdrive.cluster_engine import (
     BATCH_FILES,
     START_TASK_FILES,
+    TAIL_FILES,
     TASK_SECONDS,
     ClusterEngine,
 )
@@ -329,7 +330,7 @@ def test_tasks_hold_about_a_second_of_a_workers_time() -> None:
         EngineFile(FileEntry(f"/src/f{i}", f"f{i}", 1, 0), "\\", f"f{i}", None, b"")
         for i in range(3000)
     ]
-    sizes = [len(p) for p in engine._pieces(files)]
+    sizes = [len(p) for p in engine._pieces(files, engine._task_files)]
     assert sizes == [len(p) for p in _chunks(3000, engine._task_files)]
     for _ in range(30):
         engine._paced(took(10, 60.0))  # large files: never fewer than the first tasks had
@@ -351,6 +352,66 @@ def test_local_workers_run_their_uploads_on_uvloop(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("BULKDRIVE_LOOP", "asyncio")
     with coordinator_config():
         assert dask.config.get("distributed.admin.event-loop") == "asyncio"
+
+
+class _TaskFiles(distributed.SchedulerPlugin):  # type: ignore[misc]
+    """A scheduler plugin (in this process) that notes each batch task's files, by batch id
+    (the order the coordinator submitted them in)."""
+
+    name = "bulkdrive-test-task-files"
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.files: dict[int, int] = {}
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        task = self.scheduler.tasks.get(key)
+        if start == "released" and task is not None and task.run_spec is not None:
+            _run_id, batch_id, batch = task.run_spec.args
+            self.files.setdefault(batch_id, len(batch.files))
+
+
+async def test_the_last_tasks_are_short_so_the_workers_end_together(
+    dask_cluster: Any, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Toward the end of the tree a batch goes out in pieces of its share of the files left
+    (over the batches out at once): the last tasks are short, and the worker that takes one
+    ends about when the others end. Before, the last task was the rest of a batch of 512
+    files (here 398), and one worker ran it alone."""
+    source = make_tree(tmp_path / "src", small_files=900)
+    folders = sum(len(names) for _, names, _ in os.walk(source))
+    capture = _TaskFiles(dask_cluster.scheduler)
+    dask_cluster.scheduler.add_plugin(capture, name=capture.name)
+    config = TransferConfig(transfers=4)
+    credentials = Credentials(user=USER, password=Secret(PASSWORD))
+    try:
+        async with (
+            EdgeDriveClient.connect(
+                emulator.base_url, credentials, share_id=SHARE_ID, config=config
+            ) as client,
+            open_cluster(
+                ClusterOptions(address=dask_cluster.scheduler_address, source=source),
+                client,
+                emulator.base_url,
+                config,
+            ) as engine,
+        ):
+            plan = RunPlan(source=source, config=config)
+            summary = await TreeUpload(client, plan, engine=engine).run()
+    finally:
+        dask_cluster.scheduler.remove_plugin(name=capture.name)
+    files = assert_stored(source, stored(emulator))
+    assert summary.files.uploaded == files and summary.files.failed == 0
+    sizes = [capture.files[batch] for batch in sorted(capture.files)]
+    assert sum(sizes) == files and len(sizes) == engine.statistics()["batches"]
+    # The last batch goes out once the walk is through (the run knows what is left): its
+    # tasks carry at most the whole tree's share of the 12 batches out at once (files, and
+    # the folders the backlog may still count).
+    share = -(-(files + folders) // engine.batches)
+    assert max(sizes[-3:]) <= max(TAIL_FILES, share) < 100, sizes
+    assert engine.tail_task_files(1200) == 100
+    assert engine.tail_task_files(10) == TAIL_FILES
+    assert engine.tail_task_files(10**6) == engine.batch_files == START_TASK_FILES
 
 
 def _chunks(total: int, size: int) -> list[range]:
