@@ -53,7 +53,7 @@ class FileEngine(Protocol):
     what `upload_file` would have told them, beyond its end (a file that only completed has
     nothing to tell: most files, and no events object is made for them); it returns, in
     order, each file's result or the error it ended with (a file's error is never raised).
-    `left` is how many files of the tree wait to be handed out after these, when the run
+    `left` is how many files of the tree are still to go out after these, when the run
     knows (an upper bound): the last batches may go out in smaller pieces.
     At most `batches` batches of at most `batch_files` files are out at once; `summarize`
     adds the engine's own figures to the run's summary."""
@@ -99,11 +99,11 @@ class EngineBatches:
         stopping: Callable[[], bool],
         clock: Callable[[], float],
         journal: Journal | None,
-        files_left: Callable[[], int | None] = lambda: None,
+        files_total: Callable[[], int | None] = lambda: None,
     ) -> None:
         self._engine = engine
-        #: Files of the tree not yet handed out, when the run knows (an upper bound).
-        self._files_left = files_left
+        #: The tree's files, once the run knows.
+        self._files_total = files_total
         self._journal = journal
         self._prepare = prepare
         self._check_name = check_name
@@ -159,6 +159,12 @@ class EngineBatches:
                 journal.unmark(mark)
         finally:
             self._slots.release()
+
+    def _left(self) -> int | None:
+        """Files of the tree still to go out after those started so far, once the run knows
+        its total (an upper bound: files the journal skips count as still to go)."""
+        total = self._files_total()
+        return None if total is None else max(0, total - self.started)
 
     async def _checked(
         self, ready: list[ReadyFile]
@@ -222,7 +228,7 @@ class EngineBatches:
         self.in_flight += len(files)
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            results = await self._engine.upload_batch(files, events_of, self._files_left())
+            results = await self._engine.upload_batch(files, events_of, self._left())
         finally:
             # Interrupted: nothing of these files was accounted yet, nothing is told.
             self.in_flight -= len(files)

@@ -122,10 +122,10 @@ class TreeUpload:
         self._run_error: errors.RunFailed | None = None
         self._interrupted = False
         self._walk_scope = anyio.CancelScope()
-        # What is left of the tree to hand out (`_files_left`, under an engine).
+        # The tree's files, once known (`_files_total`, under an engine).
         self._walked = False  # the walk went through the whole tree
         self._files_counted: int | None = None  # by the count pass
-        self._files_taken = 0  # from the backlog
+        self._files_found = 0  # by the walk
         self._count_scope = anyio.CancelScope()
         self._total_known_after: float | None = None
         self._began = 0.0
@@ -178,7 +178,7 @@ class TreeUpload:
                 stopping=lambda: self._run_error is not None,
                 clock=clock,
                 journal=journal,
-                files_left=self._files_left,
+                files_total=self._files_total,
             )
         self._dispatcher = Dispatcher(
             client=client,
@@ -277,10 +277,6 @@ class TreeUpload:
                         while self._run_error is None:
                             self._max_backlog = max(self._max_backlog, self._backlog_used())
                             batch = await next_batch(receive, dispatch_batch(), linger)
-                            if engine is not None:
-                                self._files_taken += sum(
-                                    isinstance(item, FileEntry) for item in batch
-                                )
                             if not batch:
                                 break
                             try:
@@ -336,16 +332,10 @@ class TreeUpload:
             self._files_counted = counted[0]
             self._reporter.totals_counted(*counted)
 
-    def _files_left(self) -> int | None:
-        """Files of the tree not yet taken from the backlog, when known (an upper bound):
-        once the walk is through, what the backlog holds (files, and a few folders); before,
-        what the count pass found less the files taken, unless the backlog holds more (the
-        tree changed)."""
-        if self._walked:
-            return self._backlog_used()
-        if self._files_counted is None:
-            return None
-        return max(self._files_counted - self._files_taken, self._backlog_used())
+    def _files_total(self) -> int | None:
+        """The tree's files, once known: what the walk found once it is through, else what
+        the count pass found (the tree may change meanwhile: an estimate)."""
+        return self._files_found if self._walked else self._files_counted
 
     async def _walk(self, send: anyio.abc.ObjectSendStream[WalkItem]) -> None:
         on_folder = None if self._plan.dry_run else self._folder_found
@@ -525,6 +515,7 @@ class TreeUpload:
 
     def _found(self, entry: FileEntry) -> None:
         # Counted as the file enters the backlog, so the total is whole when the walk ends.
+        self._files_found += 1
         self._tally.found(entry.size)
         self._reporter.file_found(entry.size)
 

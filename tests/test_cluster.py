@@ -391,12 +391,11 @@ class _TaskFiles(distributed.SchedulerPlugin):  # type: ignore[misc]
 async def test_the_last_tasks_are_short_so_the_workers_end_together(
     dask_cluster: Any, emulator: Emulator, tmp_path: Path
 ) -> None:
-    """Toward the end of the tree a batch goes out in pieces of its share of the files left
-    (over the batches out at once): the last tasks are short, and the worker that takes one
-    ends about when the others end. Before, the last task was the rest of a batch of 512
+    """Toward the end of the tree a batch goes out in pieces of its share of the files still
+    to go (over the tasks the workers run at once): the last tasks are short, and the worker
+    that takes one ends about when the others end. Before, the last task was the rest of a batch of 512
     files (here 398), and one worker ran it alone."""
     source = make_tree(tmp_path / "src", small_files=900)
-    folders = sum(len(names) for _, names, _ in os.walk(source))
     capture = _TaskFiles(dask_cluster.scheduler)
     dask_cluster.scheduler.add_plugin(capture, name=capture.name)
     config = TransferConfig(transfers=4)
@@ -422,11 +421,11 @@ async def test_the_last_tasks_are_short_so_the_workers_end_together(
     sizes = [capture.files[batch] for batch in sorted(capture.files)]
     assert sum(sizes) == files and len(sizes) == engine.statistics()["batches"]
     # The last batch goes out once the walk is through (the run knows what is left): its
-    # tasks carry at most the whole tree's share of the 12 batches out at once (files, and
-    # the folders the backlog may still count).
-    share = -(-(files + folders) // engine.batches)
-    assert max(sizes[-3:]) <= max(TAIL_FILES, share) < 100, sizes
-    assert engine.tail_task_files(1200) == 100
+    # tasks carry at most the whole tree's share of the 6 tasks the workers run at once.
+    assert engine.tasks_at_once == 6
+    share = -(-files // engine.tasks_at_once)
+    assert max(sizes[-3:]) <= share < 200, sizes
+    assert engine.tail_task_files(1200) == 200
     assert engine.tail_task_files(10) == TAIL_FILES
     assert engine.tail_task_files(10**6) == engine.batch_files == START_TASK_FILES
 
