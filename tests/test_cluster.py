@@ -393,8 +393,8 @@ async def test_the_last_tasks_are_short_so_the_workers_end_together(
 ) -> None:
     """Toward the end of the tree a batch goes out in pieces of its share of the files still
     to go (over the tasks the workers run at once): the last tasks are short, and the worker
-    that takes one ends about when the others end. Before, the last task was the rest of a batch of 512
-    files (here 398), and one worker ran it alone."""
+    that takes one ends about when the others end. Before, the last task was the rest of a
+    batch of 512 files (here 398), and one worker ran it alone."""
     source = make_tree(tmp_path / "src", small_files=900)
     capture = _TaskFiles(dask_cluster.scheduler)
     dask_cluster.scheduler.add_plugin(capture, name=capture.name)
