@@ -14,7 +14,7 @@ import anyio
 from bulkdrive import tuner
 from bulkdrive.file_events import RunCounters
 from bulkdrive.progress import Reporter
-from bulkdrive.report import TransfersUsed
+from bulkdrive.report import LimitChange, TransfersUsed
 
 #: Seconds between two looks of `--transfers auto` at the run's counters.
 TUNE_TICK = 0.25
@@ -24,6 +24,9 @@ TUNE_TICK = 0.25
 #: against 1 985 at 32, medians of 3; on loopback 8 to 128 were alike). Large files then try
 #: `TunerSettings.large_start` first.
 AUTO_START = 32
+#: The changes of the limit kept for the report (the first ones: how the run settled; a run
+#: changes a few times a second at most, so memory stays bounded).
+STEPS_KEPT = 100
 
 T = TypeVar("T")
 
@@ -75,6 +78,7 @@ class AutoTransfers:
         self._ending = False
         self._scope = anyio.CancelScope()
         self._workers_left = 0
+        self._steps: list[tuple[float, tuner.Change]] = []
 
     def start(self, workers: int, now: float) -> tuner.TunerSettings:
         """Under `--transfers auto`: `workers` is the most the tuner may allow."""
@@ -141,6 +145,8 @@ class AutoTransfers:
                 state, change = tuner.observe(settings, state, measurement)
                 self._trace(measurement, state.limit)
                 if change is not None:
+                    if len(self._steps) < STEPS_KEPT:
+                        self._steps.append((now, change))
                     self.set_limit(change.new, now)
                     self._reporter.message(
                         f"transfers {change.old} → {change.new}: {change.reason}"
@@ -174,4 +180,8 @@ class AutoTransfers:
         area = self._area + self.limit * (ended - self._since)
         seconds = ended - started
         mean = area / seconds if seconds > 0 else float(self.limit)
-        return TransfersUsed(peak=self._peak, mean=mean, changes=self.changes)
+        steps = tuple(
+            LimitChange(at - started, change.old, change.new, change.reason)
+            for at, change in self._steps
+        )
+        return TransfersUsed(peak=self._peak, mean=mean, changes=self.changes, steps=steps)

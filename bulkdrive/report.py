@@ -157,13 +157,24 @@ class RunError:
 
 
 @dataclass(frozen=True)
+class LimitChange:
+    """One change of `--transfers auto`'s limit: seconds into the run, from, to, and why."""
+
+    seconds: float
+    old: int
+    new: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class TransfersUsed:
     """`--transfers auto`: the most files in flight the tuner allowed, and the limit's mean
-    over the run's time."""
+    over the run's time; the first of its changes (what a benchmark's run that missed did)."""
 
     peak: int
     mean: float
     changes: int
+    steps: tuple[LimitChange, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,10 @@ def summary_to_json(summary: RunSummary) -> dict[str, Any]:
             "peak": summary.transfers.peak,
             "mean": round(summary.transfers.mean, 2),
             "changes": summary.transfers.changes,
+            "steps": [
+                {"at": round(step.seconds, 2), "old": step.old, "new": step.new, "why": step.reason}
+                for step in summary.transfers.steps
+            ],
         },
         "run_error": None
         if error is None

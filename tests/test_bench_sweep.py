@@ -67,5 +67,9 @@ def test_one_auto_run_at_a_latency_lands_in_table_json_and_plot(tmp_path: Path) 
     (row,) = doc["table"]
     assert row["latency"] == 0.001 and set(row["fixed"]) == {"2"}
     assert row["auto"] > 0 and row["auto_peak"] >= 1 and row["busy_share"] is not None
+    # Each auto run keeps how its limit moved (the report's steps), for reading a miss later.
+    (auto,) = [p for p in doc["points"] if p["setting"] == "auto"]
+    assert all(set(step) == {"at", "old", "new", "why"} for step in auto["auto_steps"])
+    assert all(step["new"] <= auto["auto_peak"] for step in auto["auto_steps"])
     assert "auto/best" in proc.stdout
     assert picture.read_bytes().startswith(b"\x89PNG")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from outcomes import mixed_run
 
 from bulkdrive.errors import LoginFailed, SourceChanged
-from bulkdrive.report import RunTally
+from bulkdrive.report import LimitChange, RunTally, TransfersUsed
 from bulkdrive.report_json import check_writable, write_json_document, write_json_report
 
 
@@ -67,6 +68,26 @@ def test_json_report_schema_and_values(tmp_path: Path) -> None:
     assert data["skipped_by_kind"] == {"already on the server": 1}
     assert data["filtered"] == 3
     assert data["total_known_seconds"] is None  # the tally was never told
+
+
+def test_json_report_lists_the_limits_of_transfers_auto(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    steps = (
+        LimitChange(0.254, 32, 16, "the server pushed back (16 busy answers)"),
+        LimitChange(6.3, 16, 20, "probing above 16"),
+    )
+    used = TransfersUsed(peak=32, mean=16.456, changes=2, steps=steps)
+    write_json_report(path, replace(mixed_run().summary(7.0), transfers=used))
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["transfers_auto"] == {
+        "peak": 32,
+        "mean": 16.46,
+        "changes": 2,
+        "steps": [
+            {"at": 0.25, "old": 32, "new": 16, "why": "the server pushed back (16 busy answers)"},
+            {"at": 6.3, "old": 16, "new": 20, "why": "probing above 16"},
+        ],
+    }
 
 
 def test_json_report_carries_the_run_error(tmp_path: Path) -> None:

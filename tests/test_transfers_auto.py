@@ -3,6 +3,7 @@ the limit and its reasons are reported, and every file arrives whole."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -84,6 +85,14 @@ async def test_cli_auto_logs_each_change_and_reports_peak_and_mean(
         assert first[1] == "64" and first[2] == ""
     used = json.loads(report.read_text())["transfers_auto"]
     assert used["peak"] >= 8 and 1 <= used["mean"] <= used["peak"]
+    # Each change, in order, as the log said it: what a run that missed did, afterwards.
+    steps = used["steps"]
+    assert len(steps) == used["changes"] >= 1
+    assert steps[0]["old"] == 32 and steps[0]["new"] == int(first[1])
+    assert steps[0]["why"].startswith("starting to measure at 32")
+    assert all(a["new"] == b["old"] and a["at"] <= b["at"] for a, b in itertools.pairwise(steps))
+    for step in steps:
+        assert f"transfers {step['old']} → {step['new']}: {step['why']}" in output
     assert "transfers auto: peak" in output
     assert_stored(source, emulator.config.root / SHARE_ID)
 

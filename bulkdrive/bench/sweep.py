@@ -160,12 +160,14 @@ def _measure(
         log,
     )
     peak = mean = None
+    steps: tuple[dict[str, Any], ...] = ()
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         used = json.loads((root / tag / "report.json").read_text())["transfers_auto"]
         if used is not None:
             peak, mean = int(used["peak"]), float(used["mean"])
+            steps = tuple(used.get("steps", ()))
     busy = busy_share(requests) if config.max_active is not None else None
-    return SweepPoint(workload.name, latency, contender, setting, measured, peak, mean, busy)
+    return SweepPoint(workload.name, latency, contender, setting, measured, peak, mean, busy, steps)
 
 
 def _latency_root(run_root: Path, latency: float) -> Path:

@@ -41,6 +41,9 @@ class SweepPoint:
     auto_mean: float | None = None
     #: Share of requests answered 503 after the first BUSY_GRACE_SECONDS (with --max-active).
     busy_share: float | None = None
+    #: Under auto, how its limit moved (the report's steps: seconds into the run, from, to,
+    #: why), so that a run that missed can be read afterwards.
+    auto_steps: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
