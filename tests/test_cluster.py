@@ -7,6 +7,7 @@ itself in this process where a test inspects what reaches the workers.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -15,7 +16,7 @@ import shutil
 import signal
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,27 @@ def all_stored_once(records: Iterable[UploadRecord], source: Path) -> None:
 
 def cluster_args(emulator: Emulator, source: Path, cluster: Any, *extra: str) -> list[str]:
     return upload_args(emulator, source, "--cluster", cluster.scheduler_address, *extra)
+
+
+@contextlib.asynccontextmanager
+async def _on_cluster(
+    dask_cluster: Any, emulator: Emulator, source: Path, config: TransferConfig
+) -> AsyncIterator[tuple[EdgeDriveClient, ClusterEngine]]:
+    """A logged-in client and the cluster's engine for `source`, as `bulkdrive upload
+    --cluster` opens them."""
+    credentials = Credentials(user=USER, password=Secret(PASSWORD))
+    async with (
+        EdgeDriveClient.connect(
+            emulator.base_url, credentials, share_id=SHARE_ID, config=config
+        ) as client,
+        open_cluster(
+            ClusterOptions(address=dask_cluster.scheduler_address, source=source),
+            client,
+            emulator.base_url,
+            config,
+        ) as engine,
+    ):
+        yield client, engine
 
 
 async def test_two_workers_upload_a_tree_byte_identical(
@@ -252,20 +274,9 @@ async def test_the_password_never_reaches_the_workers(
     capture = _CaptureSpecs(dask_cluster.scheduler)
     dask_cluster.scheduler.add_plugin(capture, name=capture.name)
     config = TransferConfig(transfers=4)
-    credentials = Credentials(user=USER, password=Secret(PASSWORD))
     secrets = [PASSWORD.encode(), __import__("base64").b64encode(PASSWORD.encode())]
     try:
-        async with (
-            EdgeDriveClient.connect(
-                emulator.base_url, credentials, share_id=SHARE_ID, config=config
-            ) as client,
-            open_cluster(
-                ClusterOptions(address=dask_cluster.scheduler_address, source=source),
-                client,
-                emulator.base_url,
-                config,
-            ) as engine,
-        ):
+        async with _on_cluster(dask_cluster, emulator, source, config) as (client, engine):
             # Batches out at once: twice a task per worker thread and one more per worker.
             assert engine.batches == batches_out(threads=2 * 2, workers=2) == 12
             dask = engine._dask
@@ -399,19 +410,8 @@ async def test_the_last_tasks_are_short_so_the_workers_end_together(
     capture = _TaskFiles(dask_cluster.scheduler)
     dask_cluster.scheduler.add_plugin(capture, name=capture.name)
     config = TransferConfig(transfers=4)
-    credentials = Credentials(user=USER, password=Secret(PASSWORD))
     try:
-        async with (
-            EdgeDriveClient.connect(
-                emulator.base_url, credentials, share_id=SHARE_ID, config=config
-            ) as client,
-            open_cluster(
-                ClusterOptions(address=dask_cluster.scheduler_address, source=source),
-                client,
-                emulator.base_url,
-                config,
-            ) as engine,
-        ):
+        async with _on_cluster(dask_cluster, emulator, source, config) as (client, engine):
             plan = RunPlan(source=source, config=config)
             summary = await TreeUpload(client, plan, engine=engine).run()
     finally:
@@ -450,18 +450,7 @@ async def test_a_name_refused_in_a_folder_fails_that_file_alone(
     (source / "e").mkdir()
     (source / "e" / "x.txt").write_bytes(b"x")
     config = TransferConfig(transfers=4)
-    credentials = Credentials(user=USER, password=Secret(PASSWORD))
-    async with (
-        EdgeDriveClient.connect(
-            emulator.base_url, credentials, share_id=SHARE_ID, config=config
-        ) as client,
-        open_cluster(
-            ClusterOptions(address=dask_cluster.scheduler_address, source=source),
-            client,
-            emulator.base_url,
-            config,
-        ) as engine,
-    ):
+    async with _on_cluster(dask_cluster, emulator, source, config) as (client, engine):
         plan = RunPlan(source=source, config=config, invalid_names=InvalidNames.FAIL)
         summary = await TreeUpload(client, plan, engine=engine).run()
     assert (summary.files.uploaded, summary.files.failed) == (3, 1)

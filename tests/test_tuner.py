@@ -375,14 +375,19 @@ def test_large_files_easing_that_loses_goes_back_and_climbs() -> None:
     assert "did worse" in run.changes[1].reason
 
 
+def _first_look(reading: Reading) -> tuple[TunerSettings, TunerState, Change | None]:
+    """A run starting at 32 at its first look, a quarter second in, on `reading` (nothing
+    had finished at the start): its settings, its state and the change it made."""
+    tuner = TunerSettings(start=32, maximum=128)
+    state, change = observe(tuner, start(tuner), Reading(0.0, 0, 0, 0))
+    assert change is None
+    return tuner, *observe(tuner, state, reading)
+
+
 def test_large_files_handed_out_ease_off_before_any_finishes() -> None:
     # netlarge: the first 32 files, one per transfer, are 16 MiB each. Their sizes say so
     # at once; the start limit need not read chunks for a second to learn it.
-    tuner = TunerSettings(start=32, maximum=128)
-    state = start(tuner)
-    state, change = observe(tuner, state, Reading(0.0, 0, 0, 0))
-    assert change is None
-    state, change = observe(tuner, state, Reading(0.25, 0, 0, 0, None, 32, 30))
+    tuner, state, change = _first_look(Reading(0.25, 0, 0, 0, None, 32, 30))
     assert change is not None and (change.old, change.new) == (32, 8)
     assert (
         "large files: starting with fewer" in change.reason
@@ -478,11 +483,7 @@ def test_transfers_beyond_the_servers_limit_are_stepped_down_by_their_refusals(s
 def test_refusals_before_anything_finished_step_the_start_down() -> None:
     # The start limit met the server's at once: 16 refused before the first file finished.
     # Those are no strays to wait for: each refused transfer would be refused again.
-    tuner = TunerSettings(start=32, maximum=128)
-    state = start(tuner)
-    state, change = observe(tuner, state, Reading(0.0, 0, 0, 0))
-    assert change is None
-    state, change = observe(tuner, state, Reading(0.25, 0, 0, 16))
+    _, _, change = _first_look(Reading(0.25, 0, 0, 16))
     assert change is not None and (change.old, change.new) == (32, 16)
     assert "pushed back (16 busy answers" in change.reason
 
