@@ -1,7 +1,7 @@
 """`--transfers auto` in the run: the tuner (pure: measurements in, the next limit out) fed
-the run's counters and the event loop's busy time every `TUNE_TICK`, its limit applied to the
-workers (the first `limit` of them work, the others wait), and the limits it chose summed up
-for the report."""
+the run's counters, the client's count of push-back and the event loop's busy time every
+`TUNE_TICK`, its limit applied to the workers (the first `limit` of them work, the others
+wait), and the limits it chose summed up for the report."""
 
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ class AutoTransfers:
         *,
         reporter: Reporter,
         counters: RunCounters,
+        pushbacks: Callable[[], int],
         clock: Callable[[], float],
         follow: Callable[[int], None] | None = None,
         chunk_size: int = tuner.TunerSettings.unit_bytes,
@@ -63,6 +64,9 @@ class AutoTransfers:
         self.limit = limit
         self._reporter = reporter
         self._counters = counters
+        #: The client's count of the server's push-back, every request's (not only the
+        #: uploads' retries: the metadata look after a refused upload is refused too).
+        self._pushbacks = pushbacks
         self._clock = clock
         #: Told each new limit: the folder creations follow it (they meet the same server).
         self._follow = follow
@@ -122,7 +126,7 @@ class AutoTransfers:
             self._clock(),
             counters.bytes_confirmed,
             counters.files_done,
-            counters.pushbacks,
+            self._pushbacks(),
             loop_busy(),
             counters.files_started,
             counters.large_started,
@@ -137,7 +141,7 @@ class AutoTransfers:
                     now,
                     counters.bytes_confirmed,
                     counters.files_done,
-                    counters.pushbacks,
+                    self._pushbacks(),
                     loop_busy(),
                     counters.files_started,
                     counters.large_started,

@@ -63,6 +63,9 @@ class ClientStatistics:
     logins: int = 0
     renewals: int = 0
     failed_requests: int = 0  # raised an error: transport failure or non-success status
+    #: 503/429 answers and requests with no answer in time, of every kind (an upload's, the
+    #: metadata look that follows a refused one, a folder's): the server's push-back.
+    pushbacks: int = 0
 
 
 class EdgeDriveClient:
@@ -136,6 +139,7 @@ class EdgeDriveClient:
             logins=auth.logins,
             renewals=auth.renewals,
             failed_requests=transport.failed,
+            pushbacks=transport.pushbacks,
         )
 
     # --- uploads (spec §4, §5): never retried here ---------------------------------------

@@ -27,8 +27,6 @@ class RunCounters:
     #: Bytes the server confirmed (each increment, also of files that restart later).
     bytes_confirmed: int = 0
     files_done: int = 0
-    #: 503/429 answers and timeouts.
-    pushbacks: int = 0
     #: Files handed to a transfer, and those of them of `tuner.LARGE_FILE` bytes or more.
     files_started: int = 0
     large_started: int = 0
@@ -42,13 +40,6 @@ class EventSinks:
     tally: RunTally
     reporter: Reporter
     journal: Journal | None
-
-
-def is_pushback(error: errors.BulkdriveError) -> bool:
-    """The server says it has too much to do: 503 or 429, or no answer in time."""
-    if isinstance(error, errors.RequestTimeout):
-        return True
-    return isinstance(error, errors.ServerBusy) and error.status in (429, 503)
 
 
 class FileEvents:
@@ -107,8 +98,6 @@ class FileEvents:
 
     def retrying(self, error: errors.BulkdriveError, attempt: int, wait: float) -> None:
         self.attempts = attempt + 1
-        if is_pushback(error):
-            self._sinks.counters.pushbacks += 1
         log.warning("retrying %s in %.1fs (attempt %d): %s", self._relative, wait, attempt, error)
         self._sinks.tally.retried()
         self._sinks.reporter.file_retrying(self._relative, str(error), attempt, wait)

@@ -78,7 +78,8 @@ class SchedulerStatistics:
     would_upload_bytes: int
     #: The limit of files in flight now (fixed, or the tuner's under --transfers auto).
     transfers_limit: int
-    #: Under --transfers auto: what the tuner saw (503/429 answers and timeouts) and did.
+    #: Under --transfers auto: what the tuner saw (503/429 answers and requests with no answer
+    #: in time, every request's) and did.
     pushbacks: int
     transfers_changes: int
     #: Seconds from the run's start until the count-only pass fixed the totals (None: not yet,
@@ -198,6 +199,7 @@ class TreeUpload:
             plan.config.transfers,
             reporter=reporter,
             counters=self._counters,
+            pushbacks=self._pushbacks,
             clock=clock,
             follow=self._folders.follow_transfers,
             chunk_size=plan.config.chunk_size,
@@ -208,6 +210,10 @@ class TreeUpload:
     @property
     def run_error(self) -> errors.RunFailed | None:
         return self._run_error
+
+    def _pushbacks(self) -> int:
+        """The server's push-back the client met so far (`ClientStatistics.pushbacks`)."""
+        return 0 if self._client is None else self._client.statistics().pushbacks
 
     def statistics(self) -> SchedulerStatistics:
         batches = self._batches
@@ -222,7 +228,7 @@ class TreeUpload:
             would_upload_files=self._dispatcher.would_upload_files,
             would_upload_bytes=self._dispatcher.would_upload_bytes,
             transfers_limit=self._auto.limit,
-            pushbacks=self._counters.pushbacks,
+            pushbacks=self._pushbacks(),
             transfers_changes=self._auto.changes,
             total_known_after=self._total_known_after,
             files_waited_for_folder=self._folders.statistics().files_waited,

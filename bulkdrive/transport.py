@@ -46,6 +46,10 @@ class Response(NamedTuple):
         return protocol.parse_body(self.body)
 
 
+#: The answers that say the server has too much to do (a refusal to come back later).
+PUSHBACK_STATUSES = frozenset({429, 503})
+
+
 class Transport:
     """Requests over one aiohttp session, with the counters `ClientStatistics` reports."""
 
@@ -63,6 +67,9 @@ class Transport:
         )
         # Plain counters: bumped on every request, frozen into ClientStatistics on demand.
         self.requests = self.bytes_sent = self.failed = 0
+        #: The server's push-back (`PUSHBACK_STATUSES`, and requests with no answer in time),
+        #: whatever the request: `--transfers auto` reads it.
+        self.pushbacks = 0
 
     async def pace(self, data: Body | None) -> None:
         """--bwlimit paces file data only: a folder, a login or a metadata question never
@@ -117,6 +124,7 @@ class Transport:
                 )
         except TimeoutError:
             self.failed += 1
+            self.pushbacks += 1
             raise self._transport_failed(
                 errors.RequestTimeout(f"{what}: no answer in time"), upload=upload
             ) from None
@@ -136,6 +144,8 @@ class Transport:
             raise self._transport_failed(
                 errors.NetworkError(f"{what}: {_describe(exc)}"), upload=upload
             ) from None
+        if status in PUSHBACK_STATUSES:
+            self.pushbacks += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s %s → %d (%d bytes sent)", method, path, params or {}, status, sent)
         if upload:

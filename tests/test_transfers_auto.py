@@ -54,6 +54,9 @@ async def test_auto_backs_off_a_busy_server_and_every_file_arrives(
     # Past what the server takes, it met the 503s and went down (at the first look, by the
     # refusals counted: at most by half at once).
     assert emulator.network.statistics().refused > 0 and stats.pushbacks > 0
+    # Every refusal counts, whatever the request: the uploads', and the metadata looks that
+    # follow a refused upload (an unknown outcome), which the client retries on its own.
+    assert client.statistics().pushbacks == emulator.network.statistics().refused
     assert summary.transfers is not None and summary.transfers.peak == 32
     assert stats.transfers_limit <= 16
     assert stats.transfers_changes >= 1 and summary.transfers.changes == stats.transfers_changes
