@@ -110,9 +110,9 @@ class ClusterEngine:
         results: list[Completed | Exception] = []
         most = self._task_files
         if left is not None and files:
-            most = self.tail_task_files(len(files) + left)
             # In equal pieces: 512 files at most 500 a task go as 256 and 256, not 500 and 12.
-            most = -(-len(files) // -(-len(files) // most))
+            tasks = -(-len(files) // self.tail_task_files(len(files) + left))
+            most = -(-len(files) // tasks)
         pieces = list(self._pieces(files, most))
         reports: list[tuple[FileReport, ...] | Exception] = [()] * len(pieces)
 

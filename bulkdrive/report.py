@@ -254,6 +254,11 @@ class RunTally:
     def walk_finished(self) -> None:
         self._walk_complete = True
 
+    @property
+    def files_walked(self) -> int | None:
+        """The files the walk found, once it went through the whole tree (None before)."""
+        return self._files_found if self._walk_complete else None
+
     def finished(self, outcome: FileOutcome) -> None:
         self._files[outcome.outcome] += 1
         self._bytes[outcome.outcome] += outcome.size

@@ -123,10 +123,8 @@ class TreeUpload:
         self._run_error: errors.RunFailed | None = None
         self._interrupted = False
         self._walk_scope = anyio.CancelScope()
-        # The tree's files, once known (`_files_total`, under an engine).
-        self._walked = False  # the walk went through the whole tree
-        self._files_counted: int | None = None  # by the count pass
-        self._files_found = 0  # by the walk
+        # The tree's files by the count pass, once it is through (`_files_total`).
+        self._files_counted: int | None = None
         self._count_scope = anyio.CancelScope()
         self._total_known_after: float | None = None
         self._began = 0.0
@@ -341,7 +339,8 @@ class TreeUpload:
     def _files_total(self) -> int | None:
         """The tree's files, once known: what the walk found once it is through, else what
         the count pass found (the tree may change meanwhile: an estimate)."""
-        return self._files_found if self._walked else self._files_counted
+        walked = self._tally.files_walked
+        return walked if walked is not None else self._files_counted
 
     async def _walk(self, send: anyio.abc.ObjectSendStream[WalkItem]) -> None:
         on_folder = None if self._plan.dry_run else self._folder_found
@@ -360,7 +359,6 @@ class TreeUpload:
         self._count_scope.cancel()  # the walk is through: the count can tell no more
         if not self._walk_scope.cancel_called:  # a stopped walk's total is not the tree's
             self._tally.total_known(self._clock() - self._began)
-            self._walked = True
             self._tally.walk_finished()
             self._reporter.walk_finished()
 
@@ -521,7 +519,6 @@ class TreeUpload:
 
     def _found(self, entry: FileEntry) -> None:
         # Counted as the file enters the backlog, so the total is whole when the walk ends.
-        self._files_found += 1
         self._tally.found(entry.size)
         self._reporter.file_found(entry.size)
 

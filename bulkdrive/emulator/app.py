@@ -264,19 +264,27 @@ class Emulator(AuthRoutes, UploadRoutes):
         """The 503 of `--max-active`, logged as every answered request is (the network
         model answers it before any dispatch): a busy server's log must show its refusals."""
         response = self._busy(request)
-        if self.request_log is not None:
-            self.request_log.write(
-                {
-                    "time": utc_stamp(time.time()),
-                    "method": request.method,
-                    "path": request.path,
-                    "query": request.query_string,
-                    "status": response.status,
-                    "bytes": request.content.total_bytes,
-                    "duration": 0.0,
-                }
-            )
+        self._log_request(request, time.time(), response.status, 0.0)
         return response
+
+    def _log_request(
+        self, request: web.BaseRequest, arrived: float, status: int, duration: float
+    ) -> None:
+        """One line of `--log-requests` (when it is on) for an answered request."""
+        if self.request_log is None:
+            return
+        entry: dict[str, object] = {
+            "time": utc_stamp(arrived),
+            "method": request.method,
+            "path": request.path,
+            "query": request.query_string,
+            "status": status,
+            "bytes": request.content.total_bytes,
+            "duration": round(duration, 6),
+        }
+        if DROPPED in request:
+            entry["dropped"] = request[DROPPED]
+        self.request_log.write(entry)
 
     async def _logged_dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         arrived = time.time()
@@ -291,19 +299,7 @@ class Emulator(AuthRoutes, UploadRoutes):
             status = exc.status
             raise
         finally:
-            entry: dict[str, object] = {
-                "time": utc_stamp(arrived),
-                "method": request.method,
-                "path": request.path,
-                "query": request.query_string,
-                "status": status,
-                "bytes": request.content.total_bytes,
-                "duration": round(time.perf_counter() - started, 6),
-            }
-            if DROPPED in request:
-                entry["dropped"] = request[DROPPED]
-            if self.request_log is not None:
-                self.request_log.write(entry)
+            self._log_request(request, arrived, status, time.perf_counter() - started)
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         self._counters.requests += 1
