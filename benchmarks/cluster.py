@@ -9,7 +9,10 @@ measured within one run, medians of `--repeat`) and not the absolute numbers.
 `overhead` and `latency` run `bulkdrive upload` as a program against `bulkdrive serve` (its own
 process, a fresh root per run) and compare the run's own `elapsed_seconds` from `--report`:
 the time from the start of the walk to the last outcome, without the few seconds a LocalCluster
-takes to start its worker processes (paid once per command, whatever the tree's size).
+takes to start its worker processes (paid once per command, whatever the tree's size). Each
+side's CPU seconds are shown twice: the whole processes' (their start and end included) and
+during the run itself (sampled from /proc). `latency` also runs one process at 16 transfers,
+as a reference beside the row: the cluster's 16 uploads in flight, without a cluster.
 `coordinator` runs the whole coordinator (walk, journal, batches through Dask, outcomes) in this
 process with workers whose task returns "uploaded" at once, on `--files` files and on twice
 as many, `--repeat` runs of each interleaved, and reports the medians of files/s, CPU per file
@@ -20,6 +23,7 @@ the files, both runs past the ramp of the first batches).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -96,6 +100,118 @@ def _cpu_of_children() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+#: How often `_CpuSampler` reads the processes' CPU times (seconds).
+CPU_EVERY = 0.05
+#: The server busier than this share of a core is in the run (it idles while the upload
+#: starts, a LocalCluster its workers, and ends; the run kept it ~40-50 % busy here).
+SERVER_BUSY = 0.2
+
+
+class _CpuSampler:
+    """The CPU seconds of the upload (its coordinator), its worker processes and the server
+    during the run itself. The processes' totals also hold the upload's start and end (the
+    imports, a LocalCluster starting and stopping its processes: ~3 CPU seconds for
+    `--cluster local:2`), which its `elapsed_seconds` leave out. Read from /proc every
+    CPU_EVERY s (~0.1 ms a read, where psutil's search for children took ~2 ms); the run is
+    the `elapsed_seconds` that end where the server was last busy. Nothing where there is no
+    /proc."""
+
+    def __init__(self, upload: int, server: int) -> None:
+        self._upload = upload
+        self._server = server
+        self._samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        workers: dict[int, float] = {}  # each worker process's last CPU seconds
+        pids: list[int] = []
+        for turn in itertools.count():
+            if self._stop.is_set():
+                return
+            now = time.monotonic()
+            coordinator, server = _cpu_of(self._upload), _cpu_of(self._server)
+            if coordinator is None or server is None:  # the upload ended (or no /proc)
+                return
+            if turn % 10 == 0:  # they start with the cluster, long before the run
+                pids = _descendants(self._upload)
+            for pid in pids:
+                seconds = _cpu_of(pid)
+                if seconds is not None:  # else gone (the run's end): its last sample stands
+                    workers[pid] = seconds
+            sample = {
+                "coordinator": coordinator,
+                "workers": sum(workers.values()),
+                "server": server,
+            }
+            self._samples.append((now, sample))
+            self._stop.wait(CPU_EVERY)
+
+    def during_run(self, elapsed: float) -> dict[str, float]:
+        """Each side's CPU seconds over the `elapsed` seconds that end where the server was
+        last busy (more than SERVER_BUSY of a core over two samples: a stray clock tick
+        charged to an idle server is not that); empty when the samples show no run."""
+        samples = self._samples
+        end = next(
+            (
+                i
+                for i in range(len(samples) - 1, 1, -1)
+                if samples[i][1]["server"] - samples[i - 2][1]["server"]
+                > SERVER_BUSY * (samples[i][0] - samples[i - 2][0])
+            ),
+            None,
+        )
+        if end is None or samples[end][0] - elapsed < samples[0][0]:
+            return {}
+        began = samples[end][0] - elapsed
+        start = max(i for i, (at, _) in enumerate(samples) if at <= began)
+        return {
+            side: samples[end][1][side] - samples[start][1][side]
+            for side in ("coordinator", "workers", "server")
+        }
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_of(pid: int) -> float | None:
+    """A process's CPU seconds (user + system) from /proc; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+
+
+def _descendants(pid: int) -> list[int]:
+    """A process's children, theirs, and so on (/proc's list of each thread's children)."""
+    found: list[int] = []
+    parents = [pid]
+    while parents:
+        parent = parents.pop()
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for thread in threads:
+            try:
+                with open(f"/proc/{parent}/task/{thread}/children") as children:
+                    kids = [int(kid) for kid in children.read().split()]
+            except OSError:
+                continue
+            found += kids
+            parents += kids
+    return found
+
+
 def _serve(root: Path, serve_extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
     """`bulkdrive serve` in its own process, on a free port; returns once it listens."""
     port = _free_port()
@@ -161,14 +277,21 @@ def upload_once(source: Path, extra: list[str], serve_extra: list[str]) -> dict[
             *extra,
         ]
         began, cpu_before = time.monotonic(), _cpu_of_children()
-        done = subprocess.run(command, env=env, capture_output=True, check=False)
+        upload = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sampler = _CpuSampler(upload.pid, server.pid)
+        sampler.start()
+        try:
+            _, stderr = upload.communicate()
+        finally:
+            sampler.stop()
         wall = time.monotonic() - began
         cpu["upload"] = _cpu_of_children() - cpu_before
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(extra)}: exit {done.returncode}: {done.stderr!r}")
+        if upload.returncode != 0:
+            raise RuntimeError(f"{' '.join(extra)}: exit {upload.returncode}: {stderr!r}")
         data: dict[str, Any] = json.loads(report.read_text())
         data["wall_seconds"] = wall
         data["cpu_seconds"] = cpu
+        data["run_cpu_seconds"] = sampler.during_run(data["elapsed_seconds"])
         return data
     finally:
         before_server = _cpu_of_children()
@@ -191,6 +314,7 @@ def compare(
     seconds: dict[str, list[float]] = {c: [] for c in contenders}
     walls: dict[str, list[float]] = {c: [] for c in contenders}
     cpus: dict[str, list[dict[str, float]]] = {c: [] for c in contenders}
+    runs_cpu: dict[str, list[dict[str, float]]] = {c: [] for c in contenders}
     amount = 0.0
     for _ in range(repeat):
         for contender, extra in contenders.items():
@@ -198,6 +322,7 @@ def compare(
             seconds[contender].append(data["elapsed_seconds"])
             walls[contender].append(data["wall_seconds"])
             cpus[contender].append(data["cpu_seconds"])
+            runs_cpu[contender].append(data["run_cpu_seconds"])
             amount = data["files"]["uploaded"] if unit == "files" else data["bytes"]["sent"]
     medians = {c: statistics.median(s) for c, s in seconds.items()}
     for contender in contenders:
@@ -215,8 +340,20 @@ def compare(
         server = statistics.median(c.get("server", 0.0) for c in cpus[contender])
         print(
             f"{'':<14} {'':<22} CPU seconds: bulkdrive (with its workers) {upload:.1f},"
-            f" server {server:.1f}; cores on this machine: {os.cpu_count()}"
+            f" server {server:.1f} (whole processes, start and end included);"
+            f" cores on this machine: {os.cpu_count()}"
         )
+        in_run = [c for c in runs_cpu[contender] if c]
+        if in_run:
+            side = {k: statistics.median(c[k] for c in in_run) for k in in_run[0]}
+            busy = sum(side.values()) / medians[contender] / (os.cpu_count() or 1)
+            print(
+                f"{'':<14} {'':<22} CPU seconds during the run: bulkdrive"
+                f" {side['coordinator']:.2f}"
+                + (f" + its workers {side['workers']:.2f}" if side["workers"] else "")
+                + f", server {side['server']:.2f} ({busy:.0%} of the cores;"
+                f" sampled every {CPU_EVERY:g} s, medians of {len(in_run)})"
+            )
     return medians
 
 
@@ -240,15 +377,26 @@ def latency(data_dir: Path, repeat: int) -> None:
     small = make_tree(data_dir / "cluster-small", 10_000, 4 * KiB)
     delay = ["--faults", "delay", "--fault-rate", "1", "--fault-delay-seconds", "0.005"]
     flags = ["--transfers", "8"]
+    # A reference beside the row: one process with the cluster's 16 uploads in flight, no
+    # coordination at all; what 16 in flight against this server get on this machine.
+    reference = "one process ×16 (ref.)"
     m = compare(
         "5 ms server",
         small,
-        {"one process": flags, "--cluster local:2": [*flags, "--cluster", "local:2"]},
+        {
+            "one process": flags,
+            "--cluster local:2": [*flags, "--cluster", "local:2"],
+            reference: ["--transfers", "16"],
+        },
         delay,
         repeat,
         "files",
     )
     print(f"5 ms server: --cluster local:2 at {m['one process'] / m['--cluster local:2']:.2f}×")
+    print(
+        f"reference: one process at --transfers 16 at {m['one process'] / m[reference]:.2f}×"
+        " one process at 8 (not the row: the same 16 uploads in flight, without a cluster)"
+    )
 
 
 # --- the coordinator alone, with stub workers ----------------------------------------------
