@@ -45,43 +45,47 @@ class Identity(NamedTuple):
         return cls(st.st_size, st.st_mtime_ns)
 
 
+#: O_NONBLOCK keeps a FIFO from blocking the open; it changes nothing for regular files.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+
+
 def _open_regular(
     path: str, preload_limit: int, into: memoryview | None = None
 ) -> tuple[int, Identity, bytes | memoryview | None]:
     """Open, check it is a regular file, and read it whole when it is small: one thread hop.
-    Into `into` when it has room (a view of it), else into a new bytes.
-
-    O_NONBLOCK keeps a FIFO from blocking the open; it changes nothing for regular files.
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    Into `into` when it has room (a view of it), else into a new bytes."""
+    fd = os.open(path, _OPEN_FLAGS)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(f"{path} is not a regular file")
-        identity = Identity.of(st)
-        if st.st_size > preload_limit:
-            return fd, identity, None
+        size, mtime_ns = st.st_size, st.st_mtime_ns
+        if size > preload_limit:
+            return fd, Identity(size, mtime_ns), None
         data: bytes | memoryview
-        if into is not None and st.st_size <= len(into):
-            data = _read_into(fd, into[: st.st_size])
+        if into is not None and size <= len(into):
+            data = _read_into(fd, into[:size])
         else:
-            parts = []
-            left = st.st_size
-            while left > 0:
-                part = os.read(fd, left)
-                if not part:
-                    break
-                parts.append(part)
-                left -= len(part)
-            data = b"".join(parts)
+            # One read from the page cache for a small file; more only when it comes short.
+            data = os.read(fd, size) if size else b""
+            if 0 < len(data) < size:
+                parts = [data]
+                left = size - len(data)
+                while left > 0:
+                    part = os.read(fd, left)
+                    if not part:
+                        break
+                    parts.append(part)
+                    left -= len(part)
+                data = b"".join(parts)
         after = os.fstat(fd)
     except BaseException:
         os.close(fd)
         raise
     os.close(fd)
-    if len(data) != st.st_size or Identity.of(after) != identity:
-        raise _Changed(identity, Identity.of(after))
-    return -1, identity, data
+    if len(data) != size or after.st_size != size or after.st_mtime_ns != mtime_ns:
+        raise _Changed(Identity(size, mtime_ns), Identity.of(after))
+    return -1, Identity(size, mtime_ns), data
 
 
 def _read_into(fd: int, view: memoryview) -> memoryview:
@@ -110,20 +114,20 @@ def read_small_files(paths: Sequence[str], limit: int) -> list[LocalContent | No
     None for a file that cannot be read whole now (larger than `limit`, changing, gone,
     unreadable): its upload opens it again and reports what is wrong.
     """
-    contents: list[LocalContent | None] = []
-    for path in paths:
-        try:
-            fd, identity, data = _open_regular(path, limit)
-        except (OSError, _Changed):
-            contents.append(None)
-            continue
-        if data is None:
-            os.close(fd)
-            contents.append(None)
-        else:
-            assert isinstance(data, bytes)  # read without a buffer to read into
-            contents.append(LocalContent(data, identity.size, identity.mtime_ns))
-    return contents
+    return [read_small_file(path, limit) for path in paths]
+
+
+def read_small_file(path: str, limit: int) -> LocalContent | None:
+    """One file of `read_small_files`."""
+    try:
+        fd, identity, data = _open_regular(path, limit)
+    except (OSError, _Changed):
+        return None
+    if data is None:
+        os.close(fd)
+        return None
+    assert isinstance(data, bytes)  # read without a buffer to read into
+    return LocalContent(data, identity.size, identity.mtime_ns)
 
 
 #: A small file's read on the event loop slower than this, while the thread waited in the
@@ -151,10 +155,11 @@ class InlineReads:
         caller reads the rest in a worker thread). Per read, not per batch: on a busy machine
         a whole batch is often preempted."""
         done = 0
-        while done < len(paths) and self._policy.allowed():
-            begun = self._policy.begin()
-            into.extend(read_small_files(paths[done : done + 1], self._limit))
-            self._policy.end(begun)
+        policy, limit = self._policy, self._limit
+        while done < len(paths) and policy.allowed():
+            begun = policy.begin()
+            into.append(read_small_file(paths[done], limit))
+            policy.end(begun)
             done += 1
         self.files_inline += done
         return done
@@ -291,6 +296,12 @@ class Source:
             os.close(fd)
             raise errors.SourceUnreadable(f"{path}: {exc.strerror or exc}") from None
         return cls(path, identity, handle, None, buffers)
+
+    @property
+    def whole(self) -> bytes | memoryview | None:
+        """The file's bytes when it was read whole (and checked) when opened, else None: then
+        nothing is read or watched any more, and the upload takes them without a wait."""
+        return self._preloaded
 
     async def read(self, offset: int, length: int) -> bytes | memoryview:
         """`length` bytes at `offset`: a view of a buffer of the pool, which the pool hands

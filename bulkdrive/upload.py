@@ -238,13 +238,16 @@ class _Upload:
     # --- one method per phase -------------------------------------------------------------
 
     async def _initiate(self) -> None:
-        chunk = await self._chunk_at(0)
+        # A file read whole and hashed in one go (every small file): its only chunk without a
+        # wait, and nothing to watch before it goes.
+        chunk = self._whole_chunk()
+        if chunk is None:
+            chunk = await self._chunk_at(0)
         final = chunk.end == self.state.size
         block_hash = await self._before_sending(chunk, final)
         force = self.state.force_restart
-
-        def send() -> Awaitable[UploadReply]:
-            return self.client.initiate(
+        if final:  # a small file: nothing to read ahead (and one coroutine less per resume)
+            reply = await self.client.initiate(
                 name=self.name,
                 folder=self.folder,
                 size=self.state.size,
@@ -255,10 +258,21 @@ class _Upload:
                 force_restart=force,
                 block_hash=block_hash,
             )
-
-        if final:  # a small file: nothing to read ahead (and one coroutine less per resume)
-            reply = await send()
         else:
+
+            def send() -> Awaitable[UploadReply]:
+                return self.client.initiate(
+                    name=self.name,
+                    folder=self.folder,
+                    size=self.state.size,
+                    mtime=self.mtime,
+                    body=chunk.data,
+                    eof=final,
+                    verify=self.verify,
+                    force_restart=force,
+                    block_hash=block_hash,
+                )
+
             reply, self._ahead = await self._send_reading_ahead(send, chunk, final)
         self.state = initiated(self.state, reply, now=time.monotonic())
         self._heard(reply)
@@ -317,6 +331,19 @@ class _Upload:
         # offset the server's per-chunk blocks line up with the file's 4 MiB blocks again.
         return min(self.chunk_size - offset % self.chunk_size, self.state.size - offset)
 
+    def _whole_chunk(self) -> _Chunk | None:
+        """The first chunk as `_chunk_at(0)` makes it, when that needs no wait: the source
+        holds the file whole, the chunk is all of it, and it is hashed (if at all) on the loop
+        from the known hash of nothing. None otherwise."""
+        whole = self.source.whole
+        if whole is None or len(whole) != self.state.size or len(whole) > self.chunk_size:
+            return None
+        if not self._hashing:
+            return _Chunk(0, whole, None)
+        hasher = self._hashers.get(0)
+        hashed = None if hasher is None else extended_if_quick(hasher, whole)
+        return None if hashed is None else _Chunk(0, whole, hashed)
+
     async def _chunk_at(self, offset: int, hasher: BlockHasher | None = None) -> _Chunk:
         data = await self.source.read(offset, self._chunk_length(offset))
         if not self._hashing:
@@ -373,7 +400,8 @@ class _Upload:
                 self._hashers[chunk.offset] = before
         if not final:
             return None
-        await self.source.check_unchanged()
+        if self.source.whole is None:  # read whole: checked when it was read
+            await self.source.check_unchanged()
         if not self.verify:
             return None
         assert chunk.hasher is not None  # verify: every chunk is hashed
@@ -514,16 +542,16 @@ async def upload_file(
     finally:
         await source.close()
     state = upload.state
-    return UploadResult(
-        local_path=local_path,
-        remote_path=remote_path,
-        size=state.size,
-        file_guid=state.file_guid,
-        bytes_sent=upload.bytes_sent,
-        attempts=upload.attempts,
-        resumes=state.resumes,
-        restarts=state.restarts,
-        integrity_verified=state.integrity_verified,
+    return UploadResult(  # by position, as the fields come: once per file
+        local_path,
+        remote_path,
+        state.size,
+        state.file_guid,
+        upload.bytes_sent,
+        upload.attempts,
+        state.resumes,
+        state.restarts,
+        state.integrity_verified,
     )
 
 
