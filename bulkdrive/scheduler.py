@@ -379,9 +379,17 @@ class TreeUpload:
     # --- the workers ---------------------------------------------------------------------
 
     async def _worker(self) -> None:
-        """One of `transfers` workers: uploads the files handed to it, one at a time."""
-        while (ready := await self._handout.get()) is not None:
-            await self._start(ready)
+        """One of `transfers` workers: uploads the files handed to it, one at a time (what
+        `_start` does, without its coroutine: once per file)."""
+        get = self._handout.get
+        while (ready := await get()) is not None:
+            if self._run_error is not None:
+                continue  # the run is stopping: start nothing new
+            self._started += 1
+            self._in_flight += 1
+            if self._in_flight > self._max_in_flight:
+                self._max_in_flight = self._in_flight
+            await self._upload(*ready)
 
     async def _start(self, ready: ReadyFile) -> None:
         if self._run_error is not None:

@@ -372,6 +372,7 @@ class _Walker:
         ]
         sent = 0  # stack[1 : sent + 1] are folders already sent; SRC itself is never sent
         every_file = self.filters.keeps_every_file
+        nowait, on_file = self._nowait, self.on_file
         try:
             while stack:
                 frame = stack[-1]
@@ -413,9 +414,24 @@ class _Walker:
                         await self.send(folder)
                         sent += 1
                         self.folders += 1
-                    await self.send(
-                        FileEntry(frame.path_prefix + seen.name, relative, seen.size, seen.mtime_ns)
+                    item = FileEntry(
+                        frame.path_prefix + seen.name, relative, seen.size, seen.mtime_ns
                     )
+                    if nowait is not None:
+                        # `send`, without its coroutine while the backlog has room: once per file.
+                        try:
+                            nowait(item)
+                        except anyio.WouldBlock:
+                            await self.send(item)
+                            continue
+                        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                            raise _ReceiverGone from None
+                        self.files += 1
+                        self.bytes += item.size
+                        if on_file is not None:
+                            on_file(item)
+                    else:
+                        await self.send(item)
                 elif seen.kind == FOLDER:
                     if self.filters.excludes(relative, is_folder=True):
                         self.filtered += 1
