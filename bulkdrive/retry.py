@@ -26,7 +26,7 @@ from tenacity import (
 from bulkdrive import errors
 from bulkdrive.config import RetryPolicy
 
-__all__ = ["exhausted", "repeat", "retrying"]
+__all__ = ["exhausted", "repeat", "repeat_after", "retrying"]
 
 T = TypeVar("T")
 
@@ -147,13 +147,30 @@ async def repeat(
     try:
         return await call()
     except errors.OutcomeUnknown as exc:
-        first: list[errors.OutcomeUnknown] = [exc]
+        first = exc
+    return await repeat_after(
+        first, call, policy, sleep=sleep, before_sleep=before_sleep, progress=progress
+    )
+
+
+async def repeat_after(
+    first: errors.OutcomeUnknown,
+    call: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+    before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None,
+    progress: Callable[[], int] | None = None,
+) -> T:
+    """`repeat` once its first try failed with `first`: the caller made that try itself (a
+    small file's upload, where even `repeat`'s coroutine is a visible share of its CPU)."""
+    failed: list[errors.OutcomeUnknown] = [first]
     async for attempt in retrying(
         policy, sleep=sleep, before_sleep=before_sleep, progress=progress
     ):
         with attempt:
-            if first:
-                raise first.pop()
+            if failed:
+                raise failed.pop()
             return await call()
     raise AssertionError("unreachable: tenacity either returns or raises")
 

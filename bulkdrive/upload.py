@@ -27,7 +27,7 @@ from bulkdrive.client import EdgeDriveClient, parent_folder_path
 from bulkdrive.config import CHUNKS_PER_TRANSFER, TransferConfig
 from bulkdrive.integrity import BlockHasher, extended_if_quick, hash_off_loop
 from bulkdrive.protocol import BLOCK_SIZE, UploadReply
-from bulkdrive.retry import exhausted, repeat
+from bulkdrive.retry import exhausted, repeat_after
 from bulkdrive.session import (
     Phase,
     ResumePoint,
@@ -517,21 +517,20 @@ async def upload_file(
         known_digests=known_digests,
     )
 
-    def before_sleep(retry_state: RetryCallState) -> None:
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None else None
-        wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
-        if isinstance(error, errors.BulkdriveError):
-            events.retrying(error, retry_state.attempt_number, wait)
-
     try:
-        await repeat(
-            upload.run,
-            config.retry,
-            sleep=sleep,
-            before_sleep=before_sleep,
-            progress=upload.progress,
-        )
+        # The first attempt here, the rest through the retry policy (`repeat`, without its
+        # coroutine for the files that need one attempt: nearly all of them).
+        try:
+            await upload.run()
+        except errors.OutcomeUnknown as first:
+            await repeat_after(
+                first,
+                upload.run,
+                config.retry,
+                sleep=sleep,
+                before_sleep=_telling(events),
+                progress=upload.progress,
+            )
     except RetryError as failure:
         error = exhausted(failure, f"upload {remote_path}")
         await upload.discard_session(error)
@@ -540,7 +539,8 @@ async def upload_file(
         await upload.discard_session(error)
         raise
     finally:
-        await source.close()
+        if source.whole is None:  # a file read whole holds nothing open
+            await source.close()
     state = upload.state
     return UploadResult(  # by position, as the fields come: once per file
         local_path,
@@ -553,6 +553,19 @@ async def upload_file(
         state.restarts,
         state.integrity_verified,
     )
+
+
+def _telling(events: UploadEvents) -> Callable[[RetryCallState], None]:
+    """The retry policy's `before_sleep`: each retry told to `events`."""
+
+    def before_sleep(retry_state: RetryCallState) -> None:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        if isinstance(error, errors.BulkdriveError):
+            events.retrying(error, retry_state.attempt_number, wait)
+
+    return before_sleep
 
 
 def _remote_target(remote_folder: str, name: str) -> tuple[str, str]:
