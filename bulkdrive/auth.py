@@ -95,11 +95,13 @@ class Auth:
             await self._transport.pace(data)
         # The token is taken now, after the wait for bandwidth, not before: a token read
         # before a long wait arrives idle, or already replaced by another request's renewal.
-        idle = time.monotonic() - self._used_at
-        if self._renewal_due(idle):
+        now = time.monotonic()
+        idle = now - self._used_at
+        if self._idle_limit is not None and self._renewal_due(idle):
             await self._reauthenticate(self._generation)
             idle = 0.0
-        self._used_at = time.monotonic()
+            now = time.monotonic()
+        self._used_at = now
         generation = self._generation
         response = await self._transport.send(
             method,
