@@ -383,21 +383,24 @@ class TreeUpload:
         `_start` does, without its coroutine: once per file)."""
         get = self._handout.get
         while (ready := await get()) is not None:
-            if self._run_error is not None:
-                continue  # the run is stopping: start nothing new
-            self._started += 1
-            self._in_flight += 1
-            if self._in_flight > self._max_in_flight:
-                self._max_in_flight = self._in_flight
-            await self._upload(*ready)
+            if self._begin():
+                await self._upload(*ready)
 
     async def _start(self, ready: ReadyFile) -> None:
+        """One file, for `--transfers auto`'s workers."""
+        if self._begin():
+            await self._upload(*ready)
+
+    def _begin(self) -> bool:
+        """A file about to start, counted in flight; False when the run is stopping (then
+        nothing new starts)."""
         if self._run_error is not None:
-            return  # the run is stopping: start nothing new
+            return False
         self._started += 1
         self._in_flight += 1
-        self._max_in_flight = max(self._max_in_flight, self._in_flight)
-        await self._upload(*ready)
+        if self._in_flight > self._max_in_flight:
+            self._max_in_flight = self._in_flight
+        return True
 
     async def _upload(
         self,

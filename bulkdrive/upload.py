@@ -246,8 +246,9 @@ class _Upload:
         final = chunk.end == self.state.size
         block_hash = await self._before_sending(chunk, final)
         force = self.state.force_restart
-        if final:  # a small file: nothing to read ahead (and one coroutine less per resume)
-            reply = await self.client.initiate(
+
+        def send() -> Awaitable[UploadReply]:
+            return self.client.initiate(
                 name=self.name,
                 folder=self.folder,
                 size=self.state.size,
@@ -258,21 +259,10 @@ class _Upload:
                 force_restart=force,
                 block_hash=block_hash,
             )
+
+        if final:  # a small file: nothing to read ahead (and one coroutine less per resume)
+            reply = await send()
         else:
-
-            def send() -> Awaitable[UploadReply]:
-                return self.client.initiate(
-                    name=self.name,
-                    folder=self.folder,
-                    size=self.state.size,
-                    mtime=self.mtime,
-                    body=chunk.data,
-                    eof=final,
-                    verify=self.verify,
-                    force_restart=force,
-                    block_hash=block_hash,
-                )
-
             reply, self._ahead = await self._send_reading_ahead(send, chunk, final)
         self.state = initiated(self.state, reply, now=time.monotonic())
         self._heard(reply)
@@ -542,16 +532,16 @@ async def upload_file(
         if source.whole is None:  # a file read whole holds nothing open
             await source.close()
     state = upload.state
-    return UploadResult(  # by position, as the fields come: once per file
-        local_path,
-        remote_path,
-        state.size,
-        state.file_guid,
-        upload.bytes_sent,
-        upload.attempts,
-        state.resumes,
-        state.restarts,
-        state.integrity_verified,
+    return UploadResult(
+        local_path=local_path,
+        remote_path=remote_path,
+        size=state.size,
+        file_guid=state.file_guid,
+        bytes_sent=upload.bytes_sent,
+        attempts=upload.attempts,
+        resumes=state.resumes,
+        restarts=state.restarts,
+        integrity_verified=state.integrity_verified,
     )
 
 

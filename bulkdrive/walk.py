@@ -290,16 +290,29 @@ class _Walker:
         return True
 
     async def send(self, item: WalkItem) -> None:
+        if self.sent_at_once(item):
+            return
         try:
-            if self._nowait is not None:
-                try:
-                    self._nowait(item)
-                except anyio.WouldBlock:
-                    await self.send_stream.send(item)
-            else:
-                await self.send_stream.send(item)
+            await self.send_stream.send(item)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             raise _ReceiverGone from None
+        self._sent(item)
+
+    def sent_at_once(self, item: WalkItem) -> bool:
+        """`item` sent without a wait (and without a coroutine: once per file) while the
+        stream has room; False when it has none."""
+        if self._nowait is None:
+            return False
+        try:
+            self._nowait(item)
+        except anyio.WouldBlock:
+            return False
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise _ReceiverGone from None
+        self._sent(item)
+        return True
+
+    def _sent(self, item: WalkItem) -> None:
         if isinstance(item, FileEntry):
             self.files += 1
             self.bytes += item.size
@@ -372,7 +385,7 @@ class _Walker:
         ]
         sent = 0  # stack[1 : sent + 1] are folders already sent; SRC itself is never sent
         every_file = self.filters.keeps_every_file
-        nowait, on_file = self._nowait, self.on_file
+        sent_at_once = self.sent_at_once
         try:
             while stack:
                 frame = stack[-1]
@@ -417,20 +430,7 @@ class _Walker:
                     item = FileEntry(
                         frame.path_prefix + seen.name, relative, seen.size, seen.mtime_ns
                     )
-                    if nowait is not None:
-                        # `send`, without its coroutine while the backlog has room: once per file.
-                        try:
-                            nowait(item)
-                        except anyio.WouldBlock:
-                            await self.send(item)
-                            continue
-                        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                            raise _ReceiverGone from None
-                        self.files += 1
-                        self.bytes += item.size
-                        if on_file is not None:
-                            on_file(item)
-                    else:
+                    if not sent_at_once(item):
                         await self.send(item)
                 elif seen.kind == FOLDER:
                     if self.filters.excludes(relative, is_folder=True):
