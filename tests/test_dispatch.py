@@ -60,6 +60,37 @@ async def test_handout_gives_each_file_once_and_holds_the_next_batch_back() -> N
     assert await handout.get() is None
 
 
+async def test_a_worker_cancelled_while_it_waits_takes_no_wake_up_with_it() -> None:
+    """A waiting worker cancelled (the run stopping around it) leaves no waiter behind that
+    would swallow the next file's wake-up: the file goes to a worker still waiting."""
+    handout = Handout()
+    taken: list[str] = []
+    scopes: list[anyio.CancelScope] = []
+
+    async def worker(name: str) -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            ready = await handout.get()
+            assert ready is not None
+            taken.append(f"{name}:{ready[0]}")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker, "first")
+            tg.start_soon(worker, "second")
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+            assert handout.worker_waits == 2  # both wait, the first one first
+            scopes[0].cancel()
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+            await handout.put([cast(Any, ("file0", False, None, b""))])
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+            assert taken == ["second:file0"]
+            handout.close()
+
+
 async def test_next_batch_takes_what_the_backlog_holds_up_to_the_most() -> None:
     send, receive = anyio.create_memory_object_stream[WalkItem](10)
     with send, receive:
