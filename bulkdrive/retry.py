@@ -26,7 +26,7 @@ from tenacity import (
 from bulkdrive import errors
 from bulkdrive.config import RetryPolicy
 
-__all__ = ["exhausted", "repeat", "repeat_after", "retrying"]
+__all__ = ["exhausted", "repeat", "retrying"]
 
 T = TypeVar("T")
 
@@ -131,12 +131,14 @@ async def repeat(
     call: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
     *,
+    first: errors.OutcomeUnknown | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
     before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None,
     progress: Callable[[], int] | None = None,
 ) -> T:
     """`call()`, and again under `retrying(policy, ...)` while it fails transiently; RetryError
-    when the attempts run out.
+    when the attempts run out. `first`: the failure of a first try the caller made itself (a
+    small file's upload, where even this coroutine is a visible share of its CPU).
 
     The first try is made before any tenacity object exists, and its failure is handed to
     tenacity as its first attempt (the same waits, counts and `before_sleep` as if tenacity
@@ -144,26 +146,11 @@ async def repeat(
     them is a measurable share of a small file's CPU (benchmarks/README.md, "The retry policy
     per request").
     """
-    try:
-        return await call()
-    except errors.OutcomeUnknown as exc:
-        first = exc
-    return await repeat_after(
-        first, call, policy, sleep=sleep, before_sleep=before_sleep, progress=progress
-    )
-
-
-async def repeat_after(
-    first: errors.OutcomeUnknown,
-    call: Callable[[], Awaitable[T]],
-    policy: RetryPolicy,
-    *,
-    sleep: Callable[[float], Awaitable[None]] | None = None,
-    before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None,
-    progress: Callable[[], int] | None = None,
-) -> T:
-    """`repeat` once its first try failed with `first`: the caller made that try itself (a
-    small file's upload, where even `repeat`'s coroutine is a visible share of its CPU)."""
+    if first is None:
+        try:
+            return await call()
+        except errors.OutcomeUnknown as exc:
+            first = exc
     failed: list[errors.OutcomeUnknown] = [first]
     async for attempt in retrying(
         policy, sleep=sleep, before_sleep=before_sleep, progress=progress

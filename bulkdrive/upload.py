@@ -27,7 +27,7 @@ from bulkdrive.client import EdgeDriveClient, parent_folder_path
 from bulkdrive.config import CHUNKS_PER_TRANSFER, TransferConfig
 from bulkdrive.integrity import BlockHasher, extended_if_quick, hash_off_loop
 from bulkdrive.protocol import BLOCK_SIZE, UploadReply
-from bulkdrive.retry import exhausted, repeat_after
+from bulkdrive.retry import exhausted, repeat
 from bulkdrive.session import (
     Phase,
     ResumePoint,
@@ -513,10 +513,10 @@ async def upload_file(
         try:
             await upload.run()
         except errors.OutcomeUnknown as first:
-            await repeat_after(
-                first,
+            await repeat(
                 upload.run,
                 config.retry,
+                first=first,
                 sleep=sleep,
                 before_sleep=_telling(events),
                 progress=upload.progress,
