@@ -174,12 +174,9 @@ class EdgeDriveClient:
         if block_hash is not None:
             headers[protocol.BLOCK_LEVEL_HASH] = block_hash
         what = f"upload {parent}\\{name}" if parent != "\\" else f"upload \\{name}"
-        url = self._initiate_urls.get((verify, force_restart))
-        if url is None:
-            url = self._initiate_url(verify=verify, force_restart=force_restart)
         response = await self._send(
             "POST",
-            url,
+            self._initiate_url(verify=verify, force_restart=force_restart),
             what=what,
             headers=headers,
             data=body,
@@ -187,11 +184,7 @@ class EdgeDriveClient:
             paced=True,
             upload=True,
         )
-        if response.status == 200:  # `_upload_reply`'s way for the usual answer, inline
-            reply = UploadReply.from_body(response.body)
-            if reply.error_code == 0:
-                return reply
-        elif response.status == 409:
+        if response.status == 409:
             reply = UploadReply.from_body(response.body)
             if not reply.request_id:
                 # No session offered: the server is still receiving another request for this

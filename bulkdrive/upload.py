@@ -328,23 +328,28 @@ class _Upload:
         whole = self.source.whole
         if whole is None or len(whole) != self.state.size or len(whole) > self.chunk_size:
             return None
-        if not self._hashing:
-            return _Chunk(0, whole, None)
-        hasher = self._hashers.get(0)
-        hashed = None if hasher is None else extended_if_quick(hasher, whole)
-        return None if hashed is None else _Chunk(0, whole, hashed)
+        return self._chunk_now(0, whole, self._hashers.get(0))
 
     async def _chunk_at(self, offset: int, hasher: BlockHasher | None = None) -> _Chunk:
         data = await self.source.read(offset, self._chunk_length(offset))
+        if self._hashing and hasher is None:
+            hasher = await self._hasher_at(offset)
+        chunk = self._chunk_now(offset, data, hasher)
+        if chunk is None:
+            assert hasher is not None
+            chunk = _Chunk(offset, data, await hash_off_loop(hasher, data))
+        return chunk
+
+    def _chunk_now(
+        self, offset: int, data: bytes | memoryview, hasher: BlockHasher | None
+    ) -> _Chunk | None:
+        """`data` at `offset` as a chunk, hashed here when that is quick (a small chunk,
+        without `hash_off_loop`'s coroutine); None when its hash needs a thread, or needs a
+        hasher at `offset` that is not at hand."""
         if not self._hashing:
             return _Chunk(offset, data, None)
-        if hasher is None:
-            hasher = await self._hasher_at(offset)
-        # A small chunk is hashed here, without `hash_off_loop`'s coroutine.
-        hashed = extended_if_quick(hasher, data)
-        if hashed is None:
-            hashed = await hash_off_loop(hasher, data)
-        return _Chunk(offset, data, hashed)
+        hashed = None if hasher is None else extended_if_quick(hasher, data)
+        return None if hashed is None else _Chunk(offset, data, hashed)
 
     async def _hasher_at(self, offset: int) -> BlockHasher:
         """The block-level hash of the local file's [0, offset), a server-confirmed offset:
@@ -390,8 +395,7 @@ class _Upload:
                 self._hashers[chunk.offset] = before
         if not final:
             return None
-        if self.source.whole is None:  # read whole: checked when it was read
-            await self.source.check_unchanged()
+        await self.source.check_unchanged()
         if not self.verify:
             return None
         assert chunk.hasher is not None  # verify: every chunk is hashed
@@ -529,8 +533,7 @@ async def upload_file(
         await upload.discard_session(error)
         raise
     finally:
-        if source.whole is None:  # a file read whole holds nothing open
-            await source.close()
+        await source.close()
     state = upload.state
     return UploadResult(
         local_path=local_path,
