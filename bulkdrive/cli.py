@@ -8,8 +8,10 @@ unreachable · 130 interrupted. A traceback only with -vv.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
+import gc
 import importlib
 import os
 import signal
@@ -26,6 +28,14 @@ from rich.console import Console
 from bulkdrive import collector, errors
 from bulkdrive.config import Credentials, Secret
 from bulkdrive.settings import SETTINGS, Settings, load_settings, parse_size
+
+# The command ends the process: the interpreter's last garbage collections, over every object
+# the modules and the run left (~45 k tracked after the imports), free nothing that matters
+# and took ~50 ms of the ~65 ms a `bulkdrive upload` spent after its last exit hook. Frozen,
+# they are skipped; what is not in a reference cycle is still freed as before, and the files
+# the run wrote are closed by then. At the interpreter's exit only: a program that imports
+# this module keeps its collector as it was.
+atexit.register(gc.freeze)
 
 
 class _Commands(click.Group):
