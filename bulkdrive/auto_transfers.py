@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
-from bulkdrive import tuner
+from bulkdrive.config import TransferConfig
 from bulkdrive.file_events import RunCounters
 from bulkdrive.progress import Reporter
 from bulkdrive.report import LimitChange, TransfersUsed
+
+if TYPE_CHECKING:
+    # Imported where a run is tuned (`start`, `tune`): a fixed --transfers needs no tuner,
+    # and importing it cost every upload's start ~8 ms.
+    from bulkdrive import tuner
 
 #: Seconds between two looks of `--transfers auto` at the run's counters.
 TUNE_TICK = 0.25
@@ -59,7 +64,7 @@ class AutoTransfers:
         pushbacks: Callable[[], int],
         clock: Callable[[], float],
         follow: Callable[[int], None] | None = None,
-        chunk_size: int = tuner.TunerSettings.unit_bytes,
+        chunk_size: int = TransferConfig.chunk_size,
     ) -> None:
         self.limit = limit
         self._reporter = reporter
@@ -86,6 +91,8 @@ class AutoTransfers:
 
     def start(self, workers: int, now: float) -> tuner.TunerSettings:
         """Under `--transfers auto`: `workers` is the most the tuner may allow."""
+        from bulkdrive import tuner
+
         settings = tuner.TunerSettings(
             start=min(AUTO_START, workers), maximum=workers, unit_bytes=self._chunk_size
         )
@@ -120,6 +127,8 @@ class AutoTransfers:
 
     async def tune(self, settings: tuner.TunerSettings) -> None:
         """Feed the tuner the run's counters; apply and explain each change of the limit."""
+        from bulkdrive import tuner
+
         state = tuner.start(settings)
         counters = self._counters
         measurement = tuner.Reading(

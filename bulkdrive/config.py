@@ -78,6 +78,9 @@ MAX_TRANSFERS = 1024
 #: (one thread hop for the batch instead of one per file); at most two batches are held.
 SMALL_FILE_READ_AHEAD = 128 * 1024
 SMALL_FILE_BATCH = 64
+#: Files at least this large are large, for `--transfers auto` (`tuner`) and the counters the
+#: run keeps for it (`file_events`); here so that a run with a fixed limit imports no tuner.
+LARGE_FILE = 1024 * 1024
 
 
 #: Chunks one transfer holds at most: the one being sent and the one read ahead of it.

@@ -11,13 +11,13 @@ import asyncio
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from bulkdrive import errors
-from bulkdrive.check import Version, difference
 from bulkdrive.client import EdgeDriveClient
 from bulkdrive.config import SMALL_FILE_BATCH, SMALL_FILE_READ_AHEAD
 from bulkdrive.journal import FileRecord, FileState, Journal
@@ -38,6 +38,9 @@ from bulkdrive.resume import (
 from bulkdrive.source import InlineReads, LocalContent
 from bulkdrive.upload import read_small_files
 from bulkdrive.walk import FileEntry, SkippedEntry, WalkFailure, WalkItem
+
+if TYPE_CHECKING:
+    from bulkdrive.check import Version
 
 #: Walk items handed out together: one journal read, one read of the small files and one
 #: journal commit serve them all.
@@ -372,6 +375,10 @@ class Dispatcher:
             if was_in_flight(record, entry) and await self._completed_remotely(entry):
                 return "completed on the server before the last run stopped", SKIP_ON_SERVER
         if self._check_remote:
+            # `check` (the `bulkdrive check` command's comparison, and its listing) is
+            # imported only by the runs that compare: ~10 ms of every upload's start.
+            from bulkdrive.check import Version, difference
+
             listing = await self._remote_listing(self._paths.folder_of(entry.relative))
             remote = listing.get(remote_name(name_of(entry.relative)))
             if difference(Version.local(entry.size, entry.mtime_ns), remote) is None:
@@ -383,6 +390,8 @@ class Dispatcher:
         journal commit: the server says whether it holds it whole (then it is recorded done)."""
         if self._client is None:
             return False
+        from bulkdrive.check import Version, difference  # a resumed run only (see above)
+
         try:
             resource = await self._client.metadata(self._paths.path_of(entry.relative))
         except errors.RunFailed:
@@ -416,6 +425,8 @@ class Dispatcher:
             self._listings.move_to_end(folder)
             return listing
         assert self._client is not None
+        from bulkdrive.check import Version
+
         listing = {}
         try:
             async for resource in self._client.list_folder(folder):

@@ -7,11 +7,11 @@ import logging
 from dataclasses import dataclass
 
 from bulkdrive import errors
+from bulkdrive.config import LARGE_FILE
 from bulkdrive.journal import FileState, Journal
 from bulkdrive.progress import Reporter
 from bulkdrive.report import RunTally
 from bulkdrive.resume import journal_record
-from bulkdrive.tuner import LARGE_FILE
 from bulkdrive.walk import FileEntry
 
 log = logging.getLogger("bulkdrive.run")
@@ -27,7 +27,7 @@ class RunCounters:
     #: Bytes the server confirmed (each increment, also of files that restart later).
     bytes_confirmed: int = 0
     files_done: int = 0
-    #: Files handed to a transfer, and those of them of `tuner.LARGE_FILE` bytes or more.
+    #: Files handed to a transfer, and those of them of `LARGE_FILE` bytes or more.
     files_started: int = 0
     large_started: int = 0
 

@@ -42,10 +42,10 @@ import enum
 import math
 from dataclasses import dataclass, replace
 
+from bulkdrive.config import LARGE_FILE
+
 #: The longest a limit that keeps meeting push-back is kept out of reach.
 MAX_CEILING_SECONDS = 600.0
-#: Files at least this large are large (`TunerSettings.large_file`, `Reading.large_started`).
-LARGE_FILE = 1024 * 1024
 
 
 class Stage(enum.Enum):
