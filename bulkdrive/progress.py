@@ -5,7 +5,8 @@
   Lines for people (failures, warnings, `-v` per-file lines) are queued and printed above the
   display at the next redraw, so a burst of lines costs one redraw, not one per line.
 - `PlainReporter`: not a terminal (CI). One plain line of the same figures every
-  `stats_interval` seconds and at the end; no control characters.
+  `stats_interval` seconds and at the end; no control characters. `NoProgressReporter`
+  (--no-progress) is the same without those lines, and counts nothing.
 - `QuietReporter`: `-q`, failed files only, one line each.
 - `NullReporter`: nothing (library use).
 
@@ -671,6 +672,54 @@ class PlainReporter(_CountingReporter):
         self._flush()
 
 
+class NoProgressReporter(PlainReporter):
+    """`--no-progress`: the plain face without its stat lines (per-file lines with -v,
+    failures, messages, the summary).
+
+    The live counters feed only the stat lines, so nothing here counts the events that only
+    count: a file found, started, its bytes confirmed and its end cost a call each that does
+    nothing, not a counter update with a clock read each and two lock acquisitions per file
+    (the benchmark's runs use --no-progress: 531 k -> 511 k instructions of our code per
+    small file). Retries and resumes still count: they print lines, and are rare.
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        verbosity: int = 0,
+        clock: Clock = time.monotonic,
+        heartbeat: float | None = 1.0,
+        timestamps: bool = False,
+        summary: bool = True,
+    ) -> None:
+        super().__init__(
+            console,
+            stats_interval=None,
+            verbosity=verbosity,
+            clock=clock,
+            heartbeat=heartbeat,
+            timestamps=timestamps,
+            summary=summary,
+        )
+
+    def file_found(self, size: int) -> None:
+        pass
+
+    def file_started(self, relative: str, size: int) -> None:
+        pass
+
+    def bytes_done(self, relative: str, n: int) -> None:
+        pass
+
+    def file_finished(self, outcome: FileOutcome) -> None:
+        # `_CountingReporter.file_finished`'s lines, without its counters.
+        if outcome.stopped_run:
+            return
+        if self.verbosity >= 1 or outcome.outcome is Outcome.FAILED:
+            self._emit(self._finished_line(outcome))
+
+
 def _with_rate(fig: Figures, rate: float | None) -> Figures:
     return dataclasses.replace(fig, rate=rate)
 
@@ -846,9 +895,8 @@ def make_reporter(
         return QuietReporter(console)
     stamped = not is_terminal and verbosity >= 1
     if no_progress:
-        return PlainReporter(
+        return NoProgressReporter(
             console,
-            stats_interval=None,
             verbosity=verbosity,
             clock=clock,
             timestamps=stamped,

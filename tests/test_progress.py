@@ -10,11 +10,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from outcomes import failed_outcome
 from rich.console import Console
 
 from bulkdrive.errors import SourceChanged
 from bulkdrive.progress import (
+    NoProgressReporter,
     NullReporter,
     PlainReporter,
     QuietReporter,
@@ -170,11 +172,17 @@ def test_plain_heartbeat_reports_a_stalled_run() -> None:
     assert "1 in flight" in stats[0]
 
 
-def test_plain_failures_always_and_per_file_lines_with_v() -> None:
+@pytest.mark.parametrize("no_progress", [False, True])
+def test_plain_failures_always_and_per_file_lines_with_v(no_progress: bool) -> None:
+    """Also under --no-progress, whose reporter counts nothing: the same lines."""
     for verbosity in (0, 1):
         console, out = plain_console()
-        reporter = PlainReporter(
-            console, stats_interval=10, clock=FakeClock(), heartbeat=None, verbosity=verbosity
+        reporter = (
+            NoProgressReporter(console, clock=FakeClock(), heartbeat=None, verbosity=verbosity)
+            if no_progress
+            else PlainReporter(
+                console, stats_interval=10, clock=FakeClock(), heartbeat=None, verbosity=verbosity
+            )
         )
         reporter.start("src", "dst")
         reporter.file_started("ok.bin", 3 * MiB)
@@ -455,7 +463,7 @@ def test_make_reporter_selection_rule() -> None:
     assert isinstance(plain, PlainReporter) and plain.stats_interval == 7
     assert isinstance(pick(is_terminal=True, quiet=True, verbosity=2), QuietReporter)
     no_progress = pick(is_terminal=True, no_progress=True, verbosity=1)
-    assert isinstance(no_progress, PlainReporter) and no_progress.stats_interval is None
+    assert isinstance(no_progress, NoProgressReporter) and no_progress.stats_interval is None
     assert no_progress.verbosity == 1
     verbose = pick(is_terminal=True, verbosity=1)
     assert isinstance(verbose, RichReporter) and verbose.verbosity == 1
