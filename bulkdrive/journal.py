@@ -77,6 +77,12 @@ class FileState(enum.StrEnum):
     SKIPPED = "skipped"
 
 
+# Read as a module name where each file's record is made and written: on Python 3.11 an enum
+# member read through its class costs ~0.1 µs (EnumType's __getattr__ puts every class
+# attribute lookup of an enum on a slow path).
+_DONE = FileState.DONE
+
+
 class FileRecord(NamedTuple):
     """What the journal knows of one source file.
 
@@ -925,7 +931,7 @@ class Journal:
             raise self._failure
         pending, inflight = self._pending, self._inflight
         now = time.time()
-        state = FileState.DONE
+        state = _DONE
         if len(pending) + len(done) > self._max_pending:
             records = [  # stamped with their times when queued
                 FileRecord(r, size, mtime, state, None, size, b"", guid, tries, verified=verified)
@@ -1142,7 +1148,7 @@ class Journal:
                 others: list[FileRecord] = []
                 for r in batch:
                     simple = r.request_id is None and not r.digests and not r.last_error
-                    (plain if simple and r.state is FileState.DONE else others).append(r)
+                    (plain if simple and r.state is _DONE else others).append(r)
                 if others:
                     conn.executemany(_UPSERT, map(_record_to_row, others))
                 if plain:

@@ -54,6 +54,11 @@ DEFAULT_REFRESH_PER_SECOND = 5.0
 DEFAULT_TRANSFERS_SHOWN = 8
 NAME_WIDTH = 36
 
+# Read as a module name by each file's end: on Python 3.11 an enum member read through its
+# class costs ~0.1 µs (EnumType's __getattr__ puts every class attribute lookup of an enum
+# on a slow path).
+_FAILED = Outcome.FAILED
+
 
 class Reporter(Protocol):
     def start(self, source: str, target: str) -> None: ...
@@ -440,7 +445,7 @@ class QuietReporter(NullReporter):
         self.console = console
 
     def file_finished(self, outcome: FileOutcome) -> None:
-        if outcome.outcome is Outcome.FAILED and not outcome.stopped_run:
+        if outcome.outcome is _FAILED and not outcome.stopped_run:
             self.console.print(failure_line(outcome), soft_wrap=True)
 
     def message(self, text: str, *, level: int = logging.INFO) -> None:
@@ -504,7 +509,7 @@ class _CountingReporter:
         # error that stopped the run is told once, at the end, on stderr
         if outcome.stopped_run:
             return
-        if self.verbosity >= 1 or outcome.outcome is Outcome.FAILED:
+        if self.verbosity >= 1 or outcome.outcome is _FAILED:
             self._emit(self._finished_line(outcome))
 
     def transfers_changed(self, limit: int) -> None:
@@ -716,7 +721,7 @@ class NoProgressReporter(PlainReporter):
         # `_CountingReporter.file_finished`'s lines, without its counters.
         if outcome.stopped_run:
             return
-        if self.verbosity >= 1 or outcome.outcome is Outcome.FAILED:
+        if self.verbosity >= 1 or outcome.outcome is _FAILED:
             self._emit(self._finished_line(outcome))
 
 

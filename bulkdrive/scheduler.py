@@ -158,6 +158,8 @@ class TreeUpload:
             save=self._save,
         )
         self._handout = Handout()
+        # Only `--invalid-names fail` refuses a name (`check_name`): the others ask nothing.
+        self._refuse_invalid_names = plan.invalid_names is InvalidNames.FAIL
         self._batches: EngineBatches | None = None
         if engine is not None:
             self._batches = EngineBatches(
@@ -444,7 +446,8 @@ class TreeUpload:
         version's session discarded (then the file is marked in flight). False when the file
         already ended here (its outcome told); raises what the file fails with."""
         relative = entry.relative
-        check_name(relative, self._plan.invalid_names)
+        if self._refuse_invalid_names:
+            check_name(relative, InvalidNames.FAIL)
         folder_error = await self._folders.wait_for_folder_of(relative)
         if folder_error is not None:
             hint = folder_error.folder_hint

@@ -53,6 +53,11 @@ __all__ = [
 ]
 
 
+# Read as module names on each small file's path: on Python 3.11 an enum member read through
+# its class costs ~0.1 µs (EnumType's __getattr__ puts every class attribute lookup of an
+# enum on a slow path), and a small file read 15 of them.
+_INITIATE, _SEND, _DONE = Phase.INITIATE, Phase.SEND, Phase.DONE
+
 # --- what the caller hears ------------------------------------------------------------------
 
 
@@ -174,13 +179,13 @@ class _Upload:
         """One attempt: the file driven through the state machine until it is done, or an
         error ends the attempt (the retry policy decides on the next one)."""
         self.attempts += 1
-        while self.state.phase is not Phase.DONE:
+        while self.state.phase is not _DONE:
             if self.state.restarts != self._restarts_seen:
                 self._started_over()
             try:
-                if self.state.phase is Phase.INITIATE:
+                if self.state.phase is _INITIATE:
                     await self._initiate()
-                elif self.state.phase is Phase.SEND:
+                elif self.state.phase is _SEND:
                     await self._send_chunks()
                 elif self.state.phase is Phase.RECOVER:
                     await self._recover()
@@ -423,9 +428,9 @@ class _Upload:
     def _heard(self, reply: UploadReply) -> None:
         """A reply is authoritative about the session: tell the journal and the progress."""
         state = self.state
-        if state.phase is Phase.DONE:
+        if state.phase is _DONE:
             offset = state.size
-        elif state.phase is Phase.SEND and reply.request_id == state.request_id:
+        elif state.phase is _SEND and reply.request_id == state.request_id:
             offset = state.offset
             if reply.error_code == 409 and offset > 0:
                 self.events.resumed(offset)
