@@ -260,9 +260,12 @@ class Dispatcher:
         chosen: list[Chosen] = []
         marked: list[tuple[str, int, int]] = []  # in flight: one journal mark for the batch
         journaled = self._journal is not None
-        if not records and not self._check_remote and not self._dry_run and not self._commit_marks:
-            # Nothing known of these files and nothing to ask (a first run under an engine,
-            # which marks the batch itself): each goes, as below, without a call per file.
+        if not records and not self._check_remote and not self._dry_run:
+            # Nothing known of these files and nothing to ask (every batch of a first run):
+            # each goes, as the loop below would send it (no skip, not stale, never in flight
+            # before), without its calls per file. Under an engine the batch is marked there.
+            if journaled and self._commit_marks:
+                await self._mark([(entry.relative, entry.size, entry.mtime_ns) for entry in files])
             return [(entry, False, None) for entry in files]
         for entry in files:
             record = records.get(entry.relative)
@@ -287,16 +290,19 @@ class Dispatcher:
                     marked.append((entry.relative, entry.size, entry.mtime_ns))
                 chosen.append((entry, stale, record))
         if marked:
-            assert self._journal is not None
-            # The batch's files are marked in flight in one row (a PENDING record each cost
-            # a fifth of a small file's CPU: a row written, and rewritten at its end),
-            # committed before their first request (`hand_out`), deleted once every one of
-            # them has ended (`ended`). A run killed before that leaves the mark: the next
-            # one reads it as a PENDING record of each file that has no newer one.
-            mark = _MarkedBatch(await self._journal.mark_in_flight(marked), len(marked))
-            for relative, _, _ in marked:
-                self._marked[relative] = mark
+            await self._mark(marked)
         return chosen
+
+    async def _mark(self, marked: list[tuple[str, int, int]]) -> None:
+        """The batch's files (relative, size, mtime_ns) marked in flight in one row (a PENDING
+        record each cost a fifth of a small file's CPU: a row written, and rewritten at its
+        end), committed before their first request (`hand_out`), deleted once every one of
+        them has ended (`ended`). A run killed before that leaves the mark: the next one reads
+        it as a PENDING record of each file that has no newer one."""
+        assert self._journal is not None
+        mark = _MarkedBatch(await self._journal.mark_in_flight(marked), len(marked))
+        for relative, _, _ in marked:
+            self._marked[relative] = mark
 
     def ended(self, relative: str) -> None:
         """The file's end is recorded (queued in the journal): its batch's mark goes once
@@ -341,8 +347,9 @@ class Dispatcher:
         await self._handout(
             [
                 ready_file(entry, stale, contents.get(entry.relative), record)
-                if record is not None or contents
-                else ReadyFile(entry, stale, None, None, b"")  # what ready_file makes of it
+                if record is not None
+                # What ready_file makes of a file the journal does not know, without its call.
+                else ReadyFile(entry, stale, contents.get(entry.relative), None, b"")
                 for entry, stale, record in chosen
             ]
         )
