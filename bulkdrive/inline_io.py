@@ -75,16 +75,21 @@ class InlineIO:
         """Before a call on the loop: what `end` compares with."""
         return self._clock(), self._waits()
 
-    def end(self, begun: tuple[float, int | None]) -> None:
+    def end(self, begun: tuple[float, int | None]) -> bool:
         """After a call on the loop. It counts as slow when it took longer than `slow_seconds`
         and the thread waited in the kernel meanwhile (a voluntary context switch: the disk,
-        or the interpreter lock); where waits are unknown, slow is enough."""
+        or the interpreter lock); where waits are unknown, slow is enough.
+
+        Returns whether the next call may run on the loop too (`allowed()`, known here without
+        a clock read: False only when this call paused the I/O)."""
         started, waits = begun
         now = self._clock()
         if now - started <= self._slow_seconds or (waits is not None and self._waits() == waits):
             self._slow_in_a_row = 0
-            return
+            return True
         self._slow_in_a_row += 1
         if self._slow_in_a_row >= SLOW_IN_A_ROW:
             self._paused_until = now + PAUSE_SECONDS
             self.pauses += 1
+            return False
+        return True

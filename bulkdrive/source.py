@@ -156,11 +156,13 @@ class InlineReads:
         a whole batch is often preempted."""
         done = 0
         policy, limit = self._policy, self._limit
-        while done < len(paths) and policy.allowed():
-            begun = policy.begin()
-            into.append(read_small_file(paths[done], limit))
-            policy.end(begun)
-            done += 1
+        if paths and policy.allowed():
+            for path in paths:
+                begun = policy.begin()
+                into.append(read_small_file(path, limit))
+                done += 1
+                if not policy.end(begun):
+                    break  # this read paused the I/O on the loop: the rest go to a thread
         self.files_inline += done
         return done
 

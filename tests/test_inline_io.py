@@ -25,7 +25,8 @@ def _call(inline: InlineIO, ticks: _Ticks, seconds: float, *, waited: bool) -> N
     begun = inline.begin()
     ticks.now += seconds
     ticks.waits += 1 if waited else 0
-    inline.end(begun)
+    # What `end` says of the next call is what `allowed` says then.
+    assert inline.end(begun) == inline.allowed()
 
 
 def test_io_pauses_only_after_slow_calls_in_a_row_that_waited() -> None:
