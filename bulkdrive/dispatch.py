@@ -122,6 +122,7 @@ class Handout:
         # after a wait (transfers outnumber a batch's files), and an Event's wait, built on a
         # future of its own, cost ~3 µs more per file (a tenth of the hand-out's CPU).
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the workers' loop, once one waits
         self._emptied = anyio.Event()
         self._emptied.set()
         #: Times a worker found the hand-out empty and waited for a batch (a dispatcher
@@ -144,7 +145,12 @@ class Handout:
             if self._closed:
                 return None
             self.worker_waits += 1
-            waiter = asyncio.get_running_loop().create_future()
+            loop = self._loop
+            if loop is None:
+                # Asked once: each `get_running_loop` costs a getpid system call (asyncio's
+                # check for a fork), and nearly every small file is taken after a wait.
+                loop = self._loop = asyncio.get_running_loop()
+            waiter = loop.create_future()
             self._waiters.append(waiter)
             try:
                 await waiter
