@@ -23,7 +23,6 @@ from typing import Any, ClassVar, NoReturn
 
 import anyio
 import click
-from rich.console import Console
 
 from bulkdrive import collector, errors
 from bulkdrive.config import Credentials, Secret
@@ -440,6 +439,8 @@ def status(
     shards: int | None,
 ) -> None:
     """Show a job's progress from its resume journal (or the sum of several)."""
+    from rich.console import Console  # here: `--help` and the upload's own start need none
+
     from bulkdrive.status import print_status
 
     try:

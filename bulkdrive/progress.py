@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
@@ -760,6 +758,10 @@ class RichReporter(_CountingReporter):
         self._lines: collections.deque[Text] = collections.deque()
         self._out = threading.Lock()
         self._ticker: _Ticker | None = None
+        # The live display's parts are imported by a terminal's run only (~2 ms of every other
+        # run's start).
+        from rich.live import Live
+
         # redirect: stray prints to stdout/stderr appear above the display instead of tearing it
         self._live = Live(
             console=console,
@@ -834,6 +836,8 @@ def render_figures(
 ) -> RenderableType:
     """The live display (a pure function of the figures, so it is cheap to test). Each line
     fits 80 columns with realistic figures; long names are cut with an ellipsis."""
+    from rich.progress_bar import ProgressBar  # a terminal's run only, as `Live`
+
     counting = not fig.walk_complete
     header = Text.assemble(("uploading ", "bold"), source, " to ", target, overflow="ellipsis")
 

@@ -32,6 +32,10 @@ NOT_FOR_A_PLAIN_UPLOAD = (
     "bulkdrive.bench",
     "dask",
     "distributed",
+    "tomllib",  # a config file's run
+    "xml.etree.ElementTree",  # an XML reply
+    "rich.live",  # a terminal's live display
+    "rich.progress_bar",
 )
 
 #: The CLI as `python -m bulkdrive` runs it, telling at its exit (after every other exit
@@ -98,9 +102,10 @@ async def test_the_runs_that_use_them_import_the_tuner_and_the_comparison(
     assert {"bulkdrive.tuner", "bulkdrive.check"} <= modules
 
 
-async def test_help_imports_neither_the_run_nor_aiohttp(tmp_path: Path) -> None:
+async def test_help_imports_neither_the_run_nor_aiohttp_nor_rich(tmp_path: Path) -> None:
     code, told, err = await _run_probed(tmp_path, "upload", "--help")
     assert code == 0, err
     modules = set(told["modules"])
     assert "bulkdrive.cli" in modules
     assert sorted(modules.intersection({"bulkdrive.job", "bulkdrive.client", "aiohttp"})) == []
+    assert sorted(m for m in modules if m == "rich" or m.startswith("rich.")) == []
