@@ -479,6 +479,8 @@ def count_files(
     if filters.follow_symlinks or not os.path.isdir(root):
         return None
     plain = not (filters.include or filters.exclude or filters.shard is not None)
+    # No size bound: no `size_ok` call per file (the count runs beside the upload's loop).
+    sized = filters.min_size is not None or filters.max_size is not None
     files = size = 0
     stack: list[tuple[str, str, bool]] = [(os.fspath(root), "", not filters.include)]
     while stack:
@@ -499,7 +501,7 @@ def count_files(
                                 stack.append((entry.path, folder, inside))
                         elif entry.is_file(follow_symlinks=False):
                             bytes_ = entry.stat(follow_symlinks=False).st_size
-                            if not filters.size_ok(bytes_):
+                            if sized and not filters.size_ok(bytes_):
                                 continue
                             if not plain:
                                 name = _join(relative, entry.name)

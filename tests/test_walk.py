@@ -681,6 +681,7 @@ async def test_memory_stays_flat_for_100_000_files(scratch: Path) -> None:
         WalkFilters(exclude=("*.log", "skip/")),
         WalkFilters(include=("keep/**", "*.txt"), min_size=2),
         WalkFilters(max_size=3, exclude=("deep/a",)),
+        WalkFilters(min_size=3),  # a size bound alone: the count's plain path checks sizes too
     ],
 )
 async def test_count_files_counts_what_the_walk_sends(tmp_path: Path, filters: WalkFilters) -> None:
