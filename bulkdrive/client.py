@@ -28,7 +28,7 @@ from bulkdrive.auth import Auth
 from bulkdrive.config import Credentials, TransferConfig
 from bulkdrive.protocol import FileResource, Node, ShareInfo, UploadReply
 from bulkdrive.retry import exhausted
-from bulkdrive.transport import Body, Response, Transport, ssl_setting
+from bulkdrive.transport import Body, Response, Transport, open_session
 
 __all__ = ["ClientStatistics", "EdgeDriveClient", "parent_folder_path"]
 
@@ -112,11 +112,8 @@ class EdgeDriveClient:
             raise errors.ConfigError(f"server URL must start with http:// or https://: {url!r}")
         if credentials.token is None and (not credentials.user or credentials.password is None):
             raise errors.ConfigError("give a user name and a password, or a token")
-        connector = aiohttp.TCPConnector(
-            limit=config.transfers + folder_connections(config.transfers) + SPARE_CONNECTIONS,
-            ssl=ssl_setting(config),
-        )
-        async with aiohttp.ClientSession(connector=connector) as session:
+        connections = config.transfers + folder_connections(config.transfers) + SPARE_CONNECTIONS
+        async with open_session(config, connections=connections) as session:
             client = cls(session, url, credentials, share_id=share_id, config=config)
             if credentials.token is None:
                 await client._auth.first_login()
