@@ -246,12 +246,16 @@ class _ChunkPayload(aiohttp.BytesPayload):
             start, end = end, end + _SLICE
 
 
-def _payload(data: Body | None) -> Body | aiohttp.BytesPayload | None:
+def _payload(data: Body | None) -> aiohttp.BytesPayload | None:
     """A chunk as a request body (aiohttp's warning about large byte bodies is about the
-    copies that `_ChunkPayload` avoids). A body of one slice goes as it is: aiohttp writes
-    it with the headers, and the warning filter costs more than the whole small request."""
-    if data is None or (isinstance(data, bytes) and len(data) <= _SLICE):
-        return data
+    copies that `_ChunkPayload` avoids). A body of one slice goes as aiohttp's own payload:
+    aiohttp writes it with the headers, and the warning filter costs more than the whole
+    small request. Made here, not by aiohttp's payload registry, which looks the body's
+    type up and passes options that a bytes body ignores (one request per small file)."""
+    if data is None:
+        return None
+    if isinstance(data, bytes) and len(data) <= _SLICE:
+        return aiohttp.BytesPayload(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         return _ChunkPayload(data)
