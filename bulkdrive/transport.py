@@ -180,7 +180,10 @@ class Transport:
             timeout = self._final_timeout if final else self._timeout
             task = None
         try:
-            async with self._session.request(
+            # Awaited, not entered: read() takes the whole body and gives the connection
+            # back to the pool (or closes it when the read fails), which is all that the
+            # context manager's exit would do again, at two more coroutines per request.
+            resp = await self._session.request(
                 method,
                 path if isinstance(path, URL) else f"{self.base}/{path}",
                 params=params,
@@ -189,15 +192,15 @@ class Transport:
                 json=json_body,
                 timeout=timeout,
                 allow_redirects=False,
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-                # Only a refusal asks to come back later (429, 503; or a redirect).
-                retry_after = (
-                    None
-                    if status < 300
-                    else protocol.retry_after_seconds(resp.headers.get("Retry-After"))
-                )
+            )
+            raw = await resp.read()
+            status = resp.status
+            # Only a refusal asks to come back later (429, 503; or a redirect).
+            retry_after = (
+                None
+                if status < 300
+                else protocol.retry_after_seconds(resp.headers.get("Retry-After"))
+            )
         except asyncio.CancelledError:
             if task is None or not self._deadlines.expired(task):
                 raise  # not this request's deadline: the caller's own cancellation
