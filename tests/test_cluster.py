@@ -427,7 +427,9 @@ async def test_the_last_tasks_are_short_so_the_workers_end_together(
     assert max(sizes[-3:]) <= share < 200, sizes
     assert engine.tail_task_files(1200) == 200
     assert engine.tail_task_files(10) == TAIL_FILES
-    assert engine.tail_task_files(10**6) == engine.batch_files == START_TASK_FILES
+    # Far from the end a task holds a batch's files: at least START_TASK_FILES, more when the
+    # workers' pace lets a task hold more (a quiet machine: 593 seen), so not pinned here.
+    assert engine.tail_task_files(10**6) == engine.batch_files >= START_TASK_FILES
 
 
 def _chunks(total: int, size: int) -> list[range]:
