@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
@@ -686,25 +686,9 @@ class NoProgressReporter(PlainReporter):
     small file). Retries and resumes still count: they print lines, and are rare.
     """
 
-    def __init__(
-        self,
-        console: Console,
-        *,
-        verbosity: int = 0,
-        clock: Clock = time.monotonic,
-        heartbeat: float | None = 1.0,
-        timestamps: bool = False,
-        summary: bool = True,
-    ) -> None:
-        super().__init__(
-            console,
-            stats_interval=None,
-            verbosity=verbosity,
-            clock=clock,
-            heartbeat=heartbeat,
-            timestamps=timestamps,
-            summary=summary,
-        )
+    def __init__(self, console: Console, **options: Any) -> None:
+        """`PlainReporter`'s options, but never a stat line."""
+        super().__init__(console, stats_interval=None, **options)
 
     def file_found(self, size: int) -> None:
         pass
