@@ -37,8 +37,16 @@ def stored(emulator: Emulator, name: str) -> Path:
     return emulator.root.joinpath(SHARE_ID, name)
 
 
-async def late_emulator(make_emulator: EmulatorFactory) -> Emulator:
-    return await make_emulator(fault_rate=1.0, faults=("delay",), fault_delay_seconds=LATE)
+@contextlib.asynccontextmanager
+async def late_client(
+    make_emulator: EmulatorFactory,
+) -> AsyncIterator[tuple[Emulator, EdgeDriveClient]]:
+    """An emulator that answers every upload LATE seconds late, and a client of it (CONFIG)."""
+    emulator = await make_emulator(fault_rate=1.0, faults=("delay",), fault_delay_seconds=LATE)
+    async with EdgeDriveClient.connect(
+        emulator.base_url, GOOD, share_id=SHARE_ID, config=CONFIG
+    ) as client:
+        yield emulator, client
 
 
 async def initiate(client: EdgeDriveClient, name: str, data: bytes, *, eof: bool) -> None:
@@ -50,11 +58,8 @@ async def initiate(client: EdgeDriveClient, name: str, data: bytes, *, eof: bool
 async def test_a_small_request_unanswered_within_the_read_timeout_times_out(
     make_emulator: EmulatorFactory,
 ) -> None:
-    emulator = await late_emulator(make_emulator)
     data = random.Random(1).randbytes(1000)
-    async with EdgeDriveClient.connect(
-        emulator.base_url, GOOD, share_id=SHARE_ID, config=CONFIG
-    ) as client:
+    async with late_client(make_emulator) as (emulator, client):
         with pytest.raises(errors.RequestTimeout, match="no answer in time"):
             await initiate(client, "a.bin", data, eof=False)
         stats = client.statistics()
@@ -73,11 +78,8 @@ async def test_a_small_request_unanswered_within_the_read_timeout_times_out(
 async def test_a_caller_cancelling_a_small_request_is_not_a_timeout(
     make_emulator: EmulatorFactory,
 ) -> None:
-    emulator = await late_emulator(make_emulator)
     data = random.Random(2).randbytes(1000)
-    async with EdgeDriveClient.connect(
-        emulator.base_url, GOOD, share_id=SHARE_ID, config=CONFIG
-    ) as client:
+    async with late_client(make_emulator) as (_, client):
         # Cancelled by its caller before the (long) final read timeout: no RequestTimeout,
         # the cancel scope catches its own cancellation.
         with anyio.move_on_after(0.1) as scope:
@@ -93,11 +95,8 @@ async def test_a_caller_cancelling_a_small_request_is_not_a_timeout(
 async def test_a_timeout_and_the_callers_cancellation_together_stay_a_cancellation(
     make_emulator: EmulatorFactory,
 ) -> None:
-    emulator = await late_emulator(make_emulator)
     data = random.Random(3).randbytes(1000)
-    async with EdgeDriveClient.connect(
-        emulator.base_url, GOOD, share_id=SHARE_ID, config=CONFIG
-    ) as client:
+    async with late_client(make_emulator) as (_, client):
         # The caller's deadline and the request's fall due together (a few timer ticks of
         # each other at most): whichever comes first, the caller's scope must end the wait.
         with anyio.move_on_after(TIMEOUTS.read) as scope:
