@@ -97,7 +97,7 @@ class Auth:
         # before a long wait arrives idle, or already replaced by another request's renewal.
         now = time.monotonic()
         idle = now - self._used_at
-        if self._idle_limit is not None and self._renewal_due(idle):
+        if self._renewal_due(idle):
             await self._reauthenticate(self._generation)
             idle = 0.0
             now = time.monotonic()

@@ -8,7 +8,6 @@ caller's business (`bulkdrive.auth`): a request carries the one it is given.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import warnings
@@ -56,67 +55,6 @@ _SESSION_HEADERS = {"Accept": "application/json"}
 PUSHBACK_STATUSES = frozenset({429, 503})
 
 
-#: Bodies up to this size go out with the request's headers in one write, into the empty
-#: socket buffer of an idle connection: their read timeout may count from the start of the
-#: request (`_ReadDeadlines`). Larger ones keep aiohttp's `sock_read`, which starts once the
-#: body is sent, however long that takes on a slow link.
-_WATCHED_BODY = 64 * 1024
-
-
-class _ReadDeadlines:
-    """The read timeouts of the small requests in flight, checked by one timer for them all.
-
-    aiohttp's `sock_read` starts a timer when a request's body is sent, starts it again for
-    each piece of the reply and cancels it at the end (under uvloop a libuv timer each time):
-    ~10 k of the ~450 k instructions a small file's request costs the client, for a timer that
-    almost never fires. Here a request costs a dict entry. A request still unanswered at its
-    deadline is cancelled, at most `resolution` seconds late, and its CancelledError is taken
-    for the timeout only when nothing else cancelled the task as well (as `asyncio.timeout`
-    does). A task makes one request at a time, so the task names the request."""
-
-    def __init__(self, resolution: float) -> None:
-        self._resolution = resolution
-        self._deadlines: dict[asyncio.Task[Any], float] = {}
-        self._expired: set[asyncio.Task[Any]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        # The session's loop, kept: finding it again costs a getpid() per request on 3.11.
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def start(self, timeout: float) -> asyncio.Task[Any]:
-        """The current task's request starts now and must be answered within `timeout`."""
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        if task is None:
-            raise RuntimeError("a request is made from a task")
-        self._deadlines[task] = loop.time() + timeout
-        if self._timer is None:
-            self._timer = loop.call_later(self._resolution, self._check, loop)
-        return task
-
-    def stop(self, task: asyncio.Task[Any]) -> None:
-        del self._deadlines[task]
-
-    def expired(self, task: asyncio.Task[Any]) -> bool:
-        """Whether the task's cancellation was its request's deadline and nothing else."""
-        if task not in self._expired:
-            return False
-        self._expired.discard(task)
-        return task.uncancel() == 0
-
-    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        if not self._deadlines:
-            return  # idle: the next request starts the timer again
-        now = loop.time()
-        for task, deadline in self._deadlines.items():
-            if deadline <= now and task not in self._expired:
-                self._expired.add(task)
-                task.cancel()
-        self._timer = loop.call_later(self._resolution, self._check, loop)
-
-
 class Transport:
     """Requests over one aiohttp session, with the counters `ClientStatistics` reports."""
 
@@ -126,16 +64,12 @@ class Transport:
         self.breaker = Breaker(config.retry.give_up_after)
         self.bandwidth = BandwidthBudget(config.bwlimit) if config.bwlimit else None
         timeouts = config.timeouts
-        self._read, self._final_read = timeouts.read, timeouts.final_read
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
         self._final_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.final_read
         )
-        # A small request's read timeout is `_deadlines`', not aiohttp's (see _ReadDeadlines).
-        self._connect_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
-        self._deadlines = _ReadDeadlines(min(1.0, min(self._read, self._final_read) / 8))
         # Plain counters: bumped on every request, frozen into ClientStatistics on demand.
         self.requests = self.bytes_sent = self.failed = 0
         #: The server's push-back (`PUSHBACK_STATUSES`, and requests with no answer in time),
@@ -173,12 +107,6 @@ class Transport:
         sent = len(data) if data is not None else 0
         self.requests += 1
         self.bytes_sent += sent
-        if sent <= _WATCHED_BODY:
-            timeout = self._connect_timeout
-            task = self._deadlines.start(self._final_read if final else self._read)
-        else:
-            timeout = self._final_timeout if final else self._timeout
-            task = None
         try:
             # Awaited, not entered: read() takes the whole body and gives the connection
             # back to the pool (or closes it when the read fails), which is all that the
@@ -190,7 +118,7 @@ class Transport:
                 headers=headers,
                 data=_payload(data),
                 json=json_body,
-                timeout=timeout,
+                timeout=self._final_timeout if final else self._timeout,
                 allow_redirects=False,
             )
             raw = await resp.read()
@@ -201,12 +129,12 @@ class Transport:
                 if status < 300
                 else protocol.retry_after_seconds(resp.headers.get("Retry-After"))
             )
-        except asyncio.CancelledError:
-            if task is None or not self._deadlines.expired(task):
-                raise  # not this request's deadline: the caller's own cancellation
-            raise self._no_answer(what, upload=upload) from None
         except TimeoutError:
-            raise self._no_answer(what, upload=upload) from None
+            self.failed += 1
+            self.pushbacks += 1
+            raise self._transport_failed(
+                errors.RequestTimeout(f"{what}: no answer in time"), upload=upload
+            ) from None
         except aiohttp.ClientConnectorCertificateError as exc:
             self.failed += 1
             raise errors.CertificateRejected(f"{what}: {_describe(exc)}") from None
@@ -223,9 +151,6 @@ class Transport:
             raise self._transport_failed(
                 errors.NetworkError(f"{what}: {_describe(exc)}"), upload=upload
             ) from None
-        finally:
-            if task is not None:
-                self._deadlines.stop(task)
         if status in PUSHBACK_STATUSES:
             self.pushbacks += 1
         if log.isEnabledFor(logging.DEBUG):
@@ -238,14 +163,6 @@ class Transport:
             ):
                 raise stop
         return Response(status, raw, retry_after)
-
-    def _no_answer(self, what: str, *, upload: bool) -> errors.BulkdriveError:
-        """A request that timed out: counted as failed and as the server's push-back."""
-        self.failed += 1
-        self.pushbacks += 1
-        return self._transport_failed(
-            errors.RequestTimeout(f"{what}: no answer in time"), upload=upload
-        )
 
     def _transport_failed(
         self, error: errors.BulkdriveError, *, upload: bool

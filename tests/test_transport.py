@@ -1,6 +1,6 @@
 """The request boundary (`bulkdrive.transport`) over real sockets: what every request carries,
-and the read timeout of small requests, which the transport keeps itself (one timer for all
-requests in flight) instead of aiohttp's per-request `sock_read`."""
+and a small request's read timeout: a RequestTimeout that leaves the task usable, never a
+caller's own cancellation turned into one."""
 
 from __future__ import annotations
 
