@@ -1,7 +1,13 @@
 """`--transfers auto` in the run: the tuner (pure: measurements in, the next limit out) fed
 the run's counters, the client's count of push-back and the event loop's busy time every
 `TUNE_TICK`, its limit applied to the workers (the first `limit` of them work, the others
-wait), and the limits it chose summed up for the report."""
+wait), and the limits it chose summed up for the report.
+
+The run starts with only `TunerSettings.large_start` workers until as many files have been
+handed out: their sizes tell the tuner whether it starts there (large files) or at
+`AUTO_START`, before more files start. Each large file holds its chunk buffers until it ends:
+started at 32, netlarge's first 32 files (512 MiB) were all in flight before the first look
+lowered the limit to 8."""
 
 from __future__ import annotations
 
@@ -83,6 +89,9 @@ class AutoTransfers:
         # Worker i works while i < limit; the others wait for the limit to rise (a look at
         # an int per file: a limiter's token per file cost a task switch or two each).
         self._raised = anyio.Event()
+        # Until the first files handed out have shown their sizes (`_sizing` more to go).
+        self._sizing = 0
+        self._sized = anyio.Event()
         self._workers = 0
         self._ending = False
         self._scope = anyio.CancelScope()
@@ -97,7 +106,11 @@ class AutoTransfers:
             start=min(AUTO_START, workers), maximum=workers, unit_bytes=self._chunk_size
         )
         self._workers_left = workers
-        self.set_limit(settings.start, now)
+        # Not a limit the tuner chose: no change, no peak (the tuner's first look sets both).
+        self.limit = self._sizing = min(settings.large_start, settings.start)
+        self._since = now
+        if self._follow is not None:
+            self._follow(settings.start)  # folders hold no file data: at once as at the start
         return settings
 
     async def worker(
@@ -118,7 +131,13 @@ class AutoTransfers:
                     # The end: the waiting workers go and find it too.
                     self._ending = True
                     self._raised.set()
+                    self._sized.set()
                     return
+                if self._sizing:
+                    self._sizing -= 1
+                    if not self._sizing:
+                        # The file counters count it as `upload` starts, before it waits.
+                        self._sized.set()
                 await upload(ready)
         finally:
             self._workers_left -= 1
@@ -130,9 +149,25 @@ class AutoTransfers:
         from bulkdrive import tuner
 
         state = tuner.start(settings)
+        with self._scope:
+            await self._sized.wait()
+            # The first look: the sizes of the first files handed out, and the first sample
+            # starts now. Its limit is the run's first, unless the look changes it.
+            state = self._look(settings, state)
+            if not self._peak:
+                self.set_limit(state.limit, self._clock())  # the start: not a change
+            while True:
+                await anyio.sleep(TUNE_TICK)
+                state = self._look(settings, state)
+
+    def _look(self, settings: tuner.TunerSettings, state: tuner.TunerState) -> tuner.TunerState:
+        """One look at the run's counters; apply and explain the change it calls for."""
+        from bulkdrive import tuner
+
         counters = self._counters
+        now = self._clock()
         measurement = tuner.Reading(
-            self._clock(),
+            now,
             counters.bytes_confirmed,
             counters.files_done,
             self._pushbacks(),
@@ -140,30 +175,15 @@ class AutoTransfers:
             counters.files_started,
             counters.large_started,
         )
-        state, _ = tuner.observe(settings, state, measurement)  # the first sample starts now
+        state, change = tuner.observe(settings, state, measurement)
         self._trace(measurement, state.limit)  # logged too: a recorded run then replays exactly
-        with self._scope:
-            while True:
-                await anyio.sleep(TUNE_TICK)
-                now = self._clock()
-                measurement = tuner.Reading(
-                    now,
-                    counters.bytes_confirmed,
-                    counters.files_done,
-                    self._pushbacks(),
-                    loop_busy(),
-                    counters.files_started,
-                    counters.large_started,
-                )
-                state, change = tuner.observe(settings, state, measurement)
-                self._trace(measurement, state.limit)
-                if change is not None:
-                    if len(self._steps) < STEPS_KEPT:
-                        self._steps.append((now, change))
-                    self.set_limit(change.new, now)
-                    self._reporter.message(
-                        f"transfers {change.old} → {change.new}: {change.reason}"
-                    )
+        if change is not None:
+            self.changes += 1
+            if len(self._steps) < STEPS_KEPT:
+                self._steps.append((now, change))
+            self.set_limit(change.new, now)
+            self._reporter.message(f"transfers {change.old} → {change.new}: {change.reason}")
+        return state
 
     def _trace(self, reading: tuner.Reading, limit: int) -> None:
         """What the tuner was given and the limit it then had (-vv): a trace tests replay."""
@@ -175,9 +195,7 @@ class AutoTransfers:
         )
 
     def set_limit(self, limit: int, now: float) -> None:
-        if self._peak:  # not the first: account the time at the old limit
-            self._area += self.limit * (now - self._since)
-            self.changes += 1
+        self._area += self.limit * (now - self._since)
         raised = limit > self.limit
         self.limit, self._since = limit, now
         self._peak = max(self._peak, limit)
@@ -197,4 +215,6 @@ class AutoTransfers:
             LimitChange(at - started, change.old, change.new, change.reason)
             for at, change in self._steps
         )
-        return TransfersUsed(peak=self._peak, mean=mean, changes=self.changes, steps=steps)
+        # A run that ended before its first look kept the limit it started with.
+        peak = self._peak or self.limit
+        return TransfersUsed(peak=peak, mean=mean, changes=self.changes, steps=steps)

@@ -680,13 +680,14 @@ def _waiting(settings: TunerSettings, window: Window) -> str:
 
 
 def _large_from_the_start(settings: TunerSettings, state: TunerState, now: Reading) -> bool:
-    """Whether the first files handed out, one per transfer, were mostly large."""
+    """Whether the first files handed out were mostly large: at least `large_start` of them
+    (a run holds the others back until as many have been, `auto_transfers`)."""
     return (
         state.stage is Stage.GROWING
         and state.before is None
         and not state.eased
         and state.limit > settings.large_start
-        and now.files_started >= state.limit
+        and now.files_started >= settings.large_start
         and 2 * now.large_started >= now.files_started
     )
 

@@ -9,16 +9,18 @@ import os
 import re
 from pathlib import Path
 
+import anyio
 import pytest
 from test_cli_upload import run_cli, upload_args
 
 from bulkdrive import errors
 from bulkdrive.auto_transfers import loop_busy
 from bulkdrive.client import EdgeDriveClient
-from bulkdrive.config import Credentials, RetryPolicy, Secret, TransferConfig
+from bulkdrive.config import LARGE_FILE, Credentials, RetryPolicy, Secret, TransferConfig
 from bulkdrive.emulator.network import NetworkModel
 from bulkdrive.remote_folders import folder_creations
-from bulkdrive.scheduler import RunPlan, TreeUpload
+from bulkdrive.report import RunSummary
+from bulkdrive.scheduler import RunPlan, SchedulerStatistics, TreeUpload
 from bulkdrive.settings import load_settings, transfer_config
 
 from conftest import PASSWORD, SHARE_ID, USER, EmulatorFactory
@@ -117,6 +119,63 @@ async def test_cli_auto_starts_large_files_with_fewer_in_flight(
     assert first is not None, output
     assert first[1] == "8" and first[2].startswith("large files: starting with fewer")
     assert_stored(source, emulator.config.root / SHARE_ID)
+
+
+async def _auto_run(emulator_url: str, source: Path) -> tuple[RunSummary, SchedulerStatistics]:
+    config = TransferConfig(transfers=64, auto_transfers=True)
+    plan = RunPlan(source=source, remote_folder="\\auto", config=config)
+    async with EdgeDriveClient.connect(
+        emulator_url, CREDENTIALS, share_id=SHARE_ID, config=config
+    ) as client:
+        run = TreeUpload(client, plan)
+        summary = await run.run()
+    return summary, run.statistics()
+
+
+@pytest.mark.parametrize(
+    ("sizes", "most_in_flight"),
+    [([LARGE_FILE + i for i in range(40)], 8), ([100 + i for i in range(300)], 32)],
+    ids=["large", "small"],
+)
+async def test_the_first_files_show_their_sizes_before_more_start(
+    make_emulator: EmulatorFactory, tmp_path: Path, sizes: list[int], most_in_flight: int
+) -> None:
+    # 50 ms away every file stays in flight a while. Large files: only `large_start` (8)
+    # are handed out until their sizes have been seen, and the run starts there (started at
+    # 32, 32 large files held their chunk buffers at once before the tuner's first look).
+    # Small files: the 8 let the run go on to 32 at once, and further as the tuner climbs.
+    emulator = await make_emulator(network=NetworkModel(latency=0.05))
+    source = tmp_path / "src"
+    source.mkdir()
+    for i, size in enumerate(sizes):
+        (source / f"f{i:03d}.bin").write_bytes(os.urandom(size))
+    summary, stats = await _auto_run(emulator.base_url, source)
+    assert summary.files.failed == 0 and summary.files.uploaded == len(sizes)
+    assert_stored(source, emulator.config.root / SHARE_ID / "auto")
+    assert summary.transfers is not None
+    if most_in_flight == 8:
+        assert stats.max_in_flight == 8 and summary.transfers.peak <= 16
+        assert summary.transfers.steps[0].reason.startswith("large files: starting with fewer")
+    else:
+        assert stats.max_in_flight >= most_in_flight and summary.transfers.peak >= 32
+
+
+async def test_a_run_of_fewer_files_than_the_first_look_needs_ends(
+    make_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    # 3 files: the first look never has its 8; the end releases it, and the report says the
+    # run kept the limit it started with.
+    emulator = await make_emulator(network=NetworkModel(latency=0.05))
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(3):
+        (source / f"f{i}.bin").write_bytes(os.urandom(1000 + i))
+    with anyio.fail_after(30):
+        summary, stats = await _auto_run(emulator.base_url, source)
+    assert summary.files.uploaded == 3 and stats.max_in_flight == 3
+    assert_stored(source, emulator.config.root / SHARE_ID / "auto")
+    assert summary.transfers is not None and summary.transfers.peak in (8, 32)
+    assert summary.transfers.changes == 0
 
 
 async def test_folder_creations_follow_the_limit_as_at_a_fixed_setting(

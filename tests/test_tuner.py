@@ -384,14 +384,16 @@ def _first_look(reading: Reading) -> tuple[TunerSettings, TunerState, Change | N
     return tuner, *observe(tuner, state, reading)
 
 
-def test_large_files_handed_out_ease_off_before_any_finishes() -> None:
-    # netlarge: the first 32 files, one per transfer, are 16 MiB each. Their sizes say so
-    # at once; the start limit need not read chunks for a second to learn it.
-    tuner, state, change = _first_look(Reading(0.25, 0, 0, 0, None, 32, 30))
+@pytest.mark.parametrize(("started", "large"), [(8, 7), (32, 30)])
+def test_large_files_handed_out_ease_off_before_any_finishes(started: int, large: int) -> None:
+    # netlarge: the first files handed out are 16 MiB each. Their sizes say so at once; the
+    # start limit need not read chunks for a second to learn it. A run hands out 8
+    # (`large_start`) and holds the rest back until this look; a recorded trace may count 32.
+    tuner, state, change = _first_look(Reading(0.25, 0, 0, 0, None, started, large))
     assert change is not None and (change.old, change.new) == (32, 8)
     assert (
         "large files: starting with fewer" in change.reason
-        and "30 of the first 32" in change.reason
+        and f"{large} of the first {started}" in change.reason
     )
     # Once only: what follows is judged on what finishes, as after easing off.
     for i in range(2, 12):
@@ -401,8 +403,8 @@ def test_large_files_handed_out_ease_off_before_any_finishes() -> None:
 
 @pytest.mark.parametrize(
     ("started", "large"),
-    [(32, 15), (31, 31), (0, 0)],
-    ids=["mostly-small", "fewer-than-the-limit", "nothing-counted"],
+    [(32, 15), (8, 3), (7, 7), (0, 0)],
+    ids=["mostly-small", "few-large", "fewer-than-large-start", "nothing-counted"],
 )
 def test_small_or_too_few_files_handed_out_keep_the_start(started: int, large: int) -> None:
     # A tree's first folder may hold a few videos among its small files; a file or two say
