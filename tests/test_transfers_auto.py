@@ -160,6 +160,30 @@ async def test_the_first_files_show_their_sizes_before_more_start(
         assert stats.max_in_flight >= most_in_flight and summary.transfers.peak >= 32
 
 
+async def test_the_first_sample_starts_with_the_first_files_done(
+    make_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    # 100 ms away, the 32 transfers' files come back in waves a round trip apart. The tuner's
+    # first sample starts at the look that first sees files done: it comes with the first
+    # wave, not at the next tick (a quarter second: after the second wave), so the start
+    # limit is judged a round trip or two sooner.
+    emulator = await make_emulator(network=NetworkModel(latency=0.1))
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(400):
+        (source / f"f{i:03d}.bin").write_bytes(os.urandom(100 + i))
+    done = await run_cli(*upload_args(emulator, source, "--transfers", "auto", "-vv"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    output = done.stdout.decode() + done.stderr.decode()
+    looks = [
+        int(files) for files in re.findall(r"tuner: t=\S+ limit=\d+ bytes=\d+ files=(\d+)", output)
+    ]
+    assert looks[0] == 0, output  # the sizes of the first 8 handed out: nothing done yet
+    first_done = next(files for files in looks if files)
+    assert first_done <= 32, looks
+    assert_stored(source, emulator.config.root / SHARE_ID)
+
+
 async def test_a_run_of_fewer_files_than_the_first_look_needs_ends(
     make_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
