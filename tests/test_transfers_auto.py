@@ -133,12 +133,12 @@ async def _auto_run(emulator_url: str, source: Path) -> tuple[RunSummary, Schedu
 
 
 @pytest.mark.parametrize(
-    ("sizes", "most_in_flight"),
-    [([LARGE_FILE + i for i in range(40)], 8), ([100 + i for i in range(300)], 32)],
+    ("sizes", "large"),
+    [([LARGE_FILE + i for i in range(40)], True), ([100 + i for i in range(300)], False)],
     ids=["large", "small"],
 )
 async def test_the_first_files_show_their_sizes_before_more_start(
-    make_emulator: EmulatorFactory, tmp_path: Path, sizes: list[int], most_in_flight: int
+    make_emulator: EmulatorFactory, tmp_path: Path, sizes: list[int], large: bool
 ) -> None:
     # 50 ms away every file stays in flight a while. Large files: only `large_start` (8)
     # are handed out until their sizes have been seen, and the run starts there (started at
@@ -153,11 +153,12 @@ async def test_the_first_files_show_their_sizes_before_more_start(
     assert summary.files.failed == 0 and summary.files.uploaded == len(sizes)
     assert_stored(source, emulator.config.root / SHARE_ID / "auto")
     assert summary.transfers is not None
-    if most_in_flight == 8:
-        assert stats.max_in_flight == 8 and summary.transfers.peak <= 16
+    if large:
+        # 8 before the first look (32 at once before); the tuner may try 16 afterwards.
+        assert stats.max_in_flight <= 16 and summary.transfers.peak <= 16
         assert summary.transfers.steps[0].reason.startswith("large files: starting with fewer")
     else:
-        assert stats.max_in_flight >= most_in_flight and summary.transfers.peak >= 32
+        assert stats.max_in_flight >= 32 and summary.transfers.peak >= 32
 
 
 async def test_the_first_sample_starts_with_the_first_files_done(
