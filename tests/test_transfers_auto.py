@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import anyio
@@ -121,6 +122,14 @@ async def test_cli_auto_starts_large_files_with_fewer_in_flight(
     assert_stored(source, emulator.config.root / SHARE_ID)
 
 
+def _files(folder: Path, sizes: Iterable[int]) -> Path:
+    """`folder` with one file of random bytes per size."""
+    folder.mkdir()
+    for i, size in enumerate(sizes):
+        (folder / f"f{i:03d}.bin").write_bytes(os.urandom(size))
+    return folder
+
+
 async def _auto_run(emulator_url: str, source: Path) -> tuple[RunSummary, SchedulerStatistics]:
     config = TransferConfig(transfers=64, auto_transfers=True)
     plan = RunPlan(source=source, remote_folder="\\auto", config=config)
@@ -145,10 +154,7 @@ async def test_the_first_files_show_their_sizes_before_more_start(
     # 32, 32 large files held their chunk buffers at once before the tuner's first look).
     # Small files: the 8 let the run go on to 32 at once, and further as the tuner climbs.
     emulator = await make_emulator(network=NetworkModel(latency=0.05))
-    source = tmp_path / "src"
-    source.mkdir()
-    for i, size in enumerate(sizes):
-        (source / f"f{i:03d}.bin").write_bytes(os.urandom(size))
+    source = _files(tmp_path / "src", sizes)
     summary, stats = await _auto_run(emulator.base_url, source)
     assert summary.files.failed == 0 and summary.files.uploaded == len(sizes)
     assert_stored(source, emulator.config.root / SHARE_ID / "auto")
@@ -169,10 +175,7 @@ async def test_the_first_sample_starts_with_the_first_files_done(
     # wave, not at the next tick (a quarter second: after the second wave), so the start
     # limit is judged a round trip or two sooner.
     emulator = await make_emulator(network=NetworkModel(latency=0.1))
-    source = tmp_path / "src"
-    source.mkdir()
-    for i in range(400):
-        (source / f"f{i:03d}.bin").write_bytes(os.urandom(100 + i))
+    source = _files(tmp_path / "src", range(100, 500))
     done = await run_cli(*upload_args(emulator, source, "--transfers", "auto", "-vv"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr.decode()
     output = done.stdout.decode() + done.stderr.decode()
@@ -191,10 +194,7 @@ async def test_a_run_of_fewer_files_than_the_first_look_needs_ends(
     # 3 files: the first look never has its 8; the end releases it, and the report says the
     # run kept the limit it started with.
     emulator = await make_emulator(network=NetworkModel(latency=0.05))
-    source = tmp_path / "src"
-    source.mkdir()
-    for i in range(3):
-        (source / f"f{i}.bin").write_bytes(os.urandom(1000 + i))
+    source = _files(tmp_path / "src", range(1000, 1003))
     with anyio.fail_after(30):
         summary, stats = await _auto_run(emulator.base_url, source)
     assert summary.files.uploaded == 3 and stats.max_in_flight == 3
