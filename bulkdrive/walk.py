@@ -185,6 +185,11 @@ class WalkFilters:
     def in_shard(self, relative: str) -> bool:
         return self.shard is None or self.shard.owns(relative)
 
+    @property
+    def size_bounded(self) -> bool:
+        """Whether `size_ok` can say no (a count with no bound skips the call per file)."""
+        return self.min_size is not None or self.max_size is not None
+
     def size_ok(self, size: int) -> bool:
         if self.min_size is not None and size < self.min_size:
             return False
@@ -480,7 +485,7 @@ def count_files(
         return None
     plain = not (filters.include or filters.exclude or filters.shard is not None)
     # No size bound: no `size_ok` call per file (the count runs beside the upload's loop).
-    sized = filters.min_size is not None or filters.max_size is not None
+    sized = filters.size_bounded
     files = size = 0
     stack: list[tuple[str, str, bool]] = [(os.fspath(root), "", not filters.include)]
     while stack:
